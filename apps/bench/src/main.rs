@@ -1,0 +1,2 @@
+//! The sessionkit bench app.
+fn main() {}

@@ -1,0 +1,2 @@
+//! The sessionkit demo app.
+fn main() {}

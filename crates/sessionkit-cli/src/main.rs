@@ -1,0 +1,2 @@
+//! The `sessionkit` admin CLI.
+fn main() {}

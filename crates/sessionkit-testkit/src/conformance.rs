@@ -1,0 +1,601 @@
+//! The store conformance suite: one async function per property, each taking a fresh, isolated
+//! store. [`store_conformance!`](crate::store_conformance) turns them into `#[tokio::test]`s.
+//!
+//! Time is passed explicitly (`now`), so expiry is tested without sleeping; records expire an
+//! hour or more after the real time, so stores that also set a server-side TTL keep them during
+//! the test.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sessionkit::{
+    Clock, CreateOutcome, Delta, LimitPolicy, Record, SaveOutcome, SessionId, SessionLimit,
+    SessionStore, StorageKey, SystemClock, Timestamp, Touch, Value,
+};
+
+/// The store type the suite runs against.
+pub type Store = Arc<dyn SessionStore>;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn now() -> Timestamp {
+    SystemClock.now()
+}
+
+fn new_key() -> StorageKey {
+    SessionId::generate().expect("rng").storage_key()
+}
+
+/// A unique user name, so stores shared between tests never mix users.
+fn new_user() -> String {
+    format!("user-{}", &new_key().as_str()[..16])
+}
+
+/// A record created at `at`, idle expiry in 1 h, absolute in 24 h.
+pub fn record_at(user: Option<&str>, at: Timestamp) -> Record {
+    let mut r = Record::default();
+    r.meta.user_id = user.map(str::to_owned);
+    r.meta.created_at = at;
+    r.meta.last_seen_at = at;
+    r.meta.idle_expires_at = at.add(HOUR);
+    r.meta.absolute_expires_at = at.add(24 * HOUR);
+    r.meta.auth_time = user.map(|_| at);
+    r.meta.user_agent = Some("conformance/1.0".into());
+    r.meta.ip = Some("127.0.0.1".into());
+    r
+}
+
+fn set(k: &str, v: impl serde_json_like::ToJson) -> (String, Option<Value>) {
+    (k.to_owned(), Some(v.to_value()))
+}
+
+/// Tiny shim so the suite reads naturally without depending on serde_json directly.
+mod serde_json_like {
+    use sessionkit::Value;
+    pub(super) trait ToJson {
+        fn to_value(&self) -> Value;
+    }
+    impl ToJson for i64 {
+        fn to_value(&self) -> Value {
+            Value::to_json(self).expect("json")
+        }
+    }
+    impl ToJson for &str {
+        fn to_value(&self) -> Value {
+            Value::to_json(self).expect("json")
+        }
+    }
+    impl ToJson for String {
+        fn to_value(&self) -> Value {
+            Value::to_json(self).expect("json")
+        }
+    }
+}
+
+fn delta(changes: Vec<(String, Option<Value>)>) -> Delta {
+    Delta {
+        changes,
+        touch: None,
+    }
+}
+
+async fn must_create(store: &Store, key: &StorageKey, r: &Record) {
+    let out = store
+        .create(key, r, SessionLimit::UNLIMITED, now())
+        .await
+        .expect("create");
+    assert!(
+        matches!(out, CreateOutcome::Created { .. }),
+        "create: {out:?}"
+    );
+}
+
+/// `create` is create-if-absent: a second create under the same key changes nothing.
+pub async fn create_never_overwrites(store: Store) {
+    let key = new_key();
+    let mut first = record_at(None, now());
+    first
+        .data
+        .insert("owner".into(), Value::to_json("first").expect("json"));
+    must_create(&store, &key, &first).await;
+    let mut second = record_at(Some(&new_user()), now());
+    second
+        .data
+        .insert("owner".into(), Value::to_json("attacker").expect("json"));
+    let out = store
+        .create(&key, &second, SessionLimit::UNLIMITED, now())
+        .await
+        .expect("create");
+    assert_eq!(out, CreateOutcome::Exists);
+    let got = store
+        .load(&key, now())
+        .await
+        .expect("load")
+        .expect("present");
+    assert_eq!(got.data, first.data);
+    assert_eq!(got.meta.user_id, None);
+}
+
+/// A record comes back exactly as stored, metadata included.
+pub async fn round_trips_record(store: Store) {
+    let key = new_key();
+    let user = new_user();
+    let mut r = record_at(Some(&user), now());
+    r.data.insert("n".into(), Value::to_json(&7).expect("json"));
+    r.data.insert(
+        "unicode ключ ✓".into(),
+        Value::to_json("значение ✓").expect("json"),
+    );
+    r.data.insert(
+        "big".into(),
+        Value::to_json(&"x".repeat(60_000)).expect("json"),
+    );
+    must_create(&store, &key, &r).await;
+    let got = store
+        .load(&key, now())
+        .await
+        .expect("load")
+        .expect("present");
+    assert_eq!(got.data, r.data);
+    assert_eq!(got.meta.user_id, r.meta.user_id);
+    assert_eq!(got.meta.created_at, r.meta.created_at);
+    assert_eq!(got.meta.idle_expires_at, r.meta.idle_expires_at);
+    assert_eq!(got.meta.absolute_expires_at, r.meta.absolute_expires_at);
+    assert_eq!(got.meta.auth_time, r.meta.auth_time);
+    assert_eq!(got.meta.user_agent, r.meta.user_agent);
+    assert_eq!(got.meta.ip, r.meta.ip);
+}
+
+/// Absent keys load as `None`.
+pub async fn load_absent_is_none(store: Store) {
+    assert!(store.load(&new_key(), now()).await.expect("load").is_none());
+    let out = store
+        .save_delta(&new_key(), &delta(vec![set("a", 1)]), now())
+        .await
+        .expect("save");
+    assert_eq!(out, SaveOutcome::Missing);
+    assert!(!store.destroy(&new_key()).await.expect("destroy"));
+}
+
+/// Idle and absolute expiry are judged by the `now` given, whatever the store's own TTL says.
+pub async fn load_after_expiry_is_none(store: Store) {
+    let t = now();
+    let idle = new_key();
+    must_create(&store, &idle, &record_at(None, t)).await;
+    assert!(store
+        .load(&idle, t.add(HOUR / 2))
+        .await
+        .expect("load")
+        .is_some());
+    assert!(store
+        .load(&idle, t.add(HOUR))
+        .await
+        .expect("load")
+        .is_none());
+
+    // Touching moves the idle expiry, never past the absolute one.
+    let abs = new_key();
+    let mut r = record_at(None, t);
+    r.meta.absolute_expires_at = t.add(2 * HOUR);
+    must_create(&store, &abs, &r).await;
+    let touch = Touch {
+        last_seen_at: t.add(HOUR / 2),
+        idle_expires_at: t.add(3 * HOUR / 2),
+    };
+    let out = store
+        .touch(&abs, touch, t.add(HOUR / 2))
+        .await
+        .expect("touch");
+    assert!(matches!(out, SaveOutcome::Saved { .. }));
+    assert!(store
+        .load(&abs, t.add(5 * HOUR / 4))
+        .await
+        .expect("load")
+        .is_some());
+    assert!(store
+        .load(&abs, t.add(3 * HOUR / 2))
+        .await
+        .expect("load")
+        .is_none());
+    // An expired record cannot be written either.
+    let out = store
+        .save_delta(&abs, &delta(vec![set("a", 1)]), t.add(3 * HOUR))
+        .await
+        .expect("save");
+    assert_eq!(out, SaveOutcome::Missing);
+}
+
+/// Deltas set and remove single keys and bump the version.
+pub async fn save_delta_applies_per_key(store: Store) {
+    let key = new_key();
+    let mut r = record_at(None, now());
+    r.data
+        .insert("keep".into(), Value::to_json(&1).expect("json"));
+    r.data
+        .insert("drop".into(), Value::to_json(&2).expect("json"));
+    must_create(&store, &key, &r).await;
+    let before = store
+        .load(&key, now())
+        .await
+        .expect("load")
+        .expect("present");
+    let out = store
+        .save_delta(
+            &key,
+            &delta(vec![set("new", "v"), ("drop".into(), None)]),
+            now(),
+        )
+        .await
+        .expect("save");
+    let SaveOutcome::Saved { version } = out else {
+        panic!("save: {out:?}");
+    };
+    let got = store
+        .load(&key, now())
+        .await
+        .expect("load")
+        .expect("present");
+    assert!(version > before.meta.version);
+    assert_eq!(got.meta.version, version);
+    assert_eq!(got.data.len(), 2);
+    assert_eq!(got.data["keep"].as_json(), "1");
+    assert_eq!(got.data["new"].as_json(), "\"v\"");
+    assert!(!got.data.contains_key("drop"));
+}
+
+/// Concurrent writers of different keys on one session all keep their changes.
+pub async fn concurrent_writers_keep_every_key(store: Store) {
+    let key = new_key();
+    must_create(&store, &key, &record_at(None, now())).await;
+    let writers = 16;
+    let rounds = 10;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let store = store.clone();
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..rounds {
+                let d = delta(vec![set(&format!("w{w}"), i64::from(i))]);
+                let out = store.save_delta(&key, &d, now()).await.expect("save");
+                assert!(matches!(out, SaveOutcome::Saved { .. }));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let got = store
+        .load(&key, now())
+        .await
+        .expect("load")
+        .expect("present");
+    for w in 0..writers {
+        assert_eq!(
+            got.data.get(&format!("w{w}")).map(Value::as_json),
+            Some((rounds - 1).to_string().as_str()),
+            "writer {w} lost its update"
+        );
+    }
+}
+
+/// After destroy, a save does not bring the session back (rack-session CVE-2025-46336).
+pub async fn save_after_destroy_does_not_resurrect(store: Store) {
+    let user = new_user();
+    let key = new_key();
+    must_create(&store, &key, &record_at(Some(&user), now())).await;
+    assert!(store.destroy(&key).await.expect("destroy"));
+    let out = store
+        .save_delta(&key, &delta(vec![set("late", 1)]), now())
+        .await
+        .expect("save");
+    assert_eq!(out, SaveOutcome::Missing);
+    let touch = Touch {
+        last_seen_at: now(),
+        idle_expires_at: now().add(HOUR),
+    };
+    assert_eq!(
+        store.touch(&key, touch, now()).await.expect("touch"),
+        SaveOutcome::Missing
+    );
+    assert!(store.load(&key, now()).await.expect("load").is_none());
+    assert!(store
+        .list_user(&user, now())
+        .await
+        .expect("list")
+        .is_empty());
+    assert!(!store.destroy(&key).await.expect("destroy again"));
+}
+
+/// The user index lists sessions, and revokes one or all but one.
+pub async fn user_index_list_and_revoke(store: Store) {
+    let user = new_user();
+    let other = new_user();
+    let keys: Vec<StorageKey> = (0..3).map(|_| new_key()).collect();
+    for k in &keys {
+        must_create(&store, k, &record_at(Some(&user), now())).await;
+    }
+    let stranger = new_key();
+    must_create(&store, &stranger, &record_at(Some(&other), now())).await;
+    let anon = new_key();
+    must_create(&store, &anon, &record_at(None, now())).await;
+
+    let listed: HashSet<StorageKey> = store
+        .list_user(&user, now())
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|(k, m)| {
+            assert_eq!(m.user_id.as_deref(), Some(user.as_str()));
+            k
+        })
+        .collect();
+    assert_eq!(listed, keys.iter().cloned().collect());
+
+    // revoke one
+    assert!(store.destroy(&keys[0]).await.expect("destroy"));
+    assert_eq!(store.list_user(&user, now()).await.expect("list").len(), 2);
+
+    // revoke all but one
+    let gone = store
+        .destroy_user(&user, Some(&keys[1]))
+        .await
+        .expect("destroy_user");
+    assert_eq!(gone, vec![keys[2].clone()]);
+    let left = store.list_user(&user, now()).await.expect("list");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].0, keys[1]);
+    assert!(store.load(&keys[2], now()).await.expect("load").is_none());
+    assert!(store.load(&keys[1], now()).await.expect("load").is_some());
+    // other users and anonymous sessions are untouched
+    assert!(store.load(&stranger, now()).await.expect("load").is_some());
+    assert!(store.load(&anon, now()).await.expect("load").is_some());
+    assert_eq!(store.list_user(&other, now()).await.expect("list").len(), 1);
+
+    // revoke everything
+    let gone = store.destroy_user(&user, None).await.expect("destroy_user");
+    assert_eq!(gone, vec![keys[1].clone()]);
+    assert!(store
+        .list_user(&user, now())
+        .await
+        .expect("list")
+        .is_empty());
+}
+
+/// Expired sessions drop out of the user index on read.
+pub async fn user_index_prunes_expired(store: Store) {
+    let user = new_user();
+    let t = now();
+    let old = new_key();
+    let mut r = record_at(Some(&user), t);
+    r.meta.idle_expires_at = t.add(HOUR / 2);
+    must_create(&store, &old, &r).await;
+    let fresh = new_key();
+    must_create(&store, &fresh, &record_at(Some(&user), t)).await;
+    let listed = store
+        .list_user(&user, t.add(HOUR * 3 / 4))
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].0, fresh);
+}
+
+async fn parallel_logins(store: &Store, policy: LimitPolicy) -> (String, usize, usize) {
+    let user = new_user();
+    let limit = SessionLimit {
+        max: Some(3),
+        policy,
+    };
+    let t0 = now();
+    let mut tasks = Vec::new();
+    for i in 0..50u64 {
+        let store = store.clone();
+        let user = user.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut r = record_at(Some(&user), Timestamp(t0.0 + i));
+            r.meta.last_seen_at = Timestamp(t0.0 + 100 - i);
+            store
+                .create(&new_key(), &r, limit, t0)
+                .await
+                .expect("create")
+        }));
+    }
+    let (mut created, mut denied, mut evicted) = (0, 0, 0);
+    for t in tasks {
+        match t.await.expect("task") {
+            CreateOutcome::Created { evicted: e } => {
+                created += 1;
+                evicted += e.len();
+            }
+            CreateOutcome::LimitReached => denied += 1,
+            CreateOutcome::Exists => panic!("fresh key reported as existing"),
+        }
+    }
+    let live = store.list_user(&user, t0).await.expect("list").len();
+    assert_eq!(live, 3, "{policy:?}: exactly 3 live sessions");
+    assert_eq!(created + denied, 50);
+    (user, created, denied + evicted)
+}
+
+/// 50 parallel logins, limit 3, `deny`: exactly 3 succeed.
+pub async fn limit_deny_is_atomic(store: Store) {
+    let (_, created, denied) = parallel_logins(&store, LimitPolicy::Deny).await;
+    assert_eq!(created, 3);
+    assert_eq!(denied, 47);
+}
+
+/// 50 parallel logins, limit 3, `evict_oldest`: all succeed, 47 evicted, the 3 newest remain.
+pub async fn limit_evict_oldest_is_atomic(store: Store) {
+    let (user, created, evicted) = parallel_logins(&store, LimitPolicy::EvictOldest).await;
+    assert_eq!(created, 50);
+    assert_eq!(evicted, 47);
+    // sequentially, the oldest goes first
+    let limit = SessionLimit {
+        max: Some(3),
+        policy: LimitPolicy::EvictOldest,
+    };
+    let live = store.list_user(&user, now()).await.expect("list");
+    let oldest = live
+        .iter()
+        .min_by_key(|(_, m)| m.created_at)
+        .expect("three live")
+        .0
+        .clone();
+    let r = record_at(Some(&user), now().add(Duration::from_secs(1)));
+    let out = store
+        .create(&new_key(), &r, limit, now())
+        .await
+        .expect("create");
+    assert_eq!(
+        out,
+        CreateOutcome::Created {
+            evicted: vec![oldest.clone()]
+        }
+    );
+    assert!(store.load(&oldest, now()).await.expect("load").is_none());
+}
+
+/// 50 parallel logins, limit 3, `evict_idlest`: all succeed, 47 evicted; the least recently seen
+/// goes first.
+pub async fn limit_evict_idlest_is_atomic(store: Store) {
+    let (user, created, evicted) = parallel_logins(&store, LimitPolicy::EvictIdlest).await;
+    assert_eq!(created, 50);
+    assert_eq!(evicted, 47);
+    let limit = SessionLimit {
+        max: Some(3),
+        policy: LimitPolicy::EvictIdlest,
+    };
+    let live = store.list_user(&user, now()).await.expect("list");
+    let idlest = live
+        .iter()
+        .min_by_key(|(_, m)| m.last_seen_at)
+        .expect("three live")
+        .0
+        .clone();
+    let out = store
+        .create(&new_key(), &record_at(Some(&user), now()), limit, now())
+        .await
+        .expect("create");
+    assert_eq!(
+        out,
+        CreateOutcome::Created {
+            evicted: vec![idlest.clone()]
+        }
+    );
+    assert!(store.load(&idlest, now()).await.expect("load").is_none());
+}
+
+/// Cleanup removes expired records (and their index entries) and nothing else; count follows.
+pub async fn cleanup_and_count(store: Store) {
+    let t = now();
+    let user = new_user();
+    let base = store.count().await.expect("count");
+    let mut dead = Vec::new();
+    for i in 0..5 {
+        let k = new_key();
+        let mut r = record_at((i % 2 == 0).then_some(user.as_str()), t);
+        r.meta.idle_expires_at = t.add(HOUR / 4);
+        must_create(&store, &k, &r).await;
+        dead.push(k);
+    }
+    let mut live = Vec::new();
+    for _ in 0..3 {
+        let k = new_key();
+        must_create(&store, &k, &record_at(Some(&user), t)).await;
+        live.push(k);
+    }
+    assert_eq!(store.count().await.expect("count"), base + 8);
+    let removed = store
+        .cleanup_expired(t.add(HOUR / 2))
+        .await
+        .expect("cleanup");
+    assert_eq!(removed, 5);
+    assert_eq!(store.count().await.expect("count"), base + 3);
+    for k in &live {
+        assert!(store
+            .load(k, t.add(HOUR / 2))
+            .await
+            .expect("load")
+            .is_some());
+    }
+    for k in &dead {
+        assert!(store.load(k, t).await.expect("load").is_none());
+    }
+    assert_eq!(
+        store.list_user(&user, t).await.expect("list").len(),
+        3,
+        "expired entries left the index"
+    );
+    assert_eq!(
+        store
+            .cleanup_expired(t.add(HOUR / 2))
+            .await
+            .expect("cleanup"),
+        0
+    );
+    store.destroy(&live[0]).await.expect("destroy");
+    assert_eq!(store.count().await.expect("count"), base + 2);
+}
+
+/// Scan visits every record exactly once, in pages.
+pub async fn scan_visits_every_record(store: Store) {
+    let mut want = HashSet::new();
+    for _ in 0..25 {
+        let k = new_key();
+        must_create(&store, &k, &record_at(None, now())).await;
+        want.insert(k);
+    }
+    let mut seen = HashSet::new();
+    let mut cursor = None;
+    let mut pages = 0;
+    loop {
+        let page = store.scan(cursor.take(), 7).await.expect("scan");
+        pages += 1;
+        for (k, r) in page.records {
+            assert!(r.meta.idle_expires_at > Timestamp(0));
+            assert!(seen.insert(k), "scan returned a key twice");
+        }
+        match page.next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+        assert!(pages < 1000, "scan does not terminate");
+    }
+    assert!(want.is_subset(&seen), "scan missed records");
+}
+
+/// Health answers ok on a working store.
+pub async fn health_ok(store: Store) {
+    let h = store.health().await;
+    assert!(h.ok, "{h:?}");
+}
+
+/// Declares one `#[tokio::test]` per conformance property for the store that `$factory` (an
+/// async closure or fn returning a fresh, isolated `Arc<dyn SessionStore>`) builds.
+#[macro_export]
+macro_rules! store_conformance {
+    ($factory:expr) => {
+        $crate::__conformance_tests!($factory;
+            create_never_overwrites, round_trips_record, load_absent_is_none,
+            load_after_expiry_is_none, save_delta_applies_per_key,
+            concurrent_writers_keep_every_key, save_after_destroy_does_not_resurrect,
+            user_index_list_and_revoke, user_index_prunes_expired, limit_deny_is_atomic,
+            limit_evict_oldest_is_atomic, limit_evict_idlest_is_atomic, cleanup_and_count,
+            scan_visits_every_record, health_ok
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_tests {
+    ($factory:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let store: $crate::conformance::Store = ($factory)().await;
+                $crate::conformance::$name(store).await;
+            }
+        )*
+    };
+}

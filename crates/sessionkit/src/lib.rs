@@ -1,0 +1,18 @@
+//! sessionkit: server-side sessions for axum/tower.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod clock;
+mod events;
+mod id;
+mod record;
+mod store;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use events::{EventKind, EventSink, FanoutSink, MemorySink, SessionEvent, TracingSink};
+pub use id::{IdGenerator, OsRngIds, SessionId, StorageKey, ID_BYTES, ID_LEN};
+pub use record::{Data, DecodeError, Delta, Meta, Record, Timestamp, Touch, Value, DECODE_CEILING};
+pub use store::memory::MemoryStore;
+pub use store::{
+    CreateOutcome, Health, LimitPolicy, SaveOutcome, ScanPage, SessionLimit, SessionStore,
+    StoreError,
+};

@@ -1,0 +1,312 @@
+//! The stored form of a session: a map of JSON values, its metadata and a version, plus the
+//! compact codec byte-oriented stores use.
+//!
+//! Values are kept as JSON text ([`Value`]) so that a store can hold and patch them without
+//! knowing their types, and typed access through serde happens only in the handler that asks.
+//! The codec is MessagePack with a one-byte format tag in front; anything that does not decode
+//! is an error the caller turns into "absent", never a panic.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A point in time, in milliseconds since the Unix epoch.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Timestamp(pub u64);
+
+impl Timestamp {
+    /// Milliseconds since the Unix epoch.
+    pub fn as_millis(self) -> u64 {
+        self.0
+    }
+
+    /// Whole seconds since the Unix epoch.
+    pub fn as_secs(self) -> u64 {
+        self.0 / 1000
+    }
+
+    /// `self + d`, saturating.
+    #[must_use]
+    pub fn add(self, d: Duration) -> Self {
+        Self(
+            self.0
+                .saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        )
+    }
+
+    /// How long from `self` until `later`; zero if `later` is not later.
+    pub fn until(self, later: Timestamp) -> Duration {
+        Duration::from_millis(later.0.saturating_sub(self.0))
+    }
+}
+
+/// One session value: valid JSON text.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Value(Box<str>);
+
+impl Value {
+    /// Serializes `v` to JSON.
+    ///
+    /// # Errors
+    /// When `v`'s `Serialize` implementation fails (for example a map with non-string keys).
+    pub fn to_json<T: Serialize + ?Sized>(v: &T) -> Result<Self, serde_json::Error> {
+        Ok(Self(serde_json::to_string(v)?.into_boxed_str()))
+    }
+
+    /// Checks that `s` is JSON and wraps it.
+    ///
+    /// # Errors
+    /// When `s` is not valid JSON.
+    pub fn from_json_text(s: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str::<serde::de::IgnoredAny>(s)?;
+        Ok(Self(s.into()))
+    }
+
+    /// Deserializes the value.
+    ///
+    /// # Errors
+    /// When the stored JSON does not fit `T`.
+    pub fn parse<'a, T: Deserialize<'a>>(&'a self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(&self.0)
+    }
+
+    /// The JSON text.
+    pub fn as_json(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Values may hold personal data; only their size is printed.
+        write!(f, "Value({} bytes)", self.0.len())
+    }
+}
+
+/// Session data: key to JSON value, in key order.
+pub type Data = BTreeMap<String, Value>;
+
+/// Metadata kept beside the data. Every store persists all of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// The signed-in user, if any (set by `login`).
+    pub user_id: Option<String>,
+    /// When the session was created.
+    pub created_at: Timestamp,
+    /// Last request that touched the session (throttled).
+    pub last_seen_at: Timestamp,
+    /// The session dies at this instant unless touched again.
+    pub idle_expires_at: Timestamp,
+    /// The session dies at this instant whatever happens.
+    pub absolute_expires_at: Timestamp,
+    /// User agent of the request that created the session (truncated).
+    pub user_agent: Option<String>,
+    /// Client IP of the request that created the session, as the app sees it.
+    pub ip: Option<String>,
+    /// When the user last proved who they are (login or step-up).
+    pub auth_time: Option<Timestamp>,
+    /// Bumped on every write.
+    pub version: u64,
+}
+
+impl Meta {
+    /// The nearest of the two expiry instants.
+    pub fn expires_at(&self) -> Timestamp {
+        self.idle_expires_at.min(self.absolute_expires_at)
+    }
+
+    /// Whether the session is dead at `now`.
+    pub fn is_expired(&self, now: Timestamp) -> bool {
+        now >= self.expires_at()
+    }
+}
+
+/// A session as stores hold it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The values.
+    pub data: Data,
+    /// The metadata.
+    pub meta: Meta,
+}
+
+/// Format tag of the codec's current layout.
+const FORMAT_V1: u8 = 1;
+
+/// Why bytes did not decode into a [`Record`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Empty input.
+    #[error("empty record")]
+    Empty,
+    /// A format tag this version does not know.
+    #[error("unknown record format {0}")]
+    UnknownFormat(u8),
+    /// The payload is not a valid record.
+    #[error("malformed record")]
+    Malformed(#[source] rmp_serde::decode::Error),
+    /// Over the configured maximum size.
+    #[error("record of {0} bytes is over the limit")]
+    TooLarge(usize),
+}
+
+/// Hard ceiling on what the decoder accepts, whatever the configured limit: a store cannot make
+/// the process allocate more than this for one record.
+pub const DECODE_CEILING: usize = 16 * 1024 * 1024;
+
+impl Record {
+    /// Encodes the record: one format byte, then MessagePack.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128 + self.data_size());
+        out.push(FORMAT_V1);
+        // Serializing plain structs of strings and integers into a Vec cannot fail.
+        if rmp_serde::encode::write(&mut out, self).is_err() {
+            out.truncate(1);
+        }
+        out
+    }
+
+    /// Decodes bytes written by [`Record::encode`]. Truncated, flipped, foreign or oversized
+    /// input is an error, never a panic; allocation is bounded by the input size because every
+    /// length prefix is checked against the remaining bytes by the decoder.
+    ///
+    /// # Errors
+    /// See [`DecodeError`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let (&tag, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+        if bytes.len() > DECODE_CEILING {
+            return Err(DecodeError::TooLarge(bytes.len()));
+        }
+        match tag {
+            FORMAT_V1 => rmp_serde::from_slice(body).map_err(DecodeError::Malformed),
+            other => Err(DecodeError::UnknownFormat(other)),
+        }
+    }
+
+    /// Approximate encoded size of the data map (keys plus JSON text), used for the size cap.
+    pub fn data_size(&self) -> usize {
+        self.data.iter().map(|(k, v)| k.len() + v.0.len() + 4).sum()
+    }
+
+    /// Applies a delta to this record in memory: the reference semantics every store follows.
+    pub fn apply(&mut self, delta: &Delta) {
+        for (k, change) in &delta.changes {
+            match change {
+                Some(v) => {
+                    self.data.insert(k.clone(), v.clone());
+                }
+                None => {
+                    self.data.remove(k);
+                }
+            }
+        }
+        if let Some(t) = delta.touch {
+            self.meta.last_seen_at = self.meta.last_seen_at.max(t.last_seen_at);
+            self.meta.idle_expires_at = self.meta.idle_expires_at.max(t.idle_expires_at);
+        }
+        self.meta.version += 1;
+    }
+}
+
+/// New activity stamps for a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Touch {
+    /// New `last_seen_at`.
+    pub last_seen_at: Timestamp,
+    /// New `idle_expires_at`.
+    pub idle_expires_at: Timestamp,
+}
+
+/// What one request changed: per key, a new value or a removal, and optionally new activity
+/// stamps. Stores apply it atomically to the stored record, so concurrent requests that change
+/// different keys both keep their changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Delta {
+    /// In order; `None` removes the key.
+    pub changes: Vec<(String, Option<Value>)>,
+    /// Extend the idle expiry (never shortens it).
+    pub touch: Option<Touch>,
+}
+
+impl Delta {
+    /// Whether applying it would change nothing.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.touch.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(n: usize) -> Record {
+        let mut r = Record::default();
+        r.meta.user_id = Some("42".into());
+        r.meta.version = 3;
+        for i in 0..n {
+            r.data.insert(
+                format!("k{i}"),
+                Value::to_json(&format!("value {i}")).unwrap(),
+            );
+        }
+        r
+    }
+
+    #[test]
+    fn round_trip() {
+        let r = sample(5);
+        assert_eq!(Record::decode(&r.encode()).unwrap(), r);
+    }
+
+    #[test]
+    fn corrupt_input_is_an_error_not_a_panic() {
+        let bytes = sample(5).encode();
+        for cut in 0..bytes.len() {
+            assert!(Record::decode(&bytes[..cut]).is_err());
+        }
+        for i in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut b = bytes.clone();
+                b[i] ^= 1 << bit;
+                let _ = Record::decode(&b); // must not panic
+            }
+        }
+        assert!(matches!(
+            Record::decode(&[9, 1, 2]),
+            Err(DecodeError::UnknownFormat(9))
+        ));
+        // length-prefix bomb: a map claiming 2^32-1 entries in 6 bytes
+        assert!(Record::decode(&[FORMAT_V1, 0xdf, 0xff, 0xff, 0xff, 0xff]).is_err());
+        // a str32 claiming 4 GiB
+        assert!(Record::decode(&[FORMAT_V1, 0x92, 0xdb, 0xff, 0xff, 0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn delta_touch_never_shortens() {
+        let mut r = sample(1);
+        r.meta.idle_expires_at = Timestamp(100);
+        r.apply(&Delta {
+            changes: vec![],
+            touch: Some(Touch {
+                last_seen_at: Timestamp(5),
+                idle_expires_at: Timestamp(50),
+            }),
+        });
+        assert_eq!(r.meta.idle_expires_at, Timestamp(100));
+        assert_eq!(r.meta.version, 4);
+    }
+
+    #[test]
+    fn value_checks_json() {
+        assert!(Value::from_json_text("{\"a\":1}").is_ok());
+        assert!(Value::from_json_text("{a:1}").is_err());
+        assert_eq!(Value::to_json(&5).unwrap().parse::<i32>().unwrap(), 5);
+    }
+}
