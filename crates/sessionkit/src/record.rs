@@ -32,6 +32,7 @@ impl Timestamp {
 
     /// `self + d`, saturating.
     #[must_use]
+    #[allow(clippy::should_implement_trait)] // saturating, unlike `Add`
     pub fn add(self, d: Duration) -> Self {
         Self(
             self.0
