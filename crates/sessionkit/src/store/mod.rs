@@ -22,6 +22,7 @@ use crate::id::StorageKey;
 use crate::record::{Delta, Meta, Record, Timestamp};
 
 pub(crate) mod memory;
+pub(crate) mod select;
 
 /// What to do when a user already has the maximum number of live sessions at login.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

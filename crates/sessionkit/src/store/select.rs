@@ -1,0 +1,44 @@
+//! Store selection from the configuration: one function serves the demo app, the bench app and
+//! the CLI, so they always agree on where sessions live.
+
+use std::sync::Arc;
+
+use super::{SessionStore, StoreError};
+use crate::config::{Config, StoreKind};
+
+/// Builds the store `config` asks for (`SESSION_TYPE`, default `auto`) and logs the choice once,
+/// without secrets.
+///
+/// `auto` picks Redis if a Redis URL is set, else SQL if `DATABASE_URL` is set, else the file
+/// store.
+///
+/// # Errors
+/// A store that is asked for but not compiled in, a missing URL, or a store that cannot start.
+pub async fn build_store(config: &Config) -> Result<Arc<dyn SessionStore>, StoreError> {
+    let (kind, why) = resolve(config);
+    tracing::info!(store = ?kind, reason = why, "session store selected");
+    match kind {
+        StoreKind::Memory => Ok(Arc::new(super::memory::MemoryStore::new())),
+        other => Err(StoreError::Backend {
+            context: format!("session store {other:?}"),
+            source: "this store is not compiled into this build (enable its cargo feature)".into(),
+        }),
+    }
+}
+
+/// Which store `auto` resolves to, and why.
+pub fn resolve(config: &Config) -> (StoreKind, &'static str) {
+    match config.store {
+        StoreKind::Auto if config.redis_url.is_some() => {
+            (StoreKind::Redis, "auto: REDIS_URL is set")
+        }
+        StoreKind::Auto => match config.database_url.as_ref().map(|u| u.expose()) {
+            Some(u) if u.starts_with("postgres") => {
+                (StoreKind::Postgres, "auto: DATABASE_URL is postgres")
+            }
+            Some(_) => (StoreKind::Sqlite, "auto: DATABASE_URL is set"),
+            None => (StoreKind::Filesystem, "auto: no REDIS_URL or DATABASE_URL"),
+        },
+        other => (other, "SESSION_TYPE"),
+    }
+}
