@@ -58,7 +58,7 @@ pub use layer::{SessionLayer, SessionMissing, SessionService};
 pub use record::{Data, DecodeError, Delta, Meta, Record, Timestamp, Touch, Value, DECODE_CEILING};
 pub use session::{Session, SessionError};
 pub use store::memory::MemoryStore;
-pub use store::select::{build_store, resolve as resolve_store};
+pub use store::select::{build_store, open_url as open_store_url, resolve as resolve_store};
 pub use store::{
     CreateOutcome, Health, LimitPolicy, SaveOutcome, ScanPage, SessionLimit, SessionStore,
     StoreError,

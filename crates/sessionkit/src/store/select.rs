@@ -17,11 +17,48 @@ use crate::config::{Config, StoreKind};
 pub async fn build_store(config: &Config) -> Result<Arc<dyn SessionStore>, StoreError> {
     let (kind, why) = resolve(config);
     tracing::info!(store = ?kind, reason = why, "session store selected");
+    let url = |u: &Option<crate::config::Secret>, var: &str| {
+        u.as_ref()
+            .map(|s| s.expose().to_owned())
+            .ok_or_else(|| StoreError::Backend {
+                context: format!("SESSION_TYPE={kind:?}"),
+                source: format!("{var} is not set").into(),
+            })
+    };
     match kind {
-        StoreKind::Memory => Ok(Arc::new(super::memory::MemoryStore::new())),
+        StoreKind::Memory => open_url("memory:", config).await,
+        StoreKind::Filesystem => {
+            open_url(&format!("file://{}", config.file_dir.display()), config).await
+        }
+        StoreKind::Redis => open_url(&url(&config.redis_url, "REDIS_URL")?, config).await,
+        StoreKind::Sqlite | StoreKind::Postgres => {
+            open_url(&url(&config.database_url, "DATABASE_URL")?, config).await
+        }
+        StoreKind::Auto => unreachable_auto(),
+    }
+}
+
+fn unreachable_auto() -> Result<Arc<dyn SessionStore>, StoreError> {
+    Err(StoreError::Backend {
+        context: "store selection".into(),
+        source: "auto was not resolved".into(),
+    })
+}
+
+/// Opens a store by URL: `memory:`, `file:///path` (or `file://relative/path`), `sqlite://…`,
+/// `postgres://…`, `redis://…`. Used by `build_store`, the fallback store and `sessionkit
+/// migrate`.
+///
+/// # Errors
+/// An unknown scheme, a store not compiled in, or a store that cannot start.
+pub async fn open_url(url: &str, config: &Config) -> Result<Arc<dyn SessionStore>, StoreError> {
+    let _ = config;
+    let scheme = url.split(':').next().unwrap_or_default();
+    match scheme {
+        "memory" => Ok(Arc::new(super::memory::MemoryStore::new())),
         other => Err(StoreError::Backend {
-            context: format!("session store {other:?}"),
-            source: "this store is not compiled into this build (enable its cargo feature)".into(),
+            context: format!("store URL scheme {other:?}"),
+            source: "unknown scheme, or its store is not compiled into this build (enable its cargo feature)".into(),
         }),
     }
 }
