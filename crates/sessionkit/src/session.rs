@@ -87,8 +87,25 @@ pub(crate) enum CookieAction {
 /// The request's facts the session records when it creates a record.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Client {
-    pub(crate) ip: Option<String>,
-    pub(crate) user_agent: Option<String>,
+    pub(crate) ip: Option<std::net::IpAddr>,
+    pub(crate) user_agent: Option<http::HeaderValue>,
+}
+
+/// Longest user agent kept in a record.
+const MAX_USER_AGENT: usize = 256;
+
+impl Client {
+    // Kept raw per request and turned into strings only when a record or event needs them.
+    pub(crate) fn ip(&self) -> Option<String> {
+        self.ip.map(|ip| ip.to_string())
+    }
+
+    pub(crate) fn user_agent(&self) -> Option<String> {
+        self.user_agent
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(MAX_USER_AGENT).collect())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -163,8 +180,8 @@ impl Session {
             key,
             user_id: user,
             reason,
-            ip: self.0.client.ip.clone(),
-            user_agent: self.0.client.user_agent.clone(),
+            ip: self.0.client.ip(),
+            user_agent: self.0.client.user_agent(),
         });
     }
 
@@ -361,8 +378,8 @@ impl Session {
                 last_seen_at: now,
                 idle_expires_at: now.add(c.idle_timeout).min(absolute),
                 absolute_expires_at: absolute,
-                user_agent: self.0.client.user_agent.clone(),
-                ip: self.0.client.ip.clone(),
+                user_agent: self.0.client.user_agent(),
+                ip: self.0.client.ip(),
                 version: 0,
             },
         }
@@ -565,11 +582,10 @@ impl Session {
     }
 
     /// Max-Age for a new cookie: the time left until absolute expiry, for permanent sessions.
-    pub(crate) async fn max_age(&self) -> Option<std::time::Duration> {
+    pub(crate) fn max_age(&self, st: &State) -> Option<std::time::Duration> {
         if !self.0.shared.config.permanent {
             return None;
         }
-        let st = self.0.state.lock().await;
         st.record
             .as_ref()
             .map(|r| self.now().until(r.meta.absolute_expires_at))
