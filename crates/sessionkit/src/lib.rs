@@ -57,6 +57,7 @@ pub use id::{IdGenerator, OsRngIds, SessionId, StorageKey, ID_BYTES, ID_LEN};
 pub use layer::{SessionLayer, SessionMissing, SessionService};
 pub use record::{Data, DecodeError, Delta, Meta, Record, Timestamp, Touch, Value, DECODE_CEILING};
 pub use session::{Session, SessionError};
+pub use store::fallback::{FallbackOptions, FallbackStore};
 pub use store::memory::MemoryStore;
 pub use store::select::{build_store, open_url as open_store_url, resolve as resolve_store};
 pub use store::{
