@@ -290,6 +290,24 @@ mod tests {
     }
 
     #[test]
+    fn random_bytes_never_panic() {
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 64) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|i| (x.rotate_left(i as u32 * 7) & 0xff) as u8)
+                .collect();
+            let mut tagged = vec![FORMAT_V1];
+            tagged.extend_from_slice(&bytes);
+            let _ = Record::decode(&tagged);
+            let _ = Record::decode(&bytes);
+        }
+    }
+
+    #[test]
     fn delta_touch_never_shortens() {
         let mut r = sample(1);
         r.meta.idle_expires_at = Timestamp(100);

@@ -119,8 +119,6 @@ pub(crate) struct State {
     touch_due: bool,
     pub(crate) cookie: CookieAction,
     pub(crate) accessed: bool,
-    /// Set while the session was ended by this request, so later writes start a new one.
-    ended: bool,
 }
 
 pub(crate) struct Inner {
@@ -464,7 +462,6 @@ impl Session {
         st.record = Some(record);
         st.changes.clear();
         st.touch_due = false;
-        st.ended = false;
         st.cookie = CookieAction::Set(id);
         Ok(())
     }
@@ -516,7 +513,6 @@ impl Session {
         st.record = None;
         st.changes.clear();
         st.touch_due = false;
-        st.ended = true;
         st.cookie = if self.0.presented.is_some() || matches!(st.cookie, CookieAction::Set(_)) {
             CookieAction::Remove
         } else {
