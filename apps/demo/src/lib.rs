@@ -38,7 +38,7 @@ use axum::http::HeaderValue;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use sessionkit::{AppEnv, SessionLayer, SessionStore};
+use sessionkit::{AppEnv, Config, SessionLayer, SessionStore};
 
 mod csrf;
 mod routes;
@@ -82,6 +82,26 @@ impl AppState {
     fn development(&self) -> bool {
         self.sessions.config().app_env != AppEnv::Production
     }
+}
+
+/// What to print at start-up outside production: the demo accounts and their passwords, and a
+/// hint for browsers that refuse Secure cookies over plain HTTP. `None` in production.
+pub fn development_notice(config: &Config) -> Option<String> {
+    if config.app_env == AppEnv::Production {
+        return None;
+    }
+    let mut s = String::from("demo accounts (shown outside production only):");
+    for (name, password, admin) in DEMO_USERS {
+        let role = if *admin { "  (administrator)" } else { "" };
+        s.push_str(&format!("\n  {name:<8} {password}{role}"));
+    }
+    if config.cookie_secure {
+        s.push_str(
+            "\nthe session cookie is Secure; a browser that drops it over http needs \
+             SESSION_COOKIE_SECURE=false",
+        );
+    }
+    Some(s)
 }
 
 /// The demo's router, with the session layer applied.

@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
-use sessionkit::{build_store, AppEnv, Config, SessionLayer};
-use sessionkit_demo::{app, AppState, Users, DEMO_USERS};
+use sessionkit::{build_store, Config, SessionLayer};
+use sessionkit_demo::{app, development_notice, AppState, Users};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -15,7 +15,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let config = Config::from_env().context("session configuration")?;
-    let development = config.app_env != AppEnv::Production;
+    let notice = development_notice(&config);
     let store = build_store(&config).await.context("session store")?;
     let state = AppState::new(SessionLayer::new(store, config)?, Users::demo()?);
     let port: u16 = match std::env::var("PORT") {
@@ -26,11 +26,8 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding 127.0.0.1:{port}"))?;
     println!("sessionkit demo on http://127.0.0.1:{port}");
-    if development {
-        println!("demo accounts (shown outside production only):");
-        for (name, password, _) in DEMO_USERS {
-            println!("  {name:<8} {password}");
-        }
+    if let Some(n) = notice {
+        println!("{n}");
     }
     let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, service)

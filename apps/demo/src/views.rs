@@ -410,7 +410,9 @@ pub(crate) fn admin(v: &AdminView<'_>) -> Markup {
                                 td { (u.sessions) }
                                 td { @if let Some(t) = u.last_seen { (when(t, v.now)) } @else { span.muted { "—" } } }
                                 td {
-                                    @if u.sessions > 0 {
+                                    // The administrator's own current session is kept, so
+                                    // the button shows only when there is another one.
+                                    @if u.sessions > usize::from(u.name == v.nav.user) {
                                         form.inline method="post" action="/admin/revoke-user" {
                                             (csrf_input(v.nav.csrf))
                                             input type="hidden" name="user" value=(u.name);
@@ -447,6 +449,7 @@ fn message(status: StatusCode, title: &str, text: &str, link: (&str, &str)) -> R
 
 /// The 403 for a form without a valid CSRF token.
 pub(crate) fn forbidden() -> Response {
+    tracing::info!("form refused: no valid CSRF token");
     message(
         StatusCode::FORBIDDEN,
         "Form expired",

@@ -545,6 +545,10 @@ async fn admin_page_is_for_admins_only() {
     assert_eq!(row(&page.body, "bob"), "2");
     assert_eq!(row(&page.body, "admin"), "1");
     assert!(page.body.contains("healthy"));
+    assert!(
+        !page.body.contains("Sign out other sessions"),
+        "nothing else to sign out"
+    );
 
     let r = admin
         .submit("/admin", "/admin/revoke-user", &[("user", "bob")])
@@ -560,10 +564,18 @@ async fn admin_page_is_for_admins_only() {
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     // the administrator's own sessions: all but this one
+    let mut admin2 = Browser::new(&app, "test", "127.0.0.1");
+    admin2.login("admin", "admin-demo").await;
+    assert!(admin
+        .get("/admin")
+        .await
+        .body
+        .contains("Sign out other sessions"));
     admin
         .submit("/admin", "/admin/revoke-user", &[("user", "admin")])
         .await;
     assert_eq!(admin.signed_in_as().await.as_deref(), Some("admin"));
+    assert_eq!(admin2.signed_in_as().await, None);
 }
 
 #[tokio::test]
@@ -635,4 +647,13 @@ async fn bad_input_never_yields_a_500() {
 fn debug_output_keeps_password_hashes_out() {
     let out = format!("{:?}", users());
     assert!(out.contains("alice") && !out.contains("argon2"), "{out}");
+}
+
+#[test]
+fn demo_passwords_are_printed_outside_production_only() {
+    let dev = Config::new(SECRET);
+    let notice = sessionkit_demo::development_notice(&dev).unwrap();
+    assert!(notice.contains("alice") && notice.contains("wonderland"));
+    let prod = Config::new(SECRET).with_app_env(sessionkit::AppEnv::Production);
+    assert_eq!(sessionkit_demo::development_notice(&prod), None);
 }
