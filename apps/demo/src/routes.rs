@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Form, Json};
 use serde::Deserialize;
-use sessionkit::{Clock as _, Session, SessionError, StorageKey, SystemClock};
+use sessionkit::{Session, SessionError, StorageKey};
 
 use crate::csrf::{self, CsrfForm};
 use crate::users::User;
@@ -206,7 +206,7 @@ pub(crate) async fn dashboard(State(state): State<AppState>, session: Session) -
     let key = session.storage_key().await?;
     let csrf = csrf::session_token(&session).await?;
     let flash = take_flash(&session).await?;
-    let now = SystemClock.now();
+    let now = session.now();
     let devices = state.store.list_user(&me.name, now).await?.len();
     Ok(views::respond(
         StatusCode::OK,
@@ -229,7 +229,7 @@ pub(crate) async fn devices(State(state): State<AppState>, session: Session) -> 
     let current = session.storage_key().await?;
     let csrf = csrf::session_token(&session).await?;
     let flash = take_flash(&session).await?;
-    let now = SystemClock.now();
+    let now = session.now();
     let mut list: Vec<Device> = state
         .store
         .list_user(&me.name, now)
@@ -280,7 +280,7 @@ pub(crate) async fn revoke(
     // Only a key from the user's own index may be destroyed: a key is not a capability.
     let mine = state
         .store
-        .list_user(&me.name, SystemClock.now())
+        .list_user(&me.name, session.now())
         .await?
         .iter()
         .any(|(k, _)| *k == key);
@@ -321,7 +321,7 @@ pub(crate) async fn admin(State(state): State<AppState>, session: Session) -> Re
     }
     let csrf = csrf::session_token(&session).await?;
     let flash = take_flash(&session).await?;
-    let now = SystemClock.now();
+    let now = session.now();
     let records = state.store.count().await?;
     let health = state.store.health().await;
     let mut rows = Vec::new();

@@ -161,7 +161,8 @@ impl Session {
         }))
     }
 
-    fn now(&self) -> Timestamp {
+    /// The current time by the layer's clock (the one every expiry decision uses).
+    pub fn now(&self) -> Timestamp {
         self.0.shared.clock.now()
     }
 
