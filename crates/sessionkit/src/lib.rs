@@ -12,6 +12,8 @@ pub use events::{EventKind, EventSink, FanoutSink, MemorySink, SessionEvent, Tra
 pub use id::{IdGenerator, OsRngIds, SessionId, StorageKey, ID_BYTES, ID_LEN};
 pub use record::{Data, DecodeError, Delta, Meta, Record, Timestamp, Touch, Value, DECODE_CEILING};
 pub use store::memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use store::redis::{RedisOptions, RedisStore};
 pub use store::{
     CreateOutcome, Health, LimitPolicy, SaveOutcome, ScanPage, SessionLimit, SessionStore,
     StoreError,

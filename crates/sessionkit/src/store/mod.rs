@@ -22,6 +22,8 @@ use crate::id::StorageKey;
 use crate::record::{Delta, Meta, Record, Timestamp};
 
 pub(crate) mod memory;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
 
 /// What to do when a user already has the maximum number of live sessions at login.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
