@@ -33,7 +33,19 @@ fn shared_cluster() -> &'static RedisCluster {
     CLUSTER.get_or_init(RedisCluster::start)
 }
 
+/// Options for tests about behaviour rather than timing: generous timeouts, so that a loaded
+/// 2-core CI box (hundreds of requests queued on one connection in a debug build) cannot turn
+/// a slow reply into a failure. The outage tests use the defaults.
 fn options() -> RedisOptions {
+    RedisOptions::new()
+        .with_key_prefix(unique_prefix())
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_response_timeout(Duration::from_secs(10))
+        .with_operation_timeout(Duration::from_secs(20))
+}
+
+/// The library's default timeouts (500 ms per reply, 2 s per call), for the outage tests.
+fn default_timeouts() -> RedisOptions {
     RedisOptions::new().with_key_prefix(unique_prefix())
 }
 
@@ -144,6 +156,7 @@ async fn bounded_connections_under_concurrency() {
     );
     // The three `redis-cli` calls after `before` each opened one connection.
     let store_connections = after - before - 2;
+    eprintln!("500 operations: {open} connection(s) open, {store_connections} opened");
     assert!(open <= 4, "{open} connections open:\n{clients}");
     assert!(
         store_connections <= 4,
@@ -157,7 +170,9 @@ async fn bounded_connections_under_concurrency() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_is_unavailable_then_recovers() {
     let mut server = RedisServer::start();
-    let store = RedisStore::connect(&server.url(), options()).await.unwrap();
+    let store = RedisStore::connect(&server.url(), default_timeouts())
+        .await
+        .unwrap();
     let key = new_key();
     must_create(&store, &key, &record_at(Some("outage"), now())).await;
     assert!(store.health().await.ok);
@@ -238,6 +253,47 @@ async fn outage_is_unavailable_then_recovers() {
     assert!(store.load(&key, now()).await.unwrap().is_none());
     assert_eq!(store.list_user("outage", now()).await.unwrap().len(), 1);
     assert!(store.health().await.ok);
+}
+
+/// A server that accepts connections but answers nothing (`CLIENT PAUSE`): calls give up after
+/// the response timeout with `Unavailable` instead of hanging, and work again once it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_server_times_out_then_recovers() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url(), default_timeouts())
+        .await
+        .unwrap();
+    let key = new_key();
+    must_create(&store, &key, &record_at(None, now())).await;
+
+    let pause = Duration::from_secs(4);
+    server.cli(&["CLIENT", "PAUSE", &pause.as_millis().to_string(), "ALL"]);
+    let paused_at = Instant::now();
+    let t = Instant::now();
+    let r = store.load(&key, now()).await;
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert!(matches!(r, Err(StoreError::Unavailable { .. })), "{r:?}");
+    let t = Instant::now();
+    let r = store.save_delta(&key, &Delta::default(), now()).await;
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    if paused_at.elapsed() < pause {
+        assert!(matches!(r, Err(StoreError::Unavailable { .. })), "{r:?}");
+    }
+
+    tokio::time::sleep(pause.saturating_sub(paused_at.elapsed())).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match store.load(&key, now()).await {
+            Ok(r) => {
+                assert!(r.is_some());
+                break;
+            }
+            Err(StoreError::Unavailable { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("no recovery: {e:?}"),
+        }
+    }
 }
 
 fn chain(e: &dyn std::error::Error) -> String {
@@ -373,4 +429,60 @@ async fn connect_rejects_bad_options() {
     let forced = seed.replacen("redis://", "redis+cluster://", 1);
     let store = RedisStore::connect(&forced, options()).await.unwrap();
     assert!(store.is_cluster());
+}
+
+/// Manual measurement, not a check: `cargo test -p sessionkit --features redis --test
+/// redis_store --release -- --ignored --nocapture throughput`. 64 tasks share one store for a
+/// few seconds, each doing load + save_delta of its own signed-in session, against a standalone
+/// server and the Cluster; prints store calls per second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "manual measurement"]
+async fn throughput() {
+    async fn run(name: &str, store: RedisStore) {
+        let store = Arc::new(store);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let key = new_key();
+                let user = format!("bench-{i}");
+                must_create(&store, &key, &record_at(Some(&user), now())).await;
+                let mut calls = 0u64;
+                while Instant::now() < deadline {
+                    assert!(store.load(&key, now()).await.unwrap().is_some());
+                    let d = Delta {
+                        changes: vec![("n".into(), Some(Value::to_json(&calls).unwrap()))],
+                        touch: None,
+                    };
+                    let out = store.save_delta(&key, &d, now()).await.unwrap();
+                    assert!(matches!(out, SaveOutcome::Saved { .. }));
+                    calls += 2;
+                }
+                calls
+            }));
+        }
+        let started = Instant::now();
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.unwrap();
+        }
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!(
+            "{name}: {total} calls in {secs:.1} s = {:.0} calls/s (load + save_delta, 64 tasks)",
+            total as f64 / secs
+        );
+    }
+    let server = RedisServer::start();
+    run(
+        "standalone",
+        RedisStore::connect(&server.url(), options()).await.unwrap(),
+    )
+    .await;
+    let urls = shared_cluster().urls().join(",");
+    run(
+        "cluster",
+        RedisStore::connect(&urls, options()).await.unwrap(),
+    )
+    .await;
 }

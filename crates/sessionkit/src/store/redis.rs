@@ -12,22 +12,25 @@
 //! next call reconnects.
 //!
 //! # Layout
-//! With `P` the key prefix (`SESSION_KEY_PREFIX`, default `sk:`) and `K` the storage key:
-//! - `P s:K` (written `Ps:K`), the *head*, a hash. For an anonymous session it is the record.
-//!   For a signed-in session it is a pointer, `p` → the user's tag, and the record lives with
-//!   its user (below). Every session has exactly one head, so `count` and `scan` walk heads.
-//! - `P{u:U}:s:K`, the record of a session of user `U` (`U` with `%`, `{`, `}` percent-escaped,
-//!   so that it cannot break the hash tag), and `P{u:U}:i`, the user's index: a sorted set of
-//!   storage keys scored by each record's nearest expiry. The hash tag `{u:U}` puts a user's
-//!   records and index in one Cluster slot, so the per-user limit and evictions run in one
-//!   script even on a Cluster.
+//! With `<p>` the key prefix (`SESSION_KEY_PREFIX`, default `sk:`) and `<k>` the storage key:
+//! - `<p>s:<k>`, the *head*, a hash. For an anonymous session it is the record itself. For a
+//!   signed-in session it is a pointer, field `p` = the user's tag, and the record lives with
+//!   its user (next item). Every session has exactly one head, so `count`, `scan` and
+//!   `cleanup_expired` walk heads.
+//! - `<p>{u:<user>}:s:<k>`, the record of a session of `<user>` (the user ID with `%`, `{` and
+//!   `}` percent-escaped, so that no user ID can end the hash tag early or collide with
+//!   another), and `<p>{u:<user>}:i`, the user's index: a sorted set of storage keys scored by
+//!   each record's nearest expiry (ms). The hash tag `{u:<user>}` puts a user's records and
+//!   index in one Cluster slot, so the per-user limit and its evictions run in one script even
+//!   on a Cluster. The pointer is what lets `load` find that record from the storage key alone.
 //! - A record hash holds `v` (version), `c`, `s`, `i`, `a` (created, last seen, idle and
 //!   absolute expiry, ms), `m` (user, user agent, IP, auth time; MessagePack) and one field
 //!   `d:<name>` per session value (its JSON text), so a delta touches only the fields it
 //!   changes.
-//! - Each record's TTL (`PEXPIREAT`) is its nearest expiry and moves with every touch; a
-//!   pointer's TTL is the absolute expiry; an index's TTL is that of its longest-lived entry.
-//!   TTLs only reclaim memory: expiry is always judged by the `now` the caller passes.
+//! - Each record's TTL (`PEXPIREAT`) is its nearest expiry and moves with every touch, as does
+//!   its index score; a pointer's TTL is the absolute expiry; an index's TTL is that of its
+//!   longest-lived entry. TTLs only reclaim memory: expiry is always judged by the `now` the
+//!   caller passes.
 //!
 //! # Guarantees
 //! All writes are Lua scripts ([`redis::Script`]: `EVALSHA`, reloaded on `NOSCRIPT`), so each
@@ -57,9 +60,12 @@
 //!   change during a scan can repeat or miss records, like `SCAN` itself.
 //!
 //! Crashes: a Redis restart without persistence loses every session (users sign in again);
-//! with AOF/RDB the scripts' effects are replicated and persisted as units.
+//! with AOF/RDB the scripts' effects are replicated and persisted as units. Replication is
+//! asynchronous: a failover to a replica can lose the last acknowledged writes, so a session
+//! destroyed just before it can reappear. Deployments that cannot accept this need
+//! `appendfsync always` and no failover, or a SQL store.
 //!
-//! `count` is `SCAN MATCH Ps:*` on every master (never `KEYS`): no counter to drift when TTLs
+//! `count` is `SCAN MATCH <p>s:*` on every master (never `KEYS`): no counter to drift when TTLs
 //! fire, no hot key on a Cluster, at the price of O(keys) work, which suits the CLI and an
 //! occasional metrics scrape but not a per-request call. `cleanup_expired(now)` walks the heads
 //! the same way, in batches, and removes every session expired at `now` even if its TTL has not
@@ -222,7 +228,31 @@ impl Scripts {
     }
 }
 
-/// Sessions in Redis or Redis Cluster. See the module documentation.
+/// Sessions in Redis or Redis Cluster, shared by every process that uses the same server.
+///
+/// All requests share one multiplexed connection (one per master on a Cluster); every call is
+/// bounded in time and reports an outage as [`StoreError::Unavailable`]. Each session is a
+/// Redis hash patched key by key by server-side scripts, with its TTL at the nearest expiry;
+/// a signed-in session lives next to its user's index (a sorted set), in one Cluster slot, so
+/// the per-user limit is enforced atomically even on a Cluster. On a standalone server every
+/// operation is a single atomic script; on a Cluster, operations on signed-in sessions take
+/// two steps (the session's pointer, then the user's slot), and a crash between them can only
+/// leave a harmless pointer to nothing, which cleanup removes.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), sessionkit::StoreError> {
+/// use sessionkit::{RedisOptions, RedisStore, SessionStore};
+///
+/// // One URL: standalone or Cluster, detected. Several comma-separated URLs: Cluster seeds.
+/// let store = RedisStore::connect(
+///     "redis://:password@127.0.0.1:6379",
+///     RedisOptions::new().with_key_prefix("myapp:sk:"),
+/// )
+/// .await?;
+/// assert!(store.health().await.ok);
+/// # Ok(())
+/// # }
+/// ```
 pub struct RedisStore {
     conn: Conn,
     scripts: Scripts,
@@ -916,6 +946,45 @@ impl RedisStore {
         }
     }
 
+    /// The head step of `create` (kind `anon`, or `ptr` on a Cluster). On a Cluster, a pointer
+    /// in the way whose record is dead at `now` (expired or gone) is cleared and the claim tried
+    /// once more, so that create replaces a dead session as on a standalone server.
+    async fn create_head(
+        &self,
+        head: &str,
+        k: &str,
+        now: Timestamp,
+        args: &[&[u8]],
+    ) -> Result<Reply, StoreError> {
+        const CTX: &str = "creating a session in Redis";
+        let keys = [head];
+        let call = || Call {
+            script: &self.scripts.create,
+            keys: &keys,
+            mode: self.mode(),
+            key: k,
+            now,
+        };
+        let reply = self.run(CTX, call(), args).await?;
+        let stale = match (reply.tag(), reply.get(1).and_then(text)) {
+            ("exists", Some(tag)) if !tag.is_empty() => tag.to_owned(),
+            _ => return Ok(reply),
+        };
+        let (rec, idx) = (self.user_record_key(&stale, k), self.user_index_key(&stale));
+        let sweep = Call {
+            script: &self.scripts.destroy,
+            keys: &[&rec, &idx],
+            mode: "r",
+            key: k,
+            now,
+        };
+        if self.run(CTX, sweep, &[b"sweep"]).await?.tag() != "done" {
+            return Ok(reply);
+        }
+        self.drop_heads(&[k.to_owned()]).await;
+        self.run(CTX, call(), args).await
+    }
+
     /// Sweeps one head for `cleanup_expired`: 1 if an expired (or unreadable) record went.
     async fn sweep(&self, key: &StorageKey, now: Timestamp) -> Result<u64, StoreError> {
         let (reply, tag) = self
@@ -982,52 +1051,22 @@ impl SessionStore for RedisStore {
                 a.extend(fields.iter().map(Vec::as_slice));
                 a
             };
-            let script = &self.scripts.create;
             let reply = match (&tag, self.cluster) {
-                (None, _) => {
-                    self.run(
-                        CTX,
-                        Call {
-                            script,
-                            keys: &[&head],
-                            mode: self.mode(),
-                            key: k,
-                            now,
-                        },
-                        &args("anon"),
-                    )
-                    .await?
-                }
+                (None, _) => self.create_head(&head, k, now, &args("anon")).await?,
                 (Some(t), false) => {
                     let (rec, idx) = (self.user_record_key(t, k), self.user_index_key(t));
-                    self.run(
-                        CTX,
-                        Call {
-                            script,
-                            keys: &[&head, &rec, &idx],
-                            mode: "f",
-                            key: k,
-                            now,
-                        },
-                        &args("user"),
-                    )
-                    .await?
+                    let call = Call {
+                        script: &self.scripts.create,
+                        keys: &[&head, &rec, &idx],
+                        mode: "f",
+                        key: k,
+                        now,
+                    };
+                    self.run(CTX, call, &args("user")).await?
                 }
                 (Some(t), true) => {
                     // Step 1 on the head's slot: claim the key (create-if-absent).
-                    let claim = self
-                        .run(
-                            CTX,
-                            Call {
-                                script,
-                                keys: &[&head],
-                                mode: "h",
-                                key: k,
-                                now,
-                            },
-                            &args("ptr"),
-                        )
-                        .await?;
+                    let claim = self.create_head(&head, k, now, &args("ptr")).await?;
                     if claim.tag() != "created" {
                         return match claim.tag() {
                             "exists" => Ok(CreateOutcome::Exists),
@@ -1040,7 +1079,7 @@ impl SessionStore for RedisStore {
                         .run(
                             CTX,
                             Call {
-                                script,
+                                script: &self.scripts.create,
                                 keys: &[&rec, &idx],
                                 mode: "r",
                                 key: k,
@@ -1473,17 +1512,19 @@ return {'saved', v}
     /// as a pointer to user tag `ARGV[6]`), `user` (standalone: head + record + index in one step;
     /// Cluster step 2 in mode `r`: record + index). `ARGV[7]` max sessions (`''` = unlimited),
     /// `ARGV[8]` policy (`deny` | `oldest` | `idlest`), `ARGV[9]` nearest expiry, `ARGV[10]`
-    /// absolute expiry, then field/value pairs. Replies `{'exists'}`, `{'limit'}` or
+    /// absolute expiry, then field/value pairs. Replies `{'exists', tag}` (`tag`: in mode `h`,
+    /// the user tag of a pointer in the way, else `''`), `{'limit'}` or
     /// `{'created', {evicted...}}`.
     pub(super) const CREATE: &str = r#"
 local kind, u = ARGV[5], ARGV[6]
 
--- Whether the head may be written: absent, or holding an expired or unreadable session.
+-- Whether the head may be written: absent, or holding an expired or unreadable session. A
+-- pointer in Cluster mode counts as taken (its record is in another slot) and is returned so
+-- that the client can check that record and clear the head if it is dead.
 local function head_free(head)
   local h = redis.call('HMGET', head, 'p', 'i', 'a')
   if h[1] then
-    -- A pointer: in Cluster its record is in another slot, so it counts as taken.
-    if mode ~= 'f' then return false end
+    if mode ~= 'f' then return false, h[1] end
     local rp, pidx = ukeys(h[1])
     if live(rp .. skey) then return false end
     redis.call('DEL', rp .. skey)
@@ -1513,7 +1554,8 @@ end
 
 if kind ~= 'user' then
   local head = KEYS[1]
-  if not head_free(head) then return {'exists'} end
+  local free, ptr = head_free(head)
+  if not free then return {'exists', ptr or ''} end
   if kind == 'ptr' then
     redis.call('HSET', head, 'p', u)
     redis.call('PEXPIREAT', head, ARGV[10])
