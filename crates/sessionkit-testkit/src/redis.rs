@@ -22,7 +22,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// The guard: starts the server in the background, waits for stdin to close, then kills it,
 /// waits for it (so that the port is free when the guard exits) and removes its folder (so that
 /// servers held in `static`s, which never drop, leave nothing behind either).
-const GUARD: &str = r#"dir=$1; bin=$2; shift 2; "$bin" "$@" & p=$!; cat >/dev/null; kill -9 $p 2>/dev/null; wait $p 2>/dev/null; rm -rf "$dir"; exit 0"#;
+/// It prints the server's PID first, so that a server that dies at start-up is noticed at once.
+const GUARD: &str = r#"dir=$1; bin=$2; shift 2; "$bin" "$@" & p=$!; echo $p; cat >/dev/null; kill -9 $p 2>/dev/null; wait $p 2>/dev/null; rm -rf "$dir"; exit 0"#;
 
 fn find_bin(name: &str) -> PathBuf {
     let mut dirs: Vec<PathBuf> = Vec::new();
@@ -71,6 +72,7 @@ fn probe(port: u16, line: &str) -> Option<String> {
 struct Process {
     guard: Child,
     stdin: Option<ChildStdin>,
+    pid: Option<u32>,
 }
 
 impl Process {
@@ -85,16 +87,33 @@ impl Process {
             .arg(&bin)
             .args(args)
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn sh to run redis-server");
         let stdin = guard.stdin.take();
-        Process { guard, stdin }
+        let pid = guard.stdout.take().and_then(|out| {
+            let mut line = String::new();
+            BufReader::new(out).read_line(&mut line).ok()?;
+            line.trim().parse().ok()
+        });
+        Process { guard, stdin, pid }
     }
 
+    /// Whether the server is gone: the guard ended, or the server is dead or a zombie (the
+    /// guard reaps it only when told to stop). Linux `/proc`; elsewhere only the guard counts.
     fn exited(&mut self) -> bool {
-        matches!(self.guard.try_wait(), Ok(Some(_)))
+        if matches!(self.guard.try_wait(), Ok(Some(_))) {
+            return true;
+        }
+        let Some(pid) = self.pid else { return false };
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // The state follows the parenthesised command name.
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+            Err(_) => Path::new("/proc/self").exists(),
+        }
     }
 
     fn kill(&mut self) {
@@ -364,5 +383,45 @@ impl RedisCluster {
     /// The masters.
     pub fn nodes(&self) -> &[RedisServer] {
         &self.nodes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that cannot start (its port is taken) is noticed at once, not after the
+    /// readiness timeout, and leaves nothing running.
+    #[test]
+    fn failed_start_is_noticed_at_once() {
+        let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let mut server = RedisServer {
+            port: taken.local_addr().unwrap().port(),
+            config: ServerConfig::default(),
+            dir: tempfile::tempdir().unwrap(),
+            process: None,
+        };
+        let t = Instant::now();
+        assert!(!server.launch());
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        assert!(
+            server.log().contains("Address already in use"),
+            "{}",
+            server.log()
+        );
+        server.kill();
+    }
+
+    #[test]
+    fn start_kill_restart() {
+        let mut s = RedisServer::start();
+        assert_eq!(s.cli(&["PING"]).trim(), "PONG");
+        s.cli(&["SET", "k", "v"]);
+        let port = s.port();
+        s.kill();
+        assert!(probe(port, "PING").is_none());
+        s.restart();
+        assert_eq!(s.port(), port);
+        assert_eq!(s.cli(&["EXISTS", "k"]).trim(), "0");
     }
 }
