@@ -117,6 +117,53 @@ pub async fn create_never_overwrites(store: Store) {
     assert_eq!(got.meta.user_id, None);
 }
 
+/// A record expired at `now` does not block `create` under its key: the new record replaces it
+/// (anonymous or signed-in, either way round) and leaves no trace in the old user's index,
+/// while a live record still blocks it.
+pub async fn create_replaces_expired_record(store: Store) {
+    let t = now();
+    let later = t.add(HOUR / 2);
+    for (old_user, new_owner) in [
+        (Some(new_user()), None),
+        (None, Some(new_user())),
+        (Some(new_user()), Some(new_user())),
+    ] {
+        let key = new_key();
+        let mut old = record_at(old_user.as_deref(), t);
+        old.meta.idle_expires_at = t.add(HOUR / 4);
+        must_create(&store, &key, &old).await;
+        let mut new = record_at(new_owner.as_deref(), later);
+        new.data
+            .insert("gen".into(), Value::to_json("second").expect("json"));
+        let out = store
+            .create(&key, &new, SessionLimit::UNLIMITED, t)
+            .await
+            .expect("create");
+        assert_eq!(out, CreateOutcome::Exists, "the old record is live at t");
+        let out = store
+            .create(&key, &new, SessionLimit::UNLIMITED, later)
+            .await
+            .expect("create");
+        assert!(
+            matches!(out, CreateOutcome::Created { .. }),
+            "create over an expired record: {out:?}"
+        );
+        let got = store
+            .load(&key, later)
+            .await
+            .expect("load")
+            .expect("present");
+        assert_eq!(got.data, new.data);
+        assert_eq!(got.meta.user_id, new.meta.user_id);
+        if let Some(u) = &old_user {
+            assert!(store.list_user(u, later).await.expect("list").is_empty());
+        }
+        if let Some(u) = &new_owner {
+            assert_eq!(store.list_user(u, later).await.expect("list").len(), 1);
+        }
+    }
+}
+
 /// A record comes back exactly as stored, metadata included.
 pub async fn round_trips_record(store: Store) {
     let key = new_key();
@@ -576,7 +623,7 @@ pub async fn health_ok(store: Store) {
 macro_rules! store_conformance {
     ($factory:expr) => {
         $crate::__conformance_tests!($factory;
-            create_never_overwrites, round_trips_record, load_absent_is_none,
+            create_never_overwrites, create_replaces_expired_record, round_trips_record, load_absent_is_none,
             load_after_expiry_is_none, save_delta_applies_per_key,
             concurrent_writers_keep_every_key, save_after_destroy_does_not_resurrect,
             user_index_list_and_revoke, user_index_prunes_expired, limit_deny_is_atomic,

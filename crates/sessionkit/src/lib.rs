@@ -59,6 +59,8 @@ pub use record::{Data, DecodeError, Delta, Meta, Record, Timestamp, Touch, Value
 pub use session::{Session, SessionError};
 pub use store::fallback::{FallbackOptions, FallbackStore};
 pub use store::memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use store::redis::{RedisOptions, RedisStore};
 pub use store::select::{build_store, open_url as open_store_url, resolve as resolve_store};
 pub use store::{
     CreateOutcome, Health, LimitPolicy, SaveOutcome, ScanPage, SessionLimit, SessionStore,

@@ -23,6 +23,8 @@ use crate::record::{Delta, Meta, Record, Timestamp};
 
 pub(crate) mod fallback;
 pub(crate) mod memory;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
 pub(crate) mod select;
 
 /// What to do when a user already has the maximum number of live sessions at login.

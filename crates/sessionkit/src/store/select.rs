@@ -52,10 +52,14 @@ fn unreachable_auto() -> Result<Arc<dyn SessionStore>, StoreError> {
 /// # Errors
 /// An unknown scheme, a store not compiled in, or a store that cannot start.
 pub async fn open_url(url: &str, config: &Config) -> Result<Arc<dyn SessionStore>, StoreError> {
-    let _ = config;
     let scheme = url.split(':').next().unwrap_or_default();
     match scheme {
         "memory" => Ok(Arc::new(super::memory::MemoryStore::new())),
+        #[cfg(feature = "redis")]
+        "redis" | "redis+cluster" | "rediss" => {
+            let opts = super::redis::RedisOptions::new().with_key_prefix(config.key_prefix.clone());
+            Ok(Arc::new(super::redis::RedisStore::connect(url, opts).await?))
+        }
         other => Err(StoreError::Backend {
             context: format!("store URL scheme {other:?}"),
             source: "unknown scheme, or its store is not compiled into this build (enable its cargo feature)".into(),
