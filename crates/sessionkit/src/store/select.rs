@@ -17,6 +17,13 @@ use crate::config::{Config, StoreKind};
 pub async fn build_store(config: &Config) -> Result<Arc<dyn SessionStore>, StoreError> {
     let (kind, why) = resolve(config);
     tracing::info!(store = ?kind, reason = why, "session store selected");
+    if kind == StoreKind::Filesystem && config.app_env == crate::config::AppEnv::Production {
+        tracing::warn!(
+            dir = %config.file_dir.display(),
+            "the file store serves one host only: every server behind a load balancer needs the \
+             same store (set REDIS_URL or DATABASE_URL)"
+        );
+    }
     let url = |u: &Option<crate::config::Secret>, var: &str| {
         u.as_ref()
             .map(|s| s.expose().to_owned())
@@ -25,17 +32,31 @@ pub async fn build_store(config: &Config) -> Result<Arc<dyn SessionStore>, Store
                 source: format!("{var} is not set").into(),
             })
     };
-    match kind {
-        StoreKind::Memory => open_url("memory:", config).await,
+    let primary = match kind {
+        StoreKind::Memory => open_url("memory:", config).await?,
         StoreKind::Filesystem => {
-            open_url(&format!("file://{}", config.file_dir.display()), config).await
+            open_url(&format!("file://{}", config.file_dir.display()), config).await?
         }
-        StoreKind::Redis => open_url(&url(&config.redis_url, "REDIS_URL")?, config).await,
+        StoreKind::Redis => open_url(&url(&config.redis_url, "REDIS_URL")?, config).await?,
         StoreKind::Sqlite | StoreKind::Postgres => {
-            open_url(&url(&config.database_url, "DATABASE_URL")?, config).await
+            open_url(&url(&config.database_url, "DATABASE_URL")?, config).await?
         }
-        StoreKind::Auto => unreachable_auto(),
-    }
+        StoreKind::Auto => return unreachable_auto(),
+    };
+    let Some(fallback) = &config.fallback_url else {
+        return Ok(primary);
+    };
+    let secondary = open_url(fallback.expose(), config).await?;
+    tracing::info!(
+        primary = primary.name(),
+        secondary = secondary.name(),
+        "SESSION_FALLBACK: the secondary mirrors the primary and serves while it is down"
+    );
+    Ok(Arc::new(super::fallback::FallbackStore::new(
+        primary,
+        secondary,
+        super::fallback::FallbackOptions::default(),
+    )))
 }
 
 fn unreachable_auto() -> Result<Arc<dyn SessionStore>, StoreError> {
@@ -81,5 +102,40 @@ pub fn resolve(config: &Config) -> (StoreKind, &'static str) {
             None => (StoreKind::Filesystem, "auto: no REDIS_URL or DATABASE_URL"),
         },
         other => (other, "SESSION_TYPE"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn cfg() -> Config {
+        Config::new("0123456789abcdefghijklmnopqrstuvwxyzABCD")
+    }
+
+    #[test]
+    fn auto_prefers_redis_then_sql_then_files() {
+        let mut c = cfg();
+        assert_eq!(resolve(&c).0, StoreKind::Filesystem);
+        c.database_url = Some(Secret::new("sqlite://x.db"));
+        assert_eq!(resolve(&c).0, StoreKind::Sqlite);
+        c.database_url = Some(Secret::new("postgres://u@h/db"));
+        assert_eq!(resolve(&c).0, StoreKind::Postgres);
+        c.redis_url = Some(Secret::new("redis://127.0.0.1"));
+        assert_eq!(resolve(&c).0, StoreKind::Redis);
+        c.store = StoreKind::Memory;
+        assert_eq!(resolve(&c).0, StoreKind::Memory);
+    }
+
+    #[tokio::test]
+    async fn explicit_kind_without_its_url_fails_clearly() {
+        let mut c = cfg();
+        c.store = StoreKind::Redis;
+        let e = build_store(&c).await.unwrap_err();
+        let msg = format!("{e}: {:?}", std::error::Error::source(&e));
+        assert!(msg.contains("REDIS_URL is not set"), "{msg}");
+        let e = open_url("ftp://x", &c).await.unwrap_err();
+        assert!(format!("{:?}", e).contains("unknown scheme"));
     }
 }
