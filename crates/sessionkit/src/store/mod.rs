@@ -22,6 +22,12 @@ use crate::id::StorageKey;
 use crate::record::{Delta, Meta, Record, Timestamp};
 
 pub(crate) mod memory;
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) mod sql;
+#[cfg(feature = "sqlite")]
+pub(crate) mod sqlite;
 
 /// What to do when a user already has the maximum number of live sessions at login.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
