@@ -1,12 +1,16 @@
 //! sessionkit: server-side sessions for axum/tower.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "audit")]
+mod audit;
 mod clock;
 mod events;
 mod id;
 mod record;
 mod store;
 
+#[cfg(feature = "audit")]
+pub use audit::{AuditSink, AuditSinkBuilder};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use events::{EventKind, EventSink, FanoutSink, MemorySink, SessionEvent, TracingSink};
 pub use id::{IdGenerator, OsRngIds, SessionId, StorageKey, ID_BYTES, ID_LEN};

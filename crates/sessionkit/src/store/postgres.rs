@@ -307,7 +307,7 @@ impl PostgresStore {
             .bind(idle)
             .bind(to_db(now.0))
             .bind(&net.removed)
-            .bind(&net.set)
+            .bind(net.set_object())
             .fetch_optional(&self.pool)
             .await
         }

@@ -70,38 +70,42 @@ pub(crate) fn decode_data(text: &str) -> Result<Data, DecodeError> {
         .collect()
 }
 
-#[cfg(feature = "postgres")]
-/// A delta reduced to its net effect: the keys it sets (as a `data`-column object) and the keys
-/// it removes. The two are disjoint, so `(data - removed) || set` applies it in any order.
+/// A delta reduced to its net effect: the keys it sets and the keys it removes, disjoint, so
+/// they can be applied in any order (`(data - removed) || set` on PostgreSQL).
 #[derive(Debug)]
 pub(crate) struct NetChanges {
-    /// JSON object text of the keys set, in the `data` column's layout.
-    pub(crate) set: String,
+    /// Keys set, with their new values.
+    pub(crate) set: Vec<(String, Value)>,
     /// Keys removed.
     pub(crate) removed: Vec<String>,
 }
 
-#[cfg(feature = "postgres")]
 impl NetChanges {
     pub(crate) fn of(delta: &crate::record::Delta) -> Self {
         let mut net: std::collections::BTreeMap<&str, Option<&Value>> = Default::default();
         for (k, v) in &delta.changes {
             net.insert(k.as_str(), v.as_ref());
         }
-        let mut set = Data::new();
+        let mut set = Vec::new();
         let mut removed = Vec::new();
         for (k, v) in net {
             match v {
-                Some(v) => {
-                    set.insert(k.to_owned(), v.clone());
-                }
+                Some(v) => set.push((k.to_owned(), v.clone())),
                 None => removed.push(k.to_owned()),
             }
         }
-        Self {
-            set: encode_data(&set),
-            removed,
-        }
+        Self { set, removed }
+    }
+
+    /// The keys set, as a `data`-column object.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn set_object(&self) -> String {
+        let m: std::collections::BTreeMap<&str, &str> = self
+            .set
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_json()))
+            .collect();
+        serde_json::to_string(&m).unwrap_or_else(|_| "{}".to_owned())
     }
 }
 
@@ -353,7 +357,6 @@ mod tests {
         assert!(decode_data("{\"a\": \"{not json\"}").is_err());
     }
 
-    #[cfg(feature = "postgres")]
     #[test]
     fn net_changes_keep_the_last_change_per_key() {
         let v = |s: &str| Some(Value::from_json_text(s).unwrap());
@@ -368,6 +371,9 @@ mod tests {
         };
         let net = NetChanges::of(&delta);
         assert_eq!(net.removed, vec!["a".to_owned()]);
-        assert_eq!(net.set, r#"{"b":"2"}"#);
+        assert_eq!(net.set.len(), 1);
+        assert_eq!(net.set[0].0, "b");
+        #[cfg(feature = "postgres")]
+        assert_eq!(net.set_object(), r#"{"b":"2"}"#);
     }
 }

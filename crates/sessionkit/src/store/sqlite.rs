@@ -35,7 +35,7 @@ use sqlx::Row as _;
 
 use super::sql::{
     deadline, decode_data, encode_data, from_db, migrate_sqlite, store_error, to_db, MetaRow,
-    Migration, META_COLUMNS,
+    Migration, NetChanges, META_COLUMNS,
 };
 use super::{CreateOutcome, Health, SaveOutcome, ScanPage, SessionLimit, SessionStore, StoreError};
 use crate::id::StorageKey;
@@ -369,8 +369,11 @@ impl SqliteStore {
             .map_err(e)?;
             return Ok(saved(version));
         }
-        // SQLite's JSON path syntax cannot address every key, so the data map is patched in Rust
-        // inside a write transaction; with one writer connection this costs no lock contention.
+        if delta.changes.iter().all(|(k, _)| addressable(k)) {
+            return self.patch(key, delta, (seen, idle), now).await;
+        }
+        // Keys SQLite's JSON paths cannot name: patch the map in Rust, inside a transaction
+        // that holds the write lock from its first statement.
         let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(e)?;
         let row = sqlx::query("SELECT data FROM sessions WHERE key = ? AND expires_at > ?")
             .bind(key.as_str())
@@ -408,6 +411,58 @@ impl SqliteStore {
         tx.commit().await.map_err(e)?;
         Ok(saved(Some(version)))
     }
+
+    /// A delta as one `UPDATE` that patches the stored object with `json_remove`/`json_set`:
+    /// the statement takes the write lock before it reads the row, so it is atomic against
+    /// every other writer, in this process or another, and costs one trip to the database.
+    async fn patch(
+        &self,
+        key: &StorageKey,
+        delta: &Delta,
+        (seen, idle): (i64, i64),
+        now: Timestamp,
+    ) -> Result<SaveOutcome, StoreError> {
+        let net = NetChanges::of(delta);
+        let mut expr = String::from("data");
+        if !net.removed.is_empty() {
+            expr = format!("json_remove({expr}{})", ", ?".repeat(net.removed.len()));
+        }
+        if !net.set.is_empty() {
+            expr = format!("json_set({expr}{})", ", ?, ?".repeat(net.set.len()));
+        }
+        let sql = format!(
+            "UPDATE sessions SET data = {expr}, last_seen_at = max(last_seen_at, ?), \
+             idle_expires_at = max(idle_expires_at, ?), version = version + 1 \
+             WHERE key = ? AND expires_at > ? RETURNING version"
+        );
+        let mut q = sqlx::query_scalar(&sql);
+        for k in &net.removed {
+            q = q.bind(json_path(k));
+        }
+        for (k, v) in &net.set {
+            // Bound as text, the value is stored as a JSON string: the column's layout.
+            q = q.bind(json_path(k)).bind(v.as_json());
+        }
+        let version: Option<i64> = q
+            .bind(seen)
+            .bind(idle)
+            .bind(key.as_str())
+            .bind(to_db(now.0))
+            .fetch_optional(&self.write)
+            .await
+            .map_err(|e| store_error("saving a session", e))?;
+        Ok(saved(version))
+    }
+}
+
+/// Whether a data key can be named in a SQLite JSON path as `$."key"`: the path syntax has no
+/// escapes, so quotes, backslashes and control characters are left to the slow path.
+fn addressable(k: &str) -> bool {
+    !k.chars().any(|c| c == '"' || c == '\\' || c.is_control())
+}
+
+fn json_path(k: &str) -> String {
+    format!("$.\"{k}\"")
 }
 
 fn saved(version: Option<i64>) -> SaveOutcome {
