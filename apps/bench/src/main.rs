@@ -1,2 +1,35 @@
-//! The sessionkit bench app.
-fn main() {}
+//! The bench app binary: configuration from the environment, serves on `PORT` (default 8080).
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use sessionkit::{build_store, Config, SessionLayer};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let config = Config::from_env().context("session configuration")?;
+    let store = build_store(&config).await.context("session store")?;
+    let layer = SessionLayer::new(store, config)?;
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(8080);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .with_context(|| format!("binding 127.0.0.1:{port}"))?;
+    eprintln!("sessionkit-bench listening on http://127.0.0.1:{port}");
+    axum::serve(
+        listener,
+        sessionkit_bench::app(layer).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    Ok(())
+}

@@ -78,7 +78,7 @@ fn postgres_user() -> (u32, u32) {
 fn is_root() -> bool {
     // No libc: the owner of /proc/self is the effective uid of this process.
     use std::os::unix::fs::MetadataExt as _;
-    std::fs::metadata("/proc/self").map_or(false, |m| m.uid() == 0)
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
 fn free_port() -> u16 {

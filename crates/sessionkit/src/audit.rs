@@ -292,6 +292,17 @@ impl AuditSink {
         }
     }
 
+    /// The audit trail `config` names (`audit_url`, from `SESSION_AUDIT_URL`), or `None`.
+    ///
+    /// # Errors
+    /// See [`AuditSinkBuilder::connect`].
+    pub async fn from_config(config: &crate::config::Config) -> Result<Option<Self>, StoreError> {
+        match config.audit_url.as_ref().map(|u| u.expose().trim()) {
+            Some(url) if !url.is_empty() => Self::connect(url).await.map(Some),
+            _ => Ok(None),
+        }
+    }
+
     /// Events discarded because the queue was full (or the writer had stopped).
     pub fn dropped(&self) -> u64 {
         self.counters.dropped.load(Ordering::Relaxed)

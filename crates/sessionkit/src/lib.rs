@@ -1,26 +1,77 @@
 //! sessionkit: server-side sessions for axum/tower.
-#![cfg_attr(docsrs, feature(doc_cfg))]
+//!
+//! The session ID travels in a hardened, signed cookie; the session data lives in a store that
+//! every worker and server shares. Stores only ever see the SHA-256 of the ID, saves apply
+//! per-key deltas so concurrent requests lose nothing, a destroyed session stays destroyed, and
+//! every user's sessions can be listed, limited and revoked.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use axum::{routing::{get, post}, Router};
+//! use sessionkit::{Config, MemoryStore, Session, SessionError, SessionLayer};
+//!
+//! async fn login(session: Session) -> Result<&'static str, SessionError> {
+//!     // after checking the password:
+//!     session.login("42").await?; // new ID, user stamped, indexed, per-user limit enforced
+//!     Ok("welcome")
+//! }
+//!
+//! async fn whoami(session: Session) -> Result<String, SessionError> {
+//!     Ok(session.user_id().await?.unwrap_or_else(|| "anonymous".into()))
+//! }
+//!
+//! async fn logout(session: Session) -> Result<&'static str, SessionError> {
+//!     session.logout().await?; // destroyed now; the response deletes the cookie
+//!     Ok("bye")
+//! }
+//!
+//! let layer = SessionLayer::new(
+//!     Arc::new(MemoryStore::new()),
+//!     Config::new("a-long-random-secret-from-the-environment!!"),
+//! )
+//! .unwrap();
+//! let app: Router = Router::new()
+//!     .route("/login", post(login))
+//!     .route("/me", get(whoami))
+//!     .route("/logout", post(logout))
+//!     .layer(layer);
+//! ```
+//!
+//! In a real service, build the configuration with [`Config::from_env`].
 
 #[cfg(feature = "audit")]
 mod audit;
 mod clock;
+mod config;
+mod cookie;
 mod events;
 mod id;
+mod layer;
 mod record;
+mod session;
 mod store;
 
 #[cfg(feature = "audit")]
 pub use audit::{AuditSink, AuditSinkBuilder};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{parse_duration, AppEnv, Config, ConfigError, Secret, StoreKind};
+pub use cookie::{find as find_cookie, CookieKeys, CookiePolicy, Presented, Rejection};
 pub use events::{EventKind, EventSink, FanoutSink, MemorySink, SessionEvent, TracingSink};
 pub use id::{IdGenerator, OsRngIds, SessionId, StorageKey, ID_BYTES, ID_LEN};
+pub use layer::{SessionLayer, SessionMissing, SessionService};
 pub use record::{Data, DecodeError, Delta, Meta, Record, Timestamp, Touch, Value, DECODE_CEILING};
+pub use session::{Session, SessionError};
+pub use store::fallback::{FallbackOptions, FallbackStore};
 pub use store::memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use store::postgres::{PostgresStore, PostgresStoreBuilder};
+pub use store::select::{build_store, open_url as open_store_url, resolve as resolve_store};
 #[cfg(feature = "sqlite")]
 pub use store::sqlite::{SqliteStore, SqliteStoreBuilder};
 pub use store::{
     CreateOutcome, Health, LimitPolicy, SaveOutcome, ScanPage, SessionLimit, SessionStore,
     StoreError,
 };
+
+/// The `SameSite` attribute values, re-exported from the `cookie` crate.
+pub use ::cookie::SameSite;

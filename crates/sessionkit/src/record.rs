@@ -32,6 +32,7 @@ impl Timestamp {
 
     /// `self + d`, saturating.
     #[must_use]
+    #[allow(clippy::should_implement_trait)] // saturating, unlike `Add`
     pub fn add(self, d: Duration) -> Self {
         Self(
             self.0
@@ -290,6 +291,24 @@ mod tests {
         assert!(Record::decode(&[FORMAT_V1, 0xdf, 0xff, 0xff, 0xff, 0xff]).is_err());
         // a str32 claiming 4 GiB
         assert!(Record::decode(&[FORMAT_V1, 0x92, 0xdb, 0xff, 0xff, 0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 64) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|i| (x.rotate_left(i as u32 * 7) & 0xff) as u8)
+                .collect();
+            let mut tagged = vec![FORMAT_V1];
+            tagged.extend_from_slice(&bytes);
+            let _ = Record::decode(&tagged);
+            let _ = Record::decode(&bytes);
+        }
     }
 
     #[test]

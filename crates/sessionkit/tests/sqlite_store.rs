@@ -205,8 +205,10 @@ async fn in_memory_database_works() {
     let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
     let now = SystemClock.now();
     let k = key();
-    let mut r = Record::default();
-    r.meta = record_at(None, now).meta;
+    let r = Record {
+        meta: record_at(None, now).meta,
+        ..Record::default()
+    };
     let _ = store
         .create(&k, &r, SessionLimit::UNLIMITED, now)
         .await

@@ -21,9 +21,11 @@ use async_trait::async_trait;
 use crate::id::StorageKey;
 use crate::record::{Delta, Meta, Record, Timestamp};
 
+pub(crate) mod fallback;
 pub(crate) mod memory;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
+pub(crate) mod select;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) mod sql;
 #[cfg(feature = "sqlite")]

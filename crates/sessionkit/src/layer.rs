@@ -1,0 +1,336 @@
+//! [`SessionLayer`]: the tower middleware that reads the session cookie, hands handlers a
+//! [`Session`], and after the handler writes what changed and sets the cookie headers.
+//!
+//! Per request it only parses and verifies the cookie (an HMAC, no store call). The store is
+//! touched when the handler uses the session, and written when the handler changed something.
+//! Responses that read the session get `Vary: Cookie`; responses that set or delete the cookie get
+//! `Cache-Control: no-store` too. A store failure while saving replaces the response with a 503.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::response::{IntoResponse, Response};
+use http::header::{CACHE_CONTROL, SET_COOKIE, USER_AGENT, VARY};
+use http::request::Parts;
+use http::{HeaderValue, Request, StatusCode};
+use tower::{Layer, Service};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, ConfigError};
+use crate::cookie::{self, CookieKeys, CookiePolicy, Presented};
+use crate::events::{EventKind, EventSink, SessionEvent, TracingSink};
+use crate::id::{IdGenerator, OsRngIds};
+use crate::session::{Client, CookieAction, Session};
+use crate::store::SessionStore;
+
+/// State shared by every request of one layer.
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn SessionStore>,
+    pub(crate) config: Config,
+    pub(crate) keys: CookieKeys,
+    pub(crate) policy: CookiePolicy,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) ids: Arc<dyn IdGenerator>,
+    pub(crate) events: Arc<dyn EventSink>,
+}
+
+impl Shared {
+    pub(crate) fn emit(&self, e: SessionEvent) {
+        self.events.emit(&e);
+    }
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("store", &self.store.name())
+            .field("cookie", &self.policy.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The session middleware. Wrap a router with it and take [`Session`] in handlers.
+///
+/// ```
+/// use std::sync::Arc;
+/// use axum::{routing::get, Router};
+/// use sessionkit::{Config, MemoryStore, Session, SessionError, SessionLayer};
+///
+/// async fn hello(session: Session) -> Result<String, SessionError> {
+///     let visits: u32 = session.get("visits").await?.unwrap_or(0) + 1;
+///     session.insert("visits", &visits).await?;
+///     Ok(format!("visit number {visits}"))
+/// }
+///
+/// let config = Config::new("a-long-random-secret-from-the-environment!!");
+/// let layer = SessionLayer::new(Arc::new(MemoryStore::new()), config).unwrap();
+/// let app: Router = Router::new().route("/", get(hello)).layer(layer);
+/// ```
+#[derive(Clone, Debug)]
+pub struct SessionLayer {
+    shared: Arc<Shared>,
+}
+
+impl SessionLayer {
+    /// A layer over `store` with `config` (validated here).
+    ///
+    /// # Errors
+    /// Settings that [`Config::validate`] refuses.
+    pub fn new(store: Arc<dyn SessionStore>, config: Config) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let keys = CookieKeys::new(
+            &config
+                .secret_keys
+                .iter()
+                .map(|s| s.expose().as_bytes())
+                .collect::<Vec<_>>(),
+        );
+        let policy = CookiePolicy {
+            name: config.cookie_name.clone(),
+            secure: config.cookie_secure,
+            same_site: config.same_site,
+        };
+        Ok(Self {
+            shared: Arc::new(Shared {
+                store,
+                config,
+                keys,
+                policy,
+                clock: Arc::new(SystemClock),
+                ids: Arc::new(OsRngIds),
+                events: Arc::new(TracingSink),
+            }),
+        })
+    }
+
+    fn map(mut self, f: impl FnOnce(&mut Shared)) -> Self {
+        // Builders run before the layer is shared, so the Arc is still unique; otherwise rebuild.
+        match Arc::get_mut(&mut self.shared) {
+            Some(s) => f(s),
+            None => {
+                let s = &*self.shared;
+                let mut copy = Shared {
+                    store: s.store.clone(),
+                    config: s.config.clone(),
+                    keys: s.keys.clone(),
+                    policy: s.policy.clone(),
+                    clock: s.clock.clone(),
+                    ids: s.ids.clone(),
+                    events: s.events.clone(),
+                };
+                f(&mut copy);
+                self.shared = Arc::new(copy);
+            }
+        }
+        self
+    }
+
+    /// Where security events go. Default: [`TracingSink`].
+    #[must_use]
+    pub fn with_events(self, sink: Arc<dyn EventSink>) -> Self {
+        self.map(|s| s.events = sink)
+    }
+
+    /// The clock used for every expiry decision. Default: the system clock.
+    #[must_use]
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
+        self.map(|s| s.clock = clock)
+    }
+
+    /// Where new session IDs come from. Default: the OS CSPRNG.
+    ///
+    /// # Warning
+    /// For tests only: IDs must be 256 unpredictable bits.
+    #[must_use]
+    pub fn with_id_generator(self, ids: Arc<dyn IdGenerator>) -> Self {
+        self.map(|s| s.ids = ids)
+    }
+
+    /// The store behind this layer.
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.shared.store
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+}
+
+impl<S> Layer<S> for SessionLayer {
+    type Service = SessionService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        SessionService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service [`SessionLayer`] wraps around an inner service.
+#[derive(Clone, Debug)]
+pub struct SessionService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S, B> Service<Request<B>> for SessionService<S>
+where
+    S: Service<Request<B>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let shared = self.shared.clone();
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+
+        let client = Client {
+            ip: req
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+            user_agent: req.headers().get(USER_AGENT).cloned(),
+        };
+        let presented = match cookie::find(req.headers(), &shared.policy.name) {
+            Presented::Absent => None,
+            Presented::One(raw) => {
+                match std::str::from_utf8(raw)
+                    .map_err(|_| cookie::Rejection::Malformed)
+                    .and_then(|v| shared.keys.verify(v))
+                {
+                    Ok(id) => Some(id),
+                    Err(why) => {
+                        reject(&shared, &client, why.as_str());
+                        None
+                    }
+                }
+            }
+            Presented::Ambiguous => {
+                reject(&shared, &client, cookie::Rejection::Ambiguous.as_str());
+                None
+            }
+        };
+        let session = Session::new(shared.clone(), presented, client);
+        req.extensions_mut().insert(session.clone());
+
+        Box::pin(async move {
+            let Ok(mut res) = inner.call(req).await;
+            Ok(finish(&shared, &session, &mut res).await.unwrap_or(res))
+        })
+    }
+}
+
+fn reject(shared: &Shared, client: &Client, reason: &'static str) {
+    shared.emit(SessionEvent {
+        kind: EventKind::Rejected,
+        at: shared.clock.now(),
+        key: None,
+        user_id: None,
+        reason,
+        ip: client.ip(),
+        user_agent: client.user_agent(),
+    });
+}
+
+/// Saves the session and decorates the response. Returns a replacement response when saving
+/// failed.
+async fn finish(shared: &Shared, session: &Session, res: &mut Response) -> Option<Response> {
+    if let Err(e) = session.commit().await {
+        let status = e.status();
+        tracing::error!(error = %e, cause = ?std::error::Error::source(&e), "saving the session failed");
+        let mut r = e.into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut()
+                .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
+        return Some(r);
+    }
+    let st = session.0.state.lock().await;
+    let max_age = session.max_age(&st);
+    let headers = res.headers_mut();
+    if st.accessed {
+        add_vary_cookie(headers);
+    }
+    let set = match &st.cookie {
+        CookieAction::None => None,
+        CookieAction::Set(id) => Some(shared.policy.set(shared.keys.sign(id), max_age)),
+        CookieAction::Remove => Some(shared.policy.removal()),
+    };
+    if let Some(v) = set {
+        add_vary_cookie(headers);
+        // Exactly one Set-Cookie for the session name: drop any the handler set itself.
+        let prefix = format!("{}=", shared.policy.name);
+        let others: Vec<HeaderValue> = headers
+            .get_all(SET_COOKIE)
+            .iter()
+            .filter(|h| !h.as_bytes().starts_with(prefix.as_bytes()))
+            .cloned()
+            .collect();
+        headers.remove(SET_COOKIE);
+        for h in others {
+            headers.append(SET_COOKIE, h);
+        }
+        headers.append(SET_COOKIE, v);
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    None
+}
+
+fn add_vary_cookie(headers: &mut http::HeaderMap) {
+    let has = headers.get_all(VARY).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("cookie") || p.trim() == "*")
+        })
+    });
+    if !has {
+        headers.append(VARY, HeaderValue::from_static("Cookie"));
+    }
+}
+
+/// The [`Session`] extractor failed: the route is not below a [`SessionLayer`]. A programming
+/// error, answered with a 500.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("no SessionLayer in front of this handler")]
+pub struct SessionMissing;
+
+impl SessionMissing {
+    /// Always 500.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::INTERNAL_SERVER_ERROR
+    }
+}
+
+impl IntoResponse for SessionMissing {
+    fn into_response(self) -> Response {
+        tracing::error!("{self}");
+        (self.status(), "session layer missing\n").into_response()
+    }
+}
+
+impl<St: Send + Sync> FromRequestParts<St> for Session {
+    type Rejection = SessionMissing;
+
+    async fn from_request_parts(parts: &mut Parts, _: &St) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Session>()
+            .cloned()
+            .ok_or(SessionMissing)
+    }
+}

@@ -1,0 +1,589 @@
+//! The [`Session`] handle a handler works with.
+//!
+//! The handle is lazy: nothing is read from the store until the handler first asks for something,
+//! and nothing is written unless the handler changed something (or the throttled touch is due).
+//! It records which keys the request changed, so the layer saves a [`Delta`] instead of the whole
+//! record: two concurrent requests that change different keys both keep their changes.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+use crate::events::{EventKind, SessionEvent};
+use crate::id::{SessionId, StorageKey};
+use crate::layer::Shared;
+use crate::record::{Delta, Meta, Record, Timestamp, Touch, Value};
+use crate::store::{CreateOutcome, SessionLimit, StoreError};
+
+/// An error a handler gets from the session. It converts into a response with
+/// [`SessionError::status`] and a short body, so handlers can use `?`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The store failed; the response is a 503 and the cause is logged.
+    #[error("session store unavailable")]
+    Store(#[from] StoreError),
+    /// The session data would exceed the configured maximum size.
+    #[error("session data too large: {size} bytes, limit {limit}")]
+    TooLarge {
+        /// Size the data would have had.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The user is at the concurrent-session limit and the policy is `deny`.
+    #[error("too many active sessions for this user")]
+    LimitReached,
+    /// A value could not be converted to or from JSON.
+    #[error("session value does not fit the requested type")]
+    Value(#[source] serde_json::Error),
+    /// The operating system gave no randomness for a new ID.
+    #[error("no randomness available for a session id")]
+    Random(#[source] getrandom::Error),
+}
+
+impl SessionError {
+    /// The HTTP status this error maps to.
+    pub fn status(&self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            Self::Store(_) => S::SERVICE_UNAVAILABLE,
+            Self::TooLarge { .. } => S::PAYLOAD_TOO_LARGE,
+            Self::LimitReached => S::FORBIDDEN,
+            Self::Value(_) | Self::Random(_) => S::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl axum::response::IntoResponse for SessionError {
+    fn into_response(self) -> axum::response::Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self, cause = ?std::error::Error::source(&self), "session error");
+        }
+        let body = match &self {
+            Self::Store(_) => "session store unavailable\n",
+            Self::TooLarge { .. } => "session data too large\n",
+            Self::LimitReached => "too many active sessions\n",
+            Self::Value(_) | Self::Random(_) => "session error\n",
+        };
+        (status, body).into_response()
+    }
+}
+
+/// What the response must do with the cookie.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) enum CookieAction {
+    #[default]
+    None,
+    Set(SessionId),
+    Remove,
+}
+
+/// The request's facts the session records when it creates a record.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Client {
+    pub(crate) ip: Option<std::net::IpAddr>,
+    pub(crate) user_agent: Option<http::HeaderValue>,
+}
+
+/// Longest user agent kept in a record.
+const MAX_USER_AGENT: usize = 256;
+
+impl Client {
+    // Kept raw per request and turned into strings only when a record or event needs them.
+    pub(crate) fn ip(&self) -> Option<String> {
+        self.ip.map(|ip| ip.to_string())
+    }
+
+    pub(crate) fn user_agent(&self) -> Option<String> {
+        self.user_agent
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(MAX_USER_AGENT).collect())
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    loaded: bool,
+    /// Some when a live record exists in the store under this ID.
+    id: Option<SessionId>,
+    /// The session as this request sees it (stored record plus local changes).
+    record: Option<Record>,
+    changes: BTreeMap<String, Option<Value>>,
+    touch_due: bool,
+    pub(crate) cookie: CookieAction,
+    pub(crate) accessed: bool,
+}
+
+pub(crate) struct Inner {
+    pub(crate) shared: Arc<Shared>,
+    /// The verified ID from the cookie, not yet looked up.
+    pub(crate) presented: Option<SessionId>,
+    pub(crate) client: Client,
+    pub(crate) state: Mutex<State>,
+}
+
+/// The session of the current request. Cheap to clone; all clones share one state.
+///
+/// Take it as an axum extractor in any handler below a [`SessionLayer`](crate::SessionLayer):
+///
+/// ```
+/// use sessionkit::{Session, SessionError};
+///
+/// async fn counter(session: Session) -> Result<String, SessionError> {
+///     let n: u64 = session.get("n").await?.unwrap_or(0) + 1;
+///     session.insert("n", n).await?;
+///     Ok(n.to_string())
+/// }
+/// ```
+#[derive(Clone)]
+pub struct Session(pub(crate) Arc<Inner>);
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session").finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    pub(crate) fn new(shared: Arc<Shared>, presented: Option<SessionId>, client: Client) -> Self {
+        Self(Arc::new(Inner {
+            shared,
+            presented,
+            client,
+            state: Mutex::new(State::default()),
+        }))
+    }
+
+    fn now(&self) -> Timestamp {
+        self.0.shared.clock.now()
+    }
+
+    fn event(
+        &self,
+        kind: EventKind,
+        key: Option<StorageKey>,
+        user: Option<String>,
+        reason: &'static str,
+    ) {
+        self.0.shared.emit(SessionEvent {
+            kind,
+            at: self.now(),
+            key,
+            user_id: user,
+            reason,
+            ip: self.0.client.ip(),
+            user_agent: self.0.client.user_agent(),
+        });
+    }
+
+    /// Loads the stored record on first use.
+    async fn state(&self) -> Result<tokio::sync::MutexGuard<'_, State>, SessionError> {
+        let mut st = self.0.state.lock().await;
+        st.accessed = true;
+        if st.loaded {
+            return Ok(st);
+        }
+        if let Some(id) = &self.0.presented {
+            let key = id.storage_key();
+            let now = self.now();
+            match self.0.shared.store.load(&key, now).await {
+                Ok(Some(record)) => {
+                    let interval = self.0.shared.config.touch_interval;
+                    st.touch_due = record.meta.last_seen_at.add(interval) <= now;
+                    st.id = Some(id.clone());
+                    st.record = Some(record);
+                }
+                Ok(None) => self.event(EventKind::Rejected, Some(key), None, "unknown_id"),
+                Err(StoreError::Corrupt(e)) => {
+                    tracing::warn!(key = key.short(), error = %e, "corrupt session record treated as absent");
+                    self.event(EventKind::Rejected, Some(key), None, "corrupt_record");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        st.loaded = true;
+        Ok(st)
+    }
+
+    /// The value under `key`, deserialized.
+    ///
+    /// # Errors
+    /// A store failure, or a stored value that does not fit `T`.
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
+        let st = self.state().await?;
+        match st.record.as_ref().and_then(|r| r.data.get(key)) {
+            Some(v) => v.parse().map(Some).map_err(SessionError::Value),
+            None => Ok(None),
+        }
+    }
+
+    /// The raw JSON value under `key`.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn get_value(&self, key: &str) -> Result<Option<Value>, SessionError> {
+        let st = self.state().await?;
+        Ok(st.record.as_ref().and_then(|r| r.data.get(key)).cloned())
+    }
+
+    /// Whether `key` is set.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn contains(&self, key: &str) -> Result<bool, SessionError> {
+        let st = self.state().await?;
+        Ok(st.record.as_ref().is_some_and(|r| r.data.contains_key(key)))
+    }
+
+    /// All values, as this request sees them.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn values(&self) -> Result<BTreeMap<String, Value>, SessionError> {
+        let st = self.state().await?;
+        Ok(st
+            .record
+            .as_ref()
+            .map(|r| r.data.clone())
+            .unwrap_or_default())
+    }
+
+    /// Sets `key` to `value`. A new anonymous session gets an ID when the response is sent.
+    ///
+    /// # Errors
+    /// A store failure, a value that does not serialize, or data over the size limit.
+    pub fn insert<T: Serialize>(
+        &self,
+        key: &str,
+        value: T,
+    ) -> impl std::future::Future<Output = Result<(), SessionError>> + Send + '_ {
+        // Serialize before the first await, so the future does not hold `T` (which may not be
+        // `Send`).
+        let v = Value::to_json(&value).map_err(SessionError::Value);
+        let key = key.to_owned();
+        async move { self.insert_value(&key, v?).await }
+    }
+
+    /// Sets `key` to a raw JSON value.
+    ///
+    /// # Errors
+    /// A store failure or data over the size limit.
+    pub async fn insert_value(&self, key: &str, value: Value) -> Result<(), SessionError> {
+        let mut st = self.state().await?;
+        let limit = self.0.shared.config.max_record_size;
+        if st.record.is_none() {
+            st.record = Some(self.fresh_record(None, self.now()));
+        }
+        let Some(rec) = st.record.as_mut() else {
+            return Ok(());
+        };
+        let old = rec
+            .data
+            .get(key)
+            .map_or(0, |v| key.len() + v.as_json().len() + 4);
+        let size = rec.data_size() - old + key.len() + value.as_json().len() + 4;
+        if size > limit {
+            return Err(SessionError::TooLarge { size, limit });
+        }
+        rec.data.insert(key.to_owned(), value.clone());
+        st.changes.insert(key.to_owned(), Some(value));
+        Ok(())
+    }
+
+    /// Removes `key`; returns whether it was set.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn remove(&self, key: &str) -> Result<bool, SessionError> {
+        let mut st = self.state().await?;
+        let had = st
+            .record
+            .as_mut()
+            .is_some_and(|r| r.data.remove(key).is_some());
+        if had {
+            st.changes.insert(key.to_owned(), None);
+        }
+        Ok(had)
+    }
+
+    /// Removes every key this request can see. Keys another request adds concurrently survive.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn clear(&self) -> Result<(), SessionError> {
+        let mut st = self.state().await?;
+        let keys: Vec<String> = st
+            .record
+            .as_ref()
+            .map(|r| r.data.keys().cloned().collect())
+            .unwrap_or_default();
+        for k in keys {
+            if let Some(r) = st.record.as_mut() {
+                r.data.remove(&k);
+            }
+            st.changes.insert(k, None);
+        }
+        Ok(())
+    }
+
+    /// The signed-in user, if any.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn user_id(&self) -> Result<Option<String>, SessionError> {
+        let st = self.state().await?;
+        Ok(st.record.as_ref().and_then(|r| r.meta.user_id.clone()))
+    }
+
+    /// The session's metadata, if it exists.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn meta(&self) -> Result<Option<Meta>, SessionError> {
+        let st = self.state().await?;
+        Ok(st
+            .record
+            .as_ref()
+            .filter(|_| st.id.is_some())
+            .map(|r| r.meta.clone()))
+    }
+
+    /// The storage key of the stored session (safe to show and log), if one exists yet.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn storage_key(&self) -> Result<Option<StorageKey>, SessionError> {
+        let st = self.state().await?;
+        Ok(st.id.as_ref().map(SessionId::storage_key))
+    }
+
+    fn fresh_record(&self, user: Option<String>, now: Timestamp) -> Record {
+        let c = &self.0.shared.config;
+        let absolute = now.add(c.absolute_timeout);
+        Record {
+            data: BTreeMap::new(),
+            meta: Meta {
+                auth_time: user.as_ref().map(|_| now),
+                user_id: user,
+                created_at: now,
+                last_seen_at: now,
+                idle_expires_at: now.add(c.idle_timeout).min(absolute),
+                absolute_expires_at: absolute,
+                user_agent: self.0.client.user_agent(),
+                ip: self.0.client.ip(),
+                version: 0,
+            },
+        }
+    }
+
+    /// Signs `user_id` in: the session gets a new ID (the old one stops working), the user and the
+    /// authentication time are stamped, the session joins the user's index, and the per-user limit
+    /// is enforced. Data set before login is kept.
+    ///
+    /// # Errors
+    /// [`SessionError::LimitReached`] under the `deny` policy, or a store failure.
+    pub async fn login(&self, user_id: impl Into<String>) -> Result<(), SessionError> {
+        let user = user_id.into();
+        let now = self.now();
+        let mut st = self.state().await?;
+        let mut record = self.fresh_record(Some(user.clone()), now);
+        if let Some(old) = &st.record {
+            record.data = old.data.clone();
+        }
+        let limit = self.0.shared.config.limit;
+        self.replace(&mut st, record, limit, "login").await
+    }
+
+    /// Gives the session a new ID, keeping its data, user and expiry (for privilege changes).
+    /// Does nothing for a session that has not been stored yet.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn rotate(&self) -> Result<(), SessionError> {
+        let mut st = self.state().await?;
+        let Some(record) = st.record.clone().filter(|_| st.id.is_some()) else {
+            return Ok(());
+        };
+        self.replace(&mut st, record, SessionLimit::UNLIMITED, "rotate")
+            .await
+    }
+
+    /// Step-up: a new ID and a fresh `auth_time`, after the user proved who they are again.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn elevate(&self) -> Result<(), SessionError> {
+        let now = self.now();
+        let mut st = self.state().await?;
+        let Some(mut record) = st.record.clone() else {
+            return Ok(());
+        };
+        record.meta.auth_time = Some(now);
+        self.replace(&mut st, record, SessionLimit::UNLIMITED, "elevate")
+            .await
+    }
+
+    /// Stores `record` under a new ID, then destroys the old one (new before old, so a client is
+    /// never left without a session), and schedules the new cookie.
+    async fn replace(
+        &self,
+        st: &mut State,
+        mut record: Record,
+        limit: SessionLimit,
+        reason: &'static str,
+    ) -> Result<(), SessionError> {
+        let now = self.now();
+        record.meta.last_seen_at = now;
+        record.meta.idle_expires_at = now
+            .add(self.0.shared.config.idle_timeout)
+            .min(record.meta.absolute_expires_at);
+        record.meta.version += 1;
+        let (id, evicted) = self.create_fresh(&record, limit, now).await?;
+        let user = record.meta.user_id.clone();
+        for k in evicted {
+            self.event(EventKind::Evicted, Some(k), user.clone(), "session_limit");
+        }
+        let new_key = id.storage_key();
+        if let Some(old) = st.id.take() {
+            let old_key = old.storage_key();
+            self.0.shared.store.destroy(&old_key).await?;
+            self.event(EventKind::Rotated, Some(new_key), user, reason);
+        } else {
+            self.event(EventKind::Created, Some(new_key), user, reason);
+        }
+        st.id = Some(id.clone());
+        st.record = Some(record);
+        st.changes.clear();
+        st.touch_due = false;
+        st.cookie = CookieAction::Set(id);
+        Ok(())
+    }
+
+    /// Draws IDs until one is free (create never overwrites), then stores the record.
+    async fn create_fresh(
+        &self,
+        record: &Record,
+        limit: SessionLimit,
+        now: Timestamp,
+    ) -> Result<(SessionId, Vec<StorageKey>), SessionError> {
+        for _ in 0..4 {
+            let id = self.0.shared.ids.generate().map_err(SessionError::Random)?;
+            match self
+                .0
+                .shared
+                .store
+                .create(&id.storage_key(), record, limit, now)
+                .await?
+            {
+                CreateOutcome::Created { evicted } => return Ok((id, evicted)),
+                CreateOutcome::LimitReached => return Err(SessionError::LimitReached),
+                CreateOutcome::Exists => {
+                    tracing::error!(
+                        "session id collision: the id generator repeated itself; drawing again"
+                    );
+                }
+            }
+        }
+        Err(SessionError::Store(StoreError::Backend {
+            context: "could not draw a free session id".into(),
+            source: "id generator keeps returning ids that exist".into(),
+        }))
+    }
+
+    /// Ends the session: the record is destroyed now (no in-flight request can write it back) and
+    /// the response deletes the cookie.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn logout(&self) -> Result<(), SessionError> {
+        let mut st = self.state().await?;
+        if let Some(id) = st.id.take() {
+            let key = id.storage_key();
+            self.0.shared.store.destroy(&key).await?;
+            let user = st.record.as_ref().and_then(|r| r.meta.user_id.clone());
+            self.event(EventKind::Destroyed, Some(key), user, "logout");
+        }
+        st.record = None;
+        st.changes.clear();
+        st.touch_due = false;
+        st.cookie = if self.0.presented.is_some() || matches!(st.cookie, CookieAction::Set(_)) {
+            CookieAction::Remove
+        } else {
+            CookieAction::None
+        };
+        Ok(())
+    }
+
+    /// Writes what this request changed. Called by the layer after the handler returned.
+    pub(crate) async fn commit(&self) -> Result<(), SessionError> {
+        let mut st = self.0.state.lock().await;
+        if !st.loaded {
+            return Ok(());
+        }
+        let now = self.now();
+        let c = &self.0.shared.config;
+        match st.id.clone() {
+            Some(id) if !st.changes.is_empty() || st.touch_due => {
+                let abs = st
+                    .record
+                    .as_ref()
+                    .map_or(now, |r| r.meta.absolute_expires_at);
+                let delta = Delta {
+                    changes: std::mem::take(&mut st.changes).into_iter().collect(),
+                    touch: Some(Touch {
+                        last_seen_at: now,
+                        idle_expires_at: now.add(c.idle_timeout).min(abs),
+                    }),
+                };
+                let key = id.storage_key();
+                let outcome = self.0.shared.store.save_delta(&key, &delta, now).await?;
+                if outcome == crate::store::SaveOutcome::Missing {
+                    // Destroyed (logout elsewhere, revoke, expiry) while this request ran: the
+                    // destroy wins and nothing is written back.
+                    tracing::debug!(key = key.short(), "save skipped: session ended meanwhile");
+                }
+            }
+            Some(_) => {}
+            None if !st.changes.is_empty() => {
+                // A new anonymous session (or one started after logout): stored only now that
+                // the handler wrote something, always under a fresh ID (strict mode).
+                let Some(mut record) = st.record.take() else {
+                    return Ok(());
+                };
+                record.meta.version = 1;
+                let (id, _) = self
+                    .create_fresh(&record, SessionLimit::UNLIMITED, now)
+                    .await?;
+                self.event(
+                    EventKind::Created,
+                    Some(id.storage_key()),
+                    None,
+                    "first_write",
+                );
+                st.changes.clear();
+                st.cookie = CookieAction::Set(id.clone());
+                st.id = Some(id);
+                st.record = Some(record);
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Max-Age for a new cookie: the time left until absolute expiry, for permanent sessions.
+    pub(crate) fn max_age(&self, st: &State) -> Option<std::time::Duration> {
+        if !self.0.shared.config.permanent {
+            return None;
+        }
+        st.record
+            .as_ref()
+            .map(|r| self.now().until(r.meta.absolute_expires_at))
+    }
+}
