@@ -47,8 +47,7 @@ async fn rmw(pool: &sqlx::PgPool, key: &StorageKey, delta: &Delta) {
     .await
     .unwrap();
     let text: String = row.get("data");
-    let mut data: std::collections::BTreeMap<String, String> =
-        serde_json::from_str(&text).unwrap();
+    let mut data: std::collections::BTreeMap<String, String> = serde_json::from_str(&text).unwrap();
     for (k, v) in &delta.changes {
         match v {
             Some(v) => {

@@ -242,7 +242,13 @@ impl AuditSinkBuilder {
         deadline(
             self.connect_timeout * 2,
             "running audit migrations",
-            crate::store::sql::migrate_sqlite(&pool, "audit", SQLITE_MIGRATIONS),
+            async {
+                let mut conn = pool
+                    .acquire()
+                    .await
+                    .map_err(|e| store_error("opening the audit database", e))?;
+                crate::store::sql::migrate_sqlite(&mut conn, "audit", SQLITE_MIGRATIONS).await
+            },
         )
         .await?;
         Ok(Db::Sqlite(pool))

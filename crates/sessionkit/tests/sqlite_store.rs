@@ -23,6 +23,17 @@ async fn fresh() -> Store {
 
 store_conformance!(fresh);
 
+/// The same suite on `sqlite::memory:` (one writer connection, readers through the shared cache).
+mod in_memory {
+    use super::*;
+
+    async fn fresh() -> Store {
+        Arc::new(SqliteStore::connect("sqlite::memory:").await.expect("open"))
+    }
+
+    store_conformance!(fresh);
+}
+
 fn key() -> StorageKey {
     SessionId::generate().unwrap().storage_key()
 }

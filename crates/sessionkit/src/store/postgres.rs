@@ -18,6 +18,8 @@
 //! - A login under a per-user limit runs in a transaction that first takes a transaction-scoped
 //!   advisory lock on the user (`pg_advisory_xact_lock(class, hashtext(user_id))`): logins of
 //!   one user are serialized across every instance; other users are not held up.
+//! - `destroy_user` takes the same per-user lock, so a login racing "sign out everywhere" is
+//!   either revoked with the rest or starts after it.
 //! - Create is `INSERT ... ON CONFLICT (key) DO UPDATE ... WHERE sessions.expires_at <= now`:
 //!   it never overwrites a live record (an expired one not yet cleaned up is replaced).
 //!
@@ -446,15 +448,27 @@ impl SessionStore for PostgresStore {
         except: Option<&StorageKey>,
     ) -> Result<Vec<StorageKey>, StoreError> {
         deadline(self.op_timeout, "destroying a user's sessions", async {
+            let e = |e| store_error("destroying a user's sessions", e);
+            // Under the user's login lock: a login racing the revocation either finishes first
+            // (and its session is revoked) or starts after; and the two never delete the same
+            // rows in different orders (no deadlock).
+            let mut tx = self.pool.begin().await.map_err(e)?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+                .bind(USER_LOCK_CLASS)
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(e)?;
             let keys: Vec<String> = sqlx::query_scalar(
                 "DELETE FROM sessions WHERE user_id = $1 AND key IS DISTINCT FROM $2 \
                  RETURNING key",
             )
             .bind(user_id)
             .bind(except.map(StorageKey::as_str))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await
-            .map_err(|e| store_error("destroying a user's sessions", e))?;
+            .map_err(e)?;
+            tx.commit().await.map_err(e)?;
             let mut keys: Vec<StorageKey> =
                 keys.iter().filter_map(|k| StorageKey::parse(k)).collect();
             keys.sort();

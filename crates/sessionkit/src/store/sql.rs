@@ -272,13 +272,14 @@ pub(crate) async fn migrate_postgres(
 /// transaction (which also keeps other processes out while it runs).
 #[cfg(feature = "sqlite")]
 pub(crate) async fn migrate_sqlite(
-    pool: &sqlx::SqlitePool,
+    conn: &mut sqlx::SqliteConnection,
     component: &'static str,
     migrations: &[Migration],
 ) -> Result<(), StoreError> {
+    use sqlx::Connection as _;
     const CONTEXT: &str = "running migrations";
     let e = |e| store_error(CONTEXT, e);
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(e)?;
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(e)?;
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS sessionkit_migrations (
             component TEXT NOT NULL,

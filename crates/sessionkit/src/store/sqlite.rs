@@ -10,12 +10,15 @@
 //!
 //! # Concurrency
 //! The database runs in WAL mode with `synchronous = NORMAL` and a busy timeout. Every write goes
-//! through one connection (a pool of one), so writers of this process queue in Rust instead of
-//! fighting over SQLite's lock; reads use a separate pool and never wait for writers. Writes
-//! that read first (a delta with changes, a login under a limit) run in `BEGIN IMMEDIATE`
-//! transactions, which take the write lock up front: another process writing the same file waits
-//! (busy timeout) rather than failing mid-transaction, so two processes sharing a file lose no
-//! update either.
+//! through one connection behind a fair async mutex, so writers of this process queue in Rust
+//! (FIFO) instead of fighting over SQLite's lock; reads use a separate pool and, in WAL mode,
+//! never wait for writers. A delta is one `UPDATE` that patches the stored object with
+//! `json_remove`/`json_set`; SQLite takes the write lock before the statement reads the row, so
+//! concurrent deltas on one session each apply to the latest row, and `WHERE expires_at > now`
+//! keeps a destroyed session destroyed. Keys a JSON path cannot name (with `"`, `\` or control
+//! characters), and logins under a per-user limit, run as `BEGIN IMMEDIATE` transactions, which
+//! take the write lock up front. Another process writing the same file waits (busy timeout)
+//! rather than failing mid-transaction, so processes sharing a file lose no update either.
 //!
 //! # Crashes
 //! A transaction is all or nothing. With `synchronous = NORMAL` in WAL mode, a power loss can
@@ -24,14 +27,17 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
-use sqlx::Row as _;
+use sqlx::{Connection as _, Row as _};
+use tokio::sync::{MappedMutexGuard, MutexGuard};
 
 use super::sql::{
     deadline, decode_data, encode_data, from_db, migrate_sqlite, store_error, to_db, MetaRow,
@@ -85,9 +91,9 @@ const INSERT: &str = "INSERT INTO sessions (key, user_id, created_at, last_seen_
 /// Sessions in a SQLite database. See the module documentation.
 #[derive(Clone)]
 pub struct SqliteStore {
-    /// One connection: every write.
-    write: SqlitePool,
-    /// Reads (the same pool as `write` for an in-memory database).
+    /// Every write.
+    writer: Arc<Writer>,
+    /// Reads.
     read: SqlitePool,
     op_timeout: Duration,
 }
@@ -152,50 +158,85 @@ impl SqliteStoreBuilder {
             .busy_timeout(self.busy_timeout)
             .foreign_keys(false);
         let e = |e| store_error("opening the SQLite database", e);
-        let (write, read) = if self.in_memory {
-            // An in-memory database lives as long as its one connection: keep it forever and
-            // use it for reads too.
-            let pool = SqlitePoolOptions::new()
-                .max_connections(1)
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None)
-                .acquire_timeout(self.op_timeout)
-                .test_before_acquire(false)
-                .connect_with(options.journal_mode(SqliteJournalMode::Memory))
-                .await
-                .map_err(e)?;
-            (pool.clone(), pool)
+        let options = if self.in_memory {
+            // WAL needs a file. The database lives as long as the writer's connection, which
+            // stays open; readers share it through SQLite's shared cache.
+            options.journal_mode(SqliteJournalMode::Memory)
         } else {
             restrict_new_file(options.get_filename())?;
-            let write = SqlitePoolOptions::new()
-                .max_connections(1)
-                .min_connections(1)
-                .acquire_timeout(self.op_timeout)
-                .test_before_acquire(false)
-                .connect_with(options.clone())
-                .await
-                .map_err(e)?;
-            let read = SqlitePoolOptions::new()
-                .max_connections(self.read_connections)
-                .acquire_timeout(self.op_timeout)
-                .test_before_acquire(false)
-                .connect_with(options)
-                .await
-                .map_err(e)?;
-            (write, read)
+            options
         };
-        deadline(
-            self.op_timeout,
-            "running migrations",
-            migrate_sqlite(&write, "sessions", MIGRATIONS),
-        )
-        .await?;
-        Ok(SqliteStore {
-            write,
+        let writer = Writer::open(options.clone()).await.map_err(e)?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(self.read_connections)
+            .acquire_timeout(self.op_timeout)
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await
+            .map_err(e)?;
+        let store = SqliteStore {
+            writer: Arc::new(writer),
             read,
             op_timeout: self.op_timeout,
+        };
+        deadline(self.op_timeout, "running migrations", async {
+            let mut w = store.writer.lock().await.map_err(e)?;
+            migrate_sqlite(&mut w, "sessions", MIGRATIONS).await
         })
+        .await?;
+        Ok(store)
+    }
+}
+
+/// The one connection every write goes through. Writers queue on a fair (FIFO) async mutex, so
+/// they never contend for SQLite's lock within this process, and nothing (such as a pool's
+/// health ping) sits between one write and the next. A connection that failed at the I/O level
+/// is replaced on next use.
+struct Writer {
+    options: SqliteConnectOptions,
+    conn: tokio::sync::Mutex<Option<SqliteConnection>>,
+    broken: AtomicBool,
+}
+
+impl Writer {
+    async fn open(options: SqliteConnectOptions) -> Result<Self, sqlx::Error> {
+        let conn = SqliteConnection::connect_with(&options).await?;
+        Ok(Self {
+            options,
+            conn: tokio::sync::Mutex::new(Some(conn)),
+            broken: AtomicBool::new(false),
+        })
+    }
+
+    /// Waits for the connection (reopening it if it broke).
+    async fn lock(&self) -> Result<MappedMutexGuard<'_, SqliteConnection>, sqlx::Error> {
+        let mut slot = self.conn.lock().await;
+        if self.broken.swap(false, Ordering::AcqRel) {
+            if let Some(old) = slot.take() {
+                let _ = old.close_hard().await;
+            }
+        }
+        if slot.is_none() {
+            *slot = Some(SqliteConnection::connect_with(&self.options).await?);
+        }
+        MutexGuard::try_map(slot, Option::as_mut).map_err(|_| sqlx::Error::PoolClosed)
+    }
+
+    /// Maps a write error, marking the connection for replacement if it broke.
+    fn error(&self, context: &'static str, e: sqlx::Error) -> StoreError {
+        if matches!(
+            e,
+            sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed | sqlx::Error::Protocol(_)
+        ) {
+            self.broken.store(true, Ordering::Release);
+        }
+        store_error(context, e)
+    }
+
+    async fn close(&self) {
+        if let Some(conn) = self.conn.lock().await.take() {
+            let _ = conn.close().await;
+        }
     }
 }
 
@@ -277,9 +318,9 @@ impl SqliteStore {
         Self::builder_for_path(path).connect().await
     }
 
-    /// Closes both pools, waiting for connections in use to come back.
+    /// Closes the writer and the read pool, waiting for operations in progress to finish.
     pub async fn close(&self) {
-        self.write.close().await;
+        self.writer.close().await;
         self.read.close().await;
     }
 
@@ -290,14 +331,12 @@ impl SqliteStore {
         limit: SessionLimit,
         now: Timestamp,
     ) -> Result<CreateOutcome, StoreError> {
-        let e = |e| store_error("creating a session", e);
+        let e = |e| self.writer.error("creating a session", e);
+        let mut w = self.writer.lock().await.map_err(e)?;
         let user = match (&record.meta.user_id, limit.max) {
             (Some(user), Some(_)) => user,
             _ => {
-                let done = insert(record, key, now)
-                    .execute(&self.write)
-                    .await
-                    .map_err(e)?;
+                let done = insert(record, key, now).execute(&mut *w).await.map_err(e)?;
                 return Ok(if done.rows_affected() == 0 {
                     CreateOutcome::Exists
                 } else {
@@ -309,7 +348,7 @@ impl SqliteStore {
         };
         // The write lock, held from the start, makes insert + limit check one atomic step for
         // every process sharing the file.
-        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(e)?;
+        let mut tx = w.begin_with("BEGIN IMMEDIATE").await.map_err(e)?;
         let done = insert(record, key, now)
             .execute(&mut *tx)
             .await
@@ -349,7 +388,7 @@ impl SqliteStore {
         delta: &Delta,
         now: Timestamp,
     ) -> Result<SaveOutcome, StoreError> {
-        let e = |e| store_error("saving a session", e);
+        let e = |e| self.writer.error("saving a session", e);
         let (seen, idle) = delta.touch.map_or((0, 0), |t| {
             (to_db(t.last_seen_at.0), to_db(t.idle_expires_at.0))
         });
@@ -364,7 +403,7 @@ impl SqliteStore {
             .bind(idle)
             .bind(key.as_str())
             .bind(to_db(now.0))
-            .fetch_optional(&self.write)
+            .fetch_optional(&mut *self.writer.lock().await.map_err(e)?)
             .await
             .map_err(e)?;
             return Ok(saved(version));
@@ -374,7 +413,8 @@ impl SqliteStore {
         }
         // Keys SQLite's JSON paths cannot name: patch the map in Rust, inside a transaction
         // that holds the write lock from its first statement.
-        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(e)?;
+        let mut w = self.writer.lock().await.map_err(e)?;
+        let mut tx = w.begin_with("BEGIN IMMEDIATE").await.map_err(e)?;
         let row = sqlx::query("SELECT data FROM sessions WHERE key = ? AND expires_at > ?")
             .bind(key.as_str())
             .bind(to_db(now.0))
@@ -443,14 +483,16 @@ impl SqliteStore {
             // Bound as text, the value is stored as a JSON string: the column's layout.
             q = q.bind(json_path(k)).bind(v.as_json());
         }
+        let e = |e| self.writer.error("saving a session", e);
+        let mut w = self.writer.lock().await.map_err(e)?;
         let version: Option<i64> = q
             .bind(seen)
             .bind(idle)
             .bind(key.as_str())
             .bind(to_db(now.0))
-            .fetch_optional(&self.write)
+            .fetch_optional(&mut *w)
             .await
-            .map_err(|e| store_error("saving a session", e))?;
+            .map_err(e)?;
         Ok(saved(version))
     }
 }
@@ -560,11 +602,13 @@ impl SessionStore for SqliteStore {
 
     async fn destroy(&self, key: &StorageKey) -> Result<bool, StoreError> {
         deadline(self.op_timeout, "destroying a session", async {
+            let e = |e| self.writer.error("destroying a session", e);
+            let mut w = self.writer.lock().await.map_err(e)?;
             let done = sqlx::query("DELETE FROM sessions WHERE key = ?")
                 .bind(key.as_str())
-                .execute(&self.write)
+                .execute(&mut *w)
                 .await
-                .map_err(|e| store_error("destroying a session", e))?;
+                .map_err(e)?;
             Ok(done.rows_affected() > 0)
         })
         .await
@@ -598,14 +642,16 @@ impl SessionStore for SqliteStore {
         except: Option<&StorageKey>,
     ) -> Result<Vec<StorageKey>, StoreError> {
         deadline(self.op_timeout, "destroying a user's sessions", async {
+            let e = |e| self.writer.error("destroying a user's sessions", e);
+            let mut w = self.writer.lock().await.map_err(e)?;
             let keys: Vec<String> = sqlx::query_scalar(
                 "DELETE FROM sessions WHERE user_id = ? AND key IS NOT ? RETURNING key",
             )
             .bind(user_id)
             .bind(except.map(StorageKey::as_str))
-            .fetch_all(&self.write)
+            .fetch_all(&mut *w)
             .await
-            .map_err(|e| store_error("destroying a user's sessions", e))?;
+            .map_err(e)?;
             let mut keys: Vec<StorageKey> =
                 keys.iter().filter_map(|k| StorageKey::parse(k)).collect();
             keys.sort();
@@ -631,16 +677,18 @@ impl SessionStore for SqliteStore {
             // One short statement per batch, each under its own deadline, so requests get the
             // writer between batches and a large backlog does not time out as a whole.
             let n = deadline(self.op_timeout, "removing expired sessions", async {
+                let e = |e| self.writer.error("removing expired sessions", e);
+                let mut w = self.writer.lock().await.map_err(e)?;
                 sqlx::query(
                     "DELETE FROM sessions WHERE key IN \
                      (SELECT key FROM sessions WHERE expires_at <= ? LIMIT ?)",
                 )
                 .bind(to_db(now.0))
                 .bind(CLEANUP_BATCH)
-                .execute(&self.write)
+                .execute(&mut *w)
                 .await
                 .map(|d| d.rows_affected())
-                .map_err(|e| store_error("removing expired sessions", e))
+                .map_err(e)
             })
             .await?;
             total += n;
