@@ -291,6 +291,87 @@ pub async fn save_delta_applies_per_key(store: Store) {
     assert!(!got.data.contains_key("drop"));
 }
 
+/// Any key and any JSON text survive create and per-key deltas byte for byte: keys with path
+/// or SQL syntax, quotes, backslashes, control characters and non-ASCII; values with odd
+/// spacing, key order and escapes (a store must not reformat JSON).
+pub async fn tricky_keys_and_values_round_trip(store: Store) {
+    let keys = [
+        "",
+        "a.b",
+        "x[0]",
+        "$",
+        "$.\"q\"",
+        "quote\"d",
+        "back\\slash",
+        "tab\tand\nnewline",
+        "k'; DROP TABLE sessions; --",
+        "ключ ✓",
+        "emoji 🦀",
+        "%s %n {}",
+    ];
+    let values = [
+        r#"{ "z" : 1,"a":[1, 2.50, 1e3] }"#,
+        r#""nul \u0000 esc \" \\ \/ \u00e9 é""#,
+        "null",
+        "-0.0",
+        "[]",
+        "  true ",
+    ];
+    let value = |i: usize| Value::from_json_text(values[i % values.len()]).expect("json");
+    let key = new_key();
+    let mut r = record_at(None, now());
+    for (i, k) in keys.iter().enumerate().step_by(2) {
+        r.data.insert((*k).to_owned(), value(i));
+    }
+    must_create(&store, &key, &r).await;
+    let got = store
+        .load(&key, now())
+        .await
+        .expect("load")
+        .expect("present");
+    assert_eq!(
+        got.data, r.data,
+        "create kept every key and value as written"
+    );
+
+    let mut want = got;
+    for round in 0..2 {
+        let changes: Vec<(String, Option<Value>)> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let v = ((i + round) % 3 != 0).then(|| value(i + round + 1));
+                ((*k).to_owned(), v)
+            })
+            .collect();
+        let d = delta(changes);
+        want.apply(&d);
+        let out = store.save_delta(&key, &d, now()).await.expect("save");
+        assert!(matches!(out, SaveOutcome::Saved { .. }), "save: {out:?}");
+        let got = store
+            .load(&key, now())
+            .await
+            .expect("load")
+            .expect("present");
+        assert_eq!(got.data, want.data, "round {round}");
+    }
+    // One key per delta too, so stores that take a different path for some keys are covered.
+    for (i, k) in keys.iter().enumerate() {
+        for v in [Some(value(i + 3)), None, Some(value(i + 4))] {
+            let d = delta(vec![((*k).to_owned(), v)]);
+            want.apply(&d);
+            let out = store.save_delta(&key, &d, now()).await.expect("save");
+            assert!(matches!(out, SaveOutcome::Saved { .. }), "save: {out:?}");
+        }
+    }
+    let got = store
+        .load(&key, now())
+        .await
+        .expect("load")
+        .expect("present");
+    assert_eq!(got.data, want.data, "single-key deltas");
+}
+
 /// Concurrent writers of different keys on one session all keep their changes.
 pub async fn concurrent_writers_keep_every_key(store: Store) {
     let key = new_key();
@@ -625,6 +706,7 @@ macro_rules! store_conformance {
         $crate::__conformance_tests!($factory;
             create_never_overwrites, create_replaces_expired_record, round_trips_record, load_absent_is_none,
             load_after_expiry_is_none, save_delta_applies_per_key,
+            tricky_keys_and_values_round_trip,
             concurrent_writers_keep_every_key, save_after_destroy_does_not_resurrect,
             user_index_list_and_revoke, user_index_prunes_expired, limit_deny_is_atomic,
             limit_evict_oldest_is_atomic, limit_evict_idlest_is_atomic, cleanup_and_count,

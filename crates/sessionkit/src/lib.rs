@@ -39,6 +39,8 @@
 //!
 //! In a real service, build the configuration with [`Config::from_env`].
 
+#[cfg(feature = "audit")]
+mod audit;
 mod clock;
 mod config;
 mod cookie;
@@ -49,6 +51,8 @@ mod record;
 mod session;
 mod store;
 
+#[cfg(feature = "audit")]
+pub use audit::{AuditSink, AuditSinkBuilder};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{parse_duration, AppEnv, Config, ConfigError, Secret, StoreKind};
 pub use cookie::{find as find_cookie, CookieKeys, CookiePolicy, Presented, Rejection};
@@ -59,9 +63,13 @@ pub use record::{Data, DecodeError, Delta, Meta, Record, Timestamp, Touch, Value
 pub use session::{Session, SessionError};
 pub use store::fallback::{FallbackOptions, FallbackStore};
 pub use store::memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use store::postgres::{PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "redis")]
 pub use store::redis::{RedisOptions, RedisStore};
 pub use store::select::{build_store, open_url as open_store_url, resolve as resolve_store};
+#[cfg(feature = "sqlite")]
+pub use store::sqlite::{SqliteStore, SqliteStoreBuilder};
 pub use store::{
     CreateOutcome, Health, LimitPolicy, SaveOutcome, ScanPage, SessionLimit, SessionStore,
     StoreError,

@@ -156,6 +156,10 @@ pub enum DecodeError {
     /// Over the configured maximum size.
     #[error("record of {0} bytes is over the limit")]
     TooLarge(usize),
+    /// A store that keeps data as JSON (the SQL stores) read back something that is not a JSON
+    /// object of JSON values.
+    #[error("malformed JSON session data")]
+    Json(#[source] serde_json::Error),
 }
 
 /// Hard ceiling on what the decoder accepts, whatever the configured limit: a store cannot make

@@ -81,6 +81,10 @@ pub async fn open_url(url: &str, config: &Config) -> Result<Arc<dyn SessionStore
             let opts = super::redis::RedisOptions::new().with_key_prefix(config.key_prefix.clone());
             Ok(Arc::new(super::redis::RedisStore::connect(url, opts).await?))
         }
+        #[cfg(feature = "sqlite")]
+        "sqlite" => Ok(Arc::new(super::sqlite::SqliteStore::connect(url).await?)),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => Ok(Arc::new(super::postgres::PostgresStore::connect(url).await?)),
         other => Err(StoreError::Backend {
             context: format!("store URL scheme {other:?}"),
             source: "unknown scheme, or its store is not compiled into this build (enable its cargo feature)".into(),
