@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
-use sessionkit::{build_store, Config, SessionLayer};
+use sessionkit::{build_event_sink, build_store, Config, SessionLayer};
 use sessionkit_demo::{app, development_notice, AppState, Users};
 
 #[tokio::main]
@@ -17,7 +17,9 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::from_env().context("session configuration")?;
     let notice = development_notice(&config);
     let store = build_store(&config).await.context("session store")?;
-    let state = AppState::new(SessionLayer::new(store, config)?, Users::demo()?);
+    let events = build_event_sink(&config).await.context("audit trail")?;
+    let layer = SessionLayer::new(store, config)?.with_events(events);
+    let state = AppState::new(layer, Users::demo()?);
     let port: u16 = match std::env::var("PORT") {
         Ok(p) => p.trim().parse().with_context(|| format!("PORT={p:?}"))?,
         Err(_) => 3000,

@@ -67,7 +67,9 @@ pub use store::memory::MemoryStore;
 pub use store::postgres::{PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "redis")]
 pub use store::redis::{RedisOptions, RedisStore};
-pub use store::select::{build_store, open_url as open_store_url, resolve as resolve_store};
+pub use store::select::{
+    build_event_sink, build_store, open_url as open_store_url, resolve as resolve_store,
+};
 #[cfg(feature = "sqlite")]
 pub use store::sqlite::{SqliteStore, SqliteStoreBuilder};
 pub use store::{

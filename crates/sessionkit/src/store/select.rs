@@ -59,6 +59,37 @@ pub async fn build_store(config: &Config) -> Result<Arc<dyn SessionStore>, Store
     )))
 }
 
+/// The event sink `config` asks for: `tracing` always, plus the audit table when
+/// `SESSION_AUDIT_URL` is set.
+///
+/// # Errors
+/// An audit URL that cannot be reached, or one set in a build without the `audit` feature.
+pub async fn build_event_sink(
+    config: &Config,
+) -> Result<Arc<dyn crate::events::EventSink>, StoreError> {
+    let tracing_sink: Arc<dyn crate::events::EventSink> = Arc::new(crate::events::TracingSink);
+    if config.audit_url.is_none() {
+        return Ok(tracing_sink);
+    }
+    #[cfg(feature = "audit")]
+    {
+        if let Some(audit) = crate::audit::AuditSink::from_config(config).await? {
+            tracing::info!("SESSION_AUDIT_URL: session events are written to the audit table");
+            return Ok(Arc::new(crate::events::FanoutSink(vec![
+                tracing_sink,
+                Arc::new(audit),
+            ])));
+        }
+        Ok(tracing_sink)
+    }
+    #[cfg(not(feature = "audit"))]
+    Err(StoreError::Backend {
+        context: "SESSION_AUDIT_URL".into(),
+        source: "the audit trail is not compiled into this build (enable the `audit` feature)"
+            .into(),
+    })
+}
+
 fn unreachable_auto() -> Result<Arc<dyn SessionStore>, StoreError> {
     Err(StoreError::Backend {
         context: "store selection".into(),
