@@ -25,7 +25,7 @@ pub async fn build_store(config: &Config) -> Result<Arc<dyn SessionStore>, Store
                 source: format!("{var} is not set").into(),
             })
     };
-    match kind {
+    let store = match kind {
         StoreKind::Memory => open_url("memory:", config).await,
         StoreKind::Filesystem => {
             open_url(&format!("file://{}", config.file_dir.display()), config).await
@@ -35,7 +35,8 @@ pub async fn build_store(config: &Config) -> Result<Arc<dyn SessionStore>, Store
             open_url(&url(&config.database_url, "DATABASE_URL")?, config).await
         }
         StoreKind::Auto => unreachable_auto(),
-    }
+    }?;
+    Ok(super::cached::wrap_cached(store, config).await)
 }
 
 fn unreachable_auto() -> Result<Arc<dyn SessionStore>, StoreError> {
