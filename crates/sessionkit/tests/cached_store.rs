@@ -246,7 +246,7 @@ async fn two_processes_stay_coherent() {
             &record_at(signed_in.then_some(user.as_str()), now()),
         )
         .await;
-        a.store.save_delta(&key, &set("n", i), now()).await.unwrap();
+        let _ = a.store.save_delta(&key, &set("n", i), now()).await.unwrap();
         // B caches it (the second load is a hit).
         let before = b.remote_loads();
         assert_eq!(
@@ -282,7 +282,7 @@ async fn two_processes_stay_coherent() {
             last_seen_at: now(),
             idle_expires_at: now().add(Duration::from_secs(7200)),
         };
-        a.store.touch(&key, touch, now()).await.unwrap();
+        let _ = a.store.touch(&key, touch, now()).await.unwrap();
         let got = b.store.load(&key, now()).await.unwrap().unwrap();
         assert_eq!(got.meta.idle_expires_at, touch.idle_expires_at, "round {i}");
 
@@ -403,7 +403,7 @@ async fn channel_break_flushes_bypasses_and_recovers() {
         }
         assert!(b.store.load(&key, now()).await.unwrap().is_some());
         assert!(b.store.load(&key, now()).await.unwrap().is_some());
-        a.store.save_delta(&key, &set("n", i), now()).await.unwrap();
+        let _ = a.store.save_delta(&key, &set("n", i), now()).await.unwrap();
         let got = b.store.load(&key, now()).await.unwrap().unwrap();
         assert_eq!(value(&got, "n"), i, "round {i} after restart: stale");
         a.store.destroy(&key).await.unwrap();

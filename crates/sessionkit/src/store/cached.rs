@@ -498,6 +498,12 @@ impl SessionStore for CachedStore {
     }
 
     async fn load(&self, key: &StorageKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
+        if self.core.enabled() {
+            // Let tasks already woken run first: among them may be the connection task holding
+            // an invalidation that the server sent before this load began (see the module
+            // documentation). Costs a reschedule, not a round trip.
+            tokio::task::yield_now().await;
+        }
         if let Some(record) = self.core.get(key, now) {
             self.core.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(record));
