@@ -164,7 +164,11 @@ struct Core {
     misses: AtomicU64,
     invalidations: AtomicU64,
     flushes: AtomicU64,
+    /// Called before each lookup, to apply invalidations that have already arrived.
+    sync_hook: Mutex<Option<SyncHook>>,
 }
+
+type SyncHook = Arc<dyn Fn() + Send + Sync>;
 
 impl Core {
     fn new(options: CacheOptions) -> Self {
@@ -178,6 +182,7 @@ impl Core {
             misses: AtomicU64::new(0),
             invalidations: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
+            sync_hook: Mutex::new(None),
         }
     }
 
@@ -333,6 +338,15 @@ impl CacheInvalidator {
     pub fn set_coherent(&self, coherent: bool, why: &str) {
         if let Some(core) = self.core.upgrade() {
             core.set_coherent(coherent, why);
+        }
+    }
+
+    /// Installs (or removes) a function the cache calls before every lookup, so that the
+    /// source can apply invalidations that have already arrived but were not yet read (for
+    /// example a non-blocking read of its socket). It must not block.
+    pub fn set_sync_hook(&self, hook: Option<Arc<dyn Fn() + Send + Sync>>) {
+        if let Some(core) = self.core.upgrade() {
+            *core.sync_hook.lock() = hook;
         }
     }
 
@@ -499,10 +513,11 @@ impl SessionStore for CachedStore {
 
     async fn load(&self, key: &StorageKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
         if self.core.enabled() {
-            // Let tasks already woken run first: among them may be the connection task holding
-            // an invalidation that the server sent before this load began (see the module
-            // documentation). Costs a reschedule, not a round trip.
-            tokio::task::yield_now().await;
+            // Apply the invalidations that already reached this host (see the module docs).
+            let hook = self.core.sync_hook.lock().clone();
+            if let Some(hook) = hook {
+                hook();
+            }
         }
         if let Some(record) = self.core.get(key, now) {
             self.core.hits.fetch_add(1, Ordering::Relaxed);
@@ -652,17 +667,15 @@ pub use self::redis_source::RedisInvalidation;
 
 #[cfg(feature = "redis")]
 mod redis_source {
-    use std::convert::Infallible;
+    use std::collections::VecDeque;
     use std::fmt;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::io::ErrorKind;
     use std::sync::Arc;
     use std::time::Duration;
 
-    use redis::aio::MultiplexedConnection;
-    use redis::{
-        AsyncConnectionConfig, Client, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind,
-        RedisError, Value,
-    };
+    use parking_lot::Mutex;
+    use redis::{ConnectionAddr, IntoConnectionInfo};
+    use tokio::net::TcpStream;
     use tokio::sync::Notify;
 
     use super::{CacheInvalidator, InvalidationSource};
@@ -673,9 +686,16 @@ mod redis_source {
 
     /// Invalidations from a standalone Redis server by server-assisted client-side caching:
     /// one dedicated RESP3 connection with `CLIENT TRACKING ON BCAST PREFIX <prefix>`, pinged
-    /// every second; a lost connection makes the cache incoherent (flushed, bypassed) and a
-    /// background task reconnects with backoff (50 ms doubling to 2 s). Needs Redis 6 or later.
-    /// Against a Cluster it stays incoherent (the cache is bypassed).
+    /// every second. Before each cache hit, whatever the server has already pushed on it is
+    /// read without waiting (a non-blocking `read`, no round trip), so an invalidation that
+    /// reached this host before the load began is always applied first. A lost connection
+    /// makes the cache incoherent (flushed, bypassed) and a background task reconnects with
+    /// backoff (50 ms doubling to 2 s). Needs Redis 6 or later, a `redis://` TCP URL; against a
+    /// Cluster it stays incoherent (the cache is bypassed).
+    ///
+    /// The connection is a plain socket with a minimal RESP3 reader rather than a `redis`
+    /// crate connection, because that crate reads pushes in its own task, which cannot be
+    /// asked to "apply what has arrived" synchronously before a hit.
     pub struct RedisInvalidation {
         url: String,
         prefix: String,
@@ -694,6 +714,227 @@ mod redis_source {
         }
     }
 
+    /// Why a tracking connection could not be set up or ended.
+    #[derive(Debug, thiserror::Error)]
+    enum Failure {
+        #[error(transparent)]
+        Redis(#[from] redis::RedisError),
+        #[error("{0}")]
+        Io(#[from] std::io::Error),
+        #[error("the server is a Redis Cluster")]
+        Cluster,
+        #[error("Redis refused {0}")]
+        Refused(String),
+        #[error("unsupported Redis URL (only redis:// over TCP)")]
+        Url,
+        #[error("no answer in time")]
+        TimedOut,
+        #[error("connection closed or unreadable")]
+        Broken,
+    }
+
+    /// One RESP3 value, as far as tracking needs it.
+    #[derive(Debug)]
+    enum Frame {
+        Push(Vec<Frame>),
+        Array(Vec<Frame>),
+        Bulk(Vec<u8>),
+        Error(String),
+        Null,
+        Other,
+    }
+
+    fn line(buf: &[u8], from: usize) -> Option<(&[u8], usize)> {
+        let rest = buf.get(from..)?;
+        let at = rest.windows(2).position(|w| w == b"\r\n")?;
+        Some((&rest[..at], from + at + 2))
+    }
+
+    /// Parses one frame at `pos`: `Ok(None)` if incomplete, `Err` if malformed.
+    fn parse(buf: &[u8], pos: usize) -> Result<Option<(Frame, usize)>, ()> {
+        let Some(&kind) = buf.get(pos) else {
+            return Ok(None);
+        };
+        let Some((head, mut next)) = line(buf, pos + 1) else {
+            return Ok(None);
+        };
+        let head = std::str::from_utf8(head).map_err(|_| ())?;
+        let frame = match kind {
+            b'+' | b':' | b',' | b'#' | b'(' => Frame::Other,
+            b'-' => Frame::Error(head.to_owned()),
+            b'_' => Frame::Null,
+            b'$' | b'=' | b'!' => {
+                let n: i64 = head.parse().map_err(|_| ())?;
+                if n < 0 {
+                    Frame::Null
+                } else {
+                    let end = next + usize::try_from(n).map_err(|_| ())?;
+                    if buf.len() < end + 2 {
+                        return Ok(None);
+                    }
+                    let data = buf[next..end].to_vec();
+                    next = end + 2;
+                    match kind {
+                        b'!' => Frame::Error(String::from_utf8_lossy(&data).into_owned()),
+                        b'=' => Frame::Bulk(data.get(4..).unwrap_or_default().to_vec()),
+                        _ => Frame::Bulk(data),
+                    }
+                }
+            }
+            b'*' | b'~' | b'>' | b'%' | b'|' => {
+                let n: i64 = head.parse().map_err(|_| ())?;
+                if n < 0 {
+                    Frame::Null
+                } else {
+                    let n = usize::try_from(n).map_err(|_| ())?;
+                    let count = if matches!(kind, b'%' | b'|') {
+                        2 * n
+                    } else {
+                        n
+                    };
+                    let mut items = Vec::with_capacity(count.min(1024));
+                    for _ in 0..count {
+                        match parse(buf, next)? {
+                            Some((f, after)) => {
+                                items.push(f);
+                                next = after;
+                            }
+                            None => return Ok(None),
+                        }
+                    }
+                    match kind {
+                        b'>' => Frame::Push(items),
+                        // Attributes annotate the frame that follows: return that one.
+                        b'|' => return parse(buf, next),
+                        _ => Frame::Array(items),
+                    }
+                }
+            }
+            _ => return Err(()),
+        };
+        Ok(Some((frame, next)))
+    }
+
+    #[derive(Default)]
+    struct ReadState {
+        buf: Vec<u8>,
+        replies: VecDeque<Frame>,
+        broken: bool,
+    }
+
+    /// The live tracking connection, shared by its task and the cache's pre-hit hook.
+    struct Tracker {
+        stream: TcpStream,
+        state: Mutex<ReadState>,
+        invalidator: CacheInvalidator,
+        lost: Notify,
+        /// Set once tracking is on: from then on a broken read makes the cache incoherent.
+        live: std::sync::atomic::AtomicBool,
+    }
+
+    impl Tracker {
+        /// Reads and applies whatever has arrived, without waiting. False once broken.
+        fn drain(&self) -> bool {
+            let mut st = self.state.lock();
+            if st.broken {
+                return false;
+            }
+            let mut chunk = [0u8; 8192];
+            loop {
+                match self.stream.try_read(&mut chunk) {
+                    Ok(0) => {
+                        st.broken = true;
+                        break;
+                    }
+                    Ok(n) => st.buf.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        st.broken = true;
+                        break;
+                    }
+                }
+            }
+            let mut used = 0;
+            while !st.broken {
+                match parse(&st.buf, used) {
+                    Ok(Some((frame, next))) => {
+                        used = next;
+                        match frame {
+                            Frame::Push(items) => self.on_push(items),
+                            reply => st.replies.push_back(reply),
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(()) => st.broken = true,
+                }
+            }
+            st.buf.drain(..used);
+            let ok = !st.broken;
+            drop(st);
+            if !ok && self.live.load(std::sync::atomic::Ordering::Acquire) {
+                self.invalidator
+                    .set_coherent(false, "tracking connection lost");
+                self.lost.notify_one();
+            }
+            ok
+        }
+
+        fn on_push(&self, items: Vec<Frame>) {
+            let mut items = items.into_iter();
+            if !matches!(items.next(), Some(Frame::Bulk(k)) if k == b"invalidate") {
+                return;
+            }
+            match items.next() {
+                Some(Frame::Array(keys)) => {
+                    for k in keys {
+                        match k {
+                            Frame::Bulk(b) => {
+                                if let Some(key) = storage_key_of(&b) {
+                                    self.invalidator.invalidate(&key);
+                                }
+                            }
+                            _ => self.invalidator.flush(),
+                        }
+                    }
+                }
+                // Null after FLUSHALL/FLUSHDB, or anything unexpected: everything may be gone.
+                _ => self.invalidator.flush(),
+            }
+        }
+
+        async fn send(&self, cmd: &redis::Cmd) -> Result<(), Failure> {
+            let bytes = cmd.get_packed_command();
+            let mut at = 0;
+            while at < bytes.len() {
+                self.stream.writable().await?;
+                match self.stream.try_write(&bytes[at..]) {
+                    Ok(n) => at += n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(())
+        }
+
+        /// Sends `cmd` and waits for its reply (set-up only: nothing else is in flight).
+        async fn request(&self, cmd: &redis::Cmd) -> Result<Frame, Failure> {
+            self.send(cmd).await?;
+            loop {
+                if let Some(reply) = self.state.lock().replies.pop_front() {
+                    return match reply {
+                        Frame::Error(e) => Err(Failure::Refused(e)),
+                        other => Ok(other),
+                    };
+                }
+                self.stream.readable().await?;
+                if !self.drain() {
+                    return Err(Failure::Broken);
+                }
+            }
+        }
+    }
+
     impl RedisInvalidation {
         /// Tracks the keys under `prefix` (the store's key prefix) on the server at `url`
         /// (the store's URL).
@@ -706,86 +947,77 @@ mod redis_source {
             }
         }
 
-        /// Bound on connecting and on each reply of the tracking connection. Default 500 ms.
+        /// Bound on connecting and setting up tracking. Default 500 ms.
         #[must_use]
         pub fn with_timeout(mut self, d: Duration) -> Self {
             self.timeout = d;
             self
         }
 
-        /// How often the tracking connection is checked with `PING`: the longest a silently
-        /// dead connection (no reset, e.g. a partition) can go unnoticed, serving possibly
-        /// stale loads, is about this plus the timeout. Default 1 s.
+        /// How often the tracking connection is checked with `PING`; an unanswered `PING`
+        /// at the next check means the connection is dead. A silently dead connection (no
+        /// reset, e.g. a partition) can thus go unnoticed, serving possibly stale loads, for
+        /// up to twice this. Default 1 s.
         #[must_use]
         pub fn with_ping_interval(mut self, d: Duration) -> Self {
             self.ping_interval = d;
             self
         }
 
-        /// Opens the tracking connection; pushes go to `invalidator` while `generation` still
-        /// equals `mine`, and a disconnection wakes `lost`.
-        async fn track(
-            &self,
-            invalidator: &CacheInvalidator,
-            generation: &Arc<AtomicU64>,
-            mine: u64,
-            lost: &Arc<Notify>,
-        ) -> Result<MultiplexedConnection, Failure> {
+        async fn connect(&self, invalidator: &CacheInvalidator) -> Result<Arc<Tracker>, Failure> {
             let info = self.url.as_str().into_connection_info()?;
-            let settings = info
-                .redis_settings()
-                .clone()
-                .set_protocol(ProtocolVersion::RESP3);
-            let client = Client::open(info.set_redis_settings(settings))?;
-            let (sink, gen, lost_push) = (invalidator.clone(), generation.clone(), lost.clone());
-            let config = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(self.timeout))
-                .set_response_timeout(Some(self.timeout))
-                .set_push_sender(move |push: PushInfo| {
-                    // A connection replaced by a newer one must not touch the cache any more.
-                    if gen.load(Ordering::Acquire) == mine {
-                        on_push(&sink, &lost_push, push);
-                    }
-                    Ok::<(), Infallible>(())
-                });
-            let mut conn = client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
-            let info: String = redis::cmd("INFO")
-                .arg("cluster")
-                .query_async(&mut conn)
-                .await?;
+            let ConnectionAddr::Tcp(host, port) = info.addr() else {
+                return Err(Failure::Url);
+            };
+            let stream = TcpStream::connect((host.as_str(), *port)).await?;
+            stream.set_nodelay(true)?;
+            let tracker = Arc::new(Tracker {
+                stream,
+                state: Mutex::new(ReadState::default()),
+                invalidator: invalidator.clone(),
+                lost: Notify::new(),
+                live: std::sync::atomic::AtomicBool::new(false),
+            });
+            let settings = info.redis_settings();
+            let mut hello = redis::cmd("HELLO");
+            hello.arg(3);
+            if let Some(pw) = settings.password() {
+                hello
+                    .arg("AUTH")
+                    .arg(settings.username().unwrap_or("default"))
+                    .arg(pw);
+            }
+            tracker.request(&hello).await?;
+            let info = match tracker.request(redis::cmd("INFO").arg("cluster")).await? {
+                Frame::Bulk(b) => String::from_utf8_lossy(&b).into_owned(),
+                _ => String::new(),
+            };
             if info.contains("cluster_enabled:1") {
                 return Err(Failure::Cluster);
             }
-            redis::cmd("CLIENT")
-                .arg("TRACKING")
-                .arg("ON")
-                .arg("BCAST")
-                .arg("PREFIX")
-                .arg(&self.prefix)
-                .query_async::<()>(&mut conn)
+            tracker
+                .request(
+                    redis::cmd("CLIENT")
+                        .arg("TRACKING")
+                        .arg("ON")
+                        .arg("BCAST")
+                        .arg("PREFIX")
+                        .arg(&self.prefix),
+                )
                 .await?;
-            Ok(conn)
+            Ok(tracker)
         }
 
         async fn run(self, invalidator: CacheInvalidator) {
-            let generation = Arc::new(AtomicU64::new(0));
             let mut backoff = MIN_BACKOFF;
             let mut failures = 0u32;
             while !invalidator.is_closed() {
-                let mine = generation.load(Ordering::Acquire);
-                let lost = Arc::new(Notify::new());
-                let attempt = tokio::time::timeout(
-                    self.timeout * 4,
-                    self.track(&invalidator, &generation, mine, &lost),
-                )
-                .await
-                .unwrap_or(Err(Failure::TimedOut));
-                let mut conn = match attempt {
-                    Ok(conn) => conn,
+                let attempt = tokio::time::timeout(self.timeout, self.connect(&invalidator))
+                    .await
+                    .unwrap_or(Err(Failure::TimedOut));
+                let tracker = match attempt {
+                    Ok(t) => t,
                     Err(Failure::Cluster) => {
-                        generation.fetch_add(1, Ordering::AcqRel);
                         tracing::warn!(
                             "session cache: Redis Cluster is not tracked; the cache stays bypassed"
                         );
@@ -793,13 +1025,12 @@ mod redis_source {
                         return;
                     }
                     Err(e) => {
-                        generation.fetch_add(1, Ordering::AcqRel);
                         failures += 1;
-                        let why = format!("cannot track invalidations: {e}");
                         if failures == 1 || failures.is_power_of_two() {
                             tracing::warn!(failures, error = %e, "session cache: Redis tracking connection failed; retrying");
                         }
-                        invalidator.set_coherent(false, &why);
+                        invalidator
+                            .set_coherent(false, &format!("cannot track invalidations: {e}"));
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(MAX_BACKOFF);
                         continue;
@@ -807,26 +1038,58 @@ mod redis_source {
                 };
                 failures = 0;
                 backoff = MIN_BACKOFF;
+                tracker
+                    .live
+                    .store(true, std::sync::atomic::Ordering::Release);
+                let hook = Arc::downgrade(&tracker);
+                invalidator.set_sync_hook(Some(Arc::new(move || {
+                    if let Some(t) = hook.upgrade() {
+                        t.drain();
+                    }
+                })));
                 invalidator.set_coherent(true, "Redis client tracking (BCAST)");
-                let why = loop {
-                    tokio::select! {
-                        () = lost.notified() => break "tracking connection lost".to_owned(),
-                        () = tokio::time::sleep(self.ping_interval) => {
-                            if invalidator.is_closed() {
-                                return;
-                            }
-                            let cmd = redis::cmd("PING");
-                            let ping = cmd.query_async::<()>(&mut conn);
-                            match tokio::time::timeout(self.timeout, ping).await {
-                                Ok(Ok(())) => {}
-                                Ok(Err(e)) => break format!("tracking connection failed: {e}"),
-                                Err(_) => break "tracking connection: no PING reply".to_owned(),
-                            }
+                let why = self.watch(&tracker, &invalidator).await;
+                invalidator.set_sync_hook(None);
+                tracker
+                    .live
+                    .store(false, std::sync::atomic::Ordering::Release);
+                invalidator.set_coherent(false, why);
+            }
+        }
+
+        /// Reads pushes and pings until the connection fails or the store is dropped.
+        async fn watch(&self, tracker: &Tracker, invalidator: &CacheInvalidator) -> &'static str {
+            let mut unanswered = false;
+            let mut tick = tokio::time::interval(self.ping_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    () = tracker.lost.notified() => return "tracking connection lost",
+                    r = tracker.stream.readable() => {
+                        if r.is_err() || !tracker.drain() {
+                            return "tracking connection lost";
                         }
                     }
-                };
-                generation.fetch_add(1, Ordering::AcqRel);
-                invalidator.set_coherent(false, &why);
+                    _ = tick.tick() => {
+                        if invalidator.is_closed() {
+                            return "store dropped";
+                        }
+                        let answered = {
+                            let mut st = tracker.state.lock();
+                            let any = !st.replies.is_empty();
+                            st.replies.clear();
+                            any
+                        };
+                        if unanswered && !answered {
+                            return "tracking connection: no PING reply";
+                        }
+                        if tracker.send(&redis::cmd("PING")).await.is_err() {
+                            return "tracking connection lost";
+                        }
+                        unanswered = true;
+                    }
+                }
             }
         }
     }
@@ -834,44 +1097,6 @@ mod redis_source {
     impl InvalidationSource for RedisInvalidation {
         fn start(self: Box<Self>, invalidator: CacheInvalidator) {
             tokio::spawn(self.run(invalidator));
-        }
-    }
-
-    #[derive(Debug, thiserror::Error)]
-    enum Failure {
-        #[error(transparent)]
-        Redis(#[from] RedisError),
-        #[error("the server is a Redis Cluster")]
-        Cluster,
-        #[error("no answer in time")]
-        TimedOut,
-    }
-
-    /// Applies one push message of the tracking connection.
-    fn on_push(invalidator: &CacheInvalidator, lost: &Notify, push: PushInfo) {
-        match push.kind {
-            PushKind::Invalidate => match push.data.first() {
-                Some(Value::Array(keys)) => {
-                    for k in keys {
-                        match k {
-                            Value::BulkString(b) => {
-                                if let Some(key) = storage_key_of(b) {
-                                    invalidator.invalidate(&key);
-                                }
-                            }
-                            // Unknown shape: be safe.
-                            _ => invalidator.flush(),
-                        }
-                    }
-                }
-                // Null after FLUSHALL/FLUSHDB, or anything unexpected: everything may be gone.
-                _ => invalidator.flush(),
-            },
-            PushKind::Disconnection => {
-                invalidator.set_coherent(false, "tracking connection lost");
-                lost.notify_one();
-            }
-            _ => {}
         }
     }
 
@@ -896,6 +1121,32 @@ mod redis_source {
             assert!(storage_key_of(format!("sk:{{u:{k}}}:s:{k}").as_bytes()).is_some());
             assert!(storage_key_of(format!("sk:{{u:{k}}}:i").as_bytes()).is_none());
             assert!(storage_key_of(b"short").is_none());
+        }
+
+        #[test]
+        fn parses_resp3_pushes_incrementally() {
+            let msg = b">2\r\n$10\r\ninvalidate\r\n*2\r\n$3\r\nk:1\r\n$3\r\nk:2\r\n";
+            for cut in 0..msg.len() {
+                assert!(matches!(parse(&msg[..cut], 0), Ok(None)), "cut {cut}");
+            }
+            let Ok(Some((Frame::Push(items), used))) = parse(msg, 0) else {
+                panic!("not a push");
+            };
+            assert_eq!(used, msg.len());
+            assert!(matches!(&items[1], Frame::Array(keys) if keys.len() == 2));
+            assert!(matches!(
+                parse(b">2\r\n$10\r\ninvalidate\r\n_\r\n", 0),
+                Ok(Some((Frame::Push(_), _)))
+            ));
+            assert!(matches!(
+                parse(b"%1\r\n+a\r\n*1\r\n:1\r\n", 0),
+                Ok(Some((Frame::Array(_), _)))
+            ));
+            assert!(matches!(
+                parse(b"-ERR x\r\n", 0),
+                Ok(Some((Frame::Error(_), _)))
+            ));
+            assert!(parse(b"?\r\n", 0).is_err());
         }
     }
 }
