@@ -433,3 +433,29 @@ async fn flushall_flushes_the_cache() {
     }
     assert!(b.store.load(&key, now()).await.unwrap().is_none());
 }
+
+/// `SESSION_CACHE=on` wraps a Redis store in the cache; off, or with a store that has no
+/// invalidation channel, the store is used as is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_cache_setting_wraps_redis_only() {
+    let mut config = sessionkit::Config::new("k".repeat(40));
+    config.store = sessionkit::StoreKind::Redis;
+    config.redis_url = Some(sessionkit::Secret::new(shared_server().url()));
+    config.key_prefix = unique_prefix();
+    config.cache = true;
+    let store = sessionkit::build_store(&config).await.unwrap();
+    let detail = store.health().await.detail;
+    assert!(detail.contains("cache coherent"), "{detail}");
+    let key = new_key();
+    must_create(&*store, &key, &record_at(None, now())).await;
+    assert!(store.load(&key, now()).await.unwrap().is_some());
+
+    config.cache = false;
+    let store = sessionkit::build_store(&config).await.unwrap();
+    assert!(!store.health().await.detail.contains("cache"));
+
+    config.cache = true;
+    config.store = sessionkit::StoreKind::Memory;
+    let store = sessionkit::build_store(&config).await.unwrap();
+    assert!(!store.health().await.detail.contains("cache"));
+}
