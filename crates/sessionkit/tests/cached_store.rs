@@ -459,3 +459,59 @@ async fn session_cache_setting_wraps_redis_only() {
     let store = sessionkit::build_store(&config).await.unwrap();
     assert!(!store.health().await.detail.contains("cache"));
 }
+
+/// Against a Cluster the tracking source refuses to track (one server's tracking would miss
+/// the other masters' writes): the cache stays bypassed and every load goes to the Cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_is_bypassed() {
+    let cluster = sessionkit_testkit::redis::RedisCluster::start();
+    let url = cluster.urls().remove(0);
+    let prefix = unique_prefix();
+    let redis = RedisStore::connect(&url, options(&prefix)).await.unwrap();
+    assert!(redis.is_cluster());
+    let store = CachedStore::new(
+        Arc::new(redis),
+        RedisInvalidation::new(&url, prefix.as_str()).with_timeout(Duration::from_secs(2)),
+        CacheOptions::new(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !store.status().contains("Cluster") {
+        assert!(Instant::now() < deadline, "status: {}", store.status());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!store.is_coherent());
+    let key = new_key();
+    must_create(&store, &key, &record_at(Some("c"), now())).await;
+    for _ in 0..3 {
+        assert!(store.load(&key, now()).await.unwrap().is_some());
+    }
+    assert_eq!(store.stats().hits, 0);
+    assert_eq!(store.stats().entries, 0);
+}
+
+/// What a hit costs compared with a Redis load (printed, not asserted: timing is not tested).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hit_cost() {
+    let p = process(&shared_server().url(), &unique_prefix()).await;
+    let key = new_key();
+    let mut r = record_at(Some("cost"), now());
+    for n in 0..20 {
+        r.data
+            .insert(format!("k{n}"), Value::to_json(&"x".repeat(50)).unwrap());
+    }
+    must_create(&p.store, &key, &r).await;
+    let inner = p.store.inner().clone();
+    let n = 2000u32;
+    let t = Instant::now();
+    for _ in 0..n {
+        assert!(inner.load(&key, now()).await.unwrap().is_some());
+    }
+    let remote = t.elapsed() / n;
+    let t = Instant::now();
+    for _ in 0..n {
+        assert!(p.store.load(&key, now()).await.unwrap().is_some());
+    }
+    let cached = t.elapsed() / n;
+    eprintln!("load of a 20-value session: Redis {remote:?}, cached {cached:?}");
+    assert!(p.store.stats().hits >= u64::from(n) - 1);
+}

@@ -8,10 +8,11 @@
 //!   `now` is a miss, answered by the remote store. Entries also leave after a TTL (default
 //!   60 s, a bound on staleness should an invalidation ever go missing), and the oldest leave
 //!   first when the cache is full (default 10,000 entries, in 16 shards).
-//! - **Own writes.** Every write made through this store (`create`, `save_delta`, `touch`,
-//!   `destroy`, `destroy_user`, `list_user` and `create` of a signed-in user, which may prune
-//!   that user's sessions, `cleanup_expired`) evicts the keys it may have changed, after the
-//!   remote call returns (even when it fails: the write may have happened).
+//! - **Own writes.** Every write made through this store evicts the keys it may have changed,
+//!   after the remote call returns (even when it fails: the write may have happened):
+//!   `save_delta`, `touch` and `destroy` their key; `create`, `list_user` and `destroy_user`
+//!   every cached session of that user (they may evict or prune some; this walks the cache,
+//!   which a login or an admin listing can afford); `cleanup_expired` everything.
 //! - **Other processes' writes** arrive through an [`InvalidationSource`], which evicts keys,
 //!   flushes everything, or marks the cache incoherent. For Redis, [`RedisInvalidation`] uses
 //!   server-assisted client-side caching: a dedicated RESP3 connection in
@@ -32,12 +33,18 @@
 //! and coherence changes all move it, under the shard's lock). So a value is cached only if no
 //! invalidation of its shard arrived while it was being read.
 //!
-//! What remains is inherent to client-side caching: an invalidation travels asynchronously. A
-//! write by process A is seen by process B's next `load` once B has *received* the invalidation
-//! (on loopback, the server sends it before it answers A, so it is in B's socket before A even
-//! learns its write is done; in a network partition, it is the time until B's periodic `PING`
-//! fails, default 1 s, after which B bypasses its cache). Within one process, a `load` that
-//! follows a write through the same `CachedStore` always sees it.
+//! The other race is the invalidation's journey: the server pushes it to every tracking
+//! connection in the same event-loop turn as it answers the writer, and it writes the pushes
+//! first, so on one host (loopback) an invalidation is already in this process's socket
+//! buffer when process A learns that its write is done. The push would still wait for a task
+//! to be scheduled to read it; to close that gap, every lookup first reads, without waiting,
+//! whatever has arrived on the tracking socket (a non-blocking `read` system call, not a round
+//! trip: [`CacheInvalidator::set_sync_hook`]) and applies it. So a `load` that begins after
+//! the invalidation reached this host never serves the old record; across hosts, what
+//! remains is the network's delivery time of the push. If the tracking connection dies
+//! silently (a partition, no reset), stale loads are possible until the missed `PING` is
+//! noticed (default within 2 s), after which the cache is bypassed. Within one process, a
+//! `load` that follows a write through the same `CachedStore` always sees it.
 //!
 //! A crash loses nothing: the cache holds only copies.
 //!
@@ -1049,11 +1056,12 @@ mod redis_source {
                 })));
                 invalidator.set_coherent(true, "Redis client tracking (BCAST)");
                 let why = self.watch(&tracker, &invalidator).await;
+                // Bypass first, then drop the hook: no hit is served in between.
+                invalidator.set_coherent(false, why);
                 invalidator.set_sync_hook(None);
                 tracker
                     .live
                     .store(false, std::sync::atomic::Ordering::Release);
-                invalidator.set_coherent(false, why);
             }
         }
 
