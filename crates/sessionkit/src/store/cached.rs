@@ -34,9 +34,9 @@
 //! invalidation of its shard arrived while it was being read.
 //!
 //! The other race is the invalidation's journey: the server pushes it to every tracking
-//! connection in the same event-loop turn as it answers the writer, and it writes the pushes
-//! first, so on one host (loopback) an invalidation is already in this process's socket
-//! buffer when process A learns that its write is done. The push would still wait for a task
+//! connection in the same event-loop turn as it answers the writer, and (Redis 7, I/O threads
+//! off, the default) it writes the pushes first, so on one host (loopback) an invalidation is
+//! already in this process's socket buffer when process A learns that its write is done. The push would still wait for a task
 //! to be scheduled to read it; to close that gap, every lookup first reads, without waiting,
 //! whatever has arrived on the tracking socket (a non-blocking `read` system call, not a round
 //! trip: [`CacheInvalidator::set_sync_hook`]) and applies it. So a `load` that begins after
