@@ -61,6 +61,11 @@ pub use id::{IdGenerator, OsRngIds, SessionId, StorageKey, ID_BYTES, ID_LEN};
 pub use layer::{SessionLayer, SessionMissing, SessionService};
 pub use record::{Data, DecodeError, Delta, Meta, Record, Timestamp, Touch, Value, DECODE_CEILING};
 pub use session::{Session, SessionError};
+#[cfg(feature = "redis")]
+pub use store::cached::RedisInvalidation;
+pub use store::cached::{
+    CacheInvalidator, CacheOptions, CacheStats, CachedStore, InvalidationSource, SingleWriter,
+};
 pub use store::fallback::{FallbackOptions, FallbackStore};
 pub use store::memory::MemoryStore;
 #[cfg(feature = "postgres")]

@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use crate::id::StorageKey;
 use crate::record::{Delta, Meta, Record, Timestamp};
 
+pub(crate) mod cached;
 pub(crate) mod fallback;
 pub(crate) mod memory;
 #[cfg(feature = "postgres")]

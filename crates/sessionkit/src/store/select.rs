@@ -43,6 +43,8 @@ pub async fn build_store(config: &Config) -> Result<Arc<dyn SessionStore>, Store
         }
         StoreKind::Auto => return unreachable_auto(),
     };
+    // SESSION_CACHE=on puts the coherent cache in front of a Redis primary (a no-op otherwise).
+    let primary = super::cached::wrap_cached(primary, config).await;
     let Some(fallback) = &config.fallback_url else {
         return Ok(primary);
     };
@@ -103,6 +105,7 @@ fn unreachable_auto() -> Result<Arc<dyn SessionStore>, StoreError> {
 ///
 /// # Errors
 /// An unknown scheme, a store not compiled in, or a store that cannot start.
+#[allow(unused_variables)] // `config` is used by the stores behind features
 pub async fn open_url(url: &str, config: &Config) -> Result<Arc<dyn SessionStore>, StoreError> {
     let scheme = url.split(':').next().unwrap_or_default();
     match scheme {
