@@ -57,6 +57,8 @@ pub use id::{IdGenerator, OsRngIds, SessionId, StorageKey, ID_BYTES, ID_LEN};
 pub use layer::{SessionLayer, SessionMissing, SessionService};
 pub use record::{Data, DecodeError, Delta, Meta, Record, Timestamp, Touch, Value, DECODE_CEILING};
 pub use session::{Session, SessionError};
+#[cfg(all(feature = "file", unix))]
+pub use store::file::{FileOptions, FileStore};
 pub use store::memory::MemoryStore;
 pub use store::select::{build_store, resolve as resolve_store};
 pub use store::{

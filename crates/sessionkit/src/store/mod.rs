@@ -21,6 +21,8 @@ use async_trait::async_trait;
 use crate::id::StorageKey;
 use crate::record::{Delta, Meta, Record, Timestamp};
 
+#[cfg(all(feature = "file", unix))]
+pub(crate) mod file;
 pub(crate) mod memory;
 pub(crate) mod select;
 
