@@ -49,10 +49,16 @@
 //!
 //! # Size
 //! [`FileOptions::max_sessions`] caps the number of records: at the cap, `create` first removes
-//! expired records, then refuses new sessions with [`StoreError::Full`] — nothing live is ever
-//! evicted silently. The count is kept in memory (one atomic per store), corrected by every
-//! cleanup walk and shared through the `count` file: across processes it is approximate, by the
-//! sessions other processes created or removed since the last cleanup.
+//! expired records, then refuses new sessions with [`StoreError::Full`] (logged, at most every
+//! ten seconds) — nothing live is ever evicted silently. The count is taken when the store
+//! opens (by listing the folders, no file is read), then kept in memory (one atomic), reset by
+//! every cleanup walk and shared through the `count` file that the walk writes. Across
+//! processes it is therefore approximate: it misses what other processes created or removed
+//! since the last cleanup (any process's).
+//!
+//! Cleanup ([`SessionStore::cleanup_expired`]) streams over the folders with a few worker
+//! threads ([`FileOptions::cleanup_threads`]), never holding more than one folder listing per
+//! worker, and takes the same locks as the writers, so it can run while the app serves.
 
 use std::fmt;
 use std::io;
@@ -93,6 +99,8 @@ pub struct FileOptions {
     pub fsync: bool,
     /// Most records the store holds; `None` is unlimited. Default: [`FileOptions::DEFAULT_MAX_SESSIONS`].
     pub max_sessions: Option<u64>,
+    /// Worker threads of a cleanup walk. Default: 8.
+    pub cleanup_threads: usize,
 }
 
 impl Default for FileOptions {
@@ -100,6 +108,7 @@ impl Default for FileOptions {
         Self {
             fsync: false,
             max_sessions: Some(Self::DEFAULT_MAX_SESSIONS),
+            cleanup_threads: 8,
         }
     }
 }
@@ -131,6 +140,17 @@ impl FileOptions {
     #[must_use]
     pub fn with_max_sessions(mut self, max: Option<u64>) -> Self {
         self.max_sessions = max;
+        self
+    }
+
+    /// Worker threads a cleanup walk uses (at least 1). Default: 8.
+    ///
+    /// They mostly wait on the file system, not the CPU: on file systems where removing a file
+    /// waits for the journal (ext4 mounted with `discard`, many virtual disks) removals run in
+    /// parallel instead of one by one, which is several times faster.
+    #[must_use]
+    pub fn with_cleanup_threads(mut self, threads: usize) -> Self {
+        self.cleanup_threads = threads.max(1);
         self
     }
 }
@@ -665,50 +685,58 @@ impl Inner {
     }
 
     /// Walks the whole store once, folder by folder, holding no more than one folder listing
-    /// in memory: removes expired and undecodable records, leftover temp files and index
-    /// markers whose record is gone; then records the count of what is left.
+    /// per worker in memory: removes expired and undecodable records, leftover temp files and
+    /// index markers whose record is gone; then records the count of what is left.
+    ///
+    /// [`FileOptions::cleanup_threads`] workers take the 256 top-level folders in turn: on
+    /// file systems where freeing a file's blocks waits for the journal (online `discard`),
+    /// removals overlap instead of queueing one by one.
     fn cleanup(&self, now: Timestamp) -> Result<u64, StoreError> {
         let wall_now = SystemTime::now();
-        let mut removed = 0;
-        let mut kept = 0;
+        let removed = AtomicU64::new(0);
+        let kept = AtomicU64::new(0);
         // One folder that cannot be cleaned (a planted link, an I/O error) must not stop the
         // others: it is logged and skipped.
-        let mut failed = 0u64;
-        let mut skip = |e: StoreError| {
-            failed += 1;
-            if failed <= 5 {
+        let failed = AtomicU64::new(0);
+        let skip = |e: StoreError| {
+            if failed.fetch_add(1, Ordering::Relaxed) < 5 {
                 tracing::warn!(error = %e, "file store: cleanup skipped a folder");
             }
         };
-        for_each_leaf(self.sessions.as_fd(), |leaf| {
-            if let Err(e) = self.clean_session_leaf(leaf, now, wall_now, &mut removed, &mut kept) {
-                skip(e);
+        let threads = self.opts.cleanup_threads;
+        for_each_leaf_parallel(self.sessions.as_fd(), threads, |leaf| {
+            match self.clean_session_leaf(leaf, now, wall_now) {
+                Ok((r, k)) => {
+                    removed.fetch_add(r, Ordering::Relaxed);
+                    kept.fetch_add(k, Ordering::Relaxed);
+                }
+                Err(e) => skip(e),
             }
-            Ok(())
-        })?;
+        });
         // Second, so the markers of the records just removed go too.
-        for_each_leaf(self.users.as_fd(), |uleaf| {
+        for_each_leaf_parallel(self.users.as_fd(), threads, |uleaf| {
             if let Err(e) = self.clean_user_leaf(uleaf) {
                 skip(e);
             }
-            Ok(())
-        })?;
+        });
+        let failed = failed.into_inner();
         if failed > 5 {
             tracing::warn!(failed, "file store: cleanup skipped folders");
         }
+        let kept = kept.into_inner();
         self.count.store(kept, Ordering::Relaxed);
         self.write_count(kept)?;
-        Ok(removed)
+        Ok(removed.into_inner())
     }
 
+    /// Cleans one session folder; (removed, kept).
     fn clean_session_leaf(
         &self,
         leaf: BorrowedFd<'_>,
         now: Timestamp,
         wall_now: SystemTime,
-        removed: &mut u64,
-        kept: &mut u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(u64, u64), StoreError> {
+        let (mut removed, mut kept) = (0, 0);
         // Taken at the first record to remove and held for the rest of this small folder.
         let mut lock = None;
         let mut dir = Dir::read_from(leaf).map_err(|e| fail("listing a session folder", e))?;
@@ -741,7 +769,7 @@ impl Inner {
                 }
             };
             if !dead {
-                *kept += 1;
+                kept += 1;
                 continue;
             }
             if lock.is_none() {
@@ -752,20 +780,20 @@ impl Inner {
                 match read_record(leaf, name)? {
                     None => continue,
                     Some(r) if !is_dead(&r, now) => {
-                        *kept += 1;
+                        kept += 1;
                         continue;
                     }
                     Some(_) => {}
                 }
             }
             if remove_entry(leaf, name)? {
-                *removed += 1;
+                removed += 1;
             }
         }
         if lock.is_some() {
             self.sync_dir(leaf)?;
         }
-        Ok(())
+        Ok((removed, kept))
     }
 
     fn clean_user_leaf(&self, uleaf: BorrowedFd<'_>) -> Result<(), StoreError> {
@@ -1229,6 +1257,46 @@ fn for_each_leaf(
         }
     }
     Ok(())
+}
+
+/// Calls `f` on every second-level shard folder under `top`, from `threads` workers that take
+/// the top-level folders in turn. Each worker holds one folder listing per level at a time.
+fn for_each_leaf_parallel(top: BorrowedFd<'_>, threads: usize, f: impl Fn(BorrowedFd<'_>) + Sync) {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i > 0xff {
+            break;
+        }
+        let a = format!("{i:02x}");
+        let Some(d1) = skip_bad_folder(open_dir(top, &a, false, false)) else {
+            continue;
+        };
+        let mut level2 = match Dir::read_from(&d1) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "file store: skipping a folder");
+                continue;
+            }
+        };
+        while let Some(Ok(e2)) = level2.read() {
+            let Some(b) = shard_name(e2.file_name().to_bytes()) else {
+                continue;
+            };
+            if let Some(leaf) = skip_bad_folder(open_dir(d1.as_fd(), b, false, false)) {
+                f(leaf.as_fd());
+            }
+        }
+    };
+    if threads <= 1 {
+        work();
+        return;
+    }
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(work);
+        }
+    });
 }
 
 /// A folder to walk, or `None` (logged) when it is absent or cannot be opened, such as a link.
