@@ -554,10 +554,14 @@ impl Inner {
             if Some(&key) == except {
                 continue;
             }
-            match self.remove_record(&key, &Cond::OwnedBy(user))? {
-                Removed::Gone { user: Some(u) } if u == user => gone.push(key.clone()),
-                Removed::Kept => continue, // someone else's record: leave it alone
-                _ => {}
+            // A record of another user under this key (the key was reused after expiry) is
+            // kept; its marker here is stale either way.
+            if let Removed::Gone { user: Some(u) } =
+                self.remove_record(&key, &Cond::OwnedBy(user))?
+            {
+                if u == user {
+                    gone.push(key.clone());
+                }
             }
             remove_entry(uleaf, &marker_name(&uh, &key))?;
         }
