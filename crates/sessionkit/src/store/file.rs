@@ -14,6 +14,8 @@
 //!                                   SHA-256(user_id) hex is <uh> = "efgh…"
 //! <dir>/users/ef/gh/.lock           shard lock for the user index of the users in this folder
 //! ```
+//! A record file's modification time is set to the record's expiry, so cleanup passes over
+//! live records with one `stat` instead of reading them.
 //! File names are storage keys and user-ID hashes only: a listing of the directory yields
 //! neither a cookie nor a user ID. Files are created 0600 and folders 0700, set explicitly
 //! (`fchmod`), whatever the umask. Every path component below `<dir>` is opened with
@@ -137,6 +139,11 @@ impl FileOptions {
     /// At the cap, `create` first removes expired records and otherwise fails with
     /// [`StoreError::Full`] (logged): live sessions are never evicted to make room. The count is
     /// approximate across processes (see the module documentation).
+    ///
+    /// The `create` that finds the store at its cap runs that cleanup walk itself (at most
+    /// every ten seconds; minutes for millions of files on a slow disk), and other creates are
+    /// refused meanwhile: run [`SessionStore::cleanup_expired`] periodically so that only live
+    /// sessions can fill the store.
     #[must_use]
     pub fn with_max_sessions(mut self, max: Option<u64>) -> Self {
         self.max_sessions = max;
@@ -375,7 +382,7 @@ impl Inner {
             }
         }
         self.admit(now)?;
-        let temp = self.write_temp(leaf.as_fd(), &record.encode())?;
+        let temp = self.write_record(leaf.as_fd(), record)?;
         let Some(user) = &record.meta.user_id else {
             return Ok(if self.link_new(leaf.as_fd(), &temp, key, now)? {
                 CreateOutcome::Created {
@@ -494,7 +501,7 @@ impl Inner {
         match read_record(leaf, key.as_str())? {
             Some(Ok(mut r)) if !r.meta.is_expired(now) => {
                 r.apply(delta);
-                let temp = self.write_temp(leaf, &r.encode())?;
+                let temp = self.write_record(leaf, &r)?;
                 rfs::renameat(leaf, temp.name(), leaf, key.as_str())
                     .map_err(|e| fail("replacing a session file", e))?;
                 temp.consumed();
@@ -763,6 +770,19 @@ impl Inner {
                 );
                 continue;
             }
+            // The modification time is the expiry (see `write_record`): a live record is
+            // passed over with one `statat` instead of being opened and read. A time that is
+            // not in the future proves nothing (copied files, older writers): read it.
+            match rfs::statat(leaf, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile => continue,
+                Ok(st) if mtime_millis(&st) > now.as_millis() => {
+                    kept += 1;
+                    continue;
+                }
+                Ok(_) => {}
+                Err(Errno::NOENT) => continue,
+                Err(e) => return Err(fail("checking a session file", e)),
+            }
             let locked_before = lock.is_some();
             let dead = match read_record(leaf, name) {
                 Ok(None) => continue,
@@ -928,7 +948,22 @@ impl Inner {
         dir: BorrowedFd<'a>,
         bytes: &[u8],
     ) -> Result<TempFile<'a>, StoreError> {
-        write_temp(dir, bytes, self.opts.fsync)
+        write_temp(dir, bytes, self.opts.fsync, None)
+    }
+
+    /// A temp file holding `record`, its modification time set to the record's expiry so that
+    /// cleanup can pass over live records without reading them.
+    fn write_record<'a>(
+        &self,
+        dir: BorrowedFd<'a>,
+        record: &Record,
+    ) -> Result<TempFile<'a>, StoreError> {
+        write_temp(
+            dir,
+            &record.encode(),
+            self.opts.fsync,
+            Some(record.meta.expires_at()),
+        )
     }
 
     /// Creates an empty 0600 marker; `false` if it was already there.
@@ -1018,12 +1053,14 @@ impl Inner {
     }
 }
 
-/// A new 0600 temp file in `dir` holding `bytes` (flushed if `fsync`). Removed on drop unless
-/// [`TempFile::consumed`] says it was renamed.
+/// A new 0600 temp file in `dir` holding `bytes` (flushed if `fsync`), with `mtime` as its
+/// modification time if given. Removed on drop unless [`TempFile::consumed`] says it was
+/// renamed.
 fn write_temp<'a>(
     dir: BorrowedFd<'a>,
     bytes: &[u8],
     fsync: bool,
+    mtime: Option<Timestamp>,
 ) -> Result<TempFile<'a>, StoreError> {
     let name = format!("{TEMP_PREFIX}{}", random_hex()?);
     let fd = rfs::openat(
@@ -1040,6 +1077,19 @@ fn write_temp<'a>(
     };
     rfs::fchmod(&fd, file_mode()).map_err(|e| fail("setting a file's mode", e))?;
     write_all(&fd, bytes).map_err(|e| fail("writing a session file", e))?;
+    if let Some(t) = mtime {
+        let times = rfs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: rfs::UTIME_OMIT,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
+                tv_nsec: i64::try_from((t.as_millis() % 1000) * 1_000_000).unwrap_or(0),
+            },
+        };
+        rfs::futimens(&fd, &times).map_err(|e| fail("stamping a session file", e))?;
+    }
     if fsync {
         rfs::fdatasync(&fd).map_err(|e| fail("flushing a session file", e))?;
     }
@@ -1224,9 +1274,16 @@ fn remove_stale_temp(
         Err(Errno::NOENT) => return Ok(()),
         Err(e) => return Err(fail("checking a temp file", e)),
     };
-    let mtime = UNIX_EPOCH + Duration::from_secs(u64::try_from(st.st_mtime).unwrap_or(0));
+    // A write in flight was changed (ctime) a moment ago and its modification time is now or
+    // the record's expiry, in the future: it is a leftover when either is over a minute old.
+    // (A record written already a minute past its expiry could lose its write here; it would
+    // be dead on arrival anyway.)
+    #[allow(clippy::useless_conversion)]
+    let changed = u64::try_from(st.st_ctime).unwrap_or(0);
+    let stamp = mtime_millis(&st) / 1000;
+    let oldest = UNIX_EPOCH + Duration::from_secs(changed.min(stamp));
     if wall_now
-        .duration_since(mtime)
+        .duration_since(oldest)
         .is_ok_and(|age| age > TEMP_MAX_AGE)
     {
         remove_entry(dir, name)?;
@@ -1408,6 +1465,14 @@ fn file_id(st: &rfs::Stat) -> (u64, i64, u64) {
     )
 }
 
+/// A file's modification time in Unix milliseconds (0 before the epoch).
+#[allow(clippy::useless_conversion)]
+fn mtime_millis(st: &rfs::Stat) -> u64 {
+    let secs = u64::try_from(st.st_mtime).unwrap_or(0);
+    let nanos = u64::try_from(st.st_mtime_nsec).unwrap_or(0);
+    secs.saturating_mul(1000).saturating_add(nanos / 1_000_000)
+}
+
 fn file_mode() -> Mode {
     Mode::RUSR | Mode::WUSR
 }
@@ -1498,7 +1563,7 @@ fn check_version(root: BorrowedFd<'_>, fsync: bool) -> Result<(), StoreError> {
             ),
         )),
         None => {
-            let temp = write_temp(root, VERSION_TEXT.as_bytes(), fsync)?;
+            let temp = write_temp(root, VERSION_TEXT.as_bytes(), fsync, None)?;
             // Two processes opening a new directory at once both write the same text.
             rfs::renameat(root, temp.name(), root, VERSION_FILE)
                 .map_err(|e| fail("writing the VERSION file", e))?;
