@@ -1,6 +1,7 @@
 //! The file store at scale: fills a store with N sessions (a quarter of them signed in, ten per
-//! user), times random loads and saves at that size, reopens it (the count walk), then times
-//! one cleanup that removes all of them once expired, with the process's peak memory around it.
+//! user), reopens it (the count walk), times random loads and saves at that size and a cleanup
+//! that finds nothing to do, then one cleanup that removes all of them once expired, with the
+//! process's peak memory around it.
 //!
 //! `cargo bench -p sessionkit --bench file_scale`; `FILE_SCALE_N` sets N (default 1,000,000),
 //! `FILE_SCALE_DIR` the parent folder of the data (default: the system temp folder),
@@ -164,6 +165,15 @@ mod unix {
             assert!(matches!(out, SaveOutcome::Saved { .. }));
         }
         report("save_delta", &mut lat);
+
+        // The routine case: a cleanup that finds nothing expired.
+        let t = Instant::now();
+        let removed = store.cleanup_expired(t0).await.unwrap();
+        assert_eq!(removed, 0);
+        println!(
+            "cleanup with nothing expired (walks {n} live sessions): {:.1?}",
+            t.elapsed()
+        );
 
         println!("load average before cleanup: {}", loadavg());
         let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();

@@ -16,6 +16,7 @@
 //! ```
 //! A record file's modification time is set to the record's expiry, so cleanup passes over
 //! live records with one `stat` instead of reading them.
+//!
 //! File names are storage keys and user-ID hashes only: a listing of the directory yields
 //! neither a cookie nor a user ID. Files are created 0600 and folders 0700, set explicitly
 //! (`fchmod`), whatever the umask. Every path component below `<dir>` is opened with
