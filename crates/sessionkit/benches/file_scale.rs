@@ -6,7 +6,8 @@
 //! `cargo bench -p sessionkit --bench file_scale`; `FILE_SCALE_N` sets N (default 1,000,000),
 //! `FILE_SCALE_DIR` the parent folder of the data (default: the system temp folder),
 //! `FILE_SCALE_CLEANUP_THREADS` the store's cleanup workers (default: the store's default).
-//! The data is deleted at the end.
+//! The data is deleted at the end. Under `cargo test --all-targets` (no `--bench` argument) it
+//! runs with N = 2,000 as a smoke test.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 #[cfg(unix)]
@@ -30,14 +31,16 @@ mod unix {
     };
 
     const HOUR: Duration = Duration::from_secs(3600);
-    const OPS: usize = 10_000;
+    const MAX_OPS: u64 = 10_000;
     const FILL_TASKS: u64 = 16;
 
     pub(super) fn main() {
+        // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this as a smoke test.
+        let benching = std::env::args().any(|a| a == "--bench");
         let n: u64 = std::env::var("FILE_SCALE_N")
             .ok()
             .and_then(|v| v.replace('_', "").parse().ok())
-            .unwrap_or(1_000_000);
+            .unwrap_or(if benching { 1_000_000 } else { 2_000 });
         let parent = std::env::var_os("FILE_SCALE_DIR").map_or_else(std::env::temp_dir, Into::into);
         let tmp = tempfile::Builder::new()
             .prefix("file-scale-")
@@ -142,8 +145,9 @@ mod unix {
         assert_eq!(count, n);
 
         let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut lat = Vec::with_capacity(OPS);
-        for _ in 0..OPS {
+        let ops = MAX_OPS.min(n);
+        let mut lat = Vec::with_capacity(ops as usize);
+        for _ in 0..ops {
             let i = next(&mut rng) % n;
             let t = Instant::now();
             let got = store.load(&key(i), t0).await.unwrap();
@@ -153,7 +157,7 @@ mod unix {
         report("load", &mut lat);
 
         lat.clear();
-        for j in 0..OPS {
+        for j in 0..ops {
             let i = next(&mut rng) % n;
             let delta = Delta {
                 changes: vec![("counter".into(), Some(Value::to_json(&j).unwrap()))],

@@ -13,30 +13,94 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use sessionkit::{
-    Clock, CreateOutcome, Delta, FileOptions, FileStore, LimitPolicy, Record, SaveOutcome,
-    SessionId, SessionLimit, SessionStore, StorageKey, StoreError, SystemClock, Timestamp, Value,
+    Clock, CreateOutcome, Delta, FileOptions, FileStore, Health, LimitPolicy, Meta, Record,
+    SaveOutcome, ScanPage, SessionId, SessionLimit, SessionStore, StorageKey, StoreError,
+    SystemClock, Timestamp, Value,
 };
 use sessionkit_testkit::conformance::record_at;
 use sessionkit_testkit::store_conformance;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-/// A fresh directory under the target dir, kept for the rest of the test (a store may outlive
-/// the function that made it); `cargo clean` removes them.
-fn fresh_dir() -> PathBuf {
+/// A fresh directory under the target dir, removed when the returned guard drops.
+fn fresh_dir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("file-store-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .unwrap()
-        .keep()
 }
 
 fn open(dir: &Path) -> FileStore {
     FileStore::open(dir, FileOptions::default()).unwrap()
 }
 
+/// A store in its own directory, which goes when the suite drops the store.
+#[derive(Debug)]
+struct Scratch {
+    store: FileStore,
+    _dir: tempfile::TempDir,
+}
+
+#[async_trait::async_trait]
+impl SessionStore for Scratch {
+    fn name(&self) -> &'static str {
+        self.store.name()
+    }
+    async fn create(
+        &self,
+        key: &StorageKey,
+        record: &Record,
+        limit: SessionLimit,
+        now: Timestamp,
+    ) -> Result<CreateOutcome, StoreError> {
+        self.store.create(key, record, limit, now).await
+    }
+    async fn load(&self, key: &StorageKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
+        self.store.load(key, now).await
+    }
+    async fn save_delta(
+        &self,
+        key: &StorageKey,
+        delta: &Delta,
+        now: Timestamp,
+    ) -> Result<SaveOutcome, StoreError> {
+        self.store.save_delta(key, delta, now).await
+    }
+    async fn destroy(&self, key: &StorageKey) -> Result<bool, StoreError> {
+        self.store.destroy(key).await
+    }
+    async fn list_user(
+        &self,
+        user_id: &str,
+        now: Timestamp,
+    ) -> Result<Vec<(StorageKey, Meta)>, StoreError> {
+        self.store.list_user(user_id, now).await
+    }
+    async fn destroy_user(
+        &self,
+        user_id: &str,
+        except: Option<&StorageKey>,
+    ) -> Result<Vec<StorageKey>, StoreError> {
+        self.store.destroy_user(user_id, except).await
+    }
+    async fn count(&self) -> Result<u64, StoreError> {
+        self.store.count().await
+    }
+    async fn cleanup_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
+        self.store.cleanup_expired(now).await
+    }
+    async fn scan(&self, cursor: Option<String>, batch: usize) -> Result<ScanPage, StoreError> {
+        self.store.scan(cursor, batch).await
+    }
+    async fn health(&self) -> Health {
+        self.store.health().await
+    }
+}
+
 store_conformance!(|| async {
-    Arc::new(open(&fresh_dir())) as sessionkit_testkit::conformance::Store
+    let dir = fresh_dir();
+    let store = open(dir.path());
+    Arc::new(Scratch { store, _dir: dir }) as sessionkit_testkit::conformance::Store
 });
 
 fn now() -> Timestamp {
@@ -86,7 +150,8 @@ fn mode(p: &Path) -> u32 {
 async fn files_are_0600_and_folders_0700_whatever_the_umask() {
     // The most permissive umask: modes must come from the store, not from the umask.
     let old = rustix::process::umask(rustix::fs::Mode::empty());
-    let dir = fresh_dir().join("not-yet-there");
+    let tmp = fresh_dir();
+    let dir = tmp.path().join("not-yet-there");
     let store = open(&dir);
     let key = new_key();
     create(&store, &key, &record_at(Some("alice"), now())).await;
@@ -109,7 +174,8 @@ async fn files_are_0600_and_folders_0700_whatever_the_umask() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_existing_directory_open_to_others_is_tightened() {
-    let dir = fresh_dir();
+    let guard = fresh_dir();
+    let dir = guard.path().to_path_buf();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let _store = open(&dir);
     assert_eq!(mode(&dir), 0o700);
@@ -141,7 +207,8 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn symlinks_planted_inside_the_directory_are_never_followed() {
-    let outside = fresh_dir();
+    let outside_guard = fresh_dir();
+    let outside = outside_guard.path().to_path_buf();
     let canary = outside.join("canary");
     std::fs::write(&canary, canary_record()).unwrap();
     // A tree outside that looks like a shard folder with a record in it.
@@ -154,7 +221,8 @@ async fn symlinks_planted_inside_the_directory_are_never_followed() {
     .unwrap();
     let before = snapshot(&outside);
 
-    let dir = fresh_dir();
+    let guard = fresh_dir();
+    let dir = guard.path().to_path_buf();
     let store = open(&dir);
 
     // 1. The record itself is a link to the canary.
@@ -218,7 +286,8 @@ async fn symlinks_planted_inside_the_directory_are_never_followed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_stores_on_one_directory_keep_every_write() {
-    let dir = fresh_dir();
+    let guard = fresh_dir();
+    let dir = guard.path().to_path_buf();
     let a = open(&dir);
     let b = open(&dir);
     let key = new_key();
@@ -251,7 +320,8 @@ async fn two_stores_on_one_directory_keep_every_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_per_user_limit_holds_across_stores_on_one_directory() {
-    let dir = fresh_dir();
+    let guard = fresh_dir();
+    let dir = guard.path().to_path_buf();
     let stores = [open(&dir), open(&dir)];
     let limit = SessionLimit {
         max: Some(3),
@@ -279,7 +349,8 @@ async fn the_per_user_limit_holds_across_stores_on_one_directory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_cap_expired_records_go_first_then_new_sessions_are_refused() {
-    let dir = fresh_dir();
+    let guard = fresh_dir();
+    let dir = guard.path().to_path_buf();
     let store = FileStore::open(&dir, FileOptions::default().with_max_sessions(Some(5))).unwrap();
     let t = now();
     for _ in 0..5 {
@@ -334,7 +405,8 @@ async fn at_the_cap_expired_records_go_first_then_new_sessions_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_survive_a_restart() {
-    let dir = fresh_dir();
+    let guard = fresh_dir();
+    let dir = guard.path().to_path_buf();
     let key = new_key();
     {
         let store = open(&dir);
@@ -352,7 +424,8 @@ async fn sessions_survive_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_records_load_as_corrupt_and_cleanup_removes_them() {
-    let dir = fresh_dir();
+    let guard = fresh_dir();
+    let dir = guard.path().to_path_buf();
     let store = open(&dir);
     let t = now();
     let bad = new_key();
@@ -383,7 +456,9 @@ async fn corrupt_records_load_as_corrupt_and_cleanup_removes_them() {
     let page = store.scan(None, 10).await.unwrap();
     assert_eq!(page.records.len(), 1);
 
-    assert_eq!(store.cleanup_expired(t).await.unwrap(), 1);
+    // (At the current time: the damaged files' modification times are later than `t`, and a
+    // file stamped in the future is taken as live without being read.)
+    assert_eq!(store.cleanup_expired(now()).await.unwrap(), 1);
     assert!(!record_path(&dir, &bad).exists());
     assert!(record_path(&dir, &future).exists());
     assert!(store.load(&good, t).await.unwrap().is_some());
@@ -391,7 +466,8 @@ async fn corrupt_records_load_as_corrupt_and_cleanup_removes_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cleanup_removes_old_temp_files_and_stale_index_entries() {
-    let dir = fresh_dir();
+    let guard = fresh_dir();
+    let dir = guard.path().to_path_buf();
     let store = open(&dir);
     let t = now();
     let key = new_key();
@@ -520,7 +596,8 @@ fn child_writer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_writers_leave_no_corrupt_record() {
     const ROUNDS: u64 = 30;
-    let dir = fresh_dir();
+    let guard = fresh_dir();
+    let dir = guard.path().to_path_buf();
     let store = open(&dir);
     let mut shared = record_at(None, now());
     shared.meta.idle_expires_at = now().add(48 * HOUR);
