@@ -67,6 +67,8 @@ pub use store::cached::{
     CacheInvalidator, CacheOptions, CacheStats, CachedStore, InvalidationSource, SingleWriter,
 };
 pub use store::fallback::{FallbackOptions, FallbackStore};
+#[cfg(all(feature = "file", unix))]
+pub use store::file::{FileOptions, FileStore};
 pub use store::memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use store::postgres::{PostgresStore, PostgresStoreBuilder};

@@ -23,6 +23,8 @@ use crate::record::{Delta, Meta, Record, Timestamp};
 
 pub(crate) mod cached;
 pub(crate) mod fallback;
+#[cfg(all(feature = "file", unix))]
+pub(crate) mod file;
 pub(crate) mod memory;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;

@@ -110,6 +110,17 @@ pub async fn open_url(url: &str, config: &Config) -> Result<Arc<dyn SessionStore
     let scheme = url.split(':').next().unwrap_or_default();
     match scheme {
         "memory" => Ok(Arc::new(super::memory::MemoryStore::new())),
+        #[cfg(all(feature = "file", unix))]
+        "file" => {
+            let dir = std::path::PathBuf::from(url.trim_start_matches("file://"));
+            // Opening counts the records already there: keep that walk off the async workers.
+            let store = tokio::task::spawn_blocking(move || {
+                super::file::FileStore::open(dir, super::file::FileOptions::default())
+            })
+            .await
+            .map_err(|e| StoreError::backend("opening the file store", e))??;
+            Ok(Arc::new(store))
+        }
         #[cfg(feature = "redis")]
         "redis" | "redis+cluster" | "rediss" => {
             let opts = super::redis::RedisOptions::new().with_key_prefix(config.key_prefix.clone());

@@ -1,0 +1,1599 @@
+//! `FileStore`: one file per session under a directory — the embedded default store.
+//!
+//! For a single host: sessions survive restarts and every process that opens the same
+//! directory shares them. Unix only (it relies on `openat`, `O_NOFOLLOW`, `link` and `flock`).
+//!
+//! # Layout
+//! ```text
+//! <dir>/VERSION                     "sessionkit-file 1"
+//! <dir>/count                       approximate record count, written by cleanup
+//! <dir>/sessions/ab/cd/<key>        one record (Record::encode) per storage key "abcd…"
+//! <dir>/sessions/ab/cd/.lock        shard lock (flock) for writers of the keys in this folder
+//! <dir>/sessions/ab/cd/.tmp.<rand>  a write in progress (or left by a crash; cleanup removes it)
+//! <dir>/users/ef/gh/<uh>.<key>      empty marker: session <key> belongs to the user whose
+//!                                   SHA-256(user_id) hex is <uh> = "efgh…"
+//! <dir>/users/ef/gh/.lock           shard lock for the user index of the users in this folder
+//! ```
+//! A record file's modification time is set to the record's expiry, so cleanup passes over
+//! live records with one `stat` instead of reading them.
+//!
+//! File names are storage keys and user-ID hashes only: a listing of the directory yields
+//! neither a cookie nor a user ID. Files are created 0600 and folders 0700, set explicitly
+//! (`fchmod`), whatever the umask. Every path component below `<dir>` is opened with
+//! `O_NOFOLLOW` relative to its parent's descriptor, so a symbolic link planted inside the
+//! directory is refused, never followed (`<dir>` itself may be a link the operator chose).
+//!
+//! # Concurrency
+//! - A record file is never modified in place: writes go to a temp file in the same folder which
+//!   then replaces the record by `rename` (updates) or appears under its name by `link`
+//!   (creates, which fails if the name exists: `O_CREAT|O_EXCL` semantics). A reader therefore
+//!   sees the old record or the new one, never a mix, and needs no lock.
+//! - `save_delta`, `destroy` and the removals done by cleanup take the shard's `flock` lock, so a
+//!   read-modify-write cannot lose another process's update nor resurrect a destroyed record.
+//!   The lock file is never replaced (a lock on the record itself would be lost at each rename).
+//!   Locks are `flock` (per open file description): they exclude threads of one process as well
+//!   as other processes, and the kernel drops them when a process dies. They are not reliable on
+//!   network file systems; keep the directory on a local disk.
+//! - The user index is changed under the user shard's lock. `create` with a user holds it
+//!   across "list the user's live sessions, evict per the limit, add the marker, link the
+//!   record", so the per-user limit is atomic across processes. Lock order is always user shard
+//!   then session shard, and no path holds two session shards, so there is no deadlock.
+//!
+//! # Crashes
+//! - A process killed at any point leaves every record either absent or complete; at worst a
+//!   temp file (removed by cleanup after a minute) or an index marker whose record is absent
+//!   (pruned on read and by cleanup). The marker is written before its record and removed after
+//!   it, so a record of a user is always in that user's index: `destroy_user` cannot miss one.
+//! - With [`FileOptions::fsync`] off (the default) an operating-system crash or power loss can
+//!   lose the writes of the last few seconds (the kernel's writeback delay, typically up to 30 s):
+//!   such a session comes back older, absent, or as an empty file that loads as corrupt, which
+//!   the layer treats as absent (the user signs in again). Process crashes lose nothing. With it
+//!   on, every write is flushed (file and folder) before it is acknowledged.
+//!
+//! # Size
+//! [`FileOptions::max_sessions`] caps the number of records: at the cap, `create` first removes
+//! expired records, then refuses new sessions with [`StoreError::Full`] (logged, at most every
+//! ten seconds) — nothing live is ever evicted silently. The count is taken when the store
+//! opens (by listing the folders, no file is read), then kept in memory (one atomic), reset by
+//! every cleanup walk and shared through the `count` file that the walk writes. Across
+//! processes it is therefore approximate: it misses what other processes created or removed
+//! since the last cleanup (any process's).
+//!
+//! Cleanup ([`SessionStore::cleanup_expired`]) streams over the folders with a few worker
+//! threads ([`FileOptions::cleanup_threads`]), never holding more than one folder listing per
+//! worker, and takes the same locks as the writers, so it can run while the app serves.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use rustix::fs::{self as rfs, AtFlags, Dir, FileType, FlockOperation, Mode, OFlags};
+use rustix::io::Errno;
+use sha2::{Digest, Sha256};
+
+use super::{CreateOutcome, Health, SaveOutcome, ScanPage, SessionLimit, SessionStore, StoreError};
+use crate::id::StorageKey;
+use crate::record::{DecodeError, Delta, Meta, Record, Timestamp, DECODE_CEILING};
+
+const VERSION_FILE: &str = "VERSION";
+const VERSION_TEXT: &str = "sessionkit-file 1\n";
+const COUNT_FILE: &str = "count";
+const LOCK_FILE: &str = ".lock";
+const TEMP_PREFIX: &str = ".tmp.";
+/// Temp files older than this are leftovers of a crash; younger ones may be in flight.
+const TEMP_MAX_AGE: Duration = Duration::from_secs(60);
+/// At the cap, a `create` walks the store for expired records at most this often (by `now`).
+const CAP_CLEANUP_EVERY: Duration = Duration::from_secs(10);
+/// Refusals at the cap are logged at most this often (wall clock), with the number refused.
+const FULL_WARN_EVERY_MS: u64 = 10_000;
+
+/// Options of a [`FileStore`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FileOptions {
+    /// Flush every write to disk (`fdatasync` on the file, `fsync` on its folder) before it is
+    /// acknowledged. Default: `false`.
+    pub fsync: bool,
+    /// Most records the store holds; `None` is unlimited. Default: [`FileOptions::DEFAULT_MAX_SESSIONS`].
+    pub max_sessions: Option<u64>,
+    /// Worker threads of a cleanup walk. Default: 8.
+    pub cleanup_threads: usize,
+}
+
+impl Default for FileOptions {
+    fn default() -> Self {
+        Self {
+            fsync: false,
+            max_sessions: Some(Self::DEFAULT_MAX_SESSIONS),
+            cleanup_threads: 8,
+        }
+    }
+}
+
+impl FileOptions {
+    /// Default of [`FileOptions::max_sessions`].
+    pub const DEFAULT_MAX_SESSIONS: u64 = 5_000_000;
+
+    /// Whether every write is flushed to disk before it is acknowledged. Default: `false`.
+    ///
+    /// # Warning
+    /// Off, a crash of the operating system or a power loss can lose the session writes of the
+    /// last seconds (up to the kernel's writeback delay, typically 30 s): those sessions come
+    /// back older or absent (users sign in again). A crash of the process loses nothing. On,
+    /// each create and save waits for the disk (two flushes), which costs throughput.
+    #[must_use]
+    pub fn with_fsync(mut self, fsync: bool) -> Self {
+        self.fsync = fsync;
+        self
+    }
+
+    /// The most records the store holds; `None` for no cap. Default: 5,000,000, about 20 GiB
+    /// of 4 KiB blocks and up to 10 million inodes (a record and a user-index marker each);
+    /// size it to the file system (`df -h`, `df -i`).
+    ///
+    /// At the cap, `create` first removes expired records and otherwise fails with
+    /// [`StoreError::Full`] (logged): live sessions are never evicted to make room. The count is
+    /// approximate across processes (see the module documentation).
+    ///
+    /// The `create` that finds the store at its cap runs that cleanup walk itself (at most
+    /// every ten seconds; minutes for millions of files on a slow disk), and other creates are
+    /// refused meanwhile: run [`SessionStore::cleanup_expired`] periodically so that only live
+    /// sessions can fill the store.
+    #[must_use]
+    pub fn with_max_sessions(mut self, max: Option<u64>) -> Self {
+        self.max_sessions = max;
+        self
+    }
+
+    /// Worker threads a cleanup walk uses (at least 1). Default: 8.
+    ///
+    /// They mostly wait on the file system, not the CPU: on file systems where removing a file
+    /// waits for the journal (ext4 mounted with `discard`, many virtual disks) removals run in
+    /// parallel instead of one by one, which is several times faster.
+    #[must_use]
+    pub fn with_cleanup_threads(mut self, threads: usize) -> Self {
+        self.cleanup_threads = threads.max(1);
+        self
+    }
+}
+
+/// Sessions in files under a directory, shared by every process that opens it. See the module
+/// documentation for the layout and the guarantees.
+#[derive(Clone)]
+pub struct FileStore {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for FileStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileStore")
+            .field("dir", &self.inner.root)
+            .field("options", &self.inner.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    root: PathBuf,
+    opts: FileOptions,
+    root_fd: OwnedFd,
+    sessions: OwnedFd,
+    users: OwnedFd,
+    /// Approximate number of records (see the module documentation).
+    count: AtomicU64,
+    /// Identity (inode, mtime) of the `count` file last read or written, to notice another
+    /// process's cleanup.
+    count_file_id: Mutex<Option<(u64, i64, u64)>>,
+    /// `now` of the last cleanup run because the cap was reached.
+    cap_cleanup: Mutex<Option<Timestamp>>,
+    /// Wall-clock millis of the last "store is full" warning, and refusals since.
+    full_warned_at: AtomicU64,
+    full_refusals: AtomicU64,
+}
+
+impl FileStore {
+    /// Opens (creating it 0700 if needed) the store in `dir`.
+    ///
+    /// An existing `dir` readable by others is tightened to 0700 with a warning. Opening counts
+    /// the records by listing the folders (no file is read): about a second per million
+    /// sessions when the folders are in the page cache.
+    ///
+    /// # Errors
+    /// When the directory cannot be created or opened, holds another layout version, or an
+    /// entry inside it that must be a folder is a symbolic link.
+    pub fn open(dir: impl AsRef<Path>, options: FileOptions) -> Result<Self, StoreError> {
+        let root = dir.as_ref().to_path_buf();
+        prepare_root(&root)?;
+        let root_fd = rfs::open(
+            &root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| fail("opening the session directory", e))?;
+        check_version(root_fd.as_fd(), options.fsync)?;
+        let sessions = open_dir(root_fd.as_fd(), "sessions", true, options.fsync)?
+            .ok_or_else(|| StoreError::Full("could not create the sessions folder".into()))?;
+        let users = open_dir(root_fd.as_fd(), "users", true, options.fsync)?
+            .ok_or_else(|| StoreError::Full("could not create the users folder".into()))?;
+        let inner = Inner {
+            root,
+            opts: options,
+            root_fd,
+            sessions,
+            users,
+            count: AtomicU64::new(0),
+            count_file_id: Mutex::new(None),
+            cap_cleanup: Mutex::new(None),
+            full_warned_at: AtomicU64::new(0),
+            full_refusals: AtomicU64::new(0),
+        };
+        // Exact at start (names only, no reads); then kept up to date in memory.
+        let n = inner.count_records()?;
+        inner.count.store(n, Ordering::Relaxed);
+        inner.write_count(n)?;
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The directory the store lives in.
+    pub fn dir(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// Runs `f` on the blocking pool: the store's I/O never stalls the async workers. The
+    /// operation runs to completion even if the caller's future is dropped.
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| StoreError::backend("file store worker failed", e))?
+    }
+}
+
+#[async_trait]
+impl SessionStore for FileStore {
+    fn name(&self) -> &'static str {
+        "file"
+    }
+
+    async fn create(
+        &self,
+        key: &StorageKey,
+        record: &Record,
+        limit: SessionLimit,
+        now: Timestamp,
+    ) -> Result<CreateOutcome, StoreError> {
+        let (key, record) = (key.clone(), record.clone());
+        self.run(move |s| s.create(&key, &record, limit, now)).await
+    }
+
+    async fn load(&self, key: &StorageKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
+        let key = key.clone();
+        self.run(move |s| s.load(&key, now)).await
+    }
+
+    async fn save_delta(
+        &self,
+        key: &StorageKey,
+        delta: &Delta,
+        now: Timestamp,
+    ) -> Result<SaveOutcome, StoreError> {
+        let (key, delta) = (key.clone(), delta.clone());
+        self.run(move |s| s.save_delta(&key, &delta, now)).await
+    }
+
+    async fn destroy(&self, key: &StorageKey) -> Result<bool, StoreError> {
+        let key = key.clone();
+        self.run(move |s| s.destroy(&key)).await
+    }
+
+    async fn list_user(
+        &self,
+        user_id: &str,
+        now: Timestamp,
+    ) -> Result<Vec<(StorageKey, Meta)>, StoreError> {
+        let user = user_id.to_owned();
+        self.run(move |s| s.list_user(&user, now)).await
+    }
+
+    async fn destroy_user(
+        &self,
+        user_id: &str,
+        except: Option<&StorageKey>,
+    ) -> Result<Vec<StorageKey>, StoreError> {
+        let (user, except) = (user_id.to_owned(), except.cloned());
+        self.run(move |s| s.destroy_user(&user, except.as_ref()))
+            .await
+    }
+
+    async fn count(&self) -> Result<u64, StoreError> {
+        self.run(|s| {
+            s.refresh_count()?;
+            Ok(s.count.load(Ordering::Relaxed))
+        })
+        .await
+    }
+
+    async fn cleanup_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
+        self.run(move |s| s.cleanup(now)).await
+    }
+
+    async fn scan(&self, cursor: Option<String>, batch: usize) -> Result<ScanPage, StoreError> {
+        self.run(move |s| s.scan(cursor.as_deref(), batch)).await
+    }
+
+    async fn health(&self) -> Health {
+        match self.run(Inner::probe).await {
+            Ok(()) => Health {
+                ok: true,
+                detail: "file".into(),
+            },
+            Err(e) => Health {
+                ok: false,
+                detail: format!("file: {e}"),
+            },
+        }
+    }
+}
+
+/// What a removal under the shard lock found.
+enum Removed {
+    /// No record under the key.
+    Absent,
+    /// A record the condition said to keep.
+    Kept,
+    /// Removed; the user it belonged to, when it was readable.
+    Gone { user: Option<String> },
+}
+
+/// Which records a removal may take.
+enum Cond<'a> {
+    /// Whatever is there (destroy).
+    Any,
+    /// Only if expired at this instant, or undecodable in a format this version knows.
+    ExpiredAt(Timestamp),
+    /// Only if it belongs to this user (an undecodable record is removed too).
+    OwnedBy(&'a str),
+}
+
+impl Inner {
+    fn create(
+        &self,
+        key: &StorageKey,
+        record: &Record,
+        limit: SessionLimit,
+        now: Timestamp,
+    ) -> Result<CreateOutcome, StoreError> {
+        let leaf = self.session_leaf_create(key)?;
+        // Cheap early answer; `link_new` decides for real.
+        if let Some(Ok(existing)) = read_record(leaf.as_fd(), key.as_str())? {
+            if !existing.meta.is_expired(now) {
+                return Ok(CreateOutcome::Exists);
+            }
+        }
+        self.admit(now)?;
+        let temp = self.write_record(leaf.as_fd(), record)?;
+        let Some(user) = &record.meta.user_id else {
+            return Ok(if self.link_new(leaf.as_fd(), &temp, key, now)? {
+                CreateOutcome::Created {
+                    evicted: Vec::new(),
+                }
+            } else {
+                CreateOutcome::Exists
+            });
+        };
+        let uh = user_hash(user);
+        let uleaf = self.user_leaf(&uh, true)?.ok_or_else(missing_dir)?;
+        let _user_lock = lock_shard(uleaf.as_fd())?;
+        let mut evicted = Vec::new();
+        if limit.max.is_some() {
+            let mut live = self.live_of(uleaf.as_fd(), &uh, user, now)?;
+            let Ok(victims) = limit.victims(&mut live) else {
+                return Ok(CreateOutcome::LimitReached);
+            };
+            for v in victims {
+                self.remove_record(&v, &Cond::Any)?;
+                remove_entry(uleaf.as_fd(), &marker_name(&uh, &v))?;
+                evicted.push(v);
+            }
+        }
+        // The marker goes first: a crash between the two leaves a marker without a record
+        // (pruned later), never a record missing from its user's index.
+        let marker = marker_name(&uh, key);
+        let new_marker = self.create_marker(uleaf.as_fd(), &marker)?;
+        if self.link_new(leaf.as_fd(), &temp, key, now)? {
+            Ok(CreateOutcome::Created { evicted })
+        } else {
+            if new_marker {
+                remove_entry(uleaf.as_fd(), &marker)?;
+            }
+            Ok(CreateOutcome::Exists)
+        }
+    }
+
+    /// Links the finished temp file under `key` unless a live record is there; `false` if one
+    /// is. An expired or undecodable record in the way is replaced under the shard lock.
+    fn link_new(
+        &self,
+        leaf: BorrowedFd<'_>,
+        temp: &TempFile<'_>,
+        key: &StorageKey,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let name = key.as_str();
+        for _ in 0..8 {
+            if self.try_link(leaf, temp, name)? {
+                return Ok(true);
+            }
+            let _lock = lock_shard(leaf)?;
+            let dead = match read_record(leaf, name)? {
+                Some(Ok(r)) => r.meta.is_expired(now),
+                // Written by a newer version of sessionkit: never overwrite it.
+                Some(Err(DecodeError::UnknownFormat(_))) => false,
+                Some(Err(_)) | None => true,
+            };
+            if !dead {
+                return Ok(false);
+            }
+            if remove_entry(leaf, name)? {
+                self.dec_count(1);
+            }
+            if self.try_link(leaf, temp, name)? {
+                return Ok(true);
+            }
+        }
+        Err(StoreError::backend(
+            "creating a session file",
+            "the name kept reappearing",
+        ))
+    }
+
+    /// `link`s the temp file under `name`: `false` if the name exists (never replaced).
+    fn try_link(
+        &self,
+        leaf: BorrowedFd<'_>,
+        temp: &TempFile<'_>,
+        name: &str,
+    ) -> Result<bool, StoreError> {
+        match rfs::linkat(leaf, temp.name(), leaf, name, AtFlags::empty()) {
+            Ok(()) => {
+                self.sync_dir(leaf)?;
+                self.count.fetch_add(1, Ordering::Relaxed);
+                Ok(true)
+            }
+            Err(Errno::EXIST) => Ok(false),
+            Err(e) => Err(fail("creating a session file", e)),
+        }
+    }
+
+    fn load(&self, key: &StorageKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
+        let Some(leaf) = self.session_leaf(key)? else {
+            return Ok(None);
+        };
+        match read_record(leaf.as_fd(), key.as_str())? {
+            None => Ok(None),
+            Some(Ok(r)) => Ok((!r.meta.is_expired(now)).then_some(r)),
+            Some(Err(e)) => Err(StoreError::Corrupt(e)),
+        }
+    }
+
+    fn save_delta(
+        &self,
+        key: &StorageKey,
+        delta: &Delta,
+        now: Timestamp,
+    ) -> Result<SaveOutcome, StoreError> {
+        let Some(leaf) = self.session_leaf(key)? else {
+            return Ok(SaveOutcome::Missing);
+        };
+        let leaf = leaf.as_fd();
+        let _lock = lock_shard(leaf)?;
+        match read_record(leaf, key.as_str())? {
+            Some(Ok(mut r)) if !r.meta.is_expired(now) => {
+                r.apply(delta);
+                let temp = self.write_record(leaf, &r)?;
+                rfs::renameat(leaf, temp.name(), leaf, key.as_str())
+                    .map_err(|e| fail("replacing a session file", e))?;
+                temp.consumed();
+                self.sync_dir(leaf)?;
+                Ok(SaveOutcome::Saved {
+                    version: r.meta.version,
+                })
+            }
+            Some(Err(e)) => {
+                // Unreadable means absent to the layer; a write cannot repair it.
+                tracing::warn!(key = %key.short(), error = %e, "file store: not saving over a corrupt session record");
+                Ok(SaveOutcome::Missing)
+            }
+            _ => Ok(SaveOutcome::Missing),
+        }
+    }
+
+    fn destroy(&self, key: &StorageKey) -> Result<bool, StoreError> {
+        match self.remove_record(key, &Cond::Any)? {
+            Removed::Gone { user } => {
+                // After the record, never before (see `create`). A marker left by a crash
+                // here is pruned on read and by cleanup.
+                if let Some(user) = user {
+                    let uh = user_hash(&user);
+                    if let Some(uleaf) = self.user_leaf(&uh, false)? {
+                        remove_entry(uleaf.as_fd(), &marker_name(&uh, key))?;
+                    }
+                }
+                Ok(true)
+            }
+            Removed::Absent | Removed::Kept => Ok(false),
+        }
+    }
+
+    fn list_user(&self, user: &str, now: Timestamp) -> Result<Vec<(StorageKey, Meta)>, StoreError> {
+        let uh = user_hash(user);
+        let Some(uleaf) = self.user_leaf(&uh, false)? else {
+            return Ok(Vec::new());
+        };
+        let _lock = lock_shard(uleaf.as_fd())?;
+        self.live_of(uleaf.as_fd(), &uh, user, now)
+    }
+
+    fn destroy_user(
+        &self,
+        user: &str,
+        except: Option<&StorageKey>,
+    ) -> Result<Vec<StorageKey>, StoreError> {
+        let uh = user_hash(user);
+        let Some(uleaf) = self.user_leaf(&uh, false)? else {
+            return Ok(Vec::new());
+        };
+        let uleaf = uleaf.as_fd();
+        let _lock = lock_shard(uleaf)?;
+        let mut gone = Vec::new();
+        for key in markers_of(uleaf, &uh)? {
+            if Some(&key) == except {
+                continue;
+            }
+            // A record of another user under this key (the key was reused after expiry) is
+            // kept; its marker here is stale either way.
+            if let Removed::Gone { user: Some(u) } =
+                self.remove_record(&key, &Cond::OwnedBy(user))?
+            {
+                if u == user {
+                    gone.push(key.clone());
+                }
+            }
+            remove_entry(uleaf, &marker_name(&uh, &key))?;
+        }
+        gone.sort();
+        Ok(gone)
+    }
+
+    /// The user's live sessions, sorted by key. The caller holds the user shard's lock; dead
+    /// markers are dropped, and expired records of the user removed, on the way.
+    fn live_of(
+        &self,
+        uleaf: BorrowedFd<'_>,
+        uh: &str,
+        user: &str,
+        now: Timestamp,
+    ) -> Result<Vec<(StorageKey, Meta)>, StoreError> {
+        let mut live = Vec::new();
+        for key in markers_of(uleaf, uh)? {
+            let record = match self.session_leaf(&key)? {
+                Some(leaf) => read_record(leaf.as_fd(), key.as_str())?,
+                None => None,
+            };
+            let keep_marker = match record {
+                Some(Ok(r)) if r.meta.user_id.as_deref() == Some(user) => {
+                    if r.meta.is_expired(now) {
+                        self.remove_record(&key, &Cond::ExpiredAt(now))?;
+                        false
+                    } else {
+                        live.push((key.clone(), r.meta));
+                        true
+                    }
+                }
+                // Written by a newer version: not ours to judge.
+                Some(Err(DecodeError::UnknownFormat(_))) => true,
+                _ => false,
+            };
+            if !keep_marker {
+                remove_entry(uleaf, &marker_name(uh, &key))?;
+            }
+        }
+        live.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(live)
+    }
+
+    /// Removes the record under `key` if `cond` allows, under its shard lock.
+    fn remove_record(&self, key: &StorageKey, cond: &Cond<'_>) -> Result<Removed, StoreError> {
+        let Some(leaf) = self.session_leaf(key)? else {
+            return Ok(Removed::Absent);
+        };
+        let leaf = leaf.as_fd();
+        let _lock = lock_shard(leaf)?;
+        let user = match (read_record(leaf, key.as_str())?, cond) {
+            (None, _) => return Ok(Removed::Absent),
+            (Some(Ok(r)), Cond::ExpiredAt(now)) if !r.meta.is_expired(*now) => {
+                return Ok(Removed::Kept)
+            }
+            (Some(Ok(r)), Cond::OwnedBy(u)) if r.meta.user_id.as_deref() != Some(u) => {
+                return Ok(Removed::Kept)
+            }
+            (Some(Err(DecodeError::UnknownFormat(_))), Cond::ExpiredAt(_)) => {
+                return Ok(Removed::Kept)
+            }
+            (Some(Ok(r)), _) => r.meta.user_id,
+            (Some(Err(_)), _) => None,
+        };
+        if remove_entry(leaf, key.as_str())? {
+            self.sync_dir(leaf)?;
+            self.dec_count(1);
+            Ok(Removed::Gone { user })
+        } else {
+            Ok(Removed::Absent)
+        }
+    }
+
+    /// At the cap: remove expired records (at most every `CAP_CLEANUP_EVERY`, one walk at a
+    /// time), and refuse if that did not make room.
+    fn admit(&self, now: Timestamp) -> Result<(), StoreError> {
+        let Some(max) = self.opts.max_sessions else {
+            return Ok(());
+        };
+        if self.count.load(Ordering::Relaxed) < max {
+            return Ok(());
+        }
+        self.refresh_count()?;
+        if self.count.load(Ordering::Relaxed) < max {
+            return Ok(());
+        }
+        // Another thread walking the store already: don't queue behind it.
+        if let Some(mut last) = self.cap_cleanup.try_lock() {
+            if last.is_none_or(|t| now >= t.add(CAP_CLEANUP_EVERY)) {
+                *last = Some(now);
+                let removed = self.cleanup(now)?;
+                tracing::info!(
+                    removed,
+                    dir = %self.root.display(),
+                    "file store reached its cap: removed expired sessions"
+                );
+                if self.count.load(Ordering::Relaxed) < max {
+                    return Ok(());
+                }
+            }
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let refused = self.full_refusals.fetch_add(1, Ordering::Relaxed) + 1;
+        let wall = wall_millis();
+        let last = self.full_warned_at.load(Ordering::Relaxed);
+        if wall.saturating_sub(last) >= FULL_WARN_EVERY_MS
+            && self
+                .full_warned_at
+                .compare_exchange(last, wall, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.full_refusals.store(0, Ordering::Relaxed);
+            tracing::warn!(
+                count,
+                max,
+                refused,
+                dir = %self.root.display(),
+                "file store is full: refusing new sessions (raise max_sessions or free space)"
+            );
+        }
+        Err(StoreError::Full(format!(
+            "{count} sessions stored, the cap is {max}"
+        )))
+    }
+
+    /// Walks the whole store once, folder by folder, holding no more than one folder listing
+    /// per worker in memory: removes expired and undecodable records, leftover temp files and
+    /// index markers whose record is gone; then records the count of what is left.
+    ///
+    /// [`FileOptions::cleanup_threads`] workers take the 256 top-level folders in turn: on
+    /// file systems where freeing a file's blocks waits for the journal (online `discard`),
+    /// removals overlap instead of queueing one by one.
+    fn cleanup(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let wall_now = SystemTime::now();
+        let removed = AtomicU64::new(0);
+        let kept = AtomicU64::new(0);
+        // One folder that cannot be cleaned (a planted link, an I/O error) must not stop the
+        // others: it is logged and skipped.
+        let failed = AtomicU64::new(0);
+        let skip = |e: StoreError| {
+            if failed.fetch_add(1, Ordering::Relaxed) < 5 {
+                tracing::warn!(error = %e, "file store: cleanup skipped a folder");
+            }
+        };
+        let threads = self.opts.cleanup_threads;
+        for_each_leaf_parallel(self.sessions.as_fd(), threads, |leaf| {
+            match self.clean_session_leaf(leaf, now, wall_now) {
+                Ok((r, k)) => {
+                    removed.fetch_add(r, Ordering::Relaxed);
+                    kept.fetch_add(k, Ordering::Relaxed);
+                }
+                Err(e) => skip(e),
+            }
+        });
+        // Second, so the markers of the records just removed go too.
+        for_each_leaf_parallel(self.users.as_fd(), threads, |uleaf| {
+            if let Err(e) = self.clean_user_leaf(uleaf) {
+                skip(e);
+            }
+        });
+        let failed = failed.into_inner();
+        if failed > 5 {
+            tracing::warn!(failed, "file store: cleanup skipped folders");
+        }
+        let kept = kept.into_inner();
+        self.count.store(kept, Ordering::Relaxed);
+        self.write_count(kept)?;
+        Ok(removed.into_inner())
+    }
+
+    /// Cleans one session folder; (removed, kept).
+    fn clean_session_leaf(
+        &self,
+        leaf: BorrowedFd<'_>,
+        now: Timestamp,
+        wall_now: SystemTime,
+    ) -> Result<(u64, u64), StoreError> {
+        let (mut removed, mut kept) = (0, 0);
+        // Taken at the first record to remove and held for the rest of this small folder.
+        let mut lock = None;
+        let mut dir = Dir::read_from(leaf).map_err(|e| fail("listing a session folder", e))?;
+        while let Some(entry) = dir.read() {
+            let entry = entry.map_err(|e| fail("listing a session folder", e))?;
+            let Ok(name) = entry.file_name().to_str() else {
+                continue;
+            };
+            if name.starts_with(TEMP_PREFIX) {
+                remove_stale_temp(leaf, name, wall_now)?;
+                continue;
+            }
+            if StorageKey::parse(name).is_none() {
+                continue;
+            }
+            if !matches!(entry.file_type(), FileType::RegularFile | FileType::Unknown) {
+                tracing::warn!(
+                    entry = name,
+                    "file store: skipping a session entry that is not a regular file"
+                );
+                continue;
+            }
+            // The modification time is the expiry (see `write_record`): a live record is
+            // passed over with one `statat` instead of being opened and read. A time that is
+            // not in the future proves nothing (copied files, older writers): read it.
+            match rfs::statat(leaf, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile => continue,
+                Ok(st) if mtime_millis(&st) > now.as_millis() => {
+                    kept += 1;
+                    continue;
+                }
+                Ok(_) => {}
+                Err(Errno::NOENT) => continue,
+                Err(e) => return Err(fail("checking a session file", e)),
+            }
+            let locked_before = lock.is_some();
+            let dead = match read_record(leaf, name) {
+                Ok(None) => continue,
+                Ok(Some(r)) => is_dead(&r, now),
+                Err(e) => {
+                    tracing::warn!(entry = name, error = %e, "file store: skipping an unreadable session file");
+                    continue;
+                }
+            };
+            if !dead {
+                kept += 1;
+                continue;
+            }
+            if lock.is_none() {
+                lock = Some(lock_shard(leaf)?);
+            }
+            // Read before the lock: a save may have extended it since.
+            if !locked_before {
+                match read_record(leaf, name)? {
+                    None => continue,
+                    Some(r) if !is_dead(&r, now) => {
+                        kept += 1;
+                        continue;
+                    }
+                    Some(_) => {}
+                }
+            }
+            if remove_entry(leaf, name)? {
+                removed += 1;
+            }
+        }
+        if lock.is_some() {
+            self.sync_dir(leaf)?;
+        }
+        Ok((removed, kept))
+    }
+
+    fn clean_user_leaf(&self, uleaf: BorrowedFd<'_>) -> Result<(), StoreError> {
+        let mut lock = None;
+        let mut dir = Dir::read_from(uleaf).map_err(|e| fail("listing a user folder", e))?;
+        while let Some(entry) = dir.read() {
+            let entry = entry.map_err(|e| fail("listing a user folder", e))?;
+            let Ok(name) = entry.file_name().to_str() else {
+                continue;
+            };
+            let Some(key) = parse_marker(name) else {
+                continue;
+            };
+            if self.record_exists(&key)? {
+                continue;
+            }
+            // A `create` holds this lock from writing the marker to linking the record: once
+            // we have it, a marker without a record is really stale.
+            if lock.is_none() {
+                lock = Some(lock_shard(uleaf)?);
+            }
+            if !self.record_exists(&key)? {
+                remove_entry(uleaf, name)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn scan(&self, cursor: Option<&str>, batch: usize) -> Result<ScanPage, StoreError> {
+        let batch = batch.max(1);
+        let after = match cursor {
+            None => None,
+            Some(c) => Some(StorageKey::parse(c).ok_or_else(|| {
+                StoreError::backend("scanning the file store", "not a scan cursor of this store")
+            })?),
+        };
+        let (a0, b0) = after
+            .as_ref()
+            .map_or(("", ""), |k| (&k.as_str()[..2], &k.as_str()[2..4]));
+        let mut records = Vec::new();
+        for a in shard_names(self.sessions.as_fd())? {
+            if a.as_str() < a0 {
+                continue;
+            }
+            let Some(d1) = skip_bad_folder(open_dir(self.sessions.as_fd(), &a, false, false))
+            else {
+                continue;
+            };
+            for b in shard_names(d1.as_fd())? {
+                if a == a0 && b.as_str() < b0 {
+                    continue;
+                }
+                let Some(leaf) = skip_bad_folder(open_dir(d1.as_fd(), &b, false, false)) else {
+                    continue;
+                };
+                for key in keys_in(leaf.as_fd())? {
+                    if after.as_ref().is_some_and(|c| &key <= c) {
+                        continue;
+                    }
+                    match read_record(leaf.as_fd(), key.as_str()) {
+                        Ok(Some(Ok(r))) => records.push((key.clone(), r)),
+                        Ok(_) => continue,
+                        Err(e) => {
+                            tracing::warn!(key = %key.short(), error = %e, "file store: scan skips an unreadable session file");
+                            continue;
+                        }
+                    }
+                    if records.len() == batch {
+                        return Ok(ScanPage {
+                            records,
+                            next: Some(key.as_str().to_owned()),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(ScanPage {
+            records,
+            next: None,
+        })
+    }
+
+    /// Writes and removes a small file at the top of the directory.
+    fn probe(&self) -> Result<(), StoreError> {
+        let temp = self.write_temp(self.root_fd.as_fd(), b"health")?;
+        drop(temp);
+        Ok(())
+    }
+
+    fn session_leaf(&self, key: &StorageKey) -> Result<Option<OwnedFd>, StoreError> {
+        let k = key.as_str();
+        let Some(d1) = open_dir(self.sessions.as_fd(), &k[..2], false, false)? else {
+            return Ok(None);
+        };
+        open_dir(d1.as_fd(), &k[2..4], false, false)
+    }
+
+    fn session_leaf_create(&self, key: &StorageKey) -> Result<OwnedFd, StoreError> {
+        let k = key.as_str();
+        let sync = self.opts.fsync;
+        let d1 = open_dir(self.sessions.as_fd(), &k[..2], true, sync)?.ok_or_else(missing_dir)?;
+        open_dir(d1.as_fd(), &k[2..4], true, sync)?.ok_or_else(missing_dir)
+    }
+
+    fn user_leaf(&self, uh: &str, create: bool) -> Result<Option<OwnedFd>, StoreError> {
+        let sync = self.opts.fsync;
+        let Some(d1) = open_dir(self.users.as_fd(), &uh[..2], create, sync)? else {
+            return Ok(None);
+        };
+        open_dir(d1.as_fd(), &uh[2..4], create, sync)
+    }
+
+    /// Whether a record file exists under `key`. One `statat` with a relative path: a link
+    /// planted as an intermediate folder could at most make this answer "exists" (the marker
+    /// is then kept); nothing is read or changed through it.
+    fn record_exists(&self, key: &StorageKey) -> Result<bool, StoreError> {
+        let k = key.as_str();
+        let path = format!("{}/{}/{}", &k[..2], &k[2..4], k);
+        match rfs::statat(self.sessions.as_fd(), path, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(_) => Ok(true),
+            Err(Errno::NOENT | Errno::NOTDIR) => Ok(false),
+            Err(e) => Err(fail("checking a session file", e)),
+        }
+    }
+
+    fn write_temp<'a>(
+        &self,
+        dir: BorrowedFd<'a>,
+        bytes: &[u8],
+    ) -> Result<TempFile<'a>, StoreError> {
+        write_temp(dir, bytes, self.opts.fsync, None)
+    }
+
+    /// A temp file holding `record`, its modification time set to the record's expiry so that
+    /// cleanup can pass over live records without reading them.
+    fn write_record<'a>(
+        &self,
+        dir: BorrowedFd<'a>,
+        record: &Record,
+    ) -> Result<TempFile<'a>, StoreError> {
+        write_temp(
+            dir,
+            &record.encode(),
+            self.opts.fsync,
+            Some(record.meta.expires_at()),
+        )
+    }
+
+    /// Creates an empty 0600 marker; `false` if it was already there.
+    fn create_marker(&self, uleaf: BorrowedFd<'_>, name: &str) -> Result<bool, StoreError> {
+        match rfs::openat(
+            uleaf,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            file_mode(),
+        ) {
+            Ok(fd) => {
+                rfs::fchmod(&fd, file_mode()).map_err(|e| fail("setting a file's mode", e))?;
+                self.sync_dir(uleaf)?;
+                Ok(true)
+            }
+            Err(Errno::EXIST) => Ok(false),
+            Err(e) => Err(fail("adding to the user index", e)),
+        }
+    }
+
+    fn sync_dir(&self, dir: BorrowedFd<'_>) -> Result<(), StoreError> {
+        if self.opts.fsync {
+            rfs::fsync(dir).map_err(|e| fail("flushing a folder", e))?;
+        }
+        Ok(())
+    }
+
+    fn dec_count(&self, n: u64) {
+        let _ = self
+            .count
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                Some(c.saturating_sub(n))
+            });
+    }
+
+    /// Adopts the `count` file if another process's cleanup rewrote it since we last looked.
+    fn refresh_count(&self) -> Result<(), StoreError> {
+        let st = match rfs::statat(self.root_fd.as_fd(), COUNT_FILE, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => return Ok(()),
+            Err(e) => return Err(fail("reading the count file", e)),
+        };
+        let id = file_id(&st);
+        if *self.count_file_id.lock() == Some(id) {
+            return Ok(());
+        }
+        let n = read_small(self.root_fd.as_fd(), COUNT_FILE, 64)?
+            .and_then(|text| String::from_utf8(text).ok())
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        if let Some(n) = n {
+            self.count.store(n, Ordering::Relaxed);
+            *self.count_file_id.lock() = Some(id);
+        }
+        Ok(())
+    }
+
+    fn write_count(&self, n: u64) -> Result<(), StoreError> {
+        let root = self.root_fd.as_fd();
+        let temp = self.write_temp(root, format!("{n}\n").as_bytes())?;
+        rfs::renameat(root, temp.name(), root, COUNT_FILE)
+            .map_err(|e| fail("writing the count file", e))?;
+        temp.consumed();
+        if let Ok(st) = rfs::statat(root, COUNT_FILE, AtFlags::SYMLINK_NOFOLLOW) {
+            *self.count_file_id.lock() = Some(file_id(&st));
+        }
+        Ok(())
+    }
+
+    /// Counts the record files (names only, no reads).
+    fn count_records(&self) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for_each_leaf(self.sessions.as_fd(), |leaf| {
+            let mut dir = Dir::read_from(leaf).map_err(|e| fail("listing a session folder", e))?;
+            while let Some(entry) = dir.read() {
+                let entry = entry.map_err(|e| fail("listing a session folder", e))?;
+                if entry
+                    .file_name()
+                    .to_str()
+                    .is_ok_and(|s| StorageKey::parse(s).is_some())
+                {
+                    n += 1;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(n)
+    }
+}
+
+/// A new 0600 temp file in `dir` holding `bytes` (flushed if `fsync`), with `mtime` as its
+/// modification time if given. Removed on drop unless [`TempFile::consumed`] says it was
+/// renamed.
+fn write_temp<'a>(
+    dir: BorrowedFd<'a>,
+    bytes: &[u8],
+    fsync: bool,
+    mtime: Option<Timestamp>,
+) -> Result<TempFile<'a>, StoreError> {
+    let name = format!("{TEMP_PREFIX}{}", random_hex()?);
+    let fd = rfs::openat(
+        dir,
+        &name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        file_mode(),
+    )
+    .map_err(|e| fail("creating a temp file", e))?;
+    let temp = TempFile {
+        dir,
+        name,
+        armed: true,
+    };
+    rfs::fchmod(&fd, file_mode()).map_err(|e| fail("setting a file's mode", e))?;
+    write_all(&fd, bytes).map_err(|e| fail("writing a session file", e))?;
+    if let Some(t) = mtime {
+        let times = rfs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: rfs::UTIME_OMIT,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
+                tv_nsec: i64::try_from((t.as_millis() % 1000) * 1_000_000).unwrap_or(0),
+            },
+        };
+        rfs::futimens(&fd, &times).map_err(|e| fail("stamping a session file", e))?;
+    }
+    if fsync {
+        rfs::fdatasync(&fd).map_err(|e| fail("flushing a session file", e))?;
+    }
+    Ok(temp)
+}
+
+/// A temp file that is removed when dropped, unless [`TempFile::consumed`] says it was renamed.
+struct TempFile<'a> {
+    dir: BorrowedFd<'a>,
+    name: String,
+    armed: bool,
+}
+
+impl TempFile<'_> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn consumed(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for TempFile<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            // Best effort: a leftover is removed by cleanup after a minute.
+            let _ = rfs::unlinkat(self.dir, &self.name, AtFlags::empty());
+        }
+    }
+}
+
+/// An exclusive `flock` on a shard's lock file, released when dropped (the descriptor closes).
+struct ShardLock {
+    _fd: OwnedFd,
+}
+
+fn lock_shard(dir: BorrowedFd<'_>) -> Result<ShardLock, StoreError> {
+    let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = loop {
+        match rfs::openat(dir, LOCK_FILE, flags, Mode::empty()) {
+            Ok(fd) => break fd,
+            Err(Errno::NOENT) => {}
+            Err(e) => return Err(fail("opening a lock file", e)),
+        }
+        match rfs::openat(
+            dir,
+            LOCK_FILE,
+            flags | OFlags::CREATE | OFlags::EXCL,
+            file_mode(),
+        ) {
+            Ok(fd) => {
+                rfs::fchmod(&fd, file_mode()).map_err(|e| fail("setting a file's mode", e))?;
+                break fd;
+            }
+            Err(Errno::EXIST) => {}
+            Err(e) => return Err(fail("creating a lock file", e)),
+        }
+    };
+    rfs::flock(&fd, FlockOperation::LockExclusive).map_err(|e| fail("taking a lock", e))?;
+    Ok(ShardLock { _fd: fd })
+}
+
+/// Opens the folder `name` in `parent` without following a link; creates it 0700 if asked.
+/// `None` when it does not exist and `create` is false.
+fn open_dir(
+    parent: BorrowedFd<'_>,
+    name: &str,
+    create: bool,
+    sync: bool,
+) -> Result<Option<OwnedFd>, StoreError> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    for _ in 0..4 {
+        match rfs::openat(parent, name, flags, Mode::empty()) {
+            Ok(fd) => return Ok(Some(fd)),
+            Err(Errno::NOENT) if create => {}
+            Err(Errno::NOENT) => return Ok(None),
+            Err(e @ (Errno::LOOP | Errno::NOTDIR)) => {
+                return Err(StoreError::backend(
+                    "opening a folder of the session directory",
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{name} is not a folder (a symbolic link is never followed): {e}"),
+                    ),
+                ))
+            }
+            Err(e) => return Err(fail("opening a folder", e)),
+        }
+        match rfs::mkdirat(parent, name, dir_mode()) {
+            Ok(()) => {
+                let fd = rfs::openat(parent, name, flags, Mode::empty())
+                    .map_err(|e| fail("opening a new folder", e))?;
+                rfs::fchmod(&fd, dir_mode()).map_err(|e| fail("setting a folder's mode", e))?;
+                if sync {
+                    rfs::fsync(parent).map_err(|e| fail("flushing a folder", e))?;
+                }
+                return Ok(Some(fd));
+            }
+            Err(Errno::EXIST) => {}
+            Err(e) => return Err(fail("creating a folder", e)),
+        }
+    }
+    Err(missing_dir())
+}
+
+/// Reads a whole file (opened without following links or blocking on a FIFO), at most
+/// `max` bytes; `None` if absent, an error if it is not a regular file.
+fn read_small(dir: BorrowedFd<'_>, name: &str, max: usize) -> Result<Option<Vec<u8>>, StoreError> {
+    let fd = match rfs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(fail("opening a session file", e)),
+    };
+    let st = rfs::fstat(&fd).map_err(|e| fail("reading a session file", e))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(StoreError::backend(
+            "reading a session file",
+            io::Error::new(io::ErrorKind::InvalidData, "not a regular file"),
+        ));
+    }
+    // Files are never written in place, so the size does not move under us; still, never read
+    // past `max` + 1.
+    let size = usize::try_from(st.st_size).unwrap_or(usize::MAX).min(max);
+    let mut buf = vec![0u8; size + 1];
+    let mut n = 0;
+    while n < buf.len() {
+        match rustix::io::read(&fd, &mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(fail("reading a session file", e)),
+        }
+    }
+    buf.truncate(n);
+    Ok(Some(buf))
+}
+
+/// `None` if absent; `Some(Err)` if it does not decode (including over the size ceiling).
+fn read_record(
+    dir: BorrowedFd<'_>,
+    name: &str,
+) -> Result<Option<Result<Record, DecodeError>>, StoreError> {
+    Ok(read_small(dir, name, DECODE_CEILING)?.map(|bytes| {
+        if bytes.len() > DECODE_CEILING {
+            Err(DecodeError::TooLarge(bytes.len()))
+        } else {
+            Record::decode(&bytes)
+        }
+    }))
+}
+
+/// Whether cleanup removes it: expired, or undecodable in a format this version knows.
+fn is_dead(r: &Result<Record, DecodeError>, now: Timestamp) -> bool {
+    match r {
+        Ok(r) => r.meta.is_expired(now),
+        Err(DecodeError::UnknownFormat(_)) => false,
+        Err(_) => true,
+    }
+}
+
+/// Unlinks `name`; `false` if it was not there.
+fn remove_entry(dir: BorrowedFd<'_>, name: &str) -> Result<bool, StoreError> {
+    match rfs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) => Ok(true),
+        Err(Errno::NOENT) => Ok(false),
+        Err(e) => Err(fail("removing a file", e)),
+    }
+}
+
+fn remove_stale_temp(
+    dir: BorrowedFd<'_>,
+    name: &str,
+    wall_now: SystemTime,
+) -> Result<(), StoreError> {
+    let st = match rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(fail("checking a temp file", e)),
+    };
+    // A write in flight was changed (ctime) a moment ago and its modification time is now or
+    // the record's expiry, in the future: it is a leftover when either is over a minute old.
+    // (A record written already a minute past its expiry could lose its write here; it would
+    // be dead on arrival anyway.)
+    #[allow(clippy::useless_conversion)]
+    let changed = u64::try_from(st.st_ctime).unwrap_or(0);
+    let stamp = mtime_millis(&st) / 1000;
+    let oldest = UNIX_EPOCH + Duration::from_secs(changed.min(stamp));
+    if wall_now
+        .duration_since(oldest)
+        .is_ok_and(|age| age > TEMP_MAX_AGE)
+    {
+        remove_entry(dir, name)?;
+    }
+    Ok(())
+}
+
+/// Calls `f` on every second-level shard folder under `top`, streaming: one listing per level
+/// is open at a time.
+fn for_each_leaf(
+    top: BorrowedFd<'_>,
+    mut f: impl FnMut(BorrowedFd<'_>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut level1 = Dir::read_from(top).map_err(|e| fail("listing the store", e))?;
+    while let Some(e1) = level1.read() {
+        let e1 = e1.map_err(|e| fail("listing the store", e))?;
+        let Some(a) = shard_name(e1.file_name().to_bytes()) else {
+            continue;
+        };
+        let Some(d1) = skip_bad_folder(open_dir(top, a, false, false)) else {
+            continue;
+        };
+        let mut level2 = Dir::read_from(&d1).map_err(|e| fail("listing the store", e))?;
+        while let Some(e2) = level2.read() {
+            let e2 = e2.map_err(|e| fail("listing the store", e))?;
+            let Some(b) = shard_name(e2.file_name().to_bytes()) else {
+                continue;
+            };
+            if let Some(leaf) = skip_bad_folder(open_dir(d1.as_fd(), b, false, false)) {
+                f(leaf.as_fd())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Calls `f` on every second-level shard folder under `top`, from `threads` workers that take
+/// the top-level folders in turn. Each worker holds one folder listing per level at a time.
+fn for_each_leaf_parallel(top: BorrowedFd<'_>, threads: usize, f: impl Fn(BorrowedFd<'_>) + Sync) {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i > 0xff {
+            break;
+        }
+        let a = format!("{i:02x}");
+        let Some(d1) = skip_bad_folder(open_dir(top, &a, false, false)) else {
+            continue;
+        };
+        let mut level2 = match Dir::read_from(&d1) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "file store: skipping a folder");
+                continue;
+            }
+        };
+        while let Some(Ok(e2)) = level2.read() {
+            let Some(b) = shard_name(e2.file_name().to_bytes()) else {
+                continue;
+            };
+            if let Some(leaf) = skip_bad_folder(open_dir(d1.as_fd(), b, false, false)) {
+                f(leaf.as_fd());
+            }
+        }
+    };
+    if threads <= 1 {
+        work();
+        return;
+    }
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(work);
+        }
+    });
+}
+
+/// A folder to walk, or `None` (logged) when it is absent or cannot be opened, such as a link.
+fn skip_bad_folder(r: Result<Option<OwnedFd>, StoreError>) -> Option<OwnedFd> {
+    r.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "file store: skipping a folder");
+        None
+    })
+}
+
+/// Two lowercase hex digits: the name of a shard folder.
+fn shard_name(name: &[u8]) -> Option<&str> {
+    (name.len() == 2 && name.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')))
+        .then(|| std::str::from_utf8(name).ok())
+        .flatten()
+}
+
+/// The shard folder names in `dir`, sorted (at most 256).
+fn shard_names(dir: BorrowedFd<'_>) -> Result<Vec<String>, StoreError> {
+    let mut out = Vec::new();
+    let mut d = Dir::read_from(dir).map_err(|e| fail("listing the store", e))?;
+    while let Some(e) = d.read() {
+        let e = e.map_err(|e| fail("listing the store", e))?;
+        if let Some(s) = shard_name(e.file_name().to_bytes()) {
+            out.push(s.to_owned());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The storage keys in a session shard folder, sorted.
+fn keys_in(leaf: BorrowedFd<'_>) -> Result<Vec<StorageKey>, StoreError> {
+    let mut out = Vec::new();
+    let mut d = Dir::read_from(leaf).map_err(|e| fail("listing a session folder", e))?;
+    while let Some(e) = d.read() {
+        let e = e.map_err(|e| fail("listing a session folder", e))?;
+        if let Some(k) = e.file_name().to_str().ok().and_then(StorageKey::parse) {
+            out.push(k);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The keys the user with hash `uh` has markers for in its shard folder.
+fn markers_of(uleaf: BorrowedFd<'_>, uh: &str) -> Result<Vec<StorageKey>, StoreError> {
+    let mut out = Vec::new();
+    let mut d = Dir::read_from(uleaf).map_err(|e| fail("listing a user folder", e))?;
+    while let Some(e) = d.read() {
+        let e = e.map_err(|e| fail("listing a user folder", e))?;
+        let Ok(name) = e.file_name().to_str() else {
+            continue;
+        };
+        if let Some(rest) = name.strip_prefix(uh).and_then(|r| r.strip_prefix('.')) {
+            if let Some(k) = StorageKey::parse(rest) {
+                out.push(k);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The storage key of a marker name `<64 hex>.<64 hex>`.
+fn parse_marker(name: &str) -> Option<StorageKey> {
+    let (uh, key) = name.split_once('.')?;
+    StorageKey::parse(uh)?;
+    StorageKey::parse(key)
+}
+
+fn marker_name(uh: &str, key: &StorageKey) -> String {
+    format!("{uh}.{}", key.as_str())
+}
+
+/// Hex SHA-256 of a user ID: user IDs never appear in file names.
+fn user_hash(user: &str) -> String {
+    format!("{:x}", Sha256::digest(user.as_bytes()))
+}
+
+fn random_hex() -> Result<String, StoreError> {
+    let mut b = [0u8; 8];
+    getrandom::getrandom(&mut b)
+        .map_err(|e| StoreError::backend("naming a temp file", io::Error::other(e.to_string())))?;
+    Ok(format!("{:016x}", u64::from_le_bytes(b)))
+}
+
+fn write_all(fd: &OwnedFd, mut bytes: &[u8]) -> Result<(), Errno> {
+    while !bytes.is_empty() {
+        match rustix::io::write(fd, bytes) {
+            Ok(0) => return Err(Errno::IO),
+            Ok(n) => bytes = &bytes[n..],
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn file_id(st: &rfs::Stat) -> (u64, i64, u64) {
+    #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+    (
+        st.st_ino as u64,
+        st.st_mtime as i64,
+        st.st_mtime_nsec as u64,
+    )
+}
+
+/// A file's modification time in Unix milliseconds (0 before the epoch).
+#[allow(clippy::useless_conversion)]
+fn mtime_millis(st: &rfs::Stat) -> u64 {
+    let secs = u64::try_from(st.st_mtime).unwrap_or(0);
+    let nanos = u64::try_from(st.st_mtime_nsec).unwrap_or(0);
+    secs.saturating_mul(1000).saturating_add(nanos / 1_000_000)
+}
+
+fn file_mode() -> Mode {
+    Mode::RUSR | Mode::WUSR
+}
+
+fn dir_mode() -> Mode {
+    Mode::RWXU
+}
+
+fn wall_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn missing_dir() -> StoreError {
+    StoreError::backend(
+        "opening a folder of the session directory",
+        "the folder vanished while in use",
+    )
+}
+
+/// Maps an OS error: out of space is [`StoreError::Full`], anything else a backend error that
+/// keeps the cause.
+fn fail(context: &'static str, e: Errno) -> StoreError {
+    match e {
+        Errno::NOSPC | Errno::DQUOT => StoreError::Full(format!("{context}: {e}")),
+        Errno::LOOP => StoreError::backend(
+            context,
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "refusing to follow a symbolic link inside the session directory",
+            ),
+        ),
+        _ => StoreError::backend(context, io::Error::from(e)),
+    }
+}
+
+/// Creates the directory 0700 if missing; tightens an existing one that others can read.
+fn prepare_root(root: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    match std::fs::metadata(root) {
+        Ok(m) if m.is_dir() => {
+            let mode = m.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                match std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700)) {
+                    Ok(()) => tracing::warn!(
+                        dir = %root.display(),
+                        mode = format!("{mode:o}"),
+                        "file store: the session directory was open to others; set it to 0700"
+                    ),
+                    Err(e) => tracing::warn!(
+                        dir = %root.display(),
+                        mode = format!("{mode:o}"),
+                        error = %e,
+                        "file store: the session directory is open to others and could not be set to 0700"
+                    ),
+                }
+            }
+            Ok(())
+        }
+        Ok(_) => Err(StoreError::backend(
+            "opening the session directory",
+            io::Error::new(io::ErrorKind::InvalidInput, "not a directory"),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(root)
+                .map_err(|e| StoreError::backend("creating the session directory", e))?;
+            // The mode given to mkdir is filtered by the umask: set it explicitly.
+            std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| StoreError::backend("setting the session directory's mode", e))
+        }
+        Err(e) => Err(StoreError::backend("opening the session directory", e)),
+    }
+}
+
+/// Writes the layout version into a new directory; refuses a directory of another layout.
+fn check_version(root: BorrowedFd<'_>, fsync: bool) -> Result<(), StoreError> {
+    match read_small(root, VERSION_FILE, 256)? {
+        Some(text) if text == VERSION_TEXT.as_bytes() => Ok(()),
+        Some(_) => Err(StoreError::backend(
+            "opening the session directory",
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "its VERSION file names a layout this version of sessionkit does not know",
+            ),
+        )),
+        None => {
+            let temp = write_temp(root, VERSION_TEXT.as_bytes(), fsync, None)?;
+            // Two processes opening a new directory at once both write the same text.
+            rfs::renameat(root, temp.name(), root, VERSION_FILE)
+                .map_err(|e| fail("writing the VERSION file", e))?;
+            temp.consumed();
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marker_names_round_trip() {
+        let key = StorageKey::parse(&"ab".repeat(32)).unwrap();
+        let uh = user_hash("42");
+        assert_eq!(uh.len(), 64);
+        let m = marker_name(&uh, &key);
+        assert_eq!(parse_marker(&m), Some(key));
+        assert_eq!(parse_marker(".lock"), None);
+        assert_eq!(parse_marker(&format!("{uh}.x")), None);
+    }
+
+    #[test]
+    fn shard_names_are_two_hex_digits() {
+        assert_eq!(shard_name(b"0f"), Some("0f"));
+        for bad in [&b"0F"[..], b"..", b".", b"abc", b"g0", b""] {
+            assert_eq!(shard_name(bad), None);
+        }
+    }
+}
