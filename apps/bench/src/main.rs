@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
-use sessionkit::{build_store, Config, SessionLayer};
+use sessionkit::{build_event_sink, build_store, Config, SessionLayer};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -14,7 +14,8 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let config = Config::from_env().context("session configuration")?;
     let store = build_store(&config).await.context("session store")?;
-    let layer = SessionLayer::new(store, config)?;
+    let events = build_event_sink(&config).await.context("audit trail")?;
+    let layer = SessionLayer::new(store, config)?.with_events(events);
     let port: u16 = std::env::var("PORT")
         .ok()
         .and_then(|p| p.parse().ok())

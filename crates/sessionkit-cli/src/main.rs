@@ -1,2 +1,334 @@
-//! The `sessionkit` admin CLI.
-fn main() {}
+//! `sessionkit`: the operator's command line. It reads the same environment configuration as the
+//! app (`SESSION_TYPE`, `REDIS_URL`, `DATABASE_URL`, `SESSION_FILE_DIR`, ...), or a store URL given
+//! with `--store`, and works on storage keys only: nothing it prints can be turned into a cookie.
+//!
+//! Exit codes: 0 success, 1 failure, 2 usage error, 3 store unavailable, 4 not found.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use sessionkit::{
+    build_store, open_store_url, Clock, Config, Meta, SessionLimit, SessionStore, StorageKey,
+    StoreError, SystemClock, Timestamp,
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sessionkit",
+    version,
+    about = "Watch, revoke, clean and migrate sessions"
+)]
+struct Cli {
+    /// Store URL (memory:, file:///dir, sqlite://…, postgres://…, redis://…); default: the
+    /// store the environment configures, as the app would pick it.
+    #[arg(long, global = true, env = "SESSIONKIT_STORE")]
+    store: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Store name, health and session count.
+    Stats,
+    /// List sessions (all, or one user's).
+    List {
+        /// Only this user's sessions.
+        #[arg(long)]
+        user: Option<String>,
+        /// At most this many lines.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show one session's metadata (and data keys; values with --values).
+    Show {
+        /// Storage key (64 hex digits).
+        key: String,
+        /// Print the values too (they may hold personal data).
+        #[arg(long)]
+        values: bool,
+    },
+    /// Destroy one session.
+    Revoke {
+        /// Storage key (64 hex digits).
+        key: String,
+    },
+    /// Destroy all of a user's sessions, optionally but one.
+    RevokeUser {
+        /// The user.
+        user: String,
+        /// Keep this session (storage key).
+        #[arg(long)]
+        except: Option<String>,
+    },
+    /// Remove expired sessions now.
+    Cleanup,
+    /// Copy every live session from one store to another (existing keys are left alone).
+    Migrate {
+        /// Source store URL.
+        #[arg(long)]
+        from: String,
+        /// Destination store URL.
+        #[arg(long)]
+        to: String,
+        /// Sessions per page.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+    },
+    /// Validate the configuration and reach the store; exit 0 only if both are fine.
+    Check,
+}
+
+#[derive(Debug)]
+struct NotFound(String);
+impl std::fmt::Display for NotFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for NotFound {}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sessionkit: {e:#}");
+            if e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<StoreError>(),
+                    Some(StoreError::Unavailable { .. })
+                )
+            }) {
+                ExitCode::from(3)
+            } else if e.chain().any(|c| c.downcast_ref::<NotFound>().is_some()) {
+                ExitCode::from(4)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+async fn open(cli: &Cli, config: &Config) -> anyhow::Result<Arc<dyn SessionStore>> {
+    Ok(match &cli.store {
+        Some(url) => open_store_url(url, config)
+            .await
+            .context("opening --store")?,
+        None => build_store(config)
+            .await
+            .context("opening the configured store")?,
+    })
+}
+
+fn key(s: &str) -> anyhow::Result<StorageKey> {
+    StorageKey::parse(s.trim())
+        .with_context(|| format!("{s:?} is not a storage key (64 lowercase hex digits)"))
+}
+
+fn when(t: Timestamp) -> String {
+    let secs = t.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(i64::try_from(days).unwrap_or(0));
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
+    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn line(key: &StorageKey, m: &Meta) -> String {
+    format!(
+        "{}  user={:<12} created={} last_seen={} expires={} ip={}",
+        key,
+        m.user_id.as_deref().unwrap_or("-"),
+        when(m.created_at),
+        when(m.last_seen_at),
+        when(m.expires_at()),
+        m.ip.as_deref().unwrap_or("-"),
+    )
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::from_env().context("configuration")?;
+    let now = SystemClock.now();
+    match &cli.command {
+        Command::Check => {
+            let store = open(&cli, &config).await?;
+            let h = store.health().await;
+            println!("configuration: ok");
+            println!("store: {} ({})", store.name(), h.detail);
+            anyhow::ensure!(h.ok, "store is not healthy: {}", h.detail);
+            println!("health: ok");
+        }
+        Command::Stats => {
+            let store = open(&cli, &config).await?;
+            let h = store.health().await;
+            println!("store: {}", store.name());
+            println!(
+                "health: {} ({})",
+                if h.ok { "ok" } else { "DOWN" },
+                h.detail
+            );
+            println!("sessions: {}", store.count().await?);
+        }
+        Command::List { user, limit } => {
+            let store = open(&cli, &config).await?;
+            let mut shown = 0;
+            if let Some(u) = user {
+                for (k, m) in store.list_user(u, now).await? {
+                    println!("{}", line(&k, &m));
+                    shown += 1;
+                }
+            } else {
+                let mut cursor = None;
+                'pages: loop {
+                    let page = store.scan(cursor.take(), 500).await?;
+                    for (k, r) in page.records.iter().filter(|(_, r)| !r.meta.is_expired(now)) {
+                        if shown >= *limit {
+                            break 'pages;
+                        }
+                        println!("{}", line(k, &r.meta));
+                        shown += 1;
+                    }
+                    match page.next {
+                        Some(c) => cursor = Some(c),
+                        None => break,
+                    }
+                }
+            }
+            eprintln!("{shown} session(s)");
+        }
+        Command::Show { key: k, values } => {
+            let store = open(&cli, &config).await?;
+            let k = key(k)?;
+            let r = store
+                .load(&k, now)
+                .await?
+                .ok_or_else(|| NotFound(format!("no live session {k}")))?;
+            println!("{}", line(&k, &r.meta));
+            println!(
+                "user_agent: {}",
+                r.meta.user_agent.as_deref().unwrap_or("-")
+            );
+            println!("auth_time: {}", r.meta.auth_time.map_or("-".into(), when));
+            println!("version: {}", r.meta.version);
+            for (name, v) in &r.data {
+                if *values {
+                    println!("  {name} = {}", v.as_json());
+                } else {
+                    println!("  {name} ({} bytes)", v.as_json().len());
+                }
+            }
+        }
+        Command::Revoke { key: k } => {
+            let store = open(&cli, &config).await?;
+            let k = key(k)?;
+            if !store.destroy(&k).await? {
+                return Err(NotFound(format!("no session {k}")).into());
+            }
+            println!("revoked {k}");
+        }
+        Command::RevokeUser { user, except } => {
+            let store = open(&cli, &config).await?;
+            let except = except.as_deref().map(key).transpose()?;
+            let gone = store.destroy_user(user, except.as_ref()).await?;
+            for k in &gone {
+                println!("revoked {k}");
+            }
+            println!("{} session(s) of {user} revoked", gone.len());
+        }
+        Command::Cleanup => {
+            let store = open(&cli, &config).await?;
+            let n = store.cleanup_expired(now).await?;
+            println!("removed {n} expired session(s)");
+        }
+        Command::Migrate { from, to, batch } => {
+            let src = open_store_url(from, &config)
+                .await
+                .context("opening --from")?;
+            let dst = open_store_url(to, &config).await.context("opening --to")?;
+            migrate(&*src, &*dst, *batch, now).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn migrate(
+    src: &dyn SessionStore,
+    dst: &dyn SessionStore,
+    batch: usize,
+    now: Timestamp,
+) -> anyhow::Result<()> {
+    let total = src.count().await.unwrap_or(0);
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} sessions {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let (mut copied, mut existing, mut expired) = (0u64, 0u64, 0u64);
+    let mut cursor = None;
+    loop {
+        let page = src.scan(cursor.take(), batch.max(1)).await?;
+        for (k, r) in &page.records {
+            bar.inc(1);
+            if r.meta.is_expired(now) {
+                expired += 1;
+                continue;
+            }
+            match dst.create(k, r, SessionLimit::UNLIMITED, now).await? {
+                sessionkit::CreateOutcome::Created { .. } => copied += 1,
+                _ => existing += 1,
+            }
+        }
+        match page.next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    bar.finish_and_clear();
+    println!("copied {copied}, already present {existing}, expired skipped {expired}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(when(Timestamp(0)), "1970-01-01 00:00:00Z");
+        assert_eq!(when(Timestamp(1_700_000_000_000)), "2023-11-14 22:13:20Z");
+        assert_eq!(when(Timestamp(951_782_400_000)), "2000-02-29 00:00:00Z");
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        assert!(key("../../etc/passwd").is_err());
+    }
+}

@@ -117,6 +117,53 @@ pub async fn create_never_overwrites(store: Store) {
     assert_eq!(got.meta.user_id, None);
 }
 
+/// A record expired at `now` does not block `create` under its key: the new record replaces it
+/// (anonymous or signed-in, either way round) and leaves no trace in the old user's index,
+/// while a live record still blocks it.
+pub async fn create_replaces_expired_record(store: Store) {
+    let t = now();
+    let later = t.add(HOUR / 2);
+    for (old_user, new_owner) in [
+        (Some(new_user()), None),
+        (None, Some(new_user())),
+        (Some(new_user()), Some(new_user())),
+    ] {
+        let key = new_key();
+        let mut old = record_at(old_user.as_deref(), t);
+        old.meta.idle_expires_at = t.add(HOUR / 4);
+        must_create(&store, &key, &old).await;
+        let mut new = record_at(new_owner.as_deref(), later);
+        new.data
+            .insert("gen".into(), Value::to_json("second").expect("json"));
+        let out = store
+            .create(&key, &new, SessionLimit::UNLIMITED, t)
+            .await
+            .expect("create");
+        assert_eq!(out, CreateOutcome::Exists, "the old record is live at t");
+        let out = store
+            .create(&key, &new, SessionLimit::UNLIMITED, later)
+            .await
+            .expect("create");
+        assert!(
+            matches!(out, CreateOutcome::Created { .. }),
+            "create over an expired record: {out:?}"
+        );
+        let got = store
+            .load(&key, later)
+            .await
+            .expect("load")
+            .expect("present");
+        assert_eq!(got.data, new.data);
+        assert_eq!(got.meta.user_id, new.meta.user_id);
+        if let Some(u) = &old_user {
+            assert!(store.list_user(u, later).await.expect("list").is_empty());
+        }
+        if let Some(u) = &new_owner {
+            assert_eq!(store.list_user(u, later).await.expect("list").len(), 1);
+        }
+    }
+}
+
 /// A record comes back exactly as stored, metadata included.
 pub async fn round_trips_record(store: Store) {
     let key = new_key();
@@ -242,6 +289,87 @@ pub async fn save_delta_applies_per_key(store: Store) {
     assert_eq!(got.data["keep"].as_json(), "1");
     assert_eq!(got.data["new"].as_json(), "\"v\"");
     assert!(!got.data.contains_key("drop"));
+}
+
+/// Any key and any JSON text survive create and per-key deltas byte for byte: keys with path
+/// or SQL syntax, quotes, backslashes, control characters and non-ASCII; values with odd
+/// spacing, key order and escapes (a store must not reformat JSON).
+pub async fn tricky_keys_and_values_round_trip(store: Store) {
+    let keys = [
+        "",
+        "a.b",
+        "x[0]",
+        "$",
+        "$.\"q\"",
+        "quote\"d",
+        "back\\slash",
+        "tab\tand\nnewline",
+        "k'; DROP TABLE sessions; --",
+        "ключ ✓",
+        "emoji 🦀",
+        "%s %n {}",
+    ];
+    let values = [
+        r#"{ "z" : 1,"a":[1, 2.50, 1e3] }"#,
+        r#""nul \u0000 esc \" \\ \/ \u00e9 é""#,
+        "null",
+        "-0.0",
+        "[]",
+        "  true ",
+    ];
+    let value = |i: usize| Value::from_json_text(values[i % values.len()]).expect("json");
+    let key = new_key();
+    let mut r = record_at(None, now());
+    for (i, k) in keys.iter().enumerate().step_by(2) {
+        r.data.insert((*k).to_owned(), value(i));
+    }
+    must_create(&store, &key, &r).await;
+    let got = store
+        .load(&key, now())
+        .await
+        .expect("load")
+        .expect("present");
+    assert_eq!(
+        got.data, r.data,
+        "create kept every key and value as written"
+    );
+
+    let mut want = got;
+    for round in 0..2 {
+        let changes: Vec<(String, Option<Value>)> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let v = ((i + round) % 3 != 0).then(|| value(i + round + 1));
+                ((*k).to_owned(), v)
+            })
+            .collect();
+        let d = delta(changes);
+        want.apply(&d);
+        let out = store.save_delta(&key, &d, now()).await.expect("save");
+        assert!(matches!(out, SaveOutcome::Saved { .. }), "save: {out:?}");
+        let got = store
+            .load(&key, now())
+            .await
+            .expect("load")
+            .expect("present");
+        assert_eq!(got.data, want.data, "round {round}");
+    }
+    // One key per delta too, so stores that take a different path for some keys are covered.
+    for (i, k) in keys.iter().enumerate() {
+        for v in [Some(value(i + 3)), None, Some(value(i + 4))] {
+            let d = delta(vec![((*k).to_owned(), v)]);
+            want.apply(&d);
+            let out = store.save_delta(&key, &d, now()).await.expect("save");
+            assert!(matches!(out, SaveOutcome::Saved { .. }), "save: {out:?}");
+        }
+    }
+    let got = store
+        .load(&key, now())
+        .await
+        .expect("load")
+        .expect("present");
+    assert_eq!(got.data, want.data, "single-key deltas");
 }
 
 /// Concurrent writers of different keys on one session all keep their changes.
@@ -576,8 +704,9 @@ pub async fn health_ok(store: Store) {
 macro_rules! store_conformance {
     ($factory:expr) => {
         $crate::__conformance_tests!($factory;
-            create_never_overwrites, round_trips_record, load_absent_is_none,
+            create_never_overwrites, create_replaces_expired_record, round_trips_record, load_absent_is_none,
             load_after_expiry_is_none, save_delta_applies_per_key,
+            tricky_keys_and_values_round_trip,
             concurrent_writers_keep_every_key, save_after_destroy_does_not_resurrect,
             user_index_list_and_revoke, user_index_prunes_expired, limit_deny_is_atomic,
             limit_evict_oldest_is_atomic, limit_evict_idlest_is_atomic, cleanup_and_count,

@@ -68,7 +68,7 @@ mod unix {
 
     fn record(i: u64, users: u64, at: Timestamp) -> Record {
         let mut r = Record::default();
-        if i % 4 == 0 {
+        if i.is_multiple_of(4) {
             r.meta.user_id = Some(format!("user-{}", (i / 4) % users));
             r.meta.auth_time = Some(at);
         }
@@ -116,7 +116,7 @@ mod unix {
                         .await
                         .unwrap();
                     assert!(matches!(out, CreateOutcome::Created { .. }));
-                    if w == 0 && i % 100_000 == 0 && i > 0 {
+                    if w == 0 && i.is_multiple_of(100_000) && i > 0 {
                         println!("  filled {i} in {:.1?}", start.elapsed());
                     }
                     i += FILL_TASKS;

@@ -345,6 +345,46 @@ mod tests {
         );
     }
 
+    /// A small deterministic fuzzer: random and mutated Cookie headers never panic, and a value
+    /// that verifies is always exactly the signed one.
+    #[test]
+    fn random_headers_never_panic_or_match_wrongly() {
+        let k = keys();
+        let id = SessionId::generate().unwrap();
+        let good = format!("__Host-session={}", k.sign(&id));
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..50_000 {
+            let mut bytes = good.clone().into_bytes();
+            for _ in 0..(next() % 4 + 1) {
+                let i = (next() as usize) % bytes.len();
+                match next() % 4 {
+                    0 => bytes[i] = (next() & 0xff) as u8,
+                    1 => {
+                        bytes.remove(i);
+                    }
+                    2 => bytes.insert(i, (next() & 0xff) as u8),
+                    _ => bytes.insert(i, b';'),
+                }
+            }
+            let Ok(hv) = HeaderValue::from_bytes(&bytes) else {
+                continue;
+            };
+            let mut h = HeaderMap::new();
+            h.insert(COOKIE, hv);
+            if let Presented::One(raw) = find(&h, "__Host-session") {
+                if let Ok(Ok(found)) = std::str::from_utf8(raw).map(|v| k.verify(v)) {
+                    assert_eq!(found, id, "a mutated cookie verified as another id");
+                }
+            }
+        }
+    }
+
     #[test]
     fn set_cookie_attributes() {
         let p = CookiePolicy {

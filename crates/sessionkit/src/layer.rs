@@ -180,9 +180,6 @@ pub struct SessionService<S> {
     shared: Arc<Shared>,
 }
 
-/// Longest user agent kept in a record.
-const MAX_USER_AGENT: usize = 256;
-
 impl<S, B> Service<Request<B>> for SessionService<S>
 where
     S: Service<Request<B>, Response = Response, Error = Infallible> + Clone + Send + 'static,
@@ -206,12 +203,8 @@ where
             ip: req
                 .extensions()
                 .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip().to_string()),
-            user_agent: req
-                .headers()
-                .get(USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .map(|s| s.chars().take(MAX_USER_AGENT).collect()),
+                .map(|c| c.0.ip()),
+            user_agent: req.headers().get(USER_AGENT).cloned(),
         };
         let presented = match cookie::find(req.headers(), &shared.policy.name) {
             Presented::Absent => None,
@@ -249,8 +242,8 @@ fn reject(shared: &Shared, client: &Client, reason: &'static str) {
         key: None,
         user_id: None,
         reason,
-        ip: client.ip.clone(),
-        user_agent: client.user_agent.clone(),
+        ip: client.ip(),
+        user_agent: client.user_agent(),
     });
 }
 
@@ -267,8 +260,8 @@ async fn finish(shared: &Shared, session: &Session, res: &mut Response) -> Optio
         }
         return Some(r);
     }
-    let max_age = session.max_age().await;
     let st = session.0.state.lock().await;
+    let max_age = session.max_age(&st);
     let headers = res.headers_mut();
     if st.accessed {
         add_vary_cookie(headers);

@@ -39,6 +39,8 @@
 //!
 //! In a real service, build the configuration with [`Config::from_env`].
 
+#[cfg(feature = "audit")]
+mod audit;
 mod clock;
 mod config;
 mod cookie;
@@ -49,6 +51,8 @@ mod record;
 mod session;
 mod store;
 
+#[cfg(feature = "audit")]
+pub use audit::{AuditSink, AuditSinkBuilder};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{parse_duration, AppEnv, Config, ConfigError, Secret, StoreKind};
 pub use cookie::{find as find_cookie, CookieKeys, CookiePolicy, Presented, Rejection};
@@ -57,10 +61,24 @@ pub use id::{IdGenerator, OsRngIds, SessionId, StorageKey, ID_BYTES, ID_LEN};
 pub use layer::{SessionLayer, SessionMissing, SessionService};
 pub use record::{Data, DecodeError, Delta, Meta, Record, Timestamp, Touch, Value, DECODE_CEILING};
 pub use session::{Session, SessionError};
+#[cfg(feature = "redis")]
+pub use store::cached::RedisInvalidation;
+pub use store::cached::{
+    CacheInvalidator, CacheOptions, CacheStats, CachedStore, InvalidationSource, SingleWriter,
+};
+pub use store::fallback::{FallbackOptions, FallbackStore};
 #[cfg(all(feature = "file", unix))]
 pub use store::file::{FileOptions, FileStore};
 pub use store::memory::MemoryStore;
-pub use store::select::{build_store, resolve as resolve_store};
+#[cfg(feature = "postgres")]
+pub use store::postgres::{PostgresStore, PostgresStoreBuilder};
+#[cfg(feature = "redis")]
+pub use store::redis::{RedisOptions, RedisStore};
+pub use store::select::{
+    build_event_sink, build_store, open_url as open_store_url, resolve as resolve_store,
+};
+#[cfg(feature = "sqlite")]
+pub use store::sqlite::{SqliteStore, SqliteStoreBuilder};
 pub use store::{
     CreateOutcome, Health, LimitPolicy, SaveOutcome, ScanPage, SessionLimit, SessionStore,
     StoreError,

@@ -156,6 +156,10 @@ pub enum DecodeError {
     /// Over the configured maximum size.
     #[error("record of {0} bytes is over the limit")]
     TooLarge(usize),
+    /// A store that keeps data as JSON (the SQL stores) read back something that is not a JSON
+    /// object of JSON values.
+    #[error("malformed JSON session data")]
+    Json(#[source] serde_json::Error),
 }
 
 /// Hard ceiling on what the decoder accepts, whatever the configured limit: a store cannot make
@@ -287,6 +291,24 @@ mod tests {
         assert!(Record::decode(&[FORMAT_V1, 0xdf, 0xff, 0xff, 0xff, 0xff]).is_err());
         // a str32 claiming 4 GiB
         assert!(Record::decode(&[FORMAT_V1, 0x92, 0xdb, 0xff, 0xff, 0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 64) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|i| (x.rotate_left(i as u32 * 7) & 0xff) as u8)
+                .collect();
+            let mut tagged = vec![FORMAT_V1];
+            tagged.extend_from_slice(&bytes);
+            let _ = Record::decode(&tagged);
+            let _ = Record::decode(&bytes);
+        }
     }
 
     #[test]

@@ -87,8 +87,25 @@ pub(crate) enum CookieAction {
 /// The request's facts the session records when it creates a record.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Client {
-    pub(crate) ip: Option<String>,
-    pub(crate) user_agent: Option<String>,
+    pub(crate) ip: Option<std::net::IpAddr>,
+    pub(crate) user_agent: Option<http::HeaderValue>,
+}
+
+/// Longest user agent kept in a record.
+const MAX_USER_AGENT: usize = 256;
+
+impl Client {
+    // Kept raw per request and turned into strings only when a record or event needs them.
+    pub(crate) fn ip(&self) -> Option<String> {
+        self.ip.map(|ip| ip.to_string())
+    }
+
+    pub(crate) fn user_agent(&self) -> Option<String> {
+        self.user_agent
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(MAX_USER_AGENT).collect())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -102,8 +119,6 @@ pub(crate) struct State {
     touch_due: bool,
     pub(crate) cookie: CookieAction,
     pub(crate) accessed: bool,
-    /// Set while the session was ended by this request, so later writes start a new one.
-    ended: bool,
 }
 
 pub(crate) struct Inner {
@@ -146,7 +161,8 @@ impl Session {
         }))
     }
 
-    fn now(&self) -> Timestamp {
+    /// The current time by the layer's clock (the one every expiry decision uses).
+    pub fn now(&self) -> Timestamp {
         self.0.shared.clock.now()
     }
 
@@ -163,8 +179,8 @@ impl Session {
             key,
             user_id: user,
             reason,
-            ip: self.0.client.ip.clone(),
-            user_agent: self.0.client.user_agent.clone(),
+            ip: self.0.client.ip(),
+            user_agent: self.0.client.user_agent(),
         });
     }
 
@@ -361,8 +377,8 @@ impl Session {
                 last_seen_at: now,
                 idle_expires_at: now.add(c.idle_timeout).min(absolute),
                 absolute_expires_at: absolute,
-                user_agent: self.0.client.user_agent.clone(),
-                ip: self.0.client.ip.clone(),
+                user_agent: self.0.client.user_agent(),
+                ip: self.0.client.ip(),
                 version: 0,
             },
         }
@@ -447,7 +463,6 @@ impl Session {
         st.record = Some(record);
         st.changes.clear();
         st.touch_due = false;
-        st.ended = false;
         st.cookie = CookieAction::Set(id);
         Ok(())
     }
@@ -499,7 +514,6 @@ impl Session {
         st.record = None;
         st.changes.clear();
         st.touch_due = false;
-        st.ended = true;
         st.cookie = if self.0.presented.is_some() || matches!(st.cookie, CookieAction::Set(_)) {
             CookieAction::Remove
         } else {
@@ -565,11 +579,10 @@ impl Session {
     }
 
     /// Max-Age for a new cookie: the time left until absolute expiry, for permanent sessions.
-    pub(crate) async fn max_age(&self) -> Option<std::time::Duration> {
+    pub(crate) fn max_age(&self, st: &State) -> Option<std::time::Duration> {
         if !self.0.shared.config.permanent {
             return None;
         }
-        let st = self.0.state.lock().await;
         st.record
             .as_ref()
             .map(|r| self.now().until(r.meta.absolute_expires_at))

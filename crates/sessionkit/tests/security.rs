@@ -423,7 +423,7 @@ async fn c16_c17_bad_cookies_never_reach_the_store_and_never_fail() {
         format!("{good}x"),
         foreign,
         format!("\"{good}\""),
-        good.replace('-', "+"),
+        format!("+{}", &good[1..]),
         format!("{}.{}", key.as_str(), &good[44..]),
         format!("2::{}", key.as_str()),
         key.as_str().to_owned(),

@@ -199,7 +199,7 @@ impl SessionStore for MemoryStore {
         let mut keys: Vec<&StorageKey> = inner
             .records
             .keys()
-            .filter(|k| cursor.as_deref().map_or(true, |c| k.as_str() > c))
+            .filter(|k| cursor.as_deref().is_none_or(|c| k.as_str() > c))
             .collect();
         keys.sort();
         keys.truncate(batch.max(1));

@@ -21,10 +21,20 @@ use async_trait::async_trait;
 use crate::id::StorageKey;
 use crate::record::{Delta, Meta, Record, Timestamp};
 
+pub(crate) mod cached;
+pub(crate) mod fallback;
 #[cfg(all(feature = "file", unix))]
 pub(crate) mod file;
 pub(crate) mod memory;
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
 pub(crate) mod select;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) mod sql;
+#[cfg(feature = "sqlite")]
+pub(crate) mod sqlite;
 
 /// What to do when a user already has the maximum number of live sessions at login.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -17,11 +17,127 @@ use crate::config::{Config, StoreKind};
 pub async fn build_store(config: &Config) -> Result<Arc<dyn SessionStore>, StoreError> {
     let (kind, why) = resolve(config);
     tracing::info!(store = ?kind, reason = why, "session store selected");
-    match kind {
-        StoreKind::Memory => Ok(Arc::new(super::memory::MemoryStore::new())),
+    if kind == StoreKind::Filesystem && config.app_env == crate::config::AppEnv::Production {
+        tracing::warn!(
+            dir = %config.file_dir.display(),
+            "the file store serves one host only: every server behind a load balancer needs the \
+             same store (set REDIS_URL or DATABASE_URL)"
+        );
+    }
+    let url = |u: &Option<crate::config::Secret>, var: &str| {
+        u.as_ref()
+            .map(|s| s.expose().to_owned())
+            .ok_or_else(|| StoreError::Backend {
+                context: format!("SESSION_TYPE={kind:?}"),
+                source: format!("{var} is not set").into(),
+            })
+    };
+    let primary = match kind {
+        StoreKind::Memory => open_url("memory:", config).await?,
+        StoreKind::Filesystem => {
+            open_url(&format!("file://{}", config.file_dir.display()), config).await?
+        }
+        StoreKind::Redis => open_url(&url(&config.redis_url, "REDIS_URL")?, config).await?,
+        StoreKind::Sqlite | StoreKind::Postgres => {
+            open_url(&url(&config.database_url, "DATABASE_URL")?, config).await?
+        }
+        StoreKind::Auto => return unreachable_auto(),
+    };
+    // SESSION_CACHE=on puts the coherent cache in front of a Redis primary (a no-op otherwise).
+    let primary = super::cached::wrap_cached(primary, config).await;
+    let Some(fallback) = &config.fallback_url else {
+        return Ok(primary);
+    };
+    let secondary = open_url(fallback.expose(), config).await?;
+    tracing::info!(
+        primary = primary.name(),
+        secondary = secondary.name(),
+        "SESSION_FALLBACK: the secondary mirrors the primary and serves while it is down"
+    );
+    Ok(Arc::new(super::fallback::FallbackStore::new(
+        primary,
+        secondary,
+        super::fallback::FallbackOptions::default(),
+    )))
+}
+
+/// The event sink `config` asks for: `tracing` always, plus the audit table when
+/// `SESSION_AUDIT_URL` is set.
+///
+/// # Errors
+/// An audit URL that cannot be reached, or one set in a build without the `audit` feature.
+pub async fn build_event_sink(
+    config: &Config,
+) -> Result<Arc<dyn crate::events::EventSink>, StoreError> {
+    let tracing_sink: Arc<dyn crate::events::EventSink> = Arc::new(crate::events::TracingSink);
+    if config.audit_url.is_none() {
+        return Ok(tracing_sink);
+    }
+    #[cfg(feature = "audit")]
+    {
+        if let Some(audit) = crate::audit::AuditSink::from_config(config).await? {
+            tracing::info!("SESSION_AUDIT_URL: session events are written to the audit table");
+            return Ok(Arc::new(crate::events::FanoutSink(vec![
+                tracing_sink,
+                Arc::new(audit),
+            ])));
+        }
+        Ok(tracing_sink)
+    }
+    #[cfg(not(feature = "audit"))]
+    Err(StoreError::Backend {
+        context: "SESSION_AUDIT_URL".into(),
+        source: "the audit trail is not compiled into this build (enable the `audit` feature)"
+            .into(),
+    })
+}
+
+fn unreachable_auto() -> Result<Arc<dyn SessionStore>, StoreError> {
+    Err(StoreError::Backend {
+        context: "store selection".into(),
+        source: "auto was not resolved".into(),
+    })
+}
+
+/// Opens a store by URL: `memory:`, `file:///path` (or `file://relative/path`), `sqlite://…`,
+/// `postgres://…`, `redis://…`. Used by `build_store`, the fallback store and `sessionkit
+/// migrate`.
+///
+/// # Errors
+/// An unknown scheme, a store not compiled in, or a store that cannot start.
+#[allow(unused_variables)] // `config` is used by the stores behind features
+pub async fn open_url(url: &str, config: &Config) -> Result<Arc<dyn SessionStore>, StoreError> {
+    let scheme = url.split(':').next().unwrap_or_default();
+    match scheme {
+        "memory" => Ok(Arc::new(super::memory::MemoryStore::new())),
+        #[cfg(all(feature = "file", unix))]
+        "file" => {
+            let dir = std::path::PathBuf::from(url.strip_prefix("file://").ok_or_else(|| {
+                StoreError::backend(
+                    "store URL",
+                    "a file store URL is file:///absolute/path or file://relative/path",
+                )
+            })?);
+            // Opening counts the records (a listing of every folder): off the async workers.
+            let store = tokio::task::spawn_blocking(move || {
+                super::file::FileStore::open(dir, super::file::FileOptions::default())
+            })
+            .await
+            .map_err(|e| StoreError::backend("opening the file store", e))??;
+            Ok(Arc::new(store))
+        }
+        #[cfg(feature = "redis")]
+        "redis" | "redis+cluster" | "rediss" => {
+            let opts = super::redis::RedisOptions::new().with_key_prefix(config.key_prefix.clone());
+            Ok(Arc::new(super::redis::RedisStore::connect(url, opts).await?))
+        }
+        #[cfg(feature = "sqlite")]
+        "sqlite" => Ok(Arc::new(super::sqlite::SqliteStore::connect(url).await?)),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => Ok(Arc::new(super::postgres::PostgresStore::connect(url).await?)),
         other => Err(StoreError::Backend {
-            context: format!("session store {other:?}"),
-            source: "this store is not compiled into this build (enable its cargo feature)".into(),
+            context: format!("store URL scheme {other:?}"),
+            source: "unknown scheme, or its store is not compiled into this build (enable its cargo feature)".into(),
         }),
     }
 }
@@ -40,5 +156,40 @@ pub fn resolve(config: &Config) -> (StoreKind, &'static str) {
             None => (StoreKind::Filesystem, "auto: no REDIS_URL or DATABASE_URL"),
         },
         other => (other, "SESSION_TYPE"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn cfg() -> Config {
+        Config::new("0123456789abcdefghijklmnopqrstuvwxyzABCD")
+    }
+
+    #[test]
+    fn auto_prefers_redis_then_sql_then_files() {
+        let mut c = cfg();
+        assert_eq!(resolve(&c).0, StoreKind::Filesystem);
+        c.database_url = Some(Secret::new("sqlite://x.db"));
+        assert_eq!(resolve(&c).0, StoreKind::Sqlite);
+        c.database_url = Some(Secret::new("postgres://u@h/db"));
+        assert_eq!(resolve(&c).0, StoreKind::Postgres);
+        c.redis_url = Some(Secret::new("redis://127.0.0.1"));
+        assert_eq!(resolve(&c).0, StoreKind::Redis);
+        c.store = StoreKind::Memory;
+        assert_eq!(resolve(&c).0, StoreKind::Memory);
+    }
+
+    #[tokio::test]
+    async fn explicit_kind_without_its_url_fails_clearly() {
+        let mut c = cfg();
+        c.store = StoreKind::Redis;
+        let e = build_store(&c).await.unwrap_err();
+        let msg = format!("{e}: {:?}", std::error::Error::source(&e));
+        assert!(msg.contains("REDIS_URL is not set"), "{msg}");
+        let e = open_url("ftp://x", &c).await.unwrap_err();
+        assert!(format!("{:?}", e).contains("unknown scheme"));
     }
 }

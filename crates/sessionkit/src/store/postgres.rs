@@ -1,0 +1,579 @@
+//! `PostgresStore`: sessions in a PostgreSQL table, for deployments where several hosts share
+//! one SQL database.
+//!
+//! # Layout
+//! One table, `sessions`: the storage key as primary key (`COLLATE "C"`, so scans page in byte
+//! order), the metadata as `BIGINT`/`TEXT` columns (`user_id` indexed: it is the per-user
+//! index; `expires_at` generated as the nearer expiry and indexed, for cleanup), and the data as
+//! a `jsonb` object mapping each key to the JSON text of its value (see the `sql` module). The
+//! schema is created and upgraded at connect by embedded, versioned migrations recorded in
+//! `sessionkit_migrations`, under an advisory lock so that many instances may start at once.
+//!
+//! # Concurrency
+//! - A delta is one `UPDATE`: `data = (data - removed) || set`, the touch as `GREATEST`, the
+//!   version bumped, `WHERE key = $1 AND expires_at > now`. The row lock PostgreSQL takes for the
+//!   statement serializes concurrent deltas on one session, each applied to the latest row, so
+//!   writers of different keys never lose each other's changes, and a destroyed or expired
+//!   session is never written back. One round trip, no read of the data.
+//! - A login under a per-user limit runs in a transaction that first takes a transaction-scoped
+//!   advisory lock on the user (`pg_advisory_xact_lock(class, hashtext(user_id))`): logins of
+//!   one user are serialized across every instance; other users are not held up.
+//! - `destroy_user` takes the same per-user lock, so a login racing "sign out everywhere" is
+//!   either revoked with the rest or starts after it.
+//! - Create is `INSERT ... ON CONFLICT (key) DO UPDATE ... WHERE sessions.expires_at <= now`:
+//!   it never overwrites a live record (an expired one not yet cleaned up is replaced).
+//!
+//! # Failures
+//! Each operation has a deadline (and the server a matching `statement_timeout`); connection
+//! errors, pool timeouts and missed deadlines are [`StoreError::Unavailable`]. Everything a
+//! statement does is atomic, so a crash of either side leaves no half-written session.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::Row as _;
+
+use super::sql::{
+    deadline, decode_data, encode_data, from_db, migrate_postgres, store_error, to_db, MetaRow,
+    Migration, NetChanges, META_COLUMNS,
+};
+use super::{CreateOutcome, Health, SaveOutcome, ScanPage, SessionLimit, SessionStore, StoreError};
+use crate::id::StorageKey;
+use crate::record::{Delta, Meta, Record, Timestamp};
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "sessions table",
+    statements: &[
+        "CREATE TABLE IF NOT EXISTS sessions (
+            key TEXT COLLATE \"C\" PRIMARY KEY,
+            user_id TEXT,
+            created_at BIGINT NOT NULL,
+            last_seen_at BIGINT NOT NULL,
+            idle_expires_at BIGINT NOT NULL,
+            absolute_expires_at BIGINT NOT NULL,
+            expires_at BIGINT GENERATED ALWAYS AS
+                (LEAST(idle_expires_at, absolute_expires_at)) STORED,
+            auth_time BIGINT,
+            user_agent TEXT,
+            ip TEXT,
+            version BIGINT NOT NULL,
+            data JSONB NOT NULL
+        )",
+        "CREATE INDEX IF NOT EXISTS sessions_user_id ON sessions (user_id) \
+         WHERE user_id IS NOT NULL",
+        "CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions (expires_at)",
+    ],
+}];
+
+/// First half of the two-part advisory lock key taken per user at login; the second half is
+/// `hashtext(user_id)`. (The one-part form is a separate key space, used by migrations.)
+const USER_LOCK_CLASS: i32 = 0x5e55_1014;
+
+/// Rows deleted per statement by [`SessionStore::cleanup_expired`].
+const CLEANUP_BATCH: i64 = 1000;
+
+const INSERT: &str = "INSERT INTO sessions (key, user_id, created_at, last_seen_at, \
+     idle_expires_at, absolute_expires_at, auth_time, user_agent, ip, version, data) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb) \
+     ON CONFLICT (key) DO UPDATE SET user_id = EXCLUDED.user_id, \
+     created_at = EXCLUDED.created_at, last_seen_at = EXCLUDED.last_seen_at, \
+     idle_expires_at = EXCLUDED.idle_expires_at, \
+     absolute_expires_at = EXCLUDED.absolute_expires_at, auth_time = EXCLUDED.auth_time, \
+     user_agent = EXCLUDED.user_agent, ip = EXCLUDED.ip, version = EXCLUDED.version, \
+     data = EXCLUDED.data \
+     WHERE sessions.expires_at <= $12";
+
+/// Sessions in PostgreSQL. See the module documentation.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    op_timeout: Duration,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // No URL: it may hold a password.
+        f.debug_struct("PostgresStore")
+            .field("connections", &self.pool.size())
+            .field("operation_timeout", &self.op_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options for [`PostgresStore`]; build with [`PostgresStore::builder`].
+#[derive(Clone)]
+#[must_use]
+pub struct PostgresStoreBuilder {
+    options: Result<PgConnectOptions, String>,
+    max_connections: u32,
+    connect_timeout: Duration,
+    op_timeout: Duration,
+}
+
+impl std::fmt::Debug for PostgresStoreBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStoreBuilder")
+            .field("max_connections", &self.max_connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("operation_timeout", &self.op_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStoreBuilder {
+    /// Most connections the pool opens. Default: 10.
+    pub fn with_max_connections(mut self, n: u32) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+
+    /// How long to wait for a connection (a new one, or a free one from the pool) before the
+    /// operation fails as unavailable. Default: 5 s.
+    pub fn with_connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// Deadline for one store operation; past it the operation fails as
+    /// [`StoreError::Unavailable`], and the server cancels the statement (`statement_timeout`).
+    /// Default: 10 s.
+    pub fn with_operation_timeout(mut self, d: Duration) -> Self {
+        self.op_timeout = d;
+        self
+    }
+
+    /// Connects and brings the schema up to date.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the server cannot be reached in time;
+    /// [`StoreError::Backend`] for a bad URL, refused credentials or a failed migration.
+    pub async fn connect(self) -> Result<PostgresStore, StoreError> {
+        let options = self.options.map_err(|e| {
+            StoreError::backend(
+                "parsing the PostgreSQL URL",
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+            )
+        })?;
+        let statement_timeout = format!("{}ms", self.op_timeout.as_millis().max(1));
+        let options = options
+            .application_name("sessionkit")
+            .options([("statement_timeout", statement_timeout.as_str())]);
+        let pool = PgPoolOptions::new()
+            .max_connections(self.max_connections)
+            .acquire_timeout(self.connect_timeout)
+            // sqlx already pings a connection when it comes back to the pool; a second ping
+            // before each use would double the round trips.
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await
+            .map_err(|e| store_error("connecting to PostgreSQL", e))?;
+        deadline(
+            self.op_timeout,
+            "running migrations",
+            migrate_postgres(&pool, "sessions", MIGRATIONS),
+        )
+        .await?;
+        Ok(PostgresStore {
+            pool,
+            op_timeout: self.op_timeout,
+        })
+    }
+}
+
+impl PostgresStore {
+    /// Options for the database at `url` (`postgres://user:password@host:port/db?...`).
+    pub fn builder(url: &str) -> PostgresStoreBuilder {
+        PostgresStoreBuilder {
+            options: PgConnectOptions::from_str(url).map_err(|e| e.to_string()),
+            max_connections: 10,
+            connect_timeout: Duration::from_secs(5),
+            op_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Connects to `url` with default options. See [`PostgresStoreBuilder::connect`].
+    ///
+    /// # Errors
+    /// See [`PostgresStoreBuilder::connect`].
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::builder(url).connect().await
+    }
+
+    /// Closes the pool, waiting for connections in use to come back.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn create_inner(
+        &self,
+        key: &StorageKey,
+        record: &Record,
+        limit: SessionLimit,
+        now: Timestamp,
+    ) -> Result<CreateOutcome, StoreError> {
+        let e = |e| store_error("creating a session", e);
+        let user = match (&record.meta.user_id, limit.max) {
+            (Some(user), Some(_)) => user,
+            _ => {
+                let done = insert(record, key, now)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(e)?;
+                return Ok(if done.rows_affected() == 0 {
+                    CreateOutcome::Exists
+                } else {
+                    CreateOutcome::Created {
+                        evicted: Vec::new(),
+                    }
+                });
+            }
+        };
+        let mut tx = self.pool.begin().await.map_err(e)?;
+        // Serializes logins of this user across every instance until commit. Under READ
+        // COMMITTED each later statement sees what earlier holders committed.
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(USER_LOCK_CLASS)
+            .bind(user)
+            .execute(&mut *tx)
+            .await
+            .map_err(e)?;
+        let done = insert(record, key, now)
+            .execute(&mut *tx)
+            .await
+            .map_err(e)?;
+        if done.rows_affected() == 0 {
+            return Ok(CreateOutcome::Exists);
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT {META_COLUMNS} FROM sessions \
+             WHERE user_id = $1 AND expires_at > $2 AND key <> $3"
+        ))
+        .bind(user)
+        .bind(to_db(now.0))
+        .bind(key.as_str())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(e)?;
+        let mut live = metas(&rows);
+        let Ok(victims) = limit.victims(&mut live) else {
+            tx.rollback().await.map_err(e)?;
+            return Ok(CreateOutcome::LimitReached);
+        };
+        if !victims.is_empty() {
+            let keys: Vec<&str> = victims.iter().map(StorageKey::as_str).collect();
+            sqlx::query("DELETE FROM sessions WHERE key = ANY($1)")
+                .bind(&keys)
+                .execute(&mut *tx)
+                .await
+                .map_err(e)?;
+        }
+        tx.commit().await.map_err(e)?;
+        Ok(CreateOutcome::Created { evicted: victims })
+    }
+
+    async fn save_inner(
+        &self,
+        key: &StorageKey,
+        delta: &Delta,
+        now: Timestamp,
+    ) -> Result<SaveOutcome, StoreError> {
+        let seen = delta.touch.map(|t| to_db(t.last_seen_at.0));
+        let idle = delta.touch.map(|t| to_db(t.idle_expires_at.0));
+        // GREATEST ignores NULL: without a touch, both stamps stay as they are.
+        let version: Option<i64> = if delta.changes.is_empty() {
+            // Leaves `data` alone, so a large TOASTed value is not rewritten by a touch.
+            sqlx::query_scalar(
+                "UPDATE sessions SET last_seen_at = GREATEST(last_seen_at, $2), \
+                 idle_expires_at = GREATEST(idle_expires_at, $3), version = version + 1 \
+                 WHERE key = $1 AND expires_at > $4 RETURNING version",
+            )
+            .bind(key.as_str())
+            .bind(seen)
+            .bind(idle)
+            .bind(to_db(now.0))
+            .fetch_optional(&self.pool)
+            .await
+        } else {
+            let net = NetChanges::of(delta);
+            sqlx::query_scalar(
+                "UPDATE sessions SET data = (data - $5::text[]) || $6::jsonb, \
+                 last_seen_at = GREATEST(last_seen_at, $2), \
+                 idle_expires_at = GREATEST(idle_expires_at, $3), version = version + 1 \
+                 WHERE key = $1 AND expires_at > $4 RETURNING version",
+            )
+            .bind(key.as_str())
+            .bind(seen)
+            .bind(idle)
+            .bind(to_db(now.0))
+            .bind(&net.removed)
+            .bind(net.set_object())
+            .fetch_optional(&self.pool)
+            .await
+        }
+        .map_err(|e| store_error("saving a session", e))?;
+        Ok(match version {
+            Some(v) => SaveOutcome::Saved {
+                version: from_db(v),
+            },
+            None => SaveOutcome::Missing,
+        })
+    }
+}
+
+fn insert<'q>(
+    record: &'q Record,
+    key: &'q StorageKey,
+    now: Timestamp,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let m = &record.meta;
+    sqlx::query(INSERT)
+        .bind(key.as_str())
+        .bind(m.user_id.as_deref())
+        .bind(to_db(m.created_at.0))
+        .bind(to_db(m.last_seen_at.0))
+        .bind(to_db(m.idle_expires_at.0))
+        .bind(to_db(m.absolute_expires_at.0))
+        .bind(m.auth_time.map(|t| to_db(t.0)))
+        .bind(m.user_agent.as_deref())
+        .bind(m.ip.as_deref())
+        .bind(to_db(m.version))
+        .bind(encode_data(&record.data))
+        .bind(to_db(now.0))
+}
+
+/// Metadata of rows with a valid key; rows that do not decode are skipped.
+fn metas(rows: &[PgRow]) -> Vec<(StorageKey, Meta)> {
+    rows.iter()
+        .filter_map(|r| MetaRow::from_row(r).ok())
+        .filter_map(|m| StorageKey::parse(&m.key).map(|k| (k, m.meta)))
+        .collect()
+}
+
+#[async_trait]
+impl SessionStore for PostgresStore {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn create(
+        &self,
+        key: &StorageKey,
+        record: &Record,
+        limit: SessionLimit,
+        now: Timestamp,
+    ) -> Result<CreateOutcome, StoreError> {
+        deadline(
+            self.op_timeout,
+            "creating a session",
+            self.create_inner(key, record, limit, now),
+        )
+        .await
+    }
+
+    async fn load(&self, key: &StorageKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
+        deadline(self.op_timeout, "loading a session", async {
+            let e = |e| store_error("loading a session", e);
+            let row = sqlx::query(&format!(
+                "SELECT {META_COLUMNS}, data::text AS data FROM sessions \
+                 WHERE key = $1 AND expires_at > $2"
+            ))
+            .bind(key.as_str())
+            .bind(to_db(now.0))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(e)?;
+            let Some(row) = row else { return Ok(None) };
+            let meta = MetaRow::from_row(&row).map_err(e)?.meta;
+            let text: String = row.try_get("data").map_err(e)?;
+            let data = decode_data(&text).map_err(StoreError::Corrupt)?;
+            Ok(Some(Record { data, meta }))
+        })
+        .await
+    }
+
+    async fn save_delta(
+        &self,
+        key: &StorageKey,
+        delta: &Delta,
+        now: Timestamp,
+    ) -> Result<SaveOutcome, StoreError> {
+        deadline(
+            self.op_timeout,
+            "saving a session",
+            self.save_inner(key, delta, now),
+        )
+        .await
+    }
+
+    async fn destroy(&self, key: &StorageKey) -> Result<bool, StoreError> {
+        deadline(self.op_timeout, "destroying a session", async {
+            let done = sqlx::query("DELETE FROM sessions WHERE key = $1")
+                .bind(key.as_str())
+                .execute(&self.pool)
+                .await
+                .map_err(|e| store_error("destroying a session", e))?;
+            Ok(done.rows_affected() > 0)
+        })
+        .await
+    }
+
+    async fn list_user(
+        &self,
+        user_id: &str,
+        now: Timestamp,
+    ) -> Result<Vec<(StorageKey, Meta)>, StoreError> {
+        // The index is the `user_id` column itself: it cannot point at a missing record, and
+        // expired records are filtered here and deleted by cleanup.
+        deadline(self.op_timeout, "listing a user's sessions", async {
+            let rows = sqlx::query(&format!(
+                "SELECT {META_COLUMNS} FROM sessions WHERE user_id = $1 AND expires_at > $2 \
+                 ORDER BY created_at, key"
+            ))
+            .bind(user_id)
+            .bind(to_db(now.0))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| store_error("listing a user's sessions", e))?;
+            Ok(metas(&rows))
+        })
+        .await
+    }
+
+    async fn destroy_user(
+        &self,
+        user_id: &str,
+        except: Option<&StorageKey>,
+    ) -> Result<Vec<StorageKey>, StoreError> {
+        deadline(self.op_timeout, "destroying a user's sessions", async {
+            let e = |e| store_error("destroying a user's sessions", e);
+            // Under the user's login lock: a login racing the revocation either finishes first
+            // (and its session is revoked) or starts after; and the two never delete the same
+            // rows in different orders (no deadlock).
+            let mut tx = self.pool.begin().await.map_err(e)?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+                .bind(USER_LOCK_CLASS)
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(e)?;
+            let keys: Vec<String> = sqlx::query_scalar(
+                "DELETE FROM sessions WHERE user_id = $1 AND key IS DISTINCT FROM $2 \
+                 RETURNING key",
+            )
+            .bind(user_id)
+            .bind(except.map(StorageKey::as_str))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(e)?;
+            tx.commit().await.map_err(e)?;
+            let mut keys: Vec<StorageKey> =
+                keys.iter().filter_map(|k| StorageKey::parse(k)).collect();
+            keys.sort();
+            Ok(keys)
+        })
+        .await
+    }
+
+    async fn count(&self) -> Result<u64, StoreError> {
+        deadline(self.op_timeout, "counting sessions", async {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| store_error("counting sessions", e))?;
+            Ok(from_db(n))
+        })
+        .await
+    }
+
+    async fn cleanup_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            // Short batches, each its own statement and deadline; rows a request is writing
+            // right now are skipped rather than waited for (the next run gets them).
+            let n = deadline(self.op_timeout, "removing expired sessions", async {
+                sqlx::query(
+                    "DELETE FROM sessions WHERE key IN (SELECT key FROM sessions \
+                     WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                )
+                .bind(to_db(now.0))
+                .bind(CLEANUP_BATCH)
+                .execute(&self.pool)
+                .await
+                .map(|d| d.rows_affected())
+                .map_err(|e| store_error("removing expired sessions", e))
+            })
+            .await?;
+            total += n;
+            if n < CLEANUP_BATCH as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn scan(&self, cursor: Option<String>, batch: usize) -> Result<ScanPage, StoreError> {
+        deadline(self.op_timeout, "scanning sessions", async {
+            let batch = batch.clamp(1, 10_000);
+            let rows = sqlx::query(&format!(
+                "SELECT {META_COLUMNS}, data::text AS data FROM sessions \
+                 WHERE key > $1 ORDER BY key LIMIT $2"
+            ))
+            .bind(cursor.unwrap_or_default())
+            .bind(i64::try_from(batch).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| store_error("scanning sessions", e))?;
+            Ok(page(&rows, batch))
+        })
+        .await
+    }
+
+    async fn health(&self) -> Health {
+        let probe = deadline(self.op_timeout, "health check", async {
+            sqlx::query("SELECT 1")
+                .execute(&self.pool)
+                .await
+                .map_err(|e| store_error("health check", e))
+        })
+        .await;
+        match probe {
+            Ok(_) => Health {
+                ok: true,
+                detail: "postgres".into(),
+            },
+            Err(e) => Health {
+                ok: false,
+                detail: format!("postgres: {e}"),
+            },
+        }
+    }
+}
+
+/// A scan page from rows in key order; rows that do not decode are skipped, but the cursor
+/// still moves past them.
+fn page(rows: &[PgRow], batch: usize) -> ScanPage {
+    let mut records = Vec::with_capacity(rows.len());
+    let mut last = None;
+    for row in rows {
+        if let Ok(k) = row.try_get::<String, _>("key") {
+            last = Some(k);
+        }
+        let Ok(m) = MetaRow::from_row(row) else {
+            continue;
+        };
+        let Some(key) = StorageKey::parse(&m.key) else {
+            continue;
+        };
+        let data = row
+            .try_get::<String, _>("data")
+            .ok()
+            .and_then(|t| decode_data(&t).ok());
+        if let Some(data) = data {
+            records.push((key, Record { data, meta: m.meta }));
+        }
+    }
+    let next = if rows.len() == batch { last } else { None };
+    ScanPage { records, next }
+}

@@ -1,0 +1,1660 @@
+//! `RedisStore`: sessions in Redis, standalone or Cluster, shared by every process and host
+//! that talks to the same server.
+//!
+//! # Connections
+//! One multiplexed connection per server, shared by every request of every task: a
+//! [`ConnectionManager`] for a standalone server (it reconnects in the background after a
+//! failure), the Cluster client's one connection per master for a Cluster. Requests are
+//! pipelined on it, so the number of sockets does not grow with load and a burst of requests
+//! cannot exhaust the host's ephemeral ports. Every command has a response timeout, every store
+//! call an overall bound ([`RedisOptions::with_operation_timeout`]); a call that runs out of
+//! either, or meets a refused or broken connection, returns [`StoreError::Unavailable`], and the
+//! next call reconnects.
+//!
+//! # Layout
+//! With `<p>` the key prefix (`SESSION_KEY_PREFIX`, default `sk:`) and `<k>` the storage key:
+//! - `<p>s:<k>`, the *head*, a hash. For an anonymous session it is the record itself. For a
+//!   signed-in session it is a pointer, field `p` = the user's tag, and the record lives with
+//!   its user (next item). Every session has exactly one head, so `count`, `scan` and
+//!   `cleanup_expired` walk heads.
+//! - `<p>{u:<user>}:s:<k>`, the record of a session of `<user>` (the user ID with `%`, `{` and
+//!   `}` percent-escaped, so that no user ID can end the hash tag early or collide with
+//!   another), and `<p>{u:<user>}:i`, the user's index: a sorted set of storage keys scored by
+//!   each record's nearest expiry (ms). The hash tag `{u:<user>}` puts a user's records and
+//!   index in one Cluster slot, so the per-user limit and its evictions run in one script even
+//!   on a Cluster. The pointer is what lets `load` find that record from the storage key alone.
+//! - A record hash holds `v` (version), `c`, `s`, `i`, `a` (created, last seen, idle and
+//!   absolute expiry, ms), `m` (user, user agent, IP, auth time; MessagePack) and one field
+//!   `d:<name>` per session value (its JSON text), so a delta touches only the fields it
+//!   changes.
+//! - Each record's TTL (`PEXPIREAT`) is its nearest expiry and moves with every touch, as does
+//!   its index score; a pointer's TTL is the absolute expiry; an index's TTL is that of its
+//!   longest-lived entry. TTLs only reclaim memory: expiry is always judged by the `now` the
+//!   caller passes.
+//!
+//! # Guarantees
+//! All writes are Lua scripts ([`redis::Script`]: `EVALSHA`, reloaded on `NOSCRIPT`), so each
+//! step is atomic on the server.
+//!
+//! Standalone: every operation is one script and therefore atomic as a whole: create-if-absent,
+//! the user limit with its evictions, `save_delta` only on a live record (destroy is final,
+//! whatever is in flight), destroy of record + index entry + pointer. The scripts reach the
+//! records of the pointer and of evicted sessions by computed key names, which a standalone
+//! server allows.
+//!
+//! Cluster: scripts only touch the keys of one slot, so an operation on a signed-in session
+//! takes two steps, the first on the head's slot, the second on the user's slot:
+//! - Still atomic: create-if-absent (the head is claimed with a check-and-set first), the
+//!   per-user limit and its evictions (one script on the user's slot: 50 parallel logins with a
+//!   limit of 3 leave exactly 3), per-key `save_delta` on a live record only (the record is
+//!   only in the user's slot), destroy and eviction (the record goes in one step, so no write
+//!   brings it back).
+//! - Not atomic: removing the pointer of a destroyed, evicted or pruned session happens after
+//!   the record is gone, so a crash or timeout in between leaves a *dangling pointer*. It is
+//!   harmless — a load follows it to nothing, and its TTL or the next `cleanup_expired` removes
+//!   it — but until then `count` includes it. A login denied by the limit likewise claims and
+//!   then releases its head. A load or save of a signed-in session costs two round trips
+//!   (head, then record). A create under a key whose head is a stale pointer reports
+//!   [`CreateOutcome::Exists`] (storage keys are random, so this needs a reused session ID).
+//! - `count`, `scan` and `cleanup_expired` visit every master (`SCAN` on each); a topology
+//!   change during a scan can repeat or miss records, like `SCAN` itself.
+//!
+//! Crashes: a Redis restart without persistence loses every session (users sign in again);
+//! with AOF/RDB the scripts' effects are replicated and persisted as units. Replication is
+//! asynchronous: a failover to a replica can lose the last acknowledged writes, so a session
+//! destroyed just before it can reappear. Deployments that cannot accept this need
+//! `appendfsync always` and no failover, or a SQL store.
+//!
+//! `count` is `SCAN MATCH <p>s:*` on every master (never `KEYS`): no counter to drift when TTLs
+//! fire, no hot key on a Cluster, at the price of O(keys) work, which suits the CLI and an
+//! occasional metrics scrape but not a per-request call. `cleanup_expired(now)` walks the heads
+//! the same way, in batches, and removes every session expired at `now` even if its TTL has not
+//! fired, with its index entry and pointer.
+//!
+//! # Not included
+//! TLS (`rediss://`) is not compiled in: it would pull a TLS stack into every build with this
+//! feature. Sentinel is not supported.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Script, ServerErrorKind};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    CreateOutcome, Health, LimitPolicy, SaveOutcome, ScanPage, SessionLimit, SessionStore,
+    StoreError,
+};
+use crate::id::StorageKey;
+use crate::record::{DecodeError, Delta, Meta, Record, Timestamp, Value};
+
+/// Options of [`RedisStore::connect`].
+#[derive(Clone, Debug)]
+pub struct RedisOptions {
+    key_prefix: String,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    operation_timeout: Duration,
+    cluster: Option<bool>,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self {
+            key_prefix: "sk:".into(),
+            connect_timeout: Duration::from_millis(500),
+            response_timeout: Duration::from_millis(500),
+            operation_timeout: Duration::from_secs(2),
+            cluster: None,
+        }
+    }
+}
+
+impl RedisOptions {
+    /// The defaults, see each setter.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Prefix of every key the store writes (`SESSION_KEY_PREFIX`). Default `sk:`. It must not
+    /// contain `{` or `}`, which would change Cluster hash slots; `connect` refuses it.
+    #[must_use]
+    pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// How long one attempt to open a connection may take. Default 500 ms.
+    #[must_use]
+    pub fn with_connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// How long one command may wait for its reply. Default 500 ms.
+    #[must_use]
+    pub fn with_response_timeout(mut self, d: Duration) -> Self {
+        self.response_timeout = d;
+        self
+    }
+
+    /// Upper bound on one store call (`load`, `save_delta`, ... — including waiting for a
+    /// reconnection); past it the call returns [`StoreError::Unavailable`]. `scan`, `count` and
+    /// `cleanup_expired` apply it to each of their round trips instead. Default 2 s.
+    #[must_use]
+    pub fn with_operation_timeout(mut self, d: Duration) -> Self {
+        self.operation_timeout = d;
+        self
+    }
+
+    /// Forces Cluster (`true`) or standalone (`false`) mode. By default the mode is detected:
+    /// several comma-separated URLs or a `redis+cluster://` URL mean Cluster, otherwise the
+    /// server is asked (`INFO cluster`).
+    #[must_use]
+    pub fn with_cluster(mut self, cluster: bool) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+}
+
+/// The one shared connection: a reconnecting multiplexed connection to a standalone server, or
+/// the Cluster client (one multiplexed connection per node). Cloning shares it.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Where a `SCAN` runs: the standalone server, or one Cluster master.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Node {
+    Single,
+    Master(String, u16),
+}
+
+struct Scripts {
+    load: Script,
+    save: Script,
+    create: Script,
+    destroy: Script,
+    list: Script,
+    destroy_user: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            load: Script::new(&lua::source(lua::LOAD)),
+            save: Script::new(&lua::source(lua::SAVE)),
+            create: Script::new(&lua::source(lua::CREATE)),
+            destroy: Script::new(&lua::source(lua::DESTROY)),
+            list: Script::new(&lua::source(lua::LIST)),
+            destroy_user: Script::new(&lua::source(lua::DESTROY_USER)),
+        }
+    }
+}
+
+/// Sessions in Redis or Redis Cluster, shared by every process that uses the same server.
+///
+/// All requests share one multiplexed connection (one per master on a Cluster); every call is
+/// bounded in time and reports an outage as [`StoreError::Unavailable`]. Each session is a
+/// Redis hash patched key by key by server-side scripts, with its TTL at the nearest expiry;
+/// a signed-in session lives next to its user's index (a sorted set), in one Cluster slot, so
+/// the per-user limit is enforced atomically even on a Cluster. On a standalone server every
+/// operation is a single atomic script; on a Cluster, operations on signed-in sessions take
+/// two steps (the session's pointer, then the user's slot), and a crash between them can only
+/// leave a harmless pointer to nothing, which cleanup removes.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), sessionkit::StoreError> {
+/// use sessionkit::{RedisOptions, RedisStore, SessionStore};
+///
+/// // One URL: standalone or Cluster, detected. Several comma-separated URLs: Cluster seeds.
+/// let store = RedisStore::connect(
+///     "redis://:password@127.0.0.1:6379",
+///     RedisOptions::new().with_key_prefix("myapp:sk:"),
+/// )
+/// .await?;
+/// assert!(store.health().await.ok);
+/// # Ok(())
+/// # }
+/// ```
+pub struct RedisStore {
+    conn: Conn,
+    scripts: Scripts,
+    prefix: String,
+    cluster: bool,
+    op_timeout: Duration,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL (and its password) is deliberately not kept.
+        f.debug_struct("RedisStore")
+            .field(
+                "mode",
+                &if self.cluster {
+                    "cluster"
+                } else {
+                    "standalone"
+                },
+            )
+            .field("prefix", &self.prefix)
+            .field("operation_timeout", &self.op_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Classifies a client error: connection trouble and a Cluster in transition are
+/// `Unavailable` (the caller may fall back or answer 503); anything else is a `Backend` error.
+fn map_err(context: &str, e: RedisError) -> StoreError {
+    let unavailable = match e.kind() {
+        ErrorKind::Io | ErrorKind::ClusterConnectionNotFound => true,
+        ErrorKind::Server(k) => matches!(
+            k,
+            ServerErrorKind::TryAgain
+                | ServerErrorKind::MasterDown
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::BusyLoading
+                | ServerErrorKind::ReadOnly
+        ),
+        _ => e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal(),
+    };
+    if unavailable {
+        StoreError::unavailable(context, e)
+    } else if e.kind() == ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
+    {
+        StoreError::backend(
+            format!("{context}: Redis refused the credentials (check the user and password in the Redis URL)"),
+            e,
+        )
+    } else {
+        StoreError::backend(context, e)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("no reply from Redis within {0:?}")]
+struct TimedOut(Duration);
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Invalid(String);
+
+fn malformed(what: impl Into<String>) -> DecodeError {
+    DecodeError::Malformed(rmp_serde::decode::Error::Uncategorized(what.into()))
+}
+
+/// Percent-escapes the characters that would break a hash tag (and `%` itself), so distinct
+/// users always get distinct keys.
+fn user_tag(user: &str) -> String {
+    let mut s = String::with_capacity(user.len());
+    for c in user.chars() {
+        match c {
+            '%' => s.push_str("%25"),
+            '{' => s.push_str("%7B"),
+            '}' => s.push_str("%7D"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+/// Escapes `SCAN MATCH` glob characters.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The parts of [`Meta`] no script reads, in the `m` field.
+#[derive(Serialize, Deserialize)]
+struct StaticMeta {
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default)]
+    user_agent: Option<String>,
+    #[serde(default)]
+    ip: Option<String>,
+    #[serde(default)]
+    auth_time: Option<Timestamp>,
+}
+
+fn capped(t: Timestamp) -> String {
+    t.0.min(lua::CAP).to_string()
+}
+
+/// The hash fields of a record, as field/value pairs for `HSET`.
+fn encode_fields(r: &Record) -> Vec<Vec<u8>> {
+    let m = StaticMeta {
+        user_id: r.meta.user_id.clone(),
+        user_agent: r.meta.user_agent.clone(),
+        ip: r.meta.ip.clone(),
+        auth_time: r.meta.auth_time,
+    };
+    // Serializing plain strings and integers into a Vec cannot fail.
+    let m = rmp_serde::to_vec_named(&m).unwrap_or_default();
+    let mut out = Vec::with_capacity(12 + 2 * r.data.len());
+    for (f, v) in [
+        ("v", r.meta.version),
+        ("c", r.meta.created_at.0),
+        ("s", r.meta.last_seen_at.0),
+        ("i", r.meta.idle_expires_at.0),
+        ("a", r.meta.absolute_expires_at.0),
+    ] {
+        out.push(f.as_bytes().to_vec());
+        out.push(v.to_string().into_bytes());
+    }
+    out.push(b"m".to_vec());
+    out.push(m);
+    for (k, v) in &r.data {
+        out.push(format!("d:{k}").into_bytes());
+        out.push(v.as_json().as_bytes().to_vec());
+    }
+    out
+}
+
+fn num(field: &str, v: Option<&[u8]>) -> Result<u64, DecodeError> {
+    v.and_then(|b| std::str::from_utf8(b).ok())
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            malformed(format!(
+                "redis hash field `{field}` is missing or not a number"
+            ))
+        })
+}
+
+fn static_meta(v: Option<&[u8]>) -> Result<StaticMeta, DecodeError> {
+    rmp_serde::from_slice(v.ok_or_else(|| malformed("redis hash field `m` is missing"))?)
+        .map_err(DecodeError::Malformed)
+}
+
+fn meta_from(
+    v: Option<&[u8]>,
+    c: Option<&[u8]>,
+    s: Option<&[u8]>,
+    i: Option<&[u8]>,
+    a: Option<&[u8]>,
+    m: Option<&[u8]>,
+) -> Result<Meta, DecodeError> {
+    let sm = static_meta(m)?;
+    Ok(Meta {
+        user_id: sm.user_id,
+        created_at: Timestamp(num("c", c)?),
+        last_seen_at: Timestamp(num("s", s)?),
+        idle_expires_at: Timestamp(num("i", i)?),
+        absolute_expires_at: Timestamp(num("a", a)?),
+        user_agent: sm.user_agent,
+        ip: sm.ip,
+        auth_time: sm.auth_time,
+        version: num("v", v)?,
+    })
+}
+
+/// Decodes a record from its hash fields (`HGETALL` order: field, value, ...).
+fn decode_fields(flat: &[redis::Value]) -> Result<Record, DecodeError> {
+    let mut data = crate::record::Data::new();
+    let (mut v, mut c, mut s, mut i, mut a, mut m) = (None, None, None, None, None, None);
+    for pair in flat.chunks(2) {
+        let [f, val] = pair else {
+            return Err(malformed("odd number of hash fields"));
+        };
+        let (Some(f), Some(val)) = (bytes(f), bytes(val)) else {
+            return Err(malformed("hash field is not a string"));
+        };
+        match f {
+            b"v" => v = Some(val),
+            b"c" => c = Some(val),
+            b"s" => s = Some(val),
+            b"i" => i = Some(val),
+            b"a" => a = Some(val),
+            b"m" => m = Some(val),
+            _ => {
+                if let Some(name) = f.strip_prefix(b"d:") {
+                    let name = std::str::from_utf8(name)
+                        .map_err(|_| malformed("value name is not UTF-8"))?;
+                    let text =
+                        std::str::from_utf8(val).map_err(|_| malformed("value is not UTF-8"))?;
+                    let value =
+                        Value::from_json_text(text).map_err(|_| malformed("value is not JSON"))?;
+                    data.insert(name.to_owned(), value);
+                }
+            }
+        }
+    }
+    Ok(Record {
+        data,
+        meta: meta_from(v, c, s, i, a, m)?,
+    })
+}
+
+fn bytes(v: &redis::Value) -> Option<&[u8]> {
+    match v {
+        redis::Value::BulkString(b) => Some(b),
+        redis::Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+fn text(v: &redis::Value) -> Option<&str> {
+    bytes(v).and_then(|b| std::str::from_utf8(b).ok())
+}
+
+fn int(v: &redis::Value) -> Option<i64> {
+    match v {
+        redis::Value::Int(n) => Some(*n),
+        other => text(other).and_then(|s| s.parse().ok()),
+    }
+}
+
+fn array(v: &redis::Value) -> Option<&[redis::Value]> {
+    match v {
+        redis::Value::Array(a) | redis::Value::Set(a) => Some(a),
+        redis::Value::Nil => Some(&[]),
+        _ => None,
+    }
+}
+
+fn strings(v: Option<&redis::Value>) -> Vec<String> {
+    v.and_then(array)
+        .map(|a| a.iter().filter_map(text).map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+fn unexpected(context: &str, reply: &[redis::Value]) -> StoreError {
+    let head = reply.first().and_then(text).unwrap_or("?");
+    StoreError::backend(
+        context,
+        Invalid(format!("unexpected script reply `{head}`")),
+    )
+}
+
+/// One script call: the script, its keys, the mode (see [`lua`]), the storage key (or `""`)
+/// and the time.
+struct Call<'a> {
+    script: &'a Script,
+    keys: &'a [&'a str],
+    mode: &'a str,
+    key: &'a str,
+    now: Timestamp,
+}
+
+/// A script reply: its outcome tag and the rest.
+struct Reply(Vec<redis::Value>);
+
+impl Reply {
+    fn tag(&self) -> &str {
+        self.0.first().and_then(text).unwrap_or("")
+    }
+    fn get(&self, i: usize) -> Option<&redis::Value> {
+        self.0.get(i)
+    }
+}
+
+impl RedisStore {
+    /// Connects to Redis and checks that it answers.
+    ///
+    /// `url` is a `redis://[[user]:password@]host[:port][/db]` URL, or several separated by
+    /// commas (the seed nodes of a Cluster). Cluster mode is used when there are several URLs,
+    /// when the scheme is `redis+cluster://`, when [`RedisOptions::with_cluster`] says so, or
+    /// else when the server reports `cluster_enabled:1`.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the server cannot be reached in time;
+    /// [`StoreError::Backend`] for a bad URL or prefix, refused credentials (a wrong password
+    /// says so), or an unsupported scheme such as `rediss://` (TLS is not compiled in).
+    pub async fn connect(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
+        if options.key_prefix.contains(['{', '}']) {
+            return Err(StoreError::backend(
+                "invalid Redis key prefix",
+                Invalid("the key prefix must not contain `{` or `}`".into()),
+            ));
+        }
+        let mut cluster = options.cluster;
+        let mut urls = Vec::new();
+        for u in url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            if let Some(rest) = u.strip_prefix("redis+cluster://") {
+                cluster.get_or_insert(true);
+                urls.push(format!("redis://{rest}"));
+            } else if u.starts_with("rediss://") || u.starts_with("rediss+cluster://") {
+                return Err(StoreError::backend(
+                    "unsupported Redis URL",
+                    Invalid("TLS (rediss://) is not supported by this build of sessionkit".into()),
+                ));
+            } else {
+                urls.push(u.to_owned());
+            }
+        }
+        if urls.is_empty() {
+            return Err(StoreError::backend(
+                "invalid Redis URL",
+                Invalid("no URL given".into()),
+            ));
+        }
+        if urls.len() > 1 {
+            cluster.get_or_insert(true);
+        }
+        let bound = options.operation_timeout.max(options.connect_timeout) * 2;
+        let conn = async {
+            if cluster == Some(true) {
+                return Self::connect_cluster(&urls, &options).await;
+            }
+            let single = Self::connect_single(&urls[0], &options).await?;
+            if cluster.is_none() {
+                let mut c = single.clone();
+                let info: String = redis::cmd("INFO")
+                    .arg("cluster")
+                    .query_async(&mut c)
+                    .await
+                    .map_err(|e| map_err("asking Redis whether it is a Cluster", e))?;
+                if info.contains("cluster_enabled:1") {
+                    drop(single);
+                    return Self::connect_cluster(&urls, &options).await;
+                }
+            }
+            Ok(single)
+        };
+        let conn = match tokio::time::timeout(bound, conn).await {
+            Ok(c) => c?,
+            Err(_) => {
+                return Err(StoreError::unavailable(
+                    "connecting to Redis",
+                    TimedOut(bound),
+                ))
+            }
+        };
+        let cluster = matches!(conn, Conn::Cluster(_));
+        let store = Self {
+            conn,
+            scripts: Scripts::new(),
+            prefix: options.key_prefix,
+            cluster,
+            op_timeout: options.operation_timeout,
+        };
+        let mut c = store.conn.clone();
+        redis::cmd("PING")
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(|e| map_err("connecting to Redis", e))?;
+        Ok(store)
+    }
+
+    async fn connect_single(url: &str, o: &RedisOptions) -> Result<Conn, StoreError> {
+        let client =
+            redis::Client::open(url).map_err(|e| StoreError::backend("invalid Redis URL", e))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(o.connect_timeout))
+            .set_response_timeout(Some(o.response_timeout))
+            // Few, short retries: a request waits for a reconnection at most this long (and
+            // never past the operation timeout); the next request starts a new attempt.
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let cm = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| map_err("connecting to Redis", e))?;
+        Ok(Conn::Single(cm))
+    }
+
+    async fn connect_cluster(urls: &[String], o: &RedisOptions) -> Result<Conn, StoreError> {
+        let client = redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
+            .connection_timeout(o.connect_timeout)
+            .response_timeout(o.response_timeout)
+            .overall_response_timeout(Some(o.operation_timeout))
+            .retries(3)
+            .min_retry_wait(20)
+            .max_retry_wait(400)
+            .build()
+            .map_err(|e| StoreError::backend("invalid Redis Cluster URL", e))?;
+        let conn = client
+            .get_async_connection()
+            .await
+            .map_err(|e| map_err("connecting to Redis Cluster", e))?;
+        Ok(Conn::Cluster(conn))
+    }
+
+    /// Whether the store talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
+    }
+
+    fn mode(&self) -> &'static str {
+        if self.cluster {
+            "h"
+        } else {
+            "f"
+        }
+    }
+
+    fn head_key(&self, key: &str) -> String {
+        format!("{}s:{key}", self.prefix)
+    }
+
+    fn user_record_key(&self, tag: &str, key: &str) -> String {
+        format!("{}{{u:{tag}}}:s:{key}", self.prefix)
+    }
+
+    fn user_index_key(&self, tag: &str) -> String {
+        format!("{}{{u:{tag}}}:i", self.prefix)
+    }
+
+    fn head_pattern(&self) -> String {
+        format!("{}s:*", glob_escape(&self.prefix))
+    }
+
+    /// Bounds a whole store call.
+    async fn bounded<T>(
+        &self,
+        context: &'static str,
+        fut: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.op_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::unavailable(context, TimedOut(self.op_timeout))),
+        }
+    }
+
+    /// Runs one script call with the common arguments, then `extra`.
+    async fn run(
+        &self,
+        context: &'static str,
+        call: Call<'_>,
+        extra: &[&[u8]],
+    ) -> Result<Reply, StoreError> {
+        let mut inv = call.script.prepare_invoke();
+        for k in call.keys {
+            inv.key(*k);
+        }
+        inv.arg(call.mode)
+            .arg(&self.prefix)
+            .arg(call.key)
+            .arg(call.now.0.to_string());
+        for a in extra {
+            inv.arg(*a);
+        }
+        let mut conn = self.conn.clone();
+        let call = inv.invoke_async::<redis::Value>(&mut conn);
+        let v = match tokio::time::timeout(self.op_timeout, call).await {
+            Ok(r) => r.map_err(|e| map_err(context, e))?,
+            Err(_) => return Err(StoreError::unavailable(context, TimedOut(self.op_timeout))),
+        };
+        match v {
+            redis::Value::Array(a) => Ok(Reply(a)),
+            other => Err(StoreError::backend(
+                context,
+                Invalid(format!("unexpected script reply {other:?}")),
+            )),
+        }
+    }
+
+    /// Runs a per-session script on the head of `key`, following a Cluster redirect to the
+    /// user's slot. Returns the reply and, after a redirect, the user tag.
+    async fn run_on_session(
+        &self,
+        context: &'static str,
+        script: &Script,
+        key: &StorageKey,
+        now: Timestamp,
+        extra: &[&[u8]],
+    ) -> Result<(Reply, Option<String>), StoreError> {
+        let k = key.as_str();
+        let head = self.head_key(k);
+        let reply = self
+            .run(
+                context,
+                Call {
+                    script,
+                    keys: &[&head],
+                    mode: self.mode(),
+                    key: k,
+                    now,
+                },
+                extra,
+            )
+            .await?;
+        if reply.tag() != "redirect" {
+            return Ok((reply, None));
+        }
+        let tag = reply
+            .get(1)
+            .and_then(text)
+            .ok_or_else(|| unexpected(context, &reply.0))?
+            .to_owned();
+        let rec = self.user_record_key(&tag, k);
+        let idx = self.user_index_key(&tag);
+        let reply = self
+            .run(
+                context,
+                Call {
+                    script,
+                    keys: &[&rec, &idx],
+                    mode: "r",
+                    key: k,
+                    now,
+                },
+                extra,
+            )
+            .await?;
+        Ok((reply, Some(tag)))
+    }
+
+    /// Deletes heads left behind on a Cluster (best effort: a head that stays is a harmless
+    /// dangling pointer that `cleanup_expired` or its TTL removes).
+    async fn drop_heads(&self, keys: &[String]) {
+        if !self.cluster || keys.is_empty() {
+            return;
+        }
+        let dels = keys.iter().map(|k| {
+            let mut conn = self.conn.clone();
+            let head = self.head_key(k);
+            async move {
+                let mut cmd = redis::cmd("DEL");
+                let del = cmd.arg(&head).query_async::<i64>(&mut conn);
+                match tokio::time::timeout(self.op_timeout, del).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "redis: could not remove a session pointer");
+                    }
+                    Err(_) => tracing::debug!("redis: removing a session pointer timed out"),
+                }
+            }
+        });
+        futures_util::future::join_all(dels).await;
+    }
+
+    async fn masters(&self) -> Result<Vec<Node>, StoreError> {
+        let Conn::Cluster(c) = &self.conn else {
+            return Ok(vec![Node::Single]);
+        };
+        let mut c = c.clone();
+        let call = c.route_command(
+            redis::cmd("CLUSTER").arg("SLOTS").clone(),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+        );
+        let v = match tokio::time::timeout(self.op_timeout, call).await {
+            Ok(r) => r.map_err(|e| map_err("listing Redis Cluster masters", e))?,
+            Err(_) => {
+                return Err(StoreError::unavailable(
+                    "listing Redis Cluster masters",
+                    TimedOut(self.op_timeout),
+                ))
+            }
+        };
+        let mut nodes = Vec::new();
+        for range in array(&v).unwrap_or_default() {
+            let Some(master) = array(range).and_then(|r| r.get(2)).and_then(array) else {
+                continue;
+            };
+            if let (Some(host), Some(port)) = (
+                master.first().and_then(text),
+                master
+                    .get(1)
+                    .and_then(int)
+                    .and_then(|p| u16::try_from(p).ok()),
+            ) {
+                nodes.push(Node::Master(host.to_owned(), port));
+            }
+        }
+        nodes.sort();
+        nodes.dedup();
+        if nodes.is_empty() {
+            return Err(StoreError::unavailable(
+                "listing Redis Cluster masters",
+                Invalid("CLUSTER SLOTS returned no master".into()),
+            ));
+        }
+        Ok(nodes)
+    }
+
+    /// One `SCAN` step over the heads on `node`: the next cursor (0 at the end) and the keys.
+    async fn scan_node(
+        &self,
+        node: &Node,
+        cursor: u64,
+        count: usize,
+    ) -> Result<(u64, Vec<String>), StoreError> {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(self.head_pattern())
+            .arg("COUNT")
+            .arg(count);
+        let call = async {
+            match (node, self.conn.clone()) {
+                (Node::Master(host, port), Conn::Cluster(mut c)) => {
+                    c.route_command(
+                        cmd,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                            host: host.clone(),
+                            port: *port,
+                        }),
+                    )
+                    .await
+                }
+                (_, mut conn) => cmd.query_async::<redis::Value>(&mut conn).await,
+            }
+        };
+        let v = match tokio::time::timeout(self.op_timeout, call).await {
+            Ok(r) => r.map_err(|e| map_err("scanning Redis keys", e))?,
+            Err(_) => {
+                return Err(StoreError::unavailable(
+                    "scanning Redis keys",
+                    TimedOut(self.op_timeout),
+                ))
+            }
+        };
+        let parts = array(&v).unwrap_or_default();
+        let next = parts
+            .first()
+            .and_then(int)
+            .and_then(|n| u64::try_from(n).ok())
+            .ok_or_else(|| {
+                StoreError::backend("scanning Redis keys", Invalid("bad SCAN reply".into()))
+            })?;
+        Ok((next, strings(parts.get(1))))
+    }
+
+    /// The storage key of a head key found by `SCAN` (foreign keys are skipped).
+    fn key_of_head(&self, head: &str) -> Option<StorageKey> {
+        head.strip_prefix(&self.prefix)
+            .and_then(|r| r.strip_prefix("s:"))
+            .and_then(StorageKey::parse)
+    }
+
+    fn encode_cursor(node: &Node, cursor: u64) -> String {
+        match node {
+            Node::Single => cursor.to_string(),
+            Node::Master(h, p) => format!("{h}:{p}/{cursor}"),
+        }
+    }
+
+    /// Position in `nodes` and `SCAN` cursor for a cursor string from [`Self::encode_cursor`].
+    fn decode_cursor(nodes: &[Node], s: &str) -> Result<(usize, u64), StoreError> {
+        let bad = || StoreError::backend("invalid scan cursor", Invalid(s.to_owned()));
+        match s.rsplit_once('/') {
+            None => Ok((0, s.parse().map_err(|_| bad())?)),
+            Some((addr, c)) => {
+                let c: u64 = c.parse().map_err(|_| bad())?;
+                let (h, p) = addr.rsplit_once(':').ok_or_else(bad)?;
+                let node = Node::Master(h.to_owned(), p.parse().map_err(|_| bad())?);
+                // A master that has gone since: continue with the next one in order.
+                match nodes.iter().position(|n| *n >= node) {
+                    Some(i) if nodes[i] == node => Ok((i, c)),
+                    Some(i) => Ok((i, 0)),
+                    None => Ok((nodes.len(), 0)),
+                }
+            }
+        }
+    }
+
+    async fn load_inner(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
+        let (reply, _) = self
+            .run_on_session(
+                "loading a session from Redis",
+                &self.scripts.load,
+                key,
+                Timestamp(0),
+                &[],
+            )
+            .await?;
+        match reply.tag() {
+            "none" => Ok(None),
+            "rec" => decode_fields(&reply.0[1..])
+                .map(Some)
+                .map_err(StoreError::Corrupt),
+            _ => Err(unexpected("loading a session from Redis", &reply.0)),
+        }
+    }
+
+    /// The head step of `create` (kind `anon`, or `ptr` on a Cluster). On a Cluster, a pointer
+    /// in the way whose record is dead at `now` (expired or gone) is cleared and the claim tried
+    /// once more, so that create replaces a dead session as on a standalone server.
+    async fn create_head(
+        &self,
+        head: &str,
+        k: &str,
+        now: Timestamp,
+        args: &[&[u8]],
+    ) -> Result<Reply, StoreError> {
+        const CTX: &str = "creating a session in Redis";
+        let keys = [head];
+        let call = || Call {
+            script: &self.scripts.create,
+            keys: &keys,
+            mode: self.mode(),
+            key: k,
+            now,
+        };
+        let reply = self.run(CTX, call(), args).await?;
+        let stale = match (reply.tag(), reply.get(1).and_then(text)) {
+            ("exists", Some(tag)) if !tag.is_empty() => tag.to_owned(),
+            _ => return Ok(reply),
+        };
+        let (rec, idx) = (self.user_record_key(&stale, k), self.user_index_key(&stale));
+        let sweep = Call {
+            script: &self.scripts.destroy,
+            keys: &[&rec, &idx],
+            mode: "r",
+            key: k,
+            now,
+        };
+        if self.run(CTX, sweep, &[b"sweep"]).await?.tag() != "done" {
+            return Ok(reply);
+        }
+        self.drop_heads(&[k.to_owned()]).await;
+        self.run(CTX, call(), args).await
+    }
+
+    /// Sweeps one head for `cleanup_expired`: 1 if an expired (or unreadable) record went.
+    async fn sweep(&self, key: &StorageKey, now: Timestamp) -> Result<u64, StoreError> {
+        let (reply, tag) = self
+            .run_on_session(
+                "removing expired sessions from Redis",
+                &self.scripts.destroy,
+                key,
+                now,
+                &[b"sweep"],
+            )
+            .await?;
+        match reply.tag() {
+            "live" => Ok(0),
+            "done" => {
+                if tag.is_some() {
+                    self.drop_heads(&[key.as_str().to_owned()]).await;
+                }
+                Ok(u64::from(reply.get(1).and_then(int) == Some(1)))
+            }
+            _ => Err(unexpected("removing expired sessions from Redis", &reply.0)),
+        }
+    }
+}
+
+fn policy_arg(p: LimitPolicy) -> &'static str {
+    match p {
+        LimitPolicy::Deny => "deny",
+        LimitPolicy::EvictOldest => "oldest",
+        LimitPolicy::EvictIdlest => "idlest",
+    }
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn create(
+        &self,
+        key: &StorageKey,
+        record: &Record,
+        limit: SessionLimit,
+        now: Timestamp,
+    ) -> Result<CreateOutcome, StoreError> {
+        const CTX: &str = "creating a session in Redis";
+        self.bounded(CTX, async {
+            let k = key.as_str();
+            let head = self.head_key(k);
+            let exp = capped(record.meta.expires_at());
+            let abs = capped(record.meta.absolute_expires_at);
+            let max = limit.max.map(|m| m.to_string()).unwrap_or_default();
+            let fields = encode_fields(record);
+            let tag = record.meta.user_id.as_deref().map(user_tag);
+            let args = |kind: &'static str| -> Vec<&[u8]> {
+                let mut a: Vec<&[u8]> = vec![
+                    kind.as_bytes(),
+                    tag.as_deref().unwrap_or("").as_bytes(),
+                    max.as_bytes(),
+                    policy_arg(limit.policy).as_bytes(),
+                    exp.as_bytes(),
+                    abs.as_bytes(),
+                ];
+                a.extend(fields.iter().map(Vec::as_slice));
+                a
+            };
+            let reply = match (&tag, self.cluster) {
+                (None, _) => self.create_head(&head, k, now, &args("anon")).await?,
+                (Some(t), false) => {
+                    let (rec, idx) = (self.user_record_key(t, k), self.user_index_key(t));
+                    let call = Call {
+                        script: &self.scripts.create,
+                        keys: &[&head, &rec, &idx],
+                        mode: "f",
+                        key: k,
+                        now,
+                    };
+                    self.run(CTX, call, &args("user")).await?
+                }
+                (Some(t), true) => {
+                    // Step 1 on the head's slot: claim the key (create-if-absent).
+                    let claim = self.create_head(&head, k, now, &args("ptr")).await?;
+                    if claim.tag() != "created" {
+                        return match claim.tag() {
+                            "exists" => Ok(CreateOutcome::Exists),
+                            _ => Err(unexpected(CTX, &claim.0)),
+                        };
+                    }
+                    // Step 2 on the user's slot: limit, evictions and the record, atomically.
+                    let (rec, idx) = (self.user_record_key(t, k), self.user_index_key(t));
+                    let reply = self
+                        .run(
+                            CTX,
+                            Call {
+                                script: &self.scripts.create,
+                                keys: &[&rec, &idx],
+                                mode: "r",
+                                key: k,
+                                now,
+                            },
+                            &args("user"),
+                        )
+                        .await?;
+                    if reply.tag() == "limit" {
+                        self.drop_heads(&[k.to_owned()]).await;
+                    }
+                    reply
+                }
+            };
+            match reply.tag() {
+                "exists" => Ok(CreateOutcome::Exists),
+                "limit" => Ok(CreateOutcome::LimitReached),
+                "created" => {
+                    let victims = strings(reply.get(1));
+                    self.drop_heads(&victims).await;
+                    let mut evicted: Vec<StorageKey> = victims
+                        .iter()
+                        .filter_map(|v| StorageKey::parse(v))
+                        .collect();
+                    evicted.sort();
+                    Ok(CreateOutcome::Created { evicted })
+                }
+                _ => Err(unexpected(CTX, &reply.0)),
+            }
+        })
+        .await
+    }
+
+    async fn load(&self, key: &StorageKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
+        let rec = self
+            .bounded("loading a session from Redis", self.load_inner(key))
+            .await?;
+        Ok(rec.filter(|r| !r.meta.is_expired(now)))
+    }
+
+    async fn save_delta(
+        &self,
+        key: &StorageKey,
+        delta: &Delta,
+        now: Timestamp,
+    ) -> Result<SaveOutcome, StoreError> {
+        const CTX: &str = "saving a session to Redis";
+        self.bounded(CTX, async {
+            let (seen, idle) = match delta.touch {
+                Some(t) => (
+                    t.last_seen_at.0.to_string(),
+                    t.idle_expires_at.0.to_string(),
+                ),
+                None => (String::new(), String::new()),
+            };
+            let mut args: Vec<&[u8]> = vec![
+                if delta.touch.is_some() { b"1" } else { b"0" },
+                seen.as_bytes(),
+                idle.as_bytes(),
+            ];
+            for (name, change) in &delta.changes {
+                match change {
+                    Some(v) => args.extend([&b"s"[..], name.as_bytes(), v.as_json().as_bytes()]),
+                    None => args.extend([&b"r"[..], name.as_bytes(), &b""[..]]),
+                }
+            }
+            let (reply, _) = self
+                .run_on_session(CTX, &self.scripts.save, key, now, &args)
+                .await?;
+            match reply.tag() {
+                "missing" => Ok(SaveOutcome::Missing),
+                "saved" => {
+                    let version = reply
+                        .get(1)
+                        .and_then(int)
+                        .and_then(|v| u64::try_from(v).ok())
+                        .ok_or_else(|| unexpected(CTX, &reply.0))?;
+                    Ok(SaveOutcome::Saved { version })
+                }
+                _ => Err(unexpected(CTX, &reply.0)),
+            }
+        })
+        .await
+    }
+
+    async fn destroy(&self, key: &StorageKey) -> Result<bool, StoreError> {
+        const CTX: &str = "destroying a session in Redis";
+        self.bounded(CTX, async {
+            let (reply, tag) = self
+                .run_on_session(CTX, &self.scripts.destroy, key, Timestamp(0), &[b"destroy"])
+                .await?;
+            if reply.tag() != "done" {
+                return Err(unexpected(CTX, &reply.0));
+            }
+            if tag.is_some() {
+                // Cluster: the record is gone; now its pointer.
+                self.drop_heads(&[key.as_str().to_owned()]).await;
+            }
+            Ok(reply.get(1).and_then(int) == Some(1))
+        })
+        .await
+    }
+
+    async fn list_user(
+        &self,
+        user_id: &str,
+        now: Timestamp,
+    ) -> Result<Vec<(StorageKey, Meta)>, StoreError> {
+        const CTX: &str = "listing a user's sessions in Redis";
+        self.bounded(CTX, async {
+            let tag = user_tag(user_id);
+            let idx = self.user_index_key(&tag);
+            let reply = self
+                .run(CTX, Call { script: &self.scripts.list, keys: &[&idx], mode: self.mode(), key: "", now }, &[tag.as_bytes()])
+                .await?;
+            if reply.tag() != "list" {
+                return Err(unexpected(CTX, &reply.0));
+            }
+            let mut out = Vec::new();
+            for e in reply.get(1).and_then(array).unwrap_or_default() {
+                let Some(f) = array(e) else { continue };
+                let get = |i: usize| f.get(i).and_then(bytes);
+                let Some(key) = f.first().and_then(text).and_then(StorageKey::parse) else {
+                    continue;
+                };
+                // Fields: member, i, a, v, c, s, m. An unreadable record is skipped.
+                match meta_from(get(3), get(4), get(5), get(1), get(2), get(6)) {
+                    Ok(meta) => out.push((key, meta)),
+                    Err(e) => tracing::warn!(key = key.short(), error = %e, "redis: skipping an unreadable session record"),
+                }
+            }
+            out.sort_by(|a, b| a.0.cmp(&b.0));
+            self.drop_heads(&strings(reply.get(2))).await;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn destroy_user(
+        &self,
+        user_id: &str,
+        except: Option<&StorageKey>,
+    ) -> Result<Vec<StorageKey>, StoreError> {
+        const CTX: &str = "destroying a user's sessions in Redis";
+        self.bounded(CTX, async {
+            let tag = user_tag(user_id);
+            let idx = self.user_index_key(&tag);
+            let except = except.map(StorageKey::as_str).unwrap_or("");
+            let reply = self
+                .run(
+                    CTX,
+                    Call {
+                        script: &self.scripts.destroy_user,
+                        keys: &[&idx],
+                        mode: self.mode(),
+                        key: "",
+                        now: Timestamp(0),
+                    },
+                    &[tag.as_bytes(), except.as_bytes()],
+                )
+                .await?;
+            if reply.tag() != "done" {
+                return Err(unexpected(CTX, &reply.0));
+            }
+            self.drop_heads(&strings(reply.get(2))).await;
+            let mut gone: Vec<StorageKey> = strings(reply.get(1))
+                .iter()
+                .filter_map(|k| StorageKey::parse(k))
+                .collect();
+            gone.sort();
+            Ok(gone)
+        })
+        .await
+    }
+
+    async fn count(&self) -> Result<u64, StoreError> {
+        let mut n = 0u64;
+        for node in self.masters().await? {
+            let mut cursor = 0;
+            loop {
+                let (next, keys) = self.scan_node(&node, cursor, 1000).await?;
+                n += keys.len() as u64;
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(n)
+    }
+
+    async fn cleanup_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let mut removed = 0u64;
+        for node in self.masters().await? {
+            let mut cursor = 0;
+            loop {
+                let (next, heads) = self.scan_node(&node, cursor, 500).await?;
+                let keys: Vec<StorageKey> =
+                    heads.iter().filter_map(|h| self.key_of_head(h)).collect();
+                // One script per head, all in flight at once on the multiplexed connection.
+                let results =
+                    futures_util::future::join_all(keys.iter().map(|k| self.sweep(k, now))).await;
+                for r in results {
+                    removed += r?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn scan(&self, cursor: Option<String>, batch: usize) -> Result<ScanPage, StoreError> {
+        let nodes = self.masters().await?;
+        let (mut at, mut c) = match cursor.as_deref() {
+            None | Some("") => (0, 0),
+            Some(s) => Self::decode_cursor(&nodes, s)?,
+        };
+        let batch = batch.max(1);
+        let mut heads = Vec::new();
+        while at < nodes.len() && heads.len() < batch {
+            let (next, found) = self
+                .scan_node(&nodes[at], c, batch.clamp(100, 10_000))
+                .await?;
+            heads.extend(found);
+            if next == 0 {
+                at += 1;
+                c = 0;
+            } else {
+                c = next;
+            }
+        }
+        let mut seen = HashSet::new();
+        let keys: Vec<StorageKey> = heads
+            .iter()
+            .filter_map(|h| self.key_of_head(h))
+            .filter(|k| seen.insert(k.clone()))
+            .collect();
+        let loads = futures_util::future::join_all(keys.iter().map(|k| self.load_inner(k))).await;
+        let mut records = Vec::with_capacity(keys.len());
+        for (k, r) in keys.into_iter().zip(loads) {
+            match r {
+                Ok(Some(rec)) => records.push((k, rec)),
+                Ok(None) => {}
+                Err(StoreError::Corrupt(e)) => {
+                    tracing::warn!(key = k.short(), error = %e, "redis: skipping an unreadable session record");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let next = (at < nodes.len()).then(|| Self::encode_cursor(&nodes[at], c));
+        Ok(ScanPage { records, next })
+    }
+
+    async fn health(&self) -> Health {
+        let mut conn = self.conn.clone();
+        let mode = if self.cluster {
+            "cluster"
+        } else {
+            "standalone"
+        };
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<redis::Value>(&mut conn);
+        match tokio::time::timeout(self.op_timeout, ping).await {
+            Ok(Ok(_)) => Health {
+                ok: true,
+                detail: format!("redis ({mode})"),
+            },
+            Ok(Err(e)) => Health {
+                ok: false,
+                detail: format!("redis ({mode}): {e}"),
+            },
+            Err(_) => Health {
+                ok: false,
+                detail: format!("redis ({mode}): no answer within {:?}", self.op_timeout),
+            },
+        }
+    }
+}
+
+/// The server-side scripts, one per operation, each a shared prelude and a body.
+///
+/// Calling convention, common to all scripts:
+/// - `ARGV[1]` is the mode: `f` (standalone: `KEYS[1]` is a head and pointers are followed inside
+///   the script), `h` (Cluster: `KEYS[1]` is a head; a pointer is answered with
+///   `{'redirect', tag}` and the client calls again in mode `r`), `r` (Cluster, second step:
+///   `KEYS[1]` is a user record, `KEYS[2]` that user's index).
+/// - `ARGV[2]` is the key prefix, `ARGV[3]` the storage key (or `''`), `ARGV[4]` now in ms.
+/// - Replies are arrays whose first element names the outcome.
+///
+/// Numbers: timestamps are compared as Lua numbers (exact below 2^53 ms, far beyond any real
+/// date) and written back only as the strings the client sent, except expiries handed to
+/// `PEXPIREAT`/`ZADD`, which are formatted as integers and capped at [`CAP`] (year 128 000).
+mod lua {
+    /// Largest expiry given to `PEXPIREAT` and used as an index score, in ms.
+    pub(super) const CAP: u64 = 4_000_000_000_000_000;
+
+    const PRELUDE: &str = r#"
+local mode, prefix, skey, nowarg = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local now = tonumber(nowarg)
+
+local function at(x)
+  if x > 4000000000000000 then x = 4000000000000000 end
+  return string.format('%d', x)
+end
+
+-- Key of user tag u's records (append the storage key) and of its index.
+local function ukeys(u)
+  local base = prefix .. '{u:' .. u .. '}:'
+  return base .. 's:', base .. 'i'
+end
+
+-- A record is live while now < min(idle, absolute); an unreadable one is not live.
+local function live(rec)
+  local f = redis.call('HMGET', rec, 'i', 'a')
+  local i, a = tonumber(f[1]), tonumber(f[2])
+  return i ~= nil and a ~= nil and now < math.min(i, a)
+end
+
+-- The index lives as long as its longest-lived entry.
+local function fix_index_ttl(idx)
+  local top = redis.call('ZRANGE', idx, -1, -1, 'WITHSCORES')
+  if top[2] then redis.call('PEXPIREAT', idx, at(tonumber(top[2]))) end
+end
+
+-- Deletes the head of storage key m if it still points to user tag u. Standalone only: in
+-- Cluster the head lives in another slot and the client deletes it afterwards.
+local function drop_head(m, u)
+  if mode ~= 'f' then return end
+  local h = prefix .. 's:' .. m
+  if redis.call('HGET', h, 'p') == u then redis.call('DEL', h) end
+end
+
+-- Removes member m of user tag u: record, index entry and (standalone) head.
+local function drop_member(idx, u, m)
+  local rp = ukeys(u)
+  redis.call('DEL', rp .. m)
+  redis.call('ZREM', idx, m)
+  drop_head(m, u)
+end
+
+-- Prunes the index of user tag u at now: entries whose score (the record's nearest expiry) has
+-- passed, and entries whose record is gone, expired or unreadable, go with their records.
+-- Returns the live members as {member, HMGET(record, 'i', 'a', ...)} and the dropped members.
+local function prune(idx, u, ...)
+  local rp = ukeys(u)
+  local dropped = {}
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', idx, '-inf', nowarg)) do
+    drop_member(idx, u, m)
+    dropped[#dropped + 1] = m
+  end
+  local alive = {}
+  for _, m in ipairs(redis.call('ZRANGE', idx, 0, -1)) do
+    local f = redis.call('HMGET', rp .. m, 'i', 'a', ...)
+    local i, a = tonumber(f[1]), tonumber(f[2])
+    if i and a and now < math.min(i, a) then
+      alive[#alive + 1] = {m, f}
+    else
+      drop_member(idx, u, m)
+      dropped[#dropped + 1] = m
+    end
+  end
+  return alive, dropped
+end
+
+-- Where the record of KEYS[1] lives: record key, index key (false for anonymous records), head
+-- key (false in mode r), and the user tag to redirect to when the head is a pointer that this
+-- mode may not follow.
+local function resolve()
+  if mode == 'r' then return KEYS[1], KEYS[2], false, nil end
+  local head = KEYS[1]
+  local u = redis.call('HGET', head, 'p')
+  if not u then return head, false, head, nil end
+  if mode ~= 'f' then return nil, nil, nil, u end
+  local rp, idx = ukeys(u)
+  return rp .. skey, idx, head, nil
+end
+"#;
+
+    /// `load`: the record's fields, `{'rec', field, value, ...}`, or `{'none'}`.
+    pub(super) const LOAD: &str = r#"
+local rec, idx, head, redirect = resolve()
+if redirect then return {'redirect', redirect} end
+local all = redis.call('HGETALL', rec)
+if #all == 0 then return {'none'} end
+table.insert(all, 1, 'rec')
+return all
+"#;
+
+    /// `save_delta` / `touch`. `ARGV[5]` = `1` to touch, `ARGV[6]` last seen, `ARGV[7]` idle
+    /// expiry; then triples (`s` | `r`, name, value). Only a live record is written; touch never
+    /// shortens; the version is bumped; TTL and index score follow the nearest expiry.
+    pub(super) const SAVE: &str = r#"
+local rec, idx, head, redirect = resolve()
+if redirect then return {'redirect', redirect} end
+local f = redis.call('HMGET', rec, 'i', 'a', 's')
+local i, a = tonumber(f[1]), tonumber(f[2])
+if not i or not a or now >= math.min(i, a) then return {'missing'} end
+local n = 8
+while n + 2 <= #ARGV do
+  local field = 'd:' .. ARGV[n + 1]
+  if ARGV[n] == 's' then
+    redis.call('HSET', rec, field, ARGV[n + 2])
+  else
+    redis.call('HDEL', rec, field)
+  end
+  n = n + 3
+end
+if ARGV[5] == '1' then
+  if tonumber(ARGV[6]) > (tonumber(f[3]) or 0) then redis.call('HSET', rec, 's', ARGV[6]) end
+  local idle = tonumber(ARGV[7])
+  if idle > i then
+    redis.call('HSET', rec, 'i', ARGV[7])
+    i = idle
+  end
+end
+local v = redis.call('HINCRBY', rec, 'v', 1)
+local exp = at(math.min(i, a))
+redis.call('PEXPIREAT', rec, exp)
+if idx then
+  redis.call('ZADD', idx, exp, skey)
+  fix_index_ttl(idx)
+end
+return {'saved', v}
+"#;
+
+    /// `create`. `ARGV[5]` kind: `anon` (record at the head), `ptr` (Cluster step 1: claim the head
+    /// as a pointer to user tag `ARGV[6]`), `user` (standalone: head + record + index in one step;
+    /// Cluster step 2 in mode `r`: record + index). `ARGV[7]` max sessions (`''` = unlimited),
+    /// `ARGV[8]` policy (`deny` | `oldest` | `idlest`), `ARGV[9]` nearest expiry, `ARGV[10]`
+    /// absolute expiry, then field/value pairs. Replies `{'exists', tag}` (`tag`: in mode `h`,
+    /// the user tag of a pointer in the way, else `''`), `{'limit'}` or
+    /// `{'created', {evicted...}}`.
+    pub(super) const CREATE: &str = r#"
+local kind, u = ARGV[5], ARGV[6]
+
+-- Whether the head may be written: absent, or holding an expired or unreadable session. A
+-- pointer in Cluster mode counts as taken (its record is in another slot) and is returned so
+-- that the client can check that record and clear the head if it is dead.
+local function head_free(head)
+  local h = redis.call('HMGET', head, 'p', 'i', 'a')
+  if h[1] then
+    if mode ~= 'f' then return false, h[1] end
+    local rp, pidx = ukeys(h[1])
+    if live(rp .. skey) then return false end
+    redis.call('DEL', rp .. skey)
+    redis.call('ZREM', pidx, skey)
+    redis.call('DEL', head)
+    return true
+  end
+  if redis.call('EXISTS', head) == 0 then return true end
+  local i, a = tonumber(h[2]), tonumber(h[3])
+  if i and a and now < math.min(i, a) then return false end
+  redis.call('DEL', head)
+  return true
+end
+
+local function write(key)
+  redis.call('DEL', key)
+  local batch = {}
+  for n = 11, #ARGV do
+    batch[#batch + 1] = ARGV[n]
+    if #batch == 200 then
+      redis.call('HSET', key, unpack(batch))
+      batch = {}
+    end
+  end
+  if #batch > 0 then redis.call('HSET', key, unpack(batch)) end
+end
+
+if kind ~= 'user' then
+  local head = KEYS[1]
+  local free, ptr = head_free(head)
+  if not free then return {'exists', ptr or ''} end
+  if kind == 'ptr' then
+    redis.call('HSET', head, 'p', u)
+    redis.call('PEXPIREAT', head, ARGV[10])
+  else
+    write(head)
+    redis.call('PEXPIREAT', head, ARGV[9])
+  end
+  return {'created', {}}
+end
+
+local head, rec, idx
+if mode == 'r' then
+  rec, idx = KEYS[1], KEYS[2]
+else
+  head, rec, idx = KEYS[1], KEYS[2], KEYS[3]
+end
+if head and not head_free(head) then return {'exists'} end
+if live(rec) then return {'exists'} end
+
+local alive = prune(idx, u, 'c', 's')
+local victims = {}
+local max = tonumber(ARGV[7])
+if max and #alive >= max then
+  if ARGV[8] == 'deny' then return {'limit'} end
+  -- 'oldest' orders by created_at (field 3), 'idlest' by last_seen_at (field 4); ties by key.
+  local col = 3
+  if ARGV[8] == 'idlest' then col = 4 end
+  local function rank(e) return tonumber(e[2][col]) or 0 end
+  table.sort(alive, function(x, y)
+    local rx, ry = rank(x), rank(y)
+    if rx ~= ry then return rx < ry end
+    return x[1] < y[1]
+  end)
+  for n = 1, math.min(#alive + 1 - max, #alive) do
+    victims[#victims + 1] = alive[n][1]
+    drop_member(idx, u, alive[n][1])
+  end
+end
+
+write(rec)
+redis.call('PEXPIREAT', rec, ARGV[9])
+redis.call('ZADD', idx, ARGV[9], skey)
+fix_index_ttl(idx)
+if head then
+  redis.call('HSET', head, 'p', u)
+  redis.call('PEXPIREAT', head, ARGV[10])
+end
+return {'created', victims}
+"#;
+
+    /// `destroy`, and the per-record step of `cleanup_expired` when `ARGV[5]` is `sweep` (then a
+    /// live record is left alone: `{'live'}`). Replies `{'done', existed}` (1 or 0).
+    pub(super) const DESTROY: &str = r#"
+local rec, idx, head, redirect = resolve()
+if redirect then return {'redirect', redirect} end
+if ARGV[5] == 'sweep' and live(rec) then return {'live'} end
+local existed = redis.call('DEL', rec)
+if idx then
+  redis.call('ZREM', idx, skey)
+  fix_index_ttl(idx)
+end
+if head and head ~= rec then redis.call('DEL', head) end
+return {'done', existed}
+"#;
+
+    /// `list_user`: `KEYS[1]` is the index of user tag `ARGV[5]`. Prunes, then replies
+    /// `{'list', {{member, i, a, v, c, s, m}...}, {dropped...}}`.
+    pub(super) const LIST: &str = r#"
+local idx, u = KEYS[1], ARGV[5]
+local alive, dropped = prune(idx, u, 'v', 'c', 's', 'm')
+local out = {}
+for _, e in ipairs(alive) do
+  local f = e[2]
+  out[#out + 1] = {e[1], f[1], f[2], f[3], f[4], f[5], f[6]}
+end
+fix_index_ttl(idx)
+return {'list', out, dropped}
+"#;
+
+    /// `destroy_user`: `KEYS[1]` is the index of user tag `ARGV[5]`; `ARGV[6]` the storage key to
+    /// keep (or `''`). Replies `{'done', {destroyed...}, {every member removed from the index...}}`.
+    pub(super) const DESTROY_USER: &str = r#"
+local idx, u, except = KEYS[1], ARGV[5], ARGV[6]
+local rp = ukeys(u)
+local gone, seen = {}, {}
+for _, m in ipairs(redis.call('ZRANGE', idx, 0, -1)) do
+  if m ~= except then
+    if redis.call('DEL', rp .. m) == 1 then gone[#gone + 1] = m end
+    redis.call('ZREM', idx, m)
+    drop_head(m, u)
+    seen[#seen + 1] = m
+  end
+end
+fix_index_ttl(idx)
+return {'done', gone, seen}
+"#;
+
+    /// The full source of a script: prelude + body.
+    pub(super) fn source(body: &str) -> String {
+        format!("{PRELUDE}{body}")
+    }
+}

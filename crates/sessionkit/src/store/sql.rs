@@ -1,0 +1,380 @@
+//! What the SQL stores and the audit trail share: how a record maps onto columns, how sqlx
+//! errors become [`StoreError`]s, and the runner for the embedded, versioned migrations.
+//!
+//! # Columns
+//! Times are `BIGINT` Unix milliseconds (exact round trip of [`Timestamp`]; values past
+//! `i64::MAX` are stored as `i64::MAX`). `expires_at` is a generated column, the nearer of the
+//! two expiry instants, so it can never disagree with them. `data` is a JSON object mapping each
+//! key to the JSON text of its value *as a string*: values come back byte for byte as they were
+//! written (a native `jsonb` value would be reformatted and have its object keys reordered), and
+//! a per-key delta is still a plain object merge. In SQL, read a value with
+//! `(data->>'cart')::jsonb`.
+//!
+//! # Migrations
+//! Each component (`sessions`, `audit`) has an ordered list of migrations. At connect, the
+//! runner takes a lock (an advisory lock on PostgreSQL, `BEGIN IMMEDIATE` on SQLite), reads the
+//! versions recorded in `sessionkit_migrations`, applies the missing ones and records them, all
+//! in one transaction: several processes may start at once, and a crash mid-way leaves the
+//! schema as it was.
+
+use std::time::Duration;
+
+use crate::record::{Data, DecodeError, Meta, Timestamp, Value};
+use crate::store::StoreError;
+
+/// Columns every session query selects, in this order (`data` excepted: backends cast it).
+pub(crate) const META_COLUMNS: &str = "key, user_id, created_at, last_seen_at, idle_expires_at, \
+     absolute_expires_at, auth_time, user_agent, ip, version";
+
+/// One step of a component's schema.
+#[derive(Debug)]
+pub(crate) struct Migration {
+    /// Strictly increasing within a component, starting at 1.
+    pub(crate) version: i64,
+    /// A few words for the `sessionkit_migrations` table.
+    pub(crate) name: &'static str,
+    /// Statements run in order, inside the migration transaction.
+    pub(crate) statements: &'static [&'static str],
+}
+
+/// A timestamp or counter as stored: clamped to `i64::MAX`.
+pub(crate) fn to_db(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A stored timestamp or counter; negative values (never written by us) read as zero.
+pub(crate) fn from_db(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// The `data` column text for a data map.
+pub(crate) fn encode_data(data: &Data) -> String {
+    let m: std::collections::BTreeMap<&str, &str> = data
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_json()))
+        .collect();
+    // A map of strings always serializes.
+    serde_json::to_string(&m).unwrap_or_else(|_| "{}".to_owned())
+}
+
+/// Parses the `data` column; every value must itself be valid JSON text.
+pub(crate) fn decode_data(text: &str) -> Result<Data, DecodeError> {
+    let m: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(text).map_err(DecodeError::Json)?;
+    m.into_iter()
+        .map(|(k, v)| {
+            Value::from_json_text(&v)
+                .map(|v| (k, v))
+                .map_err(DecodeError::Json)
+        })
+        .collect()
+}
+
+/// A delta reduced to its net effect: the keys it sets and the keys it removes, disjoint, so
+/// they can be applied in any order (`(data - removed) || set` on PostgreSQL).
+#[derive(Debug)]
+pub(crate) struct NetChanges {
+    /// Keys set, with their new values.
+    pub(crate) set: Vec<(String, Value)>,
+    /// Keys removed.
+    pub(crate) removed: Vec<String>,
+}
+
+impl NetChanges {
+    pub(crate) fn of(delta: &crate::record::Delta) -> Self {
+        let mut net: std::collections::BTreeMap<&str, Option<&Value>> = Default::default();
+        for (k, v) in &delta.changes {
+            net.insert(k.as_str(), v.as_ref());
+        }
+        let mut set = Vec::new();
+        let mut removed = Vec::new();
+        for (k, v) in net {
+            match v {
+                Some(v) => set.push((k.to_owned(), v.clone())),
+                None => removed.push(k.to_owned()),
+            }
+        }
+        Self { set, removed }
+    }
+
+    /// The keys set, as a `data`-column object.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn set_object(&self) -> String {
+        let m: std::collections::BTreeMap<&str, &str> = self
+            .set
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_json()))
+            .collect();
+        serde_json::to_string(&m).unwrap_or_else(|_| "{}".to_owned())
+    }
+}
+
+/// The metadata columns of a row, as selected by [`META_COLUMNS`].
+#[derive(Debug)]
+pub(crate) struct MetaRow {
+    pub(crate) key: String,
+    pub(crate) meta: Meta,
+}
+
+impl MetaRow {
+    pub(crate) fn from_row<'r, R>(row: &'r R) -> Result<Self, sqlx::Error>
+    where
+        R: sqlx::Row,
+        &'static str: sqlx::ColumnIndex<R>,
+        i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        let ts = |c: &'static str| -> Result<Timestamp, sqlx::Error> {
+            Ok(Timestamp(from_db(row.try_get::<i64, _>(c)?)))
+        };
+        Ok(Self {
+            key: row.try_get("key")?,
+            meta: Meta {
+                user_id: row.try_get("user_id")?,
+                created_at: ts("created_at")?,
+                last_seen_at: ts("last_seen_at")?,
+                idle_expires_at: ts("idle_expires_at")?,
+                absolute_expires_at: ts("absolute_expires_at")?,
+                user_agent: row.try_get("user_agent")?,
+                ip: row.try_get("ip")?,
+                auth_time: row
+                    .try_get::<Option<i64>, _>("auth_time")?
+                    .map(|v| Timestamp(from_db(v))),
+                version: from_db(row.try_get("version")?),
+            },
+        })
+    }
+}
+
+/// Maps a sqlx error: anything that means "the database did not answer" (I/O, pool timeout,
+/// connection-class and shutdown SQLSTATEs, SQLite's busy/locked after the busy timeout) is
+/// [`StoreError::Unavailable`]; the rest is [`StoreError::Backend`].
+pub(crate) fn store_error(context: &'static str, e: sqlx::Error) -> StoreError {
+    if is_unavailable(&e) {
+        StoreError::unavailable(context, e)
+    } else {
+        StoreError::backend(context, e)
+    }
+}
+
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // PostgreSQL: connection exceptions, shutdown / cannot connect now, out of
+            // connections or resources.
+            if code.starts_with("08")
+                || code.starts_with("57P")
+                || code.starts_with("53")
+                || code == "40P01"
+            {
+                return true;
+            }
+            // SQLite: the (extended) result code as a number; BUSY = 5, LOCKED = 6.
+            matches!(code.parse::<i32>(), Ok(c) if matches!(c & 0xff, 5 | 6))
+        }
+        _ => false,
+    }
+}
+
+/// Runs `fut` with a deadline; past it the operation is [`StoreError::Unavailable`].
+pub(crate) async fn deadline<T>(
+    limit: Duration,
+    context: &'static str,
+    fut: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r,
+        Err(elapsed) => Err(StoreError::unavailable(
+            format!("{context}: no answer within {limit:?}"),
+            elapsed,
+        )),
+    }
+}
+
+fn now_millis() -> i64 {
+    use crate::clock::Clock as _;
+    to_db(crate::clock::SystemClock.now().as_millis())
+}
+
+/// Applies the missing migrations of `component` on PostgreSQL, in one transaction under a
+/// database-wide advisory lock.
+#[cfg(feature = "postgres")]
+pub(crate) async fn migrate_postgres(
+    pool: &sqlx::PgPool,
+    component: &'static str,
+    migrations: &[Migration],
+) -> Result<(), StoreError> {
+    const CONTEXT: &str = "running migrations";
+    // An arbitrary constant that names "sessionkit schema changes" among advisory locks.
+    const LOCK: i64 = 0x5e55_1014_0000_0001;
+    let e = |e| store_error(CONTEXT, e);
+    let mut tx = pool.begin().await.map_err(e)?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(LOCK)
+        .execute(&mut *tx)
+        .await
+        .map_err(e)?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS sessionkit_migrations (
+            component TEXT NOT NULL,
+            version BIGINT NOT NULL,
+            name TEXT NOT NULL,
+            applied_at BIGINT NOT NULL,
+            PRIMARY KEY (component, version)
+        )",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(e)?;
+    let current: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(version) FROM sessionkit_migrations WHERE component = $1")
+            .bind(component)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(e)?;
+    let current = current.unwrap_or(0);
+    warn_if_newer(component, current, migrations);
+    for m in migrations.iter().filter(|m| m.version > current) {
+        for s in m.statements {
+            sqlx::query(s).execute(&mut *tx).await.map_err(e)?;
+        }
+        sqlx::query(
+            "INSERT INTO sessionkit_migrations (component, version, name, applied_at) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(component)
+        .bind(m.version)
+        .bind(m.name)
+        .bind(now_millis())
+        .execute(&mut *tx)
+        .await
+        .map_err(e)?;
+        tracing::info!(
+            component,
+            version = m.version,
+            name = m.name,
+            "applied migration"
+        );
+    }
+    tx.commit().await.map_err(e)
+}
+
+/// Applies the missing migrations of `component` on SQLite, in one `BEGIN IMMEDIATE`
+/// transaction (which also keeps other processes out while it runs).
+#[cfg(feature = "sqlite")]
+pub(crate) async fn migrate_sqlite(
+    conn: &mut sqlx::SqliteConnection,
+    component: &'static str,
+    migrations: &[Migration],
+) -> Result<(), StoreError> {
+    use sqlx::Connection as _;
+    const CONTEXT: &str = "running migrations";
+    let e = |e| store_error(CONTEXT, e);
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(e)?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS sessionkit_migrations (
+            component TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            applied_at INTEGER NOT NULL,
+            PRIMARY KEY (component, version)
+        )",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(e)?;
+    let current: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(version) FROM sessionkit_migrations WHERE component = ?")
+            .bind(component)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(e)?;
+    let current = current.unwrap_or(0);
+    warn_if_newer(component, current, migrations);
+    for m in migrations.iter().filter(|m| m.version > current) {
+        for s in m.statements {
+            sqlx::query(s).execute(&mut *tx).await.map_err(e)?;
+        }
+        sqlx::query(
+            "INSERT INTO sessionkit_migrations (component, version, name, applied_at) \
+             VALUES (?, ?, ?, ?)",
+        )
+        .bind(component)
+        .bind(m.version)
+        .bind(m.name)
+        .bind(now_millis())
+        .execute(&mut *tx)
+        .await
+        .map_err(e)?;
+        tracing::info!(
+            component,
+            version = m.version,
+            name = m.name,
+            "applied migration"
+        );
+    }
+    tx.commit().await.map_err(e)
+}
+
+fn warn_if_newer(component: &str, current: i64, migrations: &[Migration]) {
+    let known = migrations.last().map_or(0, |m| m.version);
+    if current > known {
+        // A newer release migrated this database (a rolling upgrade, or a rollback). Migrations
+        // only add, so carry on, but say so.
+        tracing::warn!(
+            component,
+            database = current,
+            known,
+            "database schema is newer than this build of sessionkit"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Delta;
+
+    #[test]
+    fn data_round_trips_byte_for_byte() {
+        let mut d = Data::new();
+        d.insert(
+            "a".into(),
+            Value::from_json_text("{ \"z\": 1, \"a\": [1,2] }").unwrap(),
+        );
+        d.insert("ключ \"q\"".into(), Value::to_json("x\u{0}y").unwrap());
+        let back = decode_data(&encode_data(&d)).unwrap();
+        assert_eq!(back, d);
+        assert!(decode_data("[1]").is_err());
+        assert!(decode_data("{\"a\": \"{not json\"}").is_err());
+    }
+
+    #[test]
+    fn net_changes_keep_the_last_change_per_key() {
+        let v = |s: &str| Some(Value::from_json_text(s).unwrap());
+        let delta = Delta {
+            changes: vec![
+                ("a".into(), v("1")),
+                ("b".into(), None),
+                ("a".into(), None),
+                ("b".into(), v("2")),
+            ],
+            touch: None,
+        };
+        let net = NetChanges::of(&delta);
+        assert_eq!(net.removed, vec!["a".to_owned()]);
+        assert_eq!(net.set.len(), 1);
+        assert_eq!(net.set[0].0, "b");
+        #[cfg(feature = "postgres")]
+        assert_eq!(net.set_object(), r#"{"b":"2"}"#);
+    }
+}

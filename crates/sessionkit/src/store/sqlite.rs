@@ -1,0 +1,763 @@
+//! `SqliteStore`: sessions in one SQLite database file, for a single host that wants a
+//! database rather than a folder of files.
+//!
+//! # Layout
+//! One table, `sessions`: the storage key as primary key, the metadata as columns (`user_id`
+//! indexed: it is the per-user index; `expires_at` generated as the nearer expiry and indexed,
+//! for cleanup), and the data as a JSON object of JSON texts (see the `sql` module). The schema is
+//! created and upgraded at connect by embedded, versioned migrations recorded in
+//! `sessionkit_migrations`.
+//!
+//! # Concurrency
+//! The database runs in WAL mode with `synchronous = NORMAL` and a busy timeout. Every write goes
+//! through one connection behind a fair async mutex, so writers of this process queue in Rust
+//! (FIFO) instead of fighting over SQLite's lock; reads use a separate pool and, in WAL mode,
+//! never wait for writers. A delta is one `UPDATE` that patches the stored object with
+//! `json_remove`/`json_set`; SQLite takes the write lock before the statement reads the row, so
+//! concurrent deltas on one session each apply to the latest row, and `WHERE expires_at > now`
+//! keeps a destroyed session destroyed. Keys a JSON path cannot name (with `"`, `\` or control
+//! characters), and logins under a per-user limit, run as `BEGIN IMMEDIATE` transactions, which
+//! take the write lock up front. Another process writing the same file waits (busy timeout)
+//! rather than failing mid-transaction, so processes sharing a file lose no update either.
+//!
+//! # Crashes
+//! A transaction is all or nothing. With `synchronous = NORMAL` in WAL mode, a power loss can
+//! forget the last transactions committed before it, never corrupt the file; a process crash
+//! loses nothing committed.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Connection as _, Row as _};
+use tokio::sync::{MappedMutexGuard, MutexGuard};
+
+use super::sql::{
+    deadline, decode_data, encode_data, from_db, migrate_sqlite, store_error, to_db, MetaRow,
+    Migration, NetChanges, META_COLUMNS,
+};
+use super::{CreateOutcome, Health, SaveOutcome, ScanPage, SessionLimit, SessionStore, StoreError};
+use crate::id::StorageKey;
+use crate::record::{Delta, Meta, Record, Timestamp};
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "sessions table",
+    statements: &[
+        "CREATE TABLE IF NOT EXISTS sessions (
+            key TEXT PRIMARY KEY NOT NULL,
+            user_id TEXT,
+            created_at INTEGER NOT NULL,
+            last_seen_at INTEGER NOT NULL,
+            idle_expires_at INTEGER NOT NULL,
+            absolute_expires_at INTEGER NOT NULL,
+            expires_at INTEGER GENERATED ALWAYS AS
+                (min(idle_expires_at, absolute_expires_at)) STORED,
+            auth_time INTEGER,
+            user_agent TEXT,
+            ip TEXT,
+            version INTEGER NOT NULL,
+            data TEXT NOT NULL
+        )",
+        "CREATE INDEX IF NOT EXISTS sessions_user_id ON sessions (user_id) \
+         WHERE user_id IS NOT NULL",
+        "CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions (expires_at)",
+    ],
+}];
+
+/// Rows deleted per statement by [`SessionStore::cleanup_expired`], so that the writer is never
+/// held for long.
+const CLEANUP_BATCH: i64 = 1000;
+
+/// Create-if-absent; an expired record under the same key (not yet cleaned up) is replaced.
+const INSERT: &str = "INSERT INTO sessions (key, user_id, created_at, last_seen_at, \
+     idle_expires_at, absolute_expires_at, auth_time, user_agent, ip, version, data) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+     ON CONFLICT (key) DO UPDATE SET user_id = excluded.user_id, \
+     created_at = excluded.created_at, last_seen_at = excluded.last_seen_at, \
+     idle_expires_at = excluded.idle_expires_at, \
+     absolute_expires_at = excluded.absolute_expires_at, auth_time = excluded.auth_time, \
+     user_agent = excluded.user_agent, ip = excluded.ip, version = excluded.version, \
+     data = excluded.data \
+     WHERE sessions.expires_at <= ?";
+
+/// Sessions in a SQLite database. See the module documentation.
+#[derive(Clone)]
+pub struct SqliteStore {
+    /// Every write.
+    writer: Arc<Writer>,
+    /// Reads.
+    read: SqlitePool,
+    op_timeout: Duration,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("read_connections", &self.read.size())
+            .field("operation_timeout", &self.op_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options for [`SqliteStore`]; build with [`SqliteStore::builder`] or [`SqliteStore::open`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct SqliteStoreBuilder {
+    options: Result<SqliteConnectOptions, String>,
+    in_memory: bool,
+    read_connections: u32,
+    busy_timeout: Duration,
+    op_timeout: Duration,
+}
+
+impl SqliteStoreBuilder {
+    /// Readers kept open beside the single writer. Default: 4.
+    pub fn with_read_connections(mut self, n: u32) -> Self {
+        self.read_connections = n.max(1);
+        self
+    }
+
+    /// How long a write waits for another process holding the file's write lock before the
+    /// operation fails as unavailable. Default: 5 s.
+    pub fn with_busy_timeout(mut self, d: Duration) -> Self {
+        self.busy_timeout = d;
+        self
+    }
+
+    /// Deadline for one store operation, queueing for the writer included; past it the operation
+    /// fails as [`StoreError::Unavailable`]. Default: 10 s.
+    pub fn with_operation_timeout(mut self, d: Duration) -> Self {
+        self.op_timeout = d;
+        self
+    }
+
+    /// Opens (creating if needed) the database and brings its schema up to date.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the file cannot be opened or stays locked;
+    /// [`StoreError::Backend`] for a bad URL or a failed migration.
+    pub async fn connect(self) -> Result<SqliteStore, StoreError> {
+        let options = self.options.map_err(|e| {
+            StoreError::backend(
+                "parsing the SQLite URL",
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+            )
+        })?;
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(self.busy_timeout)
+            .foreign_keys(false);
+        let e = |e| store_error("opening the SQLite database", e);
+        let options = if self.in_memory {
+            // WAL needs a file. The database lives as long as the writer's connection, which
+            // stays open; readers share it through SQLite's shared cache.
+            options.journal_mode(SqliteJournalMode::Memory)
+        } else {
+            restrict_new_file(options.get_filename())?;
+            options
+        };
+        let writer = Writer::open(options.clone()).await.map_err(e)?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(self.read_connections)
+            .acquire_timeout(self.op_timeout)
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await
+            .map_err(e)?;
+        let store = SqliteStore {
+            writer: Arc::new(writer),
+            read,
+            op_timeout: self.op_timeout,
+        };
+        deadline(self.op_timeout, "running migrations", async {
+            let mut w = store.writer.lock().await.map_err(e)?;
+            migrate_sqlite(&mut w, "sessions", MIGRATIONS).await
+        })
+        .await?;
+        Ok(store)
+    }
+}
+
+/// The one connection every write goes through. Writers queue on a fair (FIFO) async mutex, so
+/// they never contend for SQLite's lock within this process, and nothing (such as a pool's
+/// health ping) sits between one write and the next. A connection that failed at the I/O level
+/// is replaced on next use.
+struct Writer {
+    options: SqliteConnectOptions,
+    conn: tokio::sync::Mutex<Option<SqliteConnection>>,
+    broken: AtomicBool,
+}
+
+impl Writer {
+    async fn open(options: SqliteConnectOptions) -> Result<Self, sqlx::Error> {
+        let conn = SqliteConnection::connect_with(&options).await?;
+        Ok(Self {
+            options,
+            conn: tokio::sync::Mutex::new(Some(conn)),
+            broken: AtomicBool::new(false),
+        })
+    }
+
+    /// Waits for the connection (reopening it if it broke).
+    async fn lock(&self) -> Result<MappedMutexGuard<'_, SqliteConnection>, sqlx::Error> {
+        let mut slot = self.conn.lock().await;
+        if self.broken.swap(false, Ordering::AcqRel) {
+            if let Some(old) = slot.take() {
+                let _ = old.close_hard().await;
+            }
+        }
+        if slot.is_none() {
+            *slot = Some(SqliteConnection::connect_with(&self.options).await?);
+        }
+        MutexGuard::try_map(slot, Option::as_mut).map_err(|_| sqlx::Error::PoolClosed)
+    }
+
+    /// Maps a write error, marking the connection for replacement if it broke.
+    fn error(&self, context: &'static str, e: sqlx::Error) -> StoreError {
+        if matches!(
+            e,
+            sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed | sqlx::Error::Protocol(_)
+        ) {
+            self.broken.store(true, Ordering::Release);
+        }
+        store_error(context, e)
+    }
+
+    async fn close(&self) {
+        if let Some(conn) = self.conn.lock().await.take() {
+            let _ = conn.close().await;
+        }
+    }
+}
+
+/// New database files hold session data: create them readable by the owner only. SQLite gives
+/// its `-wal` and `-shm` files the same permissions.
+fn restrict_new_file(path: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        if path.as_os_str().is_empty() || path.exists() {
+            return Ok(());
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(StoreError::unavailable(
+                "creating the SQLite database file",
+                e,
+            )),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Ok(())
+    }
+}
+
+impl SqliteStore {
+    /// Options for the database at `url` (`sqlite://path/to/file.db`, `sqlite:file.db`,
+    /// `sqlite::memory:`).
+    pub fn builder(url: &str) -> SqliteStoreBuilder {
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        Self::builder_with(
+            SqliteConnectOptions::from_str(url).map_err(|e| e.to_string()),
+            in_memory,
+        )
+    }
+
+    /// Options for the database file at `path`.
+    pub fn builder_for_path(path: impl AsRef<Path>) -> SqliteStoreBuilder {
+        Self::builder_with(
+            Ok(SqliteConnectOptions::new().filename(path.as_ref())),
+            false,
+        )
+    }
+
+    fn builder_with(
+        options: Result<SqliteConnectOptions, String>,
+        in_memory: bool,
+    ) -> SqliteStoreBuilder {
+        SqliteStoreBuilder {
+            options,
+            in_memory,
+            read_connections: 4,
+            busy_timeout: Duration::from_secs(5),
+            op_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Opens the database at `url` with default options. See [`SqliteStoreBuilder::connect`].
+    ///
+    /// # Errors
+    /// See [`SqliteStoreBuilder::connect`].
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::builder(url).connect().await
+    }
+
+    /// Opens the database file at `path` with default options.
+    ///
+    /// # Errors
+    /// See [`SqliteStoreBuilder::connect`].
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::builder_for_path(path).connect().await
+    }
+
+    /// Closes the writer and the read pool, waiting for operations in progress to finish.
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.read.close().await;
+    }
+
+    async fn create_inner(
+        &self,
+        key: &StorageKey,
+        record: &Record,
+        limit: SessionLimit,
+        now: Timestamp,
+    ) -> Result<CreateOutcome, StoreError> {
+        let e = |e| self.writer.error("creating a session", e);
+        let mut w = self.writer.lock().await.map_err(e)?;
+        let user = match (&record.meta.user_id, limit.max) {
+            (Some(user), Some(_)) => user,
+            _ => {
+                let done = insert(record, key, now).execute(&mut *w).await.map_err(e)?;
+                return Ok(if done.rows_affected() == 0 {
+                    CreateOutcome::Exists
+                } else {
+                    CreateOutcome::Created {
+                        evicted: Vec::new(),
+                    }
+                });
+            }
+        };
+        // The write lock, held from the start, makes insert + limit check one atomic step for
+        // every process sharing the file.
+        let mut tx = w.begin_with("BEGIN IMMEDIATE").await.map_err(e)?;
+        let done = insert(record, key, now)
+            .execute(&mut *tx)
+            .await
+            .map_err(e)?;
+        if done.rows_affected() == 0 {
+            return Ok(CreateOutcome::Exists);
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT {META_COLUMNS} FROM sessions \
+             WHERE user_id = ? AND expires_at > ? AND key <> ?"
+        ))
+        .bind(user)
+        .bind(to_db(now.0))
+        .bind(key.as_str())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(e)?;
+        let mut live = metas(&rows);
+        let Ok(victims) = limit.victims(&mut live) else {
+            tx.rollback().await.map_err(e)?;
+            return Ok(CreateOutcome::LimitReached);
+        };
+        for v in &victims {
+            sqlx::query("DELETE FROM sessions WHERE key = ?")
+                .bind(v.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(e)?;
+        }
+        tx.commit().await.map_err(e)?;
+        Ok(CreateOutcome::Created { evicted: victims })
+    }
+
+    async fn save_inner(
+        &self,
+        key: &StorageKey,
+        delta: &Delta,
+        now: Timestamp,
+    ) -> Result<SaveOutcome, StoreError> {
+        let e = |e| self.writer.error("saving a session", e);
+        let (seen, idle) = delta.touch.map_or((0, 0), |t| {
+            (to_db(t.last_seen_at.0), to_db(t.idle_expires_at.0))
+        });
+        if delta.changes.is_empty() {
+            // A touch is one statement: no read, no transaction.
+            let version: Option<i64> = sqlx::query_scalar(
+                "UPDATE sessions SET last_seen_at = max(last_seen_at, ?), \
+                 idle_expires_at = max(idle_expires_at, ?), version = version + 1 \
+                 WHERE key = ? AND expires_at > ? RETURNING version",
+            )
+            .bind(seen)
+            .bind(idle)
+            .bind(key.as_str())
+            .bind(to_db(now.0))
+            .fetch_optional(&mut *self.writer.lock().await.map_err(e)?)
+            .await
+            .map_err(e)?;
+            return Ok(saved(version));
+        }
+        if delta.changes.iter().all(|(k, _)| addressable(k)) {
+            return self.patch(key, delta, (seen, idle), now).await;
+        }
+        // Keys SQLite's JSON paths cannot name: patch the map in Rust, inside a transaction
+        // that holds the write lock from its first statement.
+        let mut w = self.writer.lock().await.map_err(e)?;
+        let mut tx = w.begin_with("BEGIN IMMEDIATE").await.map_err(e)?;
+        let row = sqlx::query("SELECT data FROM sessions WHERE key = ? AND expires_at > ?")
+            .bind(key.as_str())
+            .bind(to_db(now.0))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(e)?;
+        let Some(row) = row else {
+            return Ok(SaveOutcome::Missing);
+        };
+        let text: String = row.try_get("data").map_err(e)?;
+        let mut data = decode_data(&text).map_err(StoreError::Corrupt)?;
+        for (k, change) in &delta.changes {
+            match change {
+                Some(v) => {
+                    data.insert(k.clone(), v.clone());
+                }
+                None => {
+                    data.remove(k);
+                }
+            }
+        }
+        let version: i64 = sqlx::query_scalar(
+            "UPDATE sessions SET data = ?, last_seen_at = max(last_seen_at, ?), \
+             idle_expires_at = max(idle_expires_at, ?), version = version + 1 \
+             WHERE key = ? RETURNING version",
+        )
+        .bind(encode_data(&data))
+        .bind(seen)
+        .bind(idle)
+        .bind(key.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(e)?;
+        tx.commit().await.map_err(e)?;
+        Ok(saved(Some(version)))
+    }
+
+    /// A delta as one `UPDATE` that patches the stored object with `json_remove`/`json_set`:
+    /// the statement takes the write lock before it reads the row, so it is atomic against
+    /// every other writer, in this process or another, and costs one trip to the database.
+    async fn patch(
+        &self,
+        key: &StorageKey,
+        delta: &Delta,
+        (seen, idle): (i64, i64),
+        now: Timestamp,
+    ) -> Result<SaveOutcome, StoreError> {
+        let net = NetChanges::of(delta);
+        let mut expr = String::from("data");
+        if !net.removed.is_empty() {
+            expr = format!("json_remove({expr}{})", ", ?".repeat(net.removed.len()));
+        }
+        if !net.set.is_empty() {
+            expr = format!("json_set({expr}{})", ", ?, ?".repeat(net.set.len()));
+        }
+        let sql = format!(
+            "UPDATE sessions SET data = {expr}, last_seen_at = max(last_seen_at, ?), \
+             idle_expires_at = max(idle_expires_at, ?), version = version + 1 \
+             WHERE key = ? AND expires_at > ? RETURNING version"
+        );
+        let mut q = sqlx::query_scalar(&sql);
+        for k in &net.removed {
+            q = q.bind(json_path(k));
+        }
+        for (k, v) in &net.set {
+            // Bound as text, the value is stored as a JSON string: the column's layout.
+            q = q.bind(json_path(k)).bind(v.as_json());
+        }
+        let e = |e| self.writer.error("saving a session", e);
+        let mut w = self.writer.lock().await.map_err(e)?;
+        let version: Option<i64> = q
+            .bind(seen)
+            .bind(idle)
+            .bind(key.as_str())
+            .bind(to_db(now.0))
+            .fetch_optional(&mut *w)
+            .await
+            .map_err(e)?;
+        Ok(saved(version))
+    }
+}
+
+/// Whether a data key can be named in a SQLite JSON path as `$."key"`: the path syntax has no
+/// escapes, so quotes, backslashes and control characters are left to the slow path.
+fn addressable(k: &str) -> bool {
+    !k.chars().any(|c| c == '"' || c == '\\' || c.is_control())
+}
+
+fn json_path(k: &str) -> String {
+    format!("$.\"{k}\"")
+}
+
+fn saved(version: Option<i64>) -> SaveOutcome {
+    match version {
+        Some(v) => SaveOutcome::Saved {
+            version: from_db(v),
+        },
+        None => SaveOutcome::Missing,
+    }
+}
+
+fn insert<'q>(
+    record: &'q Record,
+    key: &'q StorageKey,
+    now: Timestamp,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    let m = &record.meta;
+    sqlx::query(INSERT)
+        .bind(key.as_str())
+        .bind(m.user_id.as_deref())
+        .bind(to_db(m.created_at.0))
+        .bind(to_db(m.last_seen_at.0))
+        .bind(to_db(m.idle_expires_at.0))
+        .bind(to_db(m.absolute_expires_at.0))
+        .bind(m.auth_time.map(|t| to_db(t.0)))
+        .bind(m.user_agent.as_deref())
+        .bind(m.ip.as_deref())
+        .bind(to_db(m.version))
+        .bind(encode_data(&record.data))
+        .bind(to_db(now.0))
+}
+
+/// Metadata of rows with a valid key; rows that do not decode are skipped.
+fn metas(rows: &[SqliteRow]) -> Vec<(StorageKey, Meta)> {
+    rows.iter()
+        .filter_map(|r| MetaRow::from_row(r).ok())
+        .filter_map(|m| StorageKey::parse(&m.key).map(|k| (k, m.meta)))
+        .collect()
+}
+
+#[async_trait]
+impl SessionStore for SqliteStore {
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn create(
+        &self,
+        key: &StorageKey,
+        record: &Record,
+        limit: SessionLimit,
+        now: Timestamp,
+    ) -> Result<CreateOutcome, StoreError> {
+        deadline(
+            self.op_timeout,
+            "creating a session",
+            self.create_inner(key, record, limit, now),
+        )
+        .await
+    }
+
+    async fn load(&self, key: &StorageKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
+        deadline(self.op_timeout, "loading a session", async {
+            let e = |e| store_error("loading a session", e);
+            let row = sqlx::query(&format!(
+                "SELECT {META_COLUMNS}, data FROM sessions WHERE key = ? AND expires_at > ?"
+            ))
+            .bind(key.as_str())
+            .bind(to_db(now.0))
+            .fetch_optional(&self.read)
+            .await
+            .map_err(e)?;
+            let Some(row) = row else { return Ok(None) };
+            let meta = MetaRow::from_row(&row).map_err(e)?.meta;
+            let text: String = row.try_get("data").map_err(e)?;
+            let data = decode_data(&text).map_err(StoreError::Corrupt)?;
+            Ok(Some(Record { data, meta }))
+        })
+        .await
+    }
+
+    async fn save_delta(
+        &self,
+        key: &StorageKey,
+        delta: &Delta,
+        now: Timestamp,
+    ) -> Result<SaveOutcome, StoreError> {
+        deadline(
+            self.op_timeout,
+            "saving a session",
+            self.save_inner(key, delta, now),
+        )
+        .await
+    }
+
+    async fn destroy(&self, key: &StorageKey) -> Result<bool, StoreError> {
+        deadline(self.op_timeout, "destroying a session", async {
+            let e = |e| self.writer.error("destroying a session", e);
+            let mut w = self.writer.lock().await.map_err(e)?;
+            let done = sqlx::query("DELETE FROM sessions WHERE key = ?")
+                .bind(key.as_str())
+                .execute(&mut *w)
+                .await
+                .map_err(e)?;
+            Ok(done.rows_affected() > 0)
+        })
+        .await
+    }
+
+    async fn list_user(
+        &self,
+        user_id: &str,
+        now: Timestamp,
+    ) -> Result<Vec<(StorageKey, Meta)>, StoreError> {
+        // The index is the `user_id` column itself: it cannot point at a missing record, and
+        // expired records are filtered here and deleted by cleanup.
+        deadline(self.op_timeout, "listing a user's sessions", async {
+            let rows = sqlx::query(&format!(
+                "SELECT {META_COLUMNS} FROM sessions WHERE user_id = ? AND expires_at > ? \
+                 ORDER BY created_at, key"
+            ))
+            .bind(user_id)
+            .bind(to_db(now.0))
+            .fetch_all(&self.read)
+            .await
+            .map_err(|e| store_error("listing a user's sessions", e))?;
+            Ok(metas(&rows))
+        })
+        .await
+    }
+
+    async fn destroy_user(
+        &self,
+        user_id: &str,
+        except: Option<&StorageKey>,
+    ) -> Result<Vec<StorageKey>, StoreError> {
+        deadline(self.op_timeout, "destroying a user's sessions", async {
+            let e = |e| self.writer.error("destroying a user's sessions", e);
+            let mut w = self.writer.lock().await.map_err(e)?;
+            let keys: Vec<String> = sqlx::query_scalar(
+                "DELETE FROM sessions WHERE user_id = ? AND key IS NOT ? RETURNING key",
+            )
+            .bind(user_id)
+            .bind(except.map(StorageKey::as_str))
+            .fetch_all(&mut *w)
+            .await
+            .map_err(e)?;
+            let mut keys: Vec<StorageKey> =
+                keys.iter().filter_map(|k| StorageKey::parse(k)).collect();
+            keys.sort();
+            Ok(keys)
+        })
+        .await
+    }
+
+    async fn count(&self) -> Result<u64, StoreError> {
+        deadline(self.op_timeout, "counting sessions", async {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions")
+                .fetch_one(&self.read)
+                .await
+                .map_err(|e| store_error("counting sessions", e))?;
+            Ok(from_db(n))
+        })
+        .await
+    }
+
+    async fn cleanup_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            // One short statement per batch, each under its own deadline, so requests get the
+            // writer between batches and a large backlog does not time out as a whole.
+            let n = deadline(self.op_timeout, "removing expired sessions", async {
+                let e = |e| self.writer.error("removing expired sessions", e);
+                let mut w = self.writer.lock().await.map_err(e)?;
+                sqlx::query(
+                    "DELETE FROM sessions WHERE key IN \
+                     (SELECT key FROM sessions WHERE expires_at <= ? LIMIT ?)",
+                )
+                .bind(to_db(now.0))
+                .bind(CLEANUP_BATCH)
+                .execute(&mut *w)
+                .await
+                .map(|d| d.rows_affected())
+                .map_err(e)
+            })
+            .await?;
+            total += n;
+            if n < CLEANUP_BATCH as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn scan(&self, cursor: Option<String>, batch: usize) -> Result<ScanPage, StoreError> {
+        deadline(self.op_timeout, "scanning sessions", async {
+            let batch = batch.clamp(1, 10_000);
+            let rows = sqlx::query(&format!(
+                "SELECT {META_COLUMNS}, data FROM sessions WHERE key > ? ORDER BY key LIMIT ?"
+            ))
+            .bind(cursor.unwrap_or_default())
+            .bind(i64::try_from(batch).unwrap_or(i64::MAX))
+            .fetch_all(&self.read)
+            .await
+            .map_err(|e| store_error("scanning sessions", e))?;
+            Ok(page(&rows, batch))
+        })
+        .await
+    }
+
+    async fn health(&self) -> Health {
+        let probe = deadline(self.op_timeout, "health check", async {
+            sqlx::query("SELECT 1")
+                .execute(&self.read)
+                .await
+                .map_err(|e| store_error("health check", e))
+        })
+        .await;
+        match probe {
+            Ok(_) => Health {
+                ok: true,
+                detail: "sqlite".into(),
+            },
+            Err(e) => Health {
+                ok: false,
+                detail: format!("sqlite: {e}"),
+            },
+        }
+    }
+}
+
+/// A scan page from rows in key order; rows that do not decode are skipped, but the cursor
+/// still moves past them.
+fn page(rows: &[SqliteRow], batch: usize) -> ScanPage {
+    let mut records = Vec::with_capacity(rows.len());
+    let mut last = None;
+    for row in rows {
+        if let Ok(k) = row.try_get::<String, _>("key") {
+            last = Some(k);
+        }
+        let Ok(m) = MetaRow::from_row(row) else {
+            continue;
+        };
+        let Some(key) = StorageKey::parse(&m.key) else {
+            continue;
+        };
+        let data = row
+            .try_get::<String, _>("data")
+            .ok()
+            .and_then(|t| decode_data(&t).ok());
+        if let Some(data) = data {
+            records.push((key, Record { data, meta: m.meta }));
+        }
+    }
+    let next = if rows.len() == batch { last } else { None };
+    ScanPage { records, next }
+}

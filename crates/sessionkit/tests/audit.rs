@@ -1,0 +1,214 @@
+//! `AuditSink` against a real PostgreSQL server (and SQLite when that feature is on): events
+//! land in the `audit` table; a full queue counts drops and `emit` never blocks; a database
+//! outage loses events to the `failed` counter, never blocks `emit`, never panics.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use sessionkit::{
+    AuditSink, Clock, EventKind, EventSink, FanoutSink, MemorySink, SessionEvent, SessionId,
+    SystemClock,
+};
+use sessionkit_testkit::postgres::PostgresServer;
+
+fn server() -> &'static PostgresServer {
+    static SERVER: OnceLock<PostgresServer> = OnceLock::new();
+    SERVER.get_or_init(PostgresServer::start)
+}
+
+async fn fresh_db() -> (String, String) {
+    let url = tokio::task::spawn_blocking(|| server().create_database())
+        .await
+        .unwrap();
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    (url, db)
+}
+
+async fn psql(db: &str, sql: &str) -> String {
+    let (db, sql) = (db.to_owned(), sql.to_owned());
+    tokio::task::spawn_blocking(move || server().psql(&db, &sql))
+        .await
+        .unwrap()
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+fn event(kind: EventKind, i: usize) -> SessionEvent {
+    SessionEvent {
+        kind,
+        at: SystemClock.now(),
+        key: Some(SessionId::generate().unwrap().storage_key()),
+        user_id: Some(format!("user-{i}")),
+        reason: "login",
+        ip: Some("203.0.113.7".into()),
+        user_agent: Some("Mozilla/5.0 (test) ✓".into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_land_in_the_audit_table() {
+    let (url, db) = fresh_db().await;
+    let sink = Arc::new(AuditSink::connect(&url).await.unwrap());
+    // Beside any other sink, as the layer would use it.
+    let memory = Arc::new(MemorySink::default());
+    let fanout = FanoutSink(vec![memory.clone(), sink.clone()]);
+    let kinds = [
+        EventKind::Created,
+        EventKind::Rotated,
+        EventKind::Revoked,
+        EventKind::Evicted,
+        EventKind::Rejected,
+    ];
+    let events: Vec<SessionEvent> = kinds
+        .iter()
+        .enumerate()
+        .map(|(i, k)| event(*k, i))
+        .collect();
+    for e in &events {
+        fanout.emit(e);
+    }
+    let anonymous = SessionEvent {
+        kind: EventKind::Rejected,
+        at: SystemClock.now(),
+        key: None,
+        user_id: None,
+        reason: "bad_signature",
+        ip: None,
+        user_agent: None,
+    };
+    fanout.emit(&anonymous);
+    sink.flush().await;
+    assert_eq!(sink.written(), 6);
+    assert_eq!(sink.dropped() + sink.failed(), 0);
+    assert_eq!(memory.0.lock().len(), 6);
+
+    assert_eq!(psql(&db, "SELECT COUNT(*) FROM audit").await, "6");
+    let e = &events[2];
+    let row = psql(
+        &db,
+        &format!(
+            "SELECT kind, user_id, reason, ip, user_agent, \
+             (extract(epoch from at) * 1000)::bigint FROM audit WHERE storage_key = '{}'",
+            e.key.as_ref().unwrap()
+        ),
+    )
+    .await;
+    assert_eq!(
+        row,
+        format!(
+            "revoked|user-2|login|203.0.113.7|Mozilla/5.0 (test) ✓|{}",
+            e.at.as_millis()
+        )
+    );
+    assert_eq!(
+        psql(
+            &db,
+            "SELECT reason FROM audit WHERE storage_key IS NULL AND user_id IS NULL"
+        )
+        .await,
+        "bad_signature"
+    );
+    // The table came from the versioned migrations.
+    assert_eq!(
+        psql(
+            &db,
+            "SELECT version FROM sessionkit_migrations WHERE component = 'audit'"
+        )
+        .await,
+        "1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_counts_drops_and_emit_never_blocks() {
+    let (url, db) = fresh_db().await;
+    let sink = AuditSink::builder(&url)
+        .with_capacity(8)
+        .with_batch_size(4)
+        .connect()
+        .await
+        .unwrap();
+    let n = 20_000;
+    let events: Vec<SessionEvent> = (0..n).map(|i| event(EventKind::Created, i)).collect();
+    let start = Instant::now();
+    for e in &events {
+        sink.emit(e);
+    }
+    let took = start.elapsed();
+    // 20 000 try_sends take milliseconds; a blocking emit would wait for thousands of INSERTs.
+    assert!(took < Duration::from_secs(5), "emit blocked: {took:?}");
+    assert!(sink.dropped() > 0, "a queue of 8 cannot hold {n} events");
+    sink.flush().await;
+    assert_eq!(sink.failed(), 0);
+    assert_eq!(sink.written() + sink.dropped(), n as u64);
+    assert_eq!(
+        psql(&db, "SELECT COUNT(*) FROM audit").await,
+        sink.written().to_string()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_never_blocks_emit_and_is_counted() {
+    let mut own = tokio::task::spawn_blocking(PostgresServer::start)
+        .await
+        .unwrap();
+    let sink = AuditSink::builder(&own.url())
+        .with_capacity(100)
+        .with_connect_timeout(Duration::from_secs(1))
+        .with_attempts(2)
+        .connect()
+        .await
+        .unwrap();
+    sink.emit(&event(EventKind::Created, 0));
+    sink.flush().await;
+    assert_eq!(sink.written(), 1);
+
+    own = tokio::task::spawn_blocking(move || {
+        own.stop();
+        own
+    })
+    .await
+    .unwrap();
+
+    let start = Instant::now();
+    for i in 0..1000 {
+        sink.emit(&event(EventKind::Revoked, i));
+    }
+    assert!(start.elapsed() < Duration::from_secs(5), "emit blocked");
+    // Bounded: every batch gives up after its attempts.
+    tokio::time::timeout(Duration::from_secs(60), sink.flush())
+        .await
+        .expect("flush finishes while the database is down");
+    assert_eq!(sink.written(), 1);
+    assert!(sink.failed() > 0);
+    assert_eq!(sink.written() + sink.dropped() + sink.failed(), 1001);
+    drop(own);
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_audit_trail() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("audit.db").display());
+    let sink = AuditSink::connect(&url).await.unwrap();
+    for i in 0..10 {
+        sink.emit(&event(EventKind::Destroyed, i));
+    }
+    sink.flush().await;
+    assert_eq!(sink.written(), 10);
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let (n, kind): (i64, String) =
+        sqlx::query_as("SELECT COUNT(*), MIN(kind) FROM audit WHERE reason = 'login'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((n, kind.as_str()), (10, "destroyed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_urls_are_errors() {
+    assert!(AuditSink::connect("mysql://x").await.is_err());
+    assert!(AuditSink::connect("postgres://[::1").await.is_err());
+}

@@ -1,0 +1,273 @@
+//! `PostgresStore` against a real PostgreSQL server: the conformance suite on a fresh database
+//! per test, two instances sharing one database, corrupt rows, and an outage.
+//!
+//! One server is shared by the whole test binary (started on first use; its watchdog stops it
+//! when the process exits). The outage test starts its own.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use sessionkit::{
+    Clock, CreateOutcome, Delta, LimitPolicy, PostgresStore, SaveOutcome, SessionId, SessionLimit,
+    SessionStore, StorageKey, StoreError, SystemClock, Value,
+};
+use sessionkit_testkit::conformance::{record_at, Store};
+use sessionkit_testkit::postgres::PostgresServer;
+use sessionkit_testkit::store_conformance;
+
+fn server() -> &'static PostgresServer {
+    static SERVER: OnceLock<PostgresServer> = OnceLock::new();
+    SERVER.get_or_init(PostgresServer::start)
+}
+
+async fn connect(url: &str) -> PostgresStore {
+    PostgresStore::builder(url)
+        .with_max_connections(8)
+        .connect()
+        .await
+        .expect("connect")
+}
+
+async fn fresh() -> Store {
+    let url = tokio::task::spawn_blocking(|| server().create_database())
+        .await
+        .expect("create database");
+    Arc::new(connect(&url).await)
+}
+
+store_conformance!(fresh);
+
+fn key() -> StorageKey {
+    SessionId::generate().unwrap().storage_key()
+}
+
+fn set(k: &str, v: i64) -> Delta {
+    Delta {
+        changes: vec![(k.to_owned(), Some(Value::to_json(&v).unwrap()))],
+        touch: None,
+    }
+}
+
+async fn fresh_url() -> String {
+    tokio::task::spawn_blocking(|| server().create_database())
+        .await
+        .unwrap()
+}
+
+/// Two pools on one database, as two hosts would have: no lost update, limits hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_share_one_database() {
+    let url = fresh_url().await;
+    let a = Arc::new(connect(&url).await);
+    // The second instance runs the migrations again: nothing changes.
+    let b = Arc::new(connect(&url).await);
+    let now = SystemClock.now();
+    let k = key();
+    let _ = a
+        .create(&k, &record_at(None, now), SessionLimit::UNLIMITED, now)
+        .await
+        .unwrap();
+    let (writers, rounds) = (16, 20);
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let store = if w % 2 == 0 { a.clone() } else { b.clone() };
+        let k = k.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..rounds {
+                let out = store
+                    .save_delta(&k, &set(&format!("w{w}"), i), SystemClock.now())
+                    .await
+                    .unwrap();
+                assert!(matches!(out, SaveOutcome::Saved { .. }));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let got = b.load(&k, SystemClock.now()).await.unwrap().unwrap();
+    for w in 0..writers {
+        assert_eq!(
+            got.data.get(&format!("w{w}")).map(Value::as_json),
+            Some((rounds - 1).to_string().as_str()),
+            "writer {w} lost its update"
+        );
+    }
+    assert_eq!(got.meta.version, (writers * rounds) as u64);
+
+    let limit = SessionLimit {
+        max: Some(2),
+        policy: LimitPolicy::EvictOldest,
+    };
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let now = SystemClock.now();
+            store
+                .create(&key(), &record_at(Some("bob"), now), limit, now)
+                .await
+                .unwrap()
+        }));
+    }
+    for t in tasks {
+        assert!(matches!(t.await.unwrap(), CreateOutcome::Created { .. }));
+    }
+    assert_eq!(
+        a.list_user("bob", SystemClock.now()).await.unwrap().len(),
+        2
+    );
+
+    let migrations = server()
+        .psql(
+            url.rsplit('/').next().unwrap(),
+            "SELECT COUNT(*) FROM sessionkit_migrations",
+        )
+        .unwrap();
+    assert_eq!(migrations.trim(), "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_round_trip_byte_for_byte() {
+    let store = connect(&fresh_url().await).await;
+    let now = SystemClock.now();
+    let k = key();
+    let mut r = record_at(None, now);
+    // jsonb would reorder these keys and add spaces; the store keeps the text as written.
+    let odd = Value::from_json_text(r#"{"zz":1,"a":[1,2.50],"s":"nul\u0000 \"q\""}"#).unwrap();
+    r.data.insert("obj".into(), odd.clone());
+    let _ = store
+        .create(&k, &r, SessionLimit::UNLIMITED, now)
+        .await
+        .unwrap();
+    let delta = Delta {
+        changes: vec![
+            ("k'; DROP TABLE sessions; --".into(), Some(odd.clone())),
+            ("ключ".into(), Some(Value::to_json("✓").unwrap())),
+        ],
+        touch: None,
+    };
+    let _ = store.save_delta(&k, &delta, now).await.unwrap();
+    let got = store.load(&k, now).await.unwrap().unwrap();
+    assert_eq!(got.data["obj"].as_json(), odd.as_json());
+    assert_eq!(
+        got.data["k'; DROP TABLE sessions; --"].as_json(),
+        odd.as_json()
+    );
+    assert_eq!(got.data["ключ"].as_json(), "\"✓\"");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_rows_are_reported_on_load_and_skipped_by_scan() {
+    let url = fresh_url().await;
+    let store = connect(&url).await;
+    let now = SystemClock.now();
+    let (good, bad) = (key(), key());
+    for k in [&good, &bad] {
+        let _ = store
+            .create(
+                k,
+                &record_at(Some("carol"), now),
+                SessionLimit::UNLIMITED,
+                now,
+            )
+            .await
+            .unwrap();
+    }
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    let sql = format!(
+        r#"UPDATE sessions SET data = '{{"a": "{{not json"}}' WHERE key = '{}'"#,
+        bad.as_str()
+    );
+    tokio::task::spawn_blocking(move || server().psql(&db, &sql))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        store.load(&bad, now).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    let page = store.scan(None, 10).await.unwrap();
+    assert_eq!(page.records.len(), 1);
+    assert_eq!(page.records[0].0, good);
+    assert_eq!(store.destroy_user("carol", None).await.unwrap().len(), 2);
+}
+
+/// Stopping the server makes every operation fail as `Unavailable` within a bounded time:
+/// no hang, no panic, no other error kind. Health turns false.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_is_unavailable_within_a_bounded_time() {
+    let mut own = tokio::task::spawn_blocking(PostgresServer::start)
+        .await
+        .unwrap();
+    let store = PostgresStore::builder(&own.url())
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_operation_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .unwrap();
+    let now = SystemClock.now();
+    let k = key();
+    let _ = store
+        .create(
+            &k,
+            &record_at(Some("dave"), now),
+            SessionLimit::UNLIMITED,
+            now,
+        )
+        .await
+        .unwrap();
+    assert!(store.health().await.ok);
+
+    own = tokio::task::spawn_blocking(move || {
+        own.stop();
+        own
+    })
+    .await
+    .unwrap();
+
+    // Generous bound for a loaded CI box; the configured deadlines are 2-3 s.
+    let bound = Duration::from_secs(20);
+    let limit = SessionLimit {
+        max: Some(3),
+        policy: LimitPolicy::Deny,
+    };
+    macro_rules! unavailable {
+        ($what:expr, $op:expr) => {{
+            let start = Instant::now();
+            let r = $op.await;
+            let took = start.elapsed();
+            assert!(took < bound, "{}: took {took:?}", $what);
+            match r {
+                Err(StoreError::Unavailable { .. }) => {}
+                other => panic!("{}: expected Unavailable, got {other:?}", $what),
+            }
+        }};
+    }
+    unavailable!("load", store.load(&k, now));
+    unavailable!("save_delta", store.save_delta(&k, &set("a", 1), now));
+    unavailable!(
+        "create",
+        store.create(&key(), &record_at(Some("dave"), now), limit, now)
+    );
+    unavailable!("destroy", store.destroy(&k));
+    unavailable!("list_user", store.list_user("dave", now));
+    unavailable!("count", store.count());
+    unavailable!("cleanup", store.cleanup_expired(now));
+    unavailable!("scan", store.scan(None, 10));
+    let start = Instant::now();
+    assert!(!store.health().await.ok);
+    assert!(start.elapsed() < bound);
+
+    // Connecting to a server that is down fails the same way.
+    let start = Instant::now();
+    let err = PostgresStore::builder(&own.url())
+        .with_connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .expect_err("server is down");
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
+    assert!(start.elapsed() < bound);
+    drop(own);
+}
