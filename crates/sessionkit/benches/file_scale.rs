@@ -116,7 +116,7 @@ mod unix {
                         .await
                         .unwrap();
                     assert!(matches!(out, CreateOutcome::Created { .. }));
-                    if w == 0 && i % 100_000 == 0 && i > 0 {
+                    if w == 0 && i.is_multiple_of(100_000) && i > 0 {
                         println!("  filled {i} in {:.1?}", start.elapsed());
                     }
                     i += FILL_TASKS;

@@ -705,3 +705,25 @@ async fn killed_writers_leave_no_corrupt_record() {
     assert!(!gone.is_empty());
     assert!(store.list_user(CRASH_USER, now()).await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_urls_open_the_file_store() {
+    let guard = fresh_dir();
+    let dir = guard.path().join("via-url");
+    let config = sessionkit::Config::from_lookup(|_| None).unwrap();
+    let url = format!("file://{}", dir.display());
+    let store = sessionkit::open_store_url(&url, &config).await.unwrap();
+    assert_eq!(store.name(), "file");
+    let key = new_key();
+    let out = store
+        .create(
+            &key,
+            &record_at(None, now()),
+            SessionLimit::UNLIMITED,
+            now(),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(out, CreateOutcome::Created { .. }));
+    assert!(record_path(&dir, &key).exists());
+}
