@@ -13,9 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use sessionkit::{
-    Clock, CreateOutcome, Delta, FileOptions, FileStore, Health, LimitPolicy, Meta, Record,
-    SaveOutcome, ScanPage, SessionId, SessionLimit, SessionStore, StorageKey, StoreError,
-    SystemClock, Timestamp, Value,
+    Clock, CreateOutcome, Delta, FileOptions, FileStore, LimitPolicy, Record, SaveOutcome,
+    SessionId, SessionLimit, SessionStore, StorageKey, StoreError, SystemClock, Timestamp, Value,
 };
 use sessionkit_testkit::conformance::record_at;
 use sessionkit_testkit::store_conformance;
@@ -34,73 +33,12 @@ fn open(dir: &Path) -> FileStore {
     FileStore::open(dir, FileOptions::default()).unwrap()
 }
 
-/// A store in its own directory, which goes when the suite drops the store.
-#[derive(Debug)]
-struct Scratch {
-    store: FileStore,
-    _dir: tempfile::TempDir,
-}
-
-#[async_trait::async_trait]
-impl SessionStore for Scratch {
-    fn name(&self) -> &'static str {
-        self.store.name()
-    }
-    async fn create(
-        &self,
-        key: &StorageKey,
-        record: &Record,
-        limit: SessionLimit,
-        now: Timestamp,
-    ) -> Result<CreateOutcome, StoreError> {
-        self.store.create(key, record, limit, now).await
-    }
-    async fn load(&self, key: &StorageKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
-        self.store.load(key, now).await
-    }
-    async fn save_delta(
-        &self,
-        key: &StorageKey,
-        delta: &Delta,
-        now: Timestamp,
-    ) -> Result<SaveOutcome, StoreError> {
-        self.store.save_delta(key, delta, now).await
-    }
-    async fn destroy(&self, key: &StorageKey) -> Result<bool, StoreError> {
-        self.store.destroy(key).await
-    }
-    async fn list_user(
-        &self,
-        user_id: &str,
-        now: Timestamp,
-    ) -> Result<Vec<(StorageKey, Meta)>, StoreError> {
-        self.store.list_user(user_id, now).await
-    }
-    async fn destroy_user(
-        &self,
-        user_id: &str,
-        except: Option<&StorageKey>,
-    ) -> Result<Vec<StorageKey>, StoreError> {
-        self.store.destroy_user(user_id, except).await
-    }
-    async fn count(&self) -> Result<u64, StoreError> {
-        self.store.count().await
-    }
-    async fn cleanup_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
-        self.store.cleanup_expired(now).await
-    }
-    async fn scan(&self, cursor: Option<String>, batch: usize) -> Result<ScanPage, StoreError> {
-        self.store.scan(cursor, batch).await
-    }
-    async fn health(&self) -> Health {
-        self.store.health().await
-    }
-}
-
 store_conformance!(|| async {
     let dir = fresh_dir();
     let store = open(dir.path());
-    Arc::new(Scratch { store, _dir: dir }) as sessionkit_testkit::conformance::Store
+    // The directory goes when the suite drops the store.
+    Arc::new(sessionkit_testkit::Holding { store, guard: dir })
+        as sessionkit_testkit::conformance::Store
 });
 
 fn now() -> Timestamp {
