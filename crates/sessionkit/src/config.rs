@@ -261,8 +261,9 @@ impl Config {
         self
     }
 
-    /// What happens at the per-user limit. Default `EvictOldest`... when a limit is set through
-    /// the environment; `Deny` for [`Config::new`].
+    /// What happens at the per-user limit. Default `Deny` for [`Config::new`];
+    /// [`Config::from_env`] defaults to `EvictOldest` (`SESSION_LIMIT_POLICY` overrides), so a
+    /// user who forgot to sign out elsewhere is never locked out.
     #[must_use]
     pub fn with_limit_policy(mut self, p: LimitPolicy) -> Self {
         self.limit.policy = p;
