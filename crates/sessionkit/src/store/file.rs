@@ -486,32 +486,42 @@ impl Inner {
     }
 
     fn load(&self, key: &StorageKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
-        // The hot path: one `openat2` that refuses any symbolic link on the way instead of one
-        // `openat` per folder (kernels before 5.6 take the folder-by-folder path).
-        let k = key.as_str();
-        let path = format!("{}/{}/{}", &k[..2], &k[2..4], k);
-        let found = match rfs::openat2(
-            self.sessions.as_fd(),
-            path.as_str(),
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-            Mode::empty(),
-            rfs::ResolveFlags::NO_SYMLINKS | rfs::ResolveFlags::BENEATH,
-        ) {
+        let found = match self.open_record(key, false) {
             Ok(fd) => Some(read_fd(fd, DECODE_CEILING)?),
             Err(Errno::NOENT) => None,
+            // No `openat2` (kernel before 5.6, or not Linux): folder by folder.
             Err(Errno::NOSYS | Errno::PERM) => {
                 let Some(leaf) = self.session_leaf(key)? else {
                     return Ok(None);
                 };
-                read_small(leaf.as_fd(), k, DECODE_CEILING)?
+                read_small(leaf.as_fd(), key.as_str(), DECODE_CEILING)?
             }
             Err(e) => return Err(fail("opening a session file", e)),
         };
-        match found.map(|bytes| decode_bounded(&bytes)) {
-            None => Ok(None),
-            Some(Ok(r)) => Ok((!r.meta.is_expired(now)).then_some(r)),
-            Some(Err(e)) => Err(StoreError::Corrupt(e)),
+        found.map_or(Ok(None), |bytes| live_record(&bytes, now))
+    }
+
+    /// Opens the record file of `key` with one `openat2` that refuses any symbolic link on the
+    /// way, instead of one `openat` per folder; with `cached_only`, fails with `EAGAIN` rather
+    /// than wait on the disk for the path lookup.
+    #[cfg(target_os = "linux")]
+    fn open_record(&self, key: &StorageKey, cached_only: bool) -> rustix::io::Result<OwnedFd> {
+        let mut resolve = rfs::ResolveFlags::NO_SYMLINKS | rfs::ResolveFlags::BENEATH;
+        if cached_only {
+            resolve |= rfs::ResolveFlags::CACHED;
         }
+        rfs::openat2(
+            self.sessions.as_fd(),
+            record_path(key).as_str(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+            resolve,
+        )
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn open_record(&self, _key: &StorageKey, _cached_only: bool) -> rustix::io::Result<OwnedFd> {
+        Err(Errno::NOSYS)
     }
 
     /// `load` without any call that can wait on the disk: the path is resolved from the dentry
@@ -523,15 +533,7 @@ impl Inner {
         key: &StorageKey,
         now: Timestamp,
     ) -> Option<Result<Option<Record>, StoreError>> {
-        let k = key.as_str();
-        let path = format!("{}/{}/{}", &k[..2], &k[2..4], k);
-        let fd = match rfs::openat2(
-            self.sessions.as_fd(),
-            path.as_str(),
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-            Mode::empty(),
-            rfs::ResolveFlags::NO_SYMLINKS | rfs::ResolveFlags::BENEATH | rfs::ResolveFlags::CACHED,
-        ) {
+        let fd = match self.open_record(key, true) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Some(Ok(None)),
             Err(_) => return None,
@@ -558,10 +560,7 @@ impl Inner {
             }
         }
         buf.truncate(n);
-        Some(match decode_bounded(&buf) {
-            Ok(r) => Ok((!r.meta.is_expired(now)).then_some(r)),
-            Err(e) => Err(StoreError::Corrupt(e)),
-        })
+        Some(live_record(&buf, now))
     }
 
     /// Elsewhere every load takes the blocking path.
@@ -1021,9 +1020,11 @@ impl Inner {
     /// planted as an intermediate folder could at most make this answer "exists" (the marker
     /// is then kept); nothing is read or changed through it.
     fn record_exists(&self, key: &StorageKey) -> Result<bool, StoreError> {
-        let k = key.as_str();
-        let path = format!("{}/{}/{}", &k[..2], &k[2..4], k);
-        match rfs::statat(self.sessions.as_fd(), path, AtFlags::SYMLINK_NOFOLLOW) {
+        match rfs::statat(
+            self.sessions.as_fd(),
+            record_path(key),
+            AtFlags::SYMLINK_NOFOLLOW,
+        ) {
             Ok(_) => Ok(true),
             Err(Errno::NOENT | Errno::NOTDIR) => Ok(false),
             Err(e) => Err(fail("checking a session file", e)),
@@ -1322,6 +1323,20 @@ fn read_fd(fd: OwnedFd, max: usize) -> Result<Vec<u8>, StoreError> {
     }
     buf.truncate(n);
     Ok(buf)
+}
+
+/// The record file of `key`, relative to `<dir>/sessions`: `ab/cd/<key>`.
+fn record_path(key: &StorageKey) -> String {
+    let k = key.as_str();
+    format!("{}/{}/{}", &k[..2], &k[2..4], k)
+}
+
+/// What `load` answers for the bytes of a record file.
+fn live_record(bytes: &[u8], now: Timestamp) -> Result<Option<Record>, StoreError> {
+    match decode_bounded(bytes) {
+        Ok(r) => Ok((!r.meta.is_expired(now)).then_some(r)),
+        Err(e) => Err(StoreError::Corrupt(e)),
+    }
 }
 
 fn decode_bounded(bytes: &[u8]) -> Result<Record, DecodeError> {
