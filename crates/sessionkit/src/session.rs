@@ -365,6 +365,11 @@ impl Session {
         Ok(st.id.as_ref().map(SessionId::storage_key))
     }
 
+    /// Activity at `now` keeps the session until the idle timeout, never past its absolute expiry.
+    fn idle_expiry(&self, now: Timestamp, absolute: Timestamp) -> Timestamp {
+        now.add(self.0.shared.config.idle_timeout).min(absolute)
+    }
+
     fn fresh_record(&self, user: Option<String>, now: Timestamp) -> Record {
         let c = &self.0.shared.config;
         let absolute = now.add(c.absolute_timeout);
@@ -375,7 +380,7 @@ impl Session {
                 user_id: user,
                 created_at: now,
                 last_seen_at: now,
-                idle_expires_at: now.add(c.idle_timeout).min(absolute),
+                idle_expires_at: self.idle_expiry(now, absolute),
                 absolute_expires_at: absolute,
                 user_agent: self.0.client.user_agent(),
                 ip: self.0.client.ip(),
@@ -442,9 +447,7 @@ impl Session {
     ) -> Result<(), SessionError> {
         let now = self.now();
         record.meta.last_seen_at = now;
-        record.meta.idle_expires_at = now
-            .add(self.0.shared.config.idle_timeout)
-            .min(record.meta.absolute_expires_at);
+        record.meta.idle_expires_at = self.idle_expiry(now, record.meta.absolute_expires_at);
         record.meta.version += 1;
         let (id, evicted) = self.create_fresh(&record, limit, now).await?;
         let user = record.meta.user_id.clone();
@@ -529,7 +532,6 @@ impl Session {
             return Ok(());
         }
         let now = self.now();
-        let c = &self.0.shared.config;
         match st.id.clone() {
             Some(id) if !st.changes.is_empty() || st.touch_due => {
                 let abs = st
@@ -540,7 +542,7 @@ impl Session {
                     changes: std::mem::take(&mut st.changes).into_iter().collect(),
                     touch: Some(Touch {
                         last_seen_at: now,
-                        idle_expires_at: now.add(c.idle_timeout).min(abs),
+                        idle_expires_at: self.idle_expiry(now, abs),
                     }),
                 };
                 let key = id.storage_key();
