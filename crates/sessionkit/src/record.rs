@@ -160,6 +160,10 @@ pub enum DecodeError {
     /// object of JSON values.
     #[error("malformed JSON session data")]
     Json(#[source] serde_json::Error),
+    /// A store that frames records with a checksum (the file store) read bytes that do not
+    /// match it: a write was in progress under the reader, or the file is damaged.
+    #[error("record checksum mismatch")]
+    Checksum,
 }
 
 /// Hard ceiling on what the decoder accepts, whatever the configured limit: a store cannot make

@@ -177,7 +177,15 @@ async fn symlinks_planted_inside_the_directory_are_never_followed() {
     let lock_d = record_path(&dir, &key_d).with_file_name(".lock");
     let _ = std::fs::remove_file(&lock_d);
     symlink(&canary, &lock_d).unwrap();
-    // 4. Every user shard folder is a link to the outside tree.
+    // 4. The spare file of a real record (what the next save rewrites) is a link to the canary.
+    let key_e = StorageKey::parse(&format!("cc01{}", "4".repeat(60))).unwrap();
+    create(&store, &key_e, &record_at(None, now())).await;
+    symlink(
+        &canary,
+        record_path(&dir, &key_e).with_file_name(format!(".spare.{}", key_e.as_str())),
+    )
+    .unwrap();
+    // 5. Every user shard folder is a link to the outside tree.
     for i in 0..=255u8 {
         symlink(outside.join("tree"), dir.join(format!("users/{i:02x}"))).unwrap();
     }
@@ -200,6 +208,10 @@ async fn symlinks_planted_inside_the_directory_are_never_followed() {
         );
         let _ = store.destroy(key).await;
     }
+    // A save that would write through the planted spare fails; the record is unchanged.
+    assert!(store.save_delta(&key_e, &set("x", "y"), t).await.is_err());
+    let e = store.load(&key_e, t).await.unwrap().unwrap();
+    assert!(!e.data.contains_key("x"));
     // The real record behind the planted lock file can't be written or destroyed either.
     assert!(store.save_delta(&key_d, &set("x", "y"), t).await.is_err());
     assert!(store.destroy(&key_d).await.is_err());
@@ -591,7 +603,7 @@ async fn killed_writers_leave_no_corrupt_record() {
     for p in &all {
         let name = p.file_name().unwrap().to_str().unwrap();
         if let Some(key) = StorageKey::parse(name) {
-            let r = Record::decode(&std::fs::read(p).unwrap())
+            let r = FileStore::decode_file(&std::fs::read(p).unwrap())
                 .unwrap_or_else(|e| panic!("{} is corrupt: {e}", p.display()));
             if r.meta.user_id.as_deref() == Some(CRASH_USER) {
                 of_user.insert(key.clone());
@@ -664,4 +676,261 @@ async fn file_urls_open_the_file_store() {
         .unwrap();
     assert!(matches!(out, CreateOutcome::Created { .. }));
     assert!(record_path(&dir, &key).exists());
+}
+
+/// A save that must succeed.
+async fn saved(store: &FileStore, key: &StorageKey, delta: &Delta, now: Timestamp) {
+    let out = store.save_delta(key, delta, now).await.unwrap();
+    assert!(matches!(out, SaveOutcome::Saved { .. }), "{out:?}");
+}
+
+fn spare_path(dir: &Path, key: &StorageKey) -> PathBuf {
+    record_path(dir, key).with_file_name(format!(".spare.{}", key.as_str()))
+}
+
+fn inode(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p).unwrap().ino()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saves_swap_two_files_and_create_no_new_inode() {
+    let guard = fresh_dir();
+    let dir = guard.path().to_path_buf();
+    let store = open(&dir);
+    let key = new_key();
+    create(&store, &key, &record_at(Some("erin"), now())).await;
+    let big = "x".repeat(40_000);
+    saved(&store, &key, &set("big", &big), now()).await;
+    let (first, first_spare) = (
+        inode(&record_path(&dir, &key)),
+        inode(&spare_path(&dir, &key)),
+    );
+    // The record shrinks: the spare keeps the longer file's tail, which the frame leaves out.
+    let shrink = Delta {
+        changes: vec![("big".to_owned(), None)],
+        touch: None,
+    };
+    saved(&store, &key, &shrink, now()).await;
+    for i in 0..11 {
+        saved(&store, &key, &set("n", &i.to_string()), now()).await;
+        let got = store.load(&key, now()).await.unwrap().unwrap();
+        assert_eq!(
+            got.data.get("n").map(Value::as_json),
+            Some(format!("\"{i}\"")).as_deref()
+        );
+        assert!(!got.data.contains_key("big"));
+    }
+    // Twelve saves later the same two files hold the record and the spare, in turn.
+    assert_eq!(inode(&record_path(&dir, &key)), first);
+    assert_eq!(inode(&spare_path(&dir, &key)), first_spare);
+    assert_eq!(store.count().await.unwrap(), 1);
+    assert_eq!(store.scan(None, 10).await.unwrap().records.len(), 1);
+    // Both go with the session.
+    assert!(store.destroy(&key).await.unwrap());
+    assert!(!record_path(&dir, &key).exists());
+    assert!(!spare_path(&dir, &key).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_failing_its_checksum_loads_as_corrupt_and_cleanup_removes_it() {
+    let guard = fresh_dir();
+    let dir = guard.path().to_path_buf();
+    let store = open(&dir);
+    let key = new_key();
+    create(&store, &key, &record_at(Some("fay"), now())).await;
+    saved(&store, &key, &set("a", "b"), now()).await;
+    let path = record_path(&dir, &key);
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert!(FileStore::decode_file(&bytes).is_ok());
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x20;
+    std::fs::write(&path, &bytes).unwrap();
+    // Changed by hand, which the store that saved it (and cached it) does not see: another
+    // store on the directory reads the file.
+    drop(store);
+    let store = open(&dir);
+    assert!(matches!(
+        FileStore::decode_file(&bytes),
+        Err(sessionkit::DecodeError::Checksum)
+    ));
+    assert!(matches!(
+        store.load(&key, now()).await,
+        Err(StoreError::Corrupt(sessionkit::DecodeError::Checksum))
+    ));
+    // A cut-off file too.
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(matches!(
+        store.load(&key, now()).await,
+        Err(StoreError::Corrupt(sessionkit::DecodeError::Checksum))
+    ));
+    assert_eq!(
+        store.save_delta(&key, &set("c", "d"), now()).await.unwrap(),
+        SaveOutcome::Missing
+    );
+    assert_eq!(store.cleanup_expired(now()).await.unwrap(), 1);
+    assert!(!path.exists());
+    assert!(!spare_path(&dir, &key).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_removes_the_spares_of_removed_records() {
+    let guard = fresh_dir();
+    let dir = guard.path().to_path_buf();
+    let store = open(&dir);
+    let t = now();
+    let (old, orphan, live) = (new_key(), new_key(), new_key());
+    for k in [&old, &orphan, &live] {
+        create(&store, k, &record_at(None, t)).await;
+        saved(&store, k, &set("a", "b"), t).await;
+        assert!(spare_path(&dir, k).exists());
+    }
+    // A record removed behind the store's back leaves its spare alone.
+    std::fs::remove_file(record_path(&dir, &orphan)).unwrap();
+    // `old` expires; `live` is kept alive.
+    let later = t.add(Duration::from_secs(3 * 3600));
+    let touch = Delta {
+        changes: Vec::new(),
+        touch: Some(sessionkit::Touch {
+            last_seen_at: t.add(Duration::from_secs(1800)),
+            idle_expires_at: later.add(HOUR),
+        }),
+    };
+    saved(&store, &live, &touch, t.add(Duration::from_secs(1800))).await;
+    assert_eq!(store.cleanup_expired(later).await.unwrap(), 1);
+    assert!(!record_path(&dir, &old).exists() && !spare_path(&dir, &old).exists());
+    assert!(!spare_path(&dir, &orphan).exists());
+    assert!(record_path(&dir, &live).exists() && spare_path(&dir, &live).exists());
+    assert!(store.load(&live, later).await.unwrap().is_some());
+}
+
+/// Readers take no lock, and a file they opened can be rewritten as a spare under them: the
+/// checksum must turn every such read into a retry, never into a mixed record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readers_never_see_a_mixed_record_while_saves_rewrite_spares() {
+    let guard = fresh_dir();
+    let dir = guard.path().to_path_buf();
+    let store = open(&dir);
+    let key = new_key();
+    create(&store, &key, &record_at(None, now())).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let (store, key, stop) = (store.clone(), key.clone(), stop.clone());
+        readers.push(tokio::spawn(async move {
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = store.load(&key, now()).await.unwrap().unwrap();
+                // Both values are written by every save together, with the same content.
+                assert_eq!(r.data.get("a"), r.data.get("b"), "a mixed record");
+                reads += 1;
+                tokio::task::yield_now().await;
+            }
+            reads
+        }));
+    }
+    for i in 0..400u32 {
+        // 60 KB values, one letter each time: a mix of two writes shows as a != b or as
+        // something that does not decode.
+        let letter = char::from(b'a' + u8::try_from(i % 26).unwrap());
+        let v =
+            Value::to_json(&letter.to_string().repeat(30_000 + (i as usize % 7) * 1000)).unwrap();
+        let d = Delta {
+            changes: vec![("a".into(), Some(v.clone())), ("b".into(), Some(v))],
+            touch: None,
+        };
+        saved(&store, &key, &d, now()).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for r in readers {
+        total += r.await.unwrap();
+    }
+    assert!(total > 100, "only {total} reads");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_records_follow_changes_made_by_other_stores_on_the_directory() {
+    let guard = fresh_dir();
+    let dir = guard.path().to_path_buf();
+    let (a, b) = (open(&dir), open(&dir));
+    let t = now();
+    let key = new_key();
+    create(&a, &key, &record_at(Some("gus"), t)).await;
+    let value = |r: Option<Record>| r.unwrap().data.get("n").map(|v| v.as_json().to_owned());
+    for i in 0..20 {
+        // `a` reads (and caches), `b` writes, `a` must see it at once; then the other way.
+        assert_eq!(
+            value(a.load(&key, t).await.unwrap()),
+            (i > 0).then(|| format!("\"b{}\"", i - 1))
+        );
+        saved(&b, &key, &set("n", &format!("a{i}")), t).await;
+        assert_eq!(
+            value(a.load(&key, t).await.unwrap()),
+            Some(format!("\"a{i}\""))
+        );
+        assert_eq!(
+            value(b.load(&key, t).await.unwrap()),
+            Some(format!("\"a{i}\""))
+        );
+        saved(&a, &key, &set("n", &format!("b{i}")), t).await;
+        assert_eq!(
+            value(b.load(&key, t).await.unwrap()),
+            Some(format!("\"b{i}\""))
+        );
+    }
+    // A save through `a` that read a stale cache would lose `b`'s key here.
+    saved(&b, &key, &set("other", "kept"), t).await;
+    saved(&a, &key, &set("n", "last"), t).await;
+    let r = b.load(&key, t).await.unwrap().unwrap();
+    assert!(r.data.contains_key("other"), "a lost update: {:?}", r.data);
+    // Destroyed through one, gone for the other at once; likewise revocation and cleanup.
+    assert!(a.load(&key, t).await.unwrap().is_some());
+    assert!(b.destroy(&key).await.unwrap());
+    assert!(a.load(&key, t).await.unwrap().is_none());
+    let k2 = new_key();
+    create(&a, &k2, &record_at(Some("gus"), t)).await;
+    assert!(a.load(&k2, t).await.unwrap().is_some());
+    assert_eq!(b.destroy_user("gus", None).await.unwrap(), vec![k2.clone()]);
+    assert!(a.load(&k2, t).await.unwrap().is_none());
+    let k3 = new_key();
+    create(&a, &k3, &record_at(None, t)).await;
+    assert!(a.load(&k3, t).await.unwrap().is_some());
+    assert_eq!(b.cleanup_expired(t.add(48 * HOUR)).await.unwrap(), 1);
+    std::fs::write(record_path(&dir, &k3), record_at(None, t).encode()).unwrap();
+    // (Rewritten by hand with a live record: only a change through a store moves the counter,
+    // and cleanup's removal did, so `a` reads the file again.)
+    assert!(a.load(&k3, t).await.unwrap().is_some());
+}
+
+/// The cache is what answers: a record changed by hand (not through a store, so no counter
+/// moves) is still served from memory by the store that cached it, read afresh by a new one,
+/// and by a store without a cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loads_are_answered_from_the_cache_while_nothing_changed() {
+    let guard = fresh_dir();
+    let dir = guard.path().to_path_buf();
+    let cached = open(&dir);
+    let uncached = FileStore::open(&dir, FileOptions::default().with_cache_entries(0)).unwrap();
+    let t = now();
+    let key = new_key();
+    create(&cached, &key, &record_at(None, t)).await;
+    saved(&cached, &key, &set("n", "1"), t).await;
+    let mut by_hand = cached.load(&key, t).await.unwrap().unwrap();
+    by_hand
+        .data
+        .insert("n".into(), Value::to_json("by hand").unwrap());
+    std::fs::write(record_path(&dir, &key), by_hand.encode()).unwrap();
+    let n = |r: Record| r.data["n"].as_json().to_owned();
+    assert_eq!(n(cached.load(&key, t).await.unwrap().unwrap()), "\"1\"");
+    assert_eq!(
+        n(uncached.load(&key, t).await.unwrap().unwrap()),
+        "\"by hand\""
+    );
+    assert_eq!(
+        n(open(&dir).load(&key, t).await.unwrap().unwrap()),
+        "\"by hand\""
+    );
+    // Expiry is still judged at each load, cached or not.
+    assert!(cached.load(&key, t.add(2 * HOUR)).await.unwrap().is_none());
 }

@@ -5,9 +5,12 @@
 //!
 //! # Layout
 //! ```text
-//! <dir>/VERSION                     "sessionkit-file 1"
+//! <dir>/VERSION                     "sessionkit-file 2"
 //! <dir>/count                       approximate record count, written by cleanup
-//! <dir>/sessions/ab/cd/<key>        one record (Record::encode) per storage key "abcd…"
+//! <dir>/generations                 change counters shared by every process (see Cache)
+//! <dir>/sessions/ab/cd/<key>        one record per storage key "abcd…" (a framed
+//!                                   Record::encode: tag, length, checksum, record)
+//! <dir>/sessions/ab/cd/.spare.<key> the record's previous file, rewritten by the next save
 //! <dir>/sessions/ab/cd/.lock        shard lock (flock) for writers of the keys in this folder
 //! <dir>/sessions/ab/cd/.tmp.<rand>  a write in progress (or left by a crash; cleanup removes it)
 //! <dir>/users/ef/gh/<uh>.<key>      empty marker: session <key> belongs to the user whose
@@ -24,10 +27,18 @@
 //! directory is refused, never followed (`<dir>` itself may be a link the operator chose).
 //!
 //! # Concurrency
-//! - A record file is never modified in place: writes go to a temp file in the same folder which
-//!   then replaces the record by `rename` (updates) or appears under its name by `link`
-//!   (creates, which fails if the name exists: `O_CREAT|O_EXCL` semantics). A reader therefore
-//!   sees the old record or the new one, never a mix, and needs no lock.
+//! - The file under a record's name is never written: a create writes a temp file that appears
+//!   under the name by `link` (which fails if the name exists: `O_CREAT|O_EXCL` semantics); a
+//!   save rewrites the record's *spare* file (`.spare.<key>`, the record's previous file) and
+//!   then swaps the two names in one `renameat2(RENAME_EXCHANGE)`. The name therefore always
+//!   leads to a complete record, and a save neither creates nor frees an inode: on ext4 a new
+//!   inode per write cost more than the write itself (the allocator's search for inodes that
+//!   were not recently deleted), and freeing one waits for the disk on `discard` mounts. Where
+//!   the exchange is not supported the spare replaces the record by plain `rename`.
+//! - A reader needs no lock. One that opened the record just before two saves can find its
+//!   file rewritten as a spare under it: every record file carries its length and a checksum
+//!   (the first 8 bytes of its SHA-256), and a read that does not match is retried from the
+//!   name, so readers see the old record or the new one, never a mix.
 //! - `save_delta`, `destroy` and the removals done by cleanup take the shard's `flock` lock, so a
 //!   read-modify-write cannot lose another process's update nor resurrect a destroyed record.
 //!   The lock file is never replaced (a lock on the record itself would be lost at each rename).
@@ -39,9 +50,28 @@
 //!   record", so the per-user limit is atomic across processes. Lock order is always user shard
 //!   then session shard, and no path holds two session shards, so there is no deadlock.
 //!
+//! # Cache
+//! Each store keeps the records it read last in memory ([`FileOptions::cache_entries`]), and a
+//! load answers from there when nothing changed the record since, which it learns from one
+//! `pread` instead of opening and reading the record (four system calls and a path walk).
+//! `<dir>/generations` holds a counter per group of keys (2^20 groups by the keys' first five
+//! hex digits, so a group lies in one shard folder): every change of a record file — save,
+//! destroy, eviction, cleanup, replacement of a dead record — runs under the shard lock
+//! between two increments of its group's counter, making it odd while the change is under
+//! way. A load reads the counter before the file and keeps the record with that counter if it
+//! was even; a cached record is used only while the counter still has that value. Any change
+//! that became visible after the file was read moved the counter after the load read it, so a
+//! cached record is never older than the file, across processes too; a process killed in a
+//! change leaves the counter odd, which only turns caching off for that group until the next
+//! change. Counters are stored with their complement, so a torn read counts as "changing".
+//! Every process on the directory must therefore run this layout (`VERSION` 2): stop processes
+//! of an older sessionkit before starting newer ones on their directory. A record file changed
+//! by hand is not seen by processes that cached it until the record's next change.
+//!
 //! # Crashes
 //! - A process killed at any point leaves every record either absent or complete; at worst a
-//!   temp file (removed by cleanup after a minute) or an index marker whose record is absent
+//!   temp file (removed by cleanup after a minute), a half-written spare (rewritten whole by
+//!   the next save before it is used) or an index marker whose record is absent
 //!   (pruned on read and by cleanup). The marker is written before its record and removed after
 //!   it, so a record of a user is always in that user's index: `destroy_user` cannot miss one.
 //! - With [`FileOptions::fsync`] off (the default) an operating-system crash or power loss can
@@ -82,10 +112,27 @@ use crate::id::StorageKey;
 use crate::record::{DecodeError, Delta, Meta, Record, Timestamp, DECODE_CEILING};
 
 const VERSION_FILE: &str = "VERSION";
-const VERSION_TEXT: &str = "sessionkit-file 1\n";
+const VERSION_TEXT: &str = "sessionkit-file 2\n";
+/// The layout before the generations file; opening such a directory upgrades it.
+const VERSION_1_TEXT: &str = "sessionkit-file 1\n";
+const GENERATIONS_FILE: &str = "generations";
+/// Groups of keys with a change counter each: the first 20 bits of the key.
+const GENERATION_SLOTS: u64 = 1 << 20;
+/// Bytes per counter: the value and its complement.
+const GENERATION_SLOT_BYTES: u64 = 16;
+/// Cache shards (each under its own mutex).
+const CACHE_SHARDS: usize = 16;
 const COUNT_FILE: &str = "count";
 const LOCK_FILE: &str = ".lock";
 const TEMP_PREFIX: &str = ".tmp.";
+/// `.spare.<key>`: the file the next save of `<key>` rewrites and swaps in.
+const SPARE_PREFIX: &str = ".spare.";
+/// First byte of a framed record file: tag, length (u32 LE), checksum (8 bytes), record.
+/// Record files without it (bare [`Record::encode`]) are read too.
+const FRAME_TAG: u8 = 0xF5;
+const FRAME_HEADER: usize = 1 + 4 + 8;
+/// A read that keeps failing its checksum this many times is reported as damaged.
+const READ_ATTEMPTS: usize = 8;
 /// Temp files older than this are leftovers of a crash; younger ones may be in flight.
 const TEMP_MAX_AGE: Duration = Duration::from_secs(60);
 /// At the cap, a `create` walks the store for expired records at most this often (by `now`).
@@ -104,6 +151,9 @@ pub struct FileOptions {
     pub max_sessions: Option<u64>,
     /// Worker threads of a cleanup walk. Default: 16.
     pub cleanup_threads: usize,
+    /// Records kept in memory to answer loads without reading their files; 0 turns the cache
+    /// off. Default: [`FileOptions::DEFAULT_CACHE_ENTRIES`].
+    pub cache_entries: usize,
 }
 
 impl Default for FileOptions {
@@ -112,6 +162,7 @@ impl Default for FileOptions {
             fsync: false,
             max_sessions: Some(Self::DEFAULT_MAX_SESSIONS),
             cleanup_threads: 16,
+            cache_entries: Self::DEFAULT_CACHE_ENTRIES,
         }
     }
 }
@@ -119,6 +170,17 @@ impl Default for FileOptions {
 impl FileOptions {
     /// Default of [`FileOptions::max_sessions`].
     pub const DEFAULT_MAX_SESSIONS: u64 = 5_000_000;
+    /// Default of [`FileOptions::cache_entries`].
+    pub const DEFAULT_CACHE_ENTRIES: usize = 65_536;
+
+    /// How many records each store keeps in memory to answer loads without reading their
+    /// files (coherent across processes: see the module documentation); 0 turns the cache off.
+    /// Default: 65,536 (a few tens of MB with typical records).
+    #[must_use]
+    pub fn with_cache_entries(mut self, entries: usize) -> Self {
+        self.cache_entries = entries;
+        self
+    }
 
     /// Whether every write is flushed to disk before it is acknowledged. Default: `false`.
     ///
@@ -197,6 +259,8 @@ struct Inner {
     /// Wall-clock millis of the last "store is full" warning, and refusals since.
     full_warned_at: AtomicU64,
     full_refusals: AtomicU64,
+    generations: Generations,
+    cache: RecordCache,
 }
 
 impl FileStore {
@@ -223,6 +287,8 @@ impl FileStore {
             .ok_or_else(|| StoreError::Full("could not create the sessions folder".into()))?;
         let users = open_dir(root_fd.as_fd(), "users", true, options.fsync)?
             .ok_or_else(|| StoreError::Full("could not create the users folder".into()))?;
+        let generations = Generations::open(root_fd.as_fd())?;
+        let cache = RecordCache::new(options.cache_entries);
         let inner = Inner {
             root,
             opts: options,
@@ -234,6 +300,8 @@ impl FileStore {
             cap_cleanup: Mutex::new(None),
             full_warned_at: AtomicU64::new(0),
             full_refusals: AtomicU64::new(0),
+            generations,
+            cache,
         };
         // Exact at start (names only, no reads); then kept up to date in memory.
         let n = inner.count_records()?;
@@ -247,6 +315,16 @@ impl FileStore {
     /// The directory the store lives in.
     pub fn dir(&self) -> &Path {
         &self.inner.root
+    }
+
+    /// Decodes the bytes of a record file (for tools and tests; the store reads its files
+    /// itself).
+    ///
+    /// # Errors
+    /// [`DecodeError::Checksum`] when the bytes do not match the file's checksum; any error of
+    /// [`Record::decode`].
+    pub fn decode_file(bytes: &[u8]) -> Result<Record, DecodeError> {
+        decode_file(bytes)
     }
 
     /// Runs `f` on the blocking pool: the store's I/O never stalls the async workers. The
@@ -281,14 +359,27 @@ impl SessionStore for FileStore {
     }
 
     async fn load(&self, key: &StorageKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
+        let inner = &self.inner;
+        // Before the file: see "Cache" in the module documentation.
+        let generation = inner.cache.enabled().then(|| inner.generations.stable(key));
+        let generation = generation.flatten();
+        if let Some(r) = generation.and_then(|g| inner.cache.get(key, g)) {
+            return Ok((!r.meta.is_expired(now)).then_some(r));
+        }
         // A record already in the page cache is read right here with calls that cannot wait on
         // the disk; only a miss pays the hand-off to the blocking pool, which under load cost
         // more than the read itself (perf: a third of the samples were thread switches).
-        if let Some(answer) = self.inner.load_without_blocking(key, now) {
-            return answer;
+        let answer = match inner.load_without_blocking(key, now) {
+            Some(answer) => answer,
+            None => {
+                let key = key.clone();
+                self.run(move |s| s.load(&key, now)).await
+            }
+        };
+        if let (Some(g), Ok(Some(r))) = (generation, &answer) {
+            inner.cache.put(key, g, r.clone());
         }
-        let key = key.clone();
-        self.run(move |s| s.load(&key, now)).await
+        answer
     }
 
     async fn save_delta(
@@ -454,10 +545,14 @@ impl Inner {
             if !dead {
                 return Ok(false);
             }
+            let change = self.generations.begin(key)?;
+            self.cache.forget(key);
             if remove_entry(leaf, name)? {
                 self.dec_count(1);
             }
-            if self.try_link(leaf, temp, name)? {
+            let linked = self.try_link(leaf, temp, name)?;
+            change.finish()?;
+            if linked {
                 return Ok(true);
             }
         }
@@ -487,18 +582,30 @@ impl Inner {
 
     fn load(&self, key: &StorageKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
         let found = match self.open_record(key, false) {
-            Ok(fd) => Some(read_fd(fd, DECODE_CEILING)?),
+            Ok(fd) => {
+                let first = read_fd(fd, DECODE_CEILING + FRAME_HEADER)?;
+                match decode_file(&first) {
+                    // Rewritten under us (see the module documentation): from the name again.
+                    Err(DecodeError::Checksum) => match self.session_leaf(key)? {
+                        Some(leaf) => read_record(leaf.as_fd(), key.as_str())?,
+                        None => None,
+                    },
+                    decoded => Some(decoded),
+                }
+            }
             Err(Errno::NOENT) => None,
             // No `openat2` (kernel before 5.6, or not Linux): folder by folder.
-            Err(Errno::NOSYS | Errno::PERM) => {
-                let Some(leaf) = self.session_leaf(key)? else {
-                    return Ok(None);
-                };
-                read_small(leaf.as_fd(), key.as_str(), DECODE_CEILING)?
-            }
+            Err(Errno::NOSYS | Errno::PERM) => match self.session_leaf(key)? {
+                Some(leaf) => read_record(leaf.as_fd(), key.as_str())?,
+                None => None,
+            },
             Err(e) => return Err(fail("opening a session file", e)),
         };
-        found.map_or(Ok(None), |bytes| live_record(&bytes, now))
+        match found {
+            None => Ok(None),
+            Some(Ok(r)) => Ok((!r.meta.is_expired(now)).then_some(r)),
+            Some(Err(e)) => Err(StoreError::Corrupt(e)),
+        }
     }
 
     /// Opens the record file of `key` with one `openat2` that refuses any symbolic link on the
@@ -542,7 +649,9 @@ impl Inner {
         if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
             return None;
         }
-        let size = usize::try_from(st.st_size).ok()?.min(DECODE_CEILING);
+        let size = usize::try_from(st.st_size)
+            .ok()?
+            .min(DECODE_CEILING + FRAME_HEADER);
         let mut buf = vec![0u8; size + 1];
         let mut n = 0;
         while n < buf.len() {
@@ -560,7 +669,11 @@ impl Inner {
             }
         }
         buf.truncate(n);
-        Some(live_record(&buf, now))
+        match decode_file(&buf) {
+            Ok(r) => Some(Ok((!r.meta.is_expired(now)).then_some(r))),
+            // Rewritten under us, or damaged: the blocking path reads again and decides.
+            Err(_) => None,
+        }
     }
 
     /// Elsewhere every load takes the blocking path.
@@ -584,17 +697,21 @@ impl Inner {
         };
         let leaf = leaf.as_fd();
         let _lock = lock_shard(leaf)?;
-        match read_record(leaf, key.as_str())? {
+        // Under the lock nobody else changes the record: a cached copy that is current is as
+        // good as the file.
+        let current = match self.cached_under_lock(key) {
+            Some(r) => Some(Ok(r)),
+            None => read_record(leaf, key.as_str())?,
+        };
+        match current {
             Some(Ok(mut r)) if !r.meta.is_expired(now) => {
                 r.apply(delta);
-                let temp = self.write_record(leaf, &r)?;
-                rfs::renameat(leaf, temp.name(), leaf, key.as_str())
-                    .map_err(|e| fail("replacing a session file", e))?;
-                temp.consumed();
-                self.sync_dir(leaf)?;
-                Ok(SaveOutcome::Saved {
-                    version: r.meta.version,
-                })
+                let change = self.generations.begin(key)?;
+                self.replace_record(leaf, key, &r)?;
+                let version = r.meta.version;
+                let generation = change.finish()?;
+                self.cache.put(key, generation, r);
+                Ok(SaveOutcome::Saved { version })
             }
             Some(Err(e)) => {
                 // Unreadable means absent to the layer; a write cannot repair it.
@@ -720,7 +837,12 @@ impl Inner {
             (Some(Ok(r)), _) => r.meta.user_id,
             (Some(Err(_)), _) => None,
         };
-        if remove_entry(leaf, key.as_str())? {
+        let change = self.generations.begin(key)?;
+        self.cache.forget(key);
+        let removed = remove_entry(leaf, key.as_str())?;
+        change.finish()?;
+        if removed {
+            remove_entry(leaf, &spare_name(key))?;
             self.sync_dir(leaf)?;
             self.dec_count(1);
             Ok(Removed::Gone { user })
@@ -846,9 +968,28 @@ impl Inner {
                 remove_stale_temp(leaf, name, wall_now)?;
                 continue;
             }
-            if StorageKey::parse(name).is_none() {
+            if let Some(owner) = name.strip_prefix(SPARE_PREFIX) {
+                // A spare whose record is gone (removed by an older version, or by hand). Saves
+                // need the record, so under the lock the answer holds.
+                let gone = || {
+                    matches!(
+                        rfs::statat(leaf, owner, AtFlags::SYMLINK_NOFOLLOW),
+                        Err(Errno::NOENT)
+                    )
+                };
+                if StorageKey::parse(owner).is_some() && gone() {
+                    if lock.is_none() {
+                        lock = Some(lock_shard(leaf)?);
+                    }
+                    if gone() {
+                        remove_entry(leaf, name)?;
+                    }
+                }
                 continue;
             }
+            let Some(key) = StorageKey::parse(name) else {
+                continue;
+            };
             if !matches!(entry.file_type(), FileType::RegularFile | FileType::Unknown) {
                 tracing::warn!(
                     entry = name,
@@ -896,9 +1037,14 @@ impl Inner {
                     Some(_) => {}
                 }
             }
-            if remove_entry(leaf, name)? {
+            let change = self.generations.begin(&key)?;
+            self.cache.forget(&key);
+            let gone = remove_entry(leaf, name)?;
+            change.finish()?;
+            if gone {
                 removed += 1;
             }
+            remove_entry(leaf, &spare_name(&key))?;
         }
         if lock.is_some() {
             self.sync_dir(leaf)?;
@@ -1048,10 +1194,58 @@ impl Inner {
     ) -> Result<TempFile<'a>, StoreError> {
         write_temp(
             dir,
-            &record.encode(),
+            &frame(&record.encode()),
             self.opts.fsync,
             Some(record.meta.expires_at()),
         )
+    }
+
+    /// The cached record of `key` if it is current. Only under the key's shard lock, where
+    /// nobody else can change it meanwhile.
+    fn cached_under_lock(&self, key: &StorageKey) -> Option<Record> {
+        if !self.cache.enabled() {
+            return None;
+        }
+        self.cache.get(key, self.generations.stable(key)?)
+    }
+
+    /// Replaces the record under `key` in `leaf` by `record`; the caller holds the shard lock
+    /// and has just read the record there. The spare is rewritten in place (no inode is created
+    /// or freed) and swapped with the record in one `renameat2(RENAME_EXCHANGE)`.
+    fn replace_record(
+        &self,
+        leaf: BorrowedFd<'_>,
+        key: &StorageKey,
+        record: &Record,
+    ) -> Result<(), StoreError> {
+        let bytes = frame(&record.encode());
+        let spare = spare_name(key);
+        let fd = open_spare(leaf, &spare)?;
+        let size = rfs::fstat(&fd)
+            .map_err(|e| fail("reading a session file", e))?
+            .st_size;
+        write_all_at(&fd, &bytes).map_err(|e| fail("writing a session file", e))?;
+        // The frame says where the record ends; a file much longer than it (a record that
+        // shrank) is cut back so that reads stay small.
+        if u64::try_from(size).unwrap_or(0) > 2 * bytes.len() as u64 + 4096 {
+            rfs::ftruncate(&fd, bytes.len() as u64)
+                .map_err(|e| fail("writing a session file", e))?;
+        }
+        stamp_expiry(&fd, record.meta.expires_at())?;
+        if self.opts.fsync {
+            rfs::fdatasync(&fd).map_err(|e| fail("flushing a session file", e))?;
+        }
+        match exchange(leaf, &spare, key.as_str()) {
+            Ok(()) => {}
+            // A file system without the exchange: the spare becomes the record, the old
+            // record file is freed (and the next save creates a spare again).
+            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                rfs::renameat(leaf, spare.as_str(), leaf, key.as_str())
+                    .map_err(|e| fail("replacing a session file", e))?;
+            }
+            Err(e) => return Err(fail("replacing a session file", e)),
+        }
+        self.sync_dir(leaf)
     }
 
     /// Creates an empty 0600 marker; `false` if it was already there.
@@ -1166,22 +1360,241 @@ fn write_temp<'a>(
     rfs::fchmod(&fd, file_mode()).map_err(|e| fail("setting a file's mode", e))?;
     write_all(&fd, bytes).map_err(|e| fail("writing a session file", e))?;
     if let Some(t) = mtime {
-        let times = rfs::Timestamps {
-            last_access: rustix::fs::Timespec {
-                tv_sec: 0,
-                tv_nsec: rfs::UTIME_OMIT,
-            },
-            last_modification: rustix::fs::Timespec {
-                tv_sec: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
-                tv_nsec: i64::try_from((t.as_millis() % 1000) * 1_000_000).unwrap_or(0),
-            },
-        };
-        rfs::futimens(&fd, &times).map_err(|e| fail("stamping a session file", e))?;
+        stamp_expiry(&fd, t)?;
     }
     if fsync {
         rfs::fdatasync(&fd).map_err(|e| fail("flushing a session file", e))?;
     }
     Ok(temp)
+}
+
+/// Sets a record file's modification time to the record's expiry, so that cleanup can pass
+/// over live records without reading them.
+fn stamp_expiry(fd: &OwnedFd, t: Timestamp) -> Result<(), StoreError> {
+    let times = rfs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rfs::UTIME_OMIT,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::try_from((t.as_millis() % 1000) * 1_000_000).unwrap_or(0),
+        },
+    };
+    rfs::futimens(fd, &times).map_err(|e| fail("stamping a session file", e))
+}
+
+/// Opens (creating it 0600) the spare file `name` for writing, without following a link.
+fn open_spare(leaf: BorrowedFd<'_>, name: &str) -> Result<OwnedFd, StoreError> {
+    let fd = rfs::openat(
+        leaf,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        file_mode(),
+    )
+    .map_err(|e| fail("opening a spare session file", e))?;
+    let st = rfs::fstat(&fd).map_err(|e| fail("opening a spare session file", e))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(StoreError::backend(
+            "opening a spare session file",
+            io::Error::new(io::ErrorKind::InvalidData, "not a regular file"),
+        ));
+    }
+    if st.st_mode & 0o7777 != file_mode().bits() {
+        rfs::fchmod(&fd, file_mode()).map_err(|e| fail("setting a file's mode", e))?;
+    }
+    Ok(fd)
+}
+
+/// Swaps the names `a` and `b` in `dir` atomically.
+#[cfg(target_os = "linux")]
+fn exchange(dir: BorrowedFd<'_>, a: &str, b: &str) -> rustix::io::Result<()> {
+    rfs::renameat_with(dir, a, dir, b, rfs::RenameFlags::EXCHANGE)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_dir: BorrowedFd<'_>, _a: &str, _b: &str) -> rustix::io::Result<()> {
+    Err(Errno::NOSYS)
+}
+
+/// The change counters in `<dir>/generations` (see "Cache" in the module documentation).
+struct Generations {
+    fd: OwnedFd,
+}
+
+impl Generations {
+    fn open(root: BorrowedFd<'_>) -> Result<Self, StoreError> {
+        let fd = rfs::openat(
+            root,
+            GENERATIONS_FILE,
+            OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            file_mode(),
+        )
+        .map_err(|e| fail("opening the generations file", e))?;
+        let st = rfs::fstat(&fd).map_err(|e| fail("opening the generations file", e))?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Err(StoreError::backend(
+                "opening the generations file",
+                io::Error::new(io::ErrorKind::InvalidData, "not a regular file"),
+            ));
+        }
+        if st.st_mode & 0o7777 != file_mode().bits() {
+            rfs::fchmod(&fd, file_mode()).map_err(|e| fail("setting a file's mode", e))?;
+        }
+        let size = GENERATION_SLOTS * GENERATION_SLOT_BYTES;
+        // Sparse: a counter never written reads as zeros, which means 0.
+        if u64::try_from(st.st_size).unwrap_or(0) < size {
+            rfs::ftruncate(&fd, size).map_err(|e| fail("sizing the generations file", e))?;
+        }
+        Ok(Self { fd })
+    }
+
+    fn offset(key: &StorageKey) -> u64 {
+        let group = u64::from_str_radix(&key.as_str()[..5], 16).unwrap_or(0);
+        (group % GENERATION_SLOTS) * GENERATION_SLOT_BYTES
+    }
+
+    /// The counter of `key`'s group; `None` when it cannot be read without waiting on the disk
+    /// or does not read as a whole value.
+    fn read(&self, key: &StorageKey) -> Option<u64> {
+        let mut b = [0u8; 16];
+        #[cfg(target_os = "linux")]
+        let got = rustix::io::preadv2(
+            &self.fd,
+            &mut [io::IoSliceMut::new(&mut b)],
+            Self::offset(key),
+            rustix::io::ReadWriteFlags::NOWAIT,
+        );
+        #[cfg(not(target_os = "linux"))]
+        let got = rustix::io::pread(&self.fd, &mut b, Self::offset(key));
+        if got != Ok(16) {
+            return None;
+        }
+        let value = u64::from_le_bytes(b[..8].try_into().ok()?);
+        let check = u64::from_le_bytes(b[8..].try_into().ok()?);
+        (check == !value || (value == 0 && check == 0)).then_some(value)
+    }
+
+    /// The counter of `key`'s group when no change is under way (even).
+    fn stable(&self, key: &StorageKey) -> Option<u64> {
+        self.read(key).filter(|g| g % 2 == 0)
+    }
+
+    fn write(&self, key: &StorageKey, value: u64) -> Result<(), StoreError> {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&value.to_le_bytes());
+        b[8..].copy_from_slice(&(!value).to_le_bytes());
+        let n = rustix::io::pwrite(&self.fd, &b, Self::offset(key))
+            .map_err(|e| fail("writing the generations file", e))?;
+        if n != b.len() {
+            return Err(fail("writing the generations file", Errno::IO));
+        }
+        Ok(())
+    }
+
+    /// Marks a change of `key`'s record as under way; the caller holds the shard lock, so it is
+    /// the only writer of this counter. [`Change::finish`] (or dropping it) ends the change.
+    fn begin(&self, key: &StorageKey) -> Result<Change<'_>, StoreError> {
+        let odd = match self.read(key) {
+            Some(g) if g % 2 == 0 => g + 1,
+            // Left odd by a process killed in a change.
+            Some(g) => g + 2,
+            // Torn by a process killed in a write: restart above anything it can have held.
+            None => wall_millis().saturating_mul(1_000_000) | 1,
+        };
+        self.write(key, odd)?;
+        Ok(Change {
+            generations: self,
+            key: key.clone(),
+            odd,
+            open: true,
+        })
+    }
+}
+
+/// A change in progress of one record file; its group's counter is odd until it ends.
+struct Change<'a> {
+    generations: &'a Generations,
+    key: StorageKey,
+    odd: u64,
+    open: bool,
+}
+
+impl Change<'_> {
+    /// Ends the change: the counter value that now stands for the record's new state.
+    fn finish(mut self) -> Result<u64, StoreError> {
+        self.open = false;
+        let even = self.odd + 1;
+        self.generations.write(&self.key, even)?;
+        Ok(even)
+    }
+}
+
+impl Drop for Change<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            // A change that failed part way: whatever it did, caches must read the file again.
+            let _ = self.generations.write(&self.key, self.odd + 1);
+        }
+    }
+}
+
+/// Records this store read or wrote, with the counter value they go with.
+struct RecordCache {
+    shards: Vec<Mutex<std::collections::HashMap<StorageKey, (u64, Record)>>>,
+    per_shard: usize,
+}
+
+impl RecordCache {
+    fn new(entries: usize) -> Self {
+        let per_shard = entries.div_ceil(CACHE_SHARDS);
+        Self {
+            shards: (0..CACHE_SHARDS).map(|_| Mutex::default()).collect(),
+            per_shard,
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        self.per_shard > 0
+    }
+
+    fn shard(
+        &self,
+        key: &StorageKey,
+    ) -> &Mutex<std::collections::HashMap<StorageKey, (u64, Record)>> {
+        let b = key.as_str().as_bytes();
+        let i = usize::from(b[b.len() - 1]) % CACHE_SHARDS;
+        &self.shards[i]
+    }
+
+    /// The record cached for `key` if it goes with counter value `generation`.
+    fn get(&self, key: &StorageKey, generation: u64) -> Option<Record> {
+        let shard = self.shard(key).lock();
+        match shard.get(key) {
+            Some((g, r)) if *g == generation => Some(r.clone()),
+            _ => None,
+        }
+    }
+
+    fn put(&self, key: &StorageKey, generation: u64, record: Record) {
+        if !self.enabled() {
+            return;
+        }
+        let mut shard = self.shard(key).lock();
+        if shard.len() >= self.per_shard && !shard.contains_key(key) {
+            // Full: drop one entry (the hash order makes it an arbitrary one).
+            if let Some(victim) = shard.keys().next().cloned() {
+                shard.remove(&victim);
+            }
+        }
+        shard.insert(key.clone(), (generation, record));
+    }
+
+    fn forget(&self, key: &StorageKey) {
+        if self.enabled() {
+            self.shard(key).lock().remove(key);
+        }
+    }
 }
 
 /// A temp file that is removed when dropped, unless [`TempFile::consumed`] says it was renamed.
@@ -1308,8 +1721,8 @@ fn read_fd(fd: OwnedFd, max: usize) -> Result<Vec<u8>, StoreError> {
             io::Error::new(io::ErrorKind::InvalidData, "not a regular file"),
         ));
     }
-    // Files are never written in place, so the size does not move under us; still, never read
-    // past `max` + 1.
+    // A spare can be rewritten while we read it (the checksum catches that); never read past
+    // `max` + 1.
     let size = usize::try_from(st.st_size).unwrap_or(usize::MAX).min(max);
     let mut buf = vec![0u8; size + 1];
     let mut n = 0;
@@ -1331,12 +1744,37 @@ fn record_path(key: &StorageKey) -> String {
     format!("{}/{}/{}", &k[..2], &k[2..4], k)
 }
 
-/// What `load` answers for the bytes of a record file.
-fn live_record(bytes: &[u8], now: Timestamp) -> Result<Option<Record>, StoreError> {
-    match decode_bounded(bytes) {
-        Ok(r) => Ok((!r.meta.is_expired(now)).then_some(r)),
-        Err(e) => Err(StoreError::Corrupt(e)),
+/// `record` framed for a record file: [`FRAME_TAG`], length (u32 LE), the first 8 bytes of
+/// its SHA-256, then the record.
+fn frame(record: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FRAME_HEADER + record.len());
+    out.push(FRAME_TAG);
+    // Records are far below 4 GiB (the decoder's ceiling is 16 MiB).
+    out.extend_from_slice(
+        &u32::try_from(record.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    out.extend_from_slice(&Sha256::digest(record)[..8]);
+    out.extend_from_slice(record);
+    out
+}
+
+/// The record in the bytes of a record file: framed (anything after the frame is left over
+/// from a longer record and ignored), or bare as written before frames.
+fn decode_file(bytes: &[u8]) -> Result<Record, DecodeError> {
+    if bytes.first() != Some(&FRAME_TAG) {
+        return decode_bounded(bytes);
     }
+    let header = bytes.get(..FRAME_HEADER).ok_or(DecodeError::Checksum)?;
+    let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    let body = bytes
+        .get(FRAME_HEADER..FRAME_HEADER.saturating_add(len))
+        .ok_or(DecodeError::Checksum)?;
+    if Sha256::digest(body)[..8] != header[5..] {
+        return Err(DecodeError::Checksum);
+    }
+    decode_bounded(body)
 }
 
 fn decode_bounded(bytes: &[u8]) -> Result<Record, DecodeError> {
@@ -1347,12 +1785,22 @@ fn decode_bounded(bytes: &[u8]) -> Result<Record, DecodeError> {
     }
 }
 
-/// `None` if absent; `Some(Err)` if it does not decode (including over the size ceiling).
+/// `None` if absent; `Some(Err)` if it does not decode (including over the size ceiling). A
+/// read that fails its checksum is taken again from the name: the file was rewritten under it.
 fn read_record(
     dir: BorrowedFd<'_>,
     name: &str,
 ) -> Result<Option<Result<Record, DecodeError>>, StoreError> {
-    Ok(read_small(dir, name, DECODE_CEILING)?.map(|bytes| decode_bounded(&bytes)))
+    let mut attempt = 1;
+    loop {
+        let Some(bytes) = read_small(dir, name, DECODE_CEILING + FRAME_HEADER)? else {
+            return Ok(None);
+        };
+        match decode_file(&bytes) {
+            Err(DecodeError::Checksum) if attempt < READ_ATTEMPTS => attempt += 1,
+            decoded => return Ok(Some(decoded)),
+        }
+    }
 }
 
 /// Whether cleanup removes it: expired, or undecodable in a format this version knows.
@@ -1537,6 +1985,10 @@ fn parse_marker(name: &str) -> Option<StorageKey> {
     StorageKey::parse(key)
 }
 
+fn spare_name(key: &StorageKey) -> String {
+    format!("{SPARE_PREFIX}{}", key.as_str())
+}
+
 fn marker_name(uh: &str, key: &StorageKey) -> String {
     format!("{uh}.{}", key.as_str())
 }
@@ -1551,6 +2003,20 @@ fn random_hex() -> Result<String, StoreError> {
     getrandom::getrandom(&mut b)
         .map_err(|e| StoreError::backend("naming a temp file", io::Error::other(e.to_string())))?;
     Ok(format!("{:016x}", u64::from_le_bytes(b)))
+}
+
+/// Writes `bytes` at the start of the file.
+fn write_all_at(fd: &OwnedFd, bytes: &[u8]) -> Result<(), Errno> {
+    let mut done = 0;
+    while done < bytes.len() {
+        match rustix::io::pwrite(fd, &bytes[done..], done as u64) {
+            Ok(0) => return Err(Errno::IO),
+            Ok(n) => done += n,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn write_all(fd: &OwnedFd, mut bytes: &[u8]) -> Result<(), Errno> {
@@ -1664,6 +2130,8 @@ fn prepare_root(root: &Path) -> Result<(), StoreError> {
 fn check_version(root: BorrowedFd<'_>, fsync: bool) -> Result<(), StoreError> {
     match read_small(root, VERSION_FILE, 256)? {
         Some(text) if text == VERSION_TEXT.as_bytes() => Ok(()),
+        // Layout 1 lacks only the generations file, which opening creates.
+        Some(text) if text == VERSION_1_TEXT.as_bytes() => write_version(root, fsync),
         Some(_) => Err(StoreError::backend(
             "opening the session directory",
             io::Error::new(
@@ -1671,15 +2139,17 @@ fn check_version(root: BorrowedFd<'_>, fsync: bool) -> Result<(), StoreError> {
                 "its VERSION file names a layout this version of sessionkit does not know",
             ),
         )),
-        None => {
-            let temp = write_temp(root, VERSION_TEXT.as_bytes(), fsync, None)?;
-            // Two processes opening a new directory at once both write the same text.
-            rfs::renameat(root, temp.name(), root, VERSION_FILE)
-                .map_err(|e| fail("writing the VERSION file", e))?;
-            temp.consumed();
-            Ok(())
-        }
+        None => write_version(root, fsync),
     }
+}
+
+fn write_version(root: BorrowedFd<'_>, fsync: bool) -> Result<(), StoreError> {
+    let temp = write_temp(root, VERSION_TEXT.as_bytes(), fsync, None)?;
+    // Two processes opening a new directory at once both write the same text.
+    rfs::renameat(root, temp.name(), root, VERSION_FILE)
+        .map_err(|e| fail("writing the VERSION file", e))?;
+    temp.consumed();
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1703,5 +2173,43 @@ mod tests {
         for bad in [&b"0F"[..], b"..", b".", b"abc", b"g0", b""] {
             assert_eq!(shard_name(bad), None);
         }
+    }
+
+    fn record_with(v: &str) -> Record {
+        let mut r = Record::default();
+        r.data.insert("v".into(), crate::Value::to_json(v).unwrap());
+        r
+    }
+
+    /// What a reader can find in a spare being rewritten under it: the new bytes over the
+    /// start of the old ones, or a file cut short. None of it may decode.
+    #[test]
+    fn a_frame_torn_by_a_rewrite_never_decodes() {
+        let old = frame(&record_with(&"o".repeat(3000)).encode());
+        let new = frame(&record_with(&"n".repeat(2000)).encode());
+        assert_eq!(decode_file(&old).unwrap().data["v"].as_json().len(), 3002);
+        // Anything after the frame is ignored: the tail of a longer record.
+        let mut over = old.clone();
+        over[..new.len()].copy_from_slice(&new);
+        assert_eq!(decode_file(&over).unwrap().data["v"].as_json().len(), 2002);
+        // Part way through the rewrite: header of the new record, body partly old.
+        for cut in [
+            2,
+            5,
+            FRAME_HEADER,
+            FRAME_HEADER + 1,
+            new.len() / 2,
+            new.len() - 1,
+        ] {
+            let mut mixed = old.clone();
+            mixed[..cut].copy_from_slice(&new[..cut]);
+            assert!(
+                matches!(decode_file(&mixed), Err(DecodeError::Checksum)),
+                "cut at {cut}"
+            );
+            assert!(decode_file(&new[..cut]).is_err(), "short at {cut}");
+        }
+        // Bare records (written before frames) still decode.
+        assert!(decode_file(&record_with("b").encode()).is_ok());
     }
 }
