@@ -699,14 +699,18 @@ impl Inner {
         let _lock = lock_shard(leaf)?;
         // Under the lock nobody else changes the record: a cached copy that is current is as
         // good as the file.
-        let current = match self.cached_under_lock(key) {
+        let generation = self.generations.read(key);
+        let cached = generation
+            .filter(|g| g % 2 == 0)
+            .and_then(|g| self.cache.get(key, g));
+        let current = match cached {
             Some(r) => Some(Ok(r)),
             None => read_record(leaf, key.as_str())?,
         };
         match current {
             Some(Ok(mut r)) if !r.meta.is_expired(now) => {
                 r.apply(delta);
-                let change = self.generations.begin(key)?;
+                let change = self.generations.begin_from(key, generation)?;
                 self.replace_record(leaf, key, &r)?;
                 let version = r.meta.version;
                 let generation = change.finish()?;
@@ -1141,6 +1145,20 @@ impl Inner {
 
     fn session_leaf(&self, key: &StorageKey) -> Result<Option<OwnedFd>, StoreError> {
         let k = key.as_str();
+        // One `openat2` that refuses links on the way instead of one `openat` per level.
+        #[cfg(target_os = "linux")]
+        match rfs::openat2(
+            self.sessions.as_fd(),
+            format!("{}/{}", &k[..2], &k[2..4]).as_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            rfs::ResolveFlags::NO_SYMLINKS | rfs::ResolveFlags::BENEATH,
+        ) {
+            Ok(fd) => return Ok(Some(fd)),
+            Err(Errno::NOENT) => return Ok(None),
+            // A link on the way, or no `openat2`: level by level says which.
+            Err(_) => {}
+        }
         let Some(d1) = open_dir(self.sessions.as_fd(), &k[..2], false, false)? else {
             return Ok(None);
         };
@@ -1148,6 +1166,9 @@ impl Inner {
     }
 
     fn session_leaf_create(&self, key: &StorageKey) -> Result<OwnedFd, StoreError> {
+        if let Some(leaf) = self.session_leaf(key)? {
+            return Ok(leaf);
+        }
         let k = key.as_str();
         let sync = self.opts.fsync;
         let d1 = open_dir(self.sessions.as_fd(), &k[..2], true, sync)?.ok_or_else(missing_dir)?;
@@ -1198,15 +1219,6 @@ impl Inner {
             self.opts.fsync,
             Some(record.meta.expires_at()),
         )
-    }
-
-    /// The cached record of `key` if it is current. Only under the key's shard lock, where
-    /// nobody else can change it meanwhile.
-    fn cached_under_lock(&self, key: &StorageKey) -> Option<Record> {
-        if !self.cache.enabled() {
-            return None;
-        }
-        self.cache.get(key, self.generations.stable(key)?)
     }
 
     /// Replaces the record under `key` in `leaf` by `record`; the caller holds the shard lock
@@ -1495,7 +1507,12 @@ impl Generations {
     /// Marks a change of `key`'s record as under way; the caller holds the shard lock, so it is
     /// the only writer of this counter. [`Change::finish`] (or dropping it) ends the change.
     fn begin(&self, key: &StorageKey) -> Result<Change<'_>, StoreError> {
-        let odd = match self.read(key) {
+        self.begin_from(key, self.read(key))
+    }
+
+    /// [`Generations::begin`] with the counter's value just read under the lock.
+    fn begin_from(&self, key: &StorageKey, current: Option<u64>) -> Result<Change<'_>, StoreError> {
+        let odd = match current {
             Some(g) if g % 2 == 0 => g + 1,
             // Left odd by a process killed in a change.
             Some(g) => g + 2,
