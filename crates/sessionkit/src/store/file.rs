@@ -53,7 +53,7 @@
 //! # Cache
 //! Each store keeps the records it read last in memory ([`FileOptions::cache_entries`]), and a
 //! load answers from there when nothing changed the record since, which it learns from one
-//! `pread` instead of opening and reading the record (four system calls and a path walk).
+//! memory read instead of opening and reading the record (four system calls and a path walk).
 //! `<dir>/generations` holds a counter per group of keys (2^20 groups by the keys' first five
 //! hex digits, so a group lies in one shard folder): every change of a record file — save,
 //! destroy, eviction, cleanup, replacement of a dead record — runs under the shard lock
@@ -63,7 +63,9 @@
 //! that became visible after the file was read moved the counter after the load read it, so a
 //! cached record is never older than the file, across processes too; a process killed in a
 //! change leaves the counter odd, which only turns caching off for that group until the next
-//! change. Counters are stored with their complement, so a torn read counts as "changing".
+//! change. The file is mapped into every process (`MAP_SHARED`) and its counters are used as
+//! atomics: the only `unsafe` code in sessionkit, in the `counters` module below. Nothing may
+//! truncate the file while stores use it.
 //! Every process on the directory must therefore run this layout (`VERSION` 2): stop processes
 //! of an older sessionkit before starting newer ones on their directory. A record file changed
 //! by hand is not seen by processes that cached it until the record's next change.
@@ -118,8 +120,8 @@ const VERSION_1_TEXT: &str = "sessionkit-file 1\n";
 const GENERATIONS_FILE: &str = "generations";
 /// Groups of keys with a change counter each: the first 20 bits of the key.
 const GENERATION_SLOTS: u64 = 1 << 20;
-/// Bytes per counter: the value and its complement.
-const GENERATION_SLOT_BYTES: u64 = 16;
+/// Bytes per counter (a `u64` in the machine's byte order).
+const GENERATION_SLOT_BYTES: u64 = 8;
 /// Cache shards (each under its own mutex).
 const CACHE_SHARDS: usize = 16;
 const COUNT_FILE: &str = "count";
@@ -361,8 +363,11 @@ impl SessionStore for FileStore {
     async fn load(&self, key: &StorageKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
         let inner = &self.inner;
         // Before the file: see "Cache" in the module documentation.
-        let generation = inner.cache.enabled().then(|| inner.generations.stable(key));
-        let generation = generation.flatten();
+        let generation = inner
+            .cache
+            .enabled()
+            .then(|| inner.generations.stable(key))
+            .flatten();
         if let Some(r) = generation.and_then(|g| inner.cache.get(key, g)) {
             return Ok((!r.meta.is_expired(now)).then_some(r));
         }
@@ -545,13 +550,13 @@ impl Inner {
             if !dead {
                 return Ok(false);
             }
-            let change = self.generations.begin(key)?;
+            let change = self.generations.begin(key);
             self.cache.forget(key);
             if remove_entry(leaf, name)? {
                 self.dec_count(1);
             }
             let linked = self.try_link(leaf, temp, name)?;
-            change.finish()?;
+            change.finish();
             if linked {
                 return Ok(true);
             }
@@ -700,7 +705,7 @@ impl Inner {
         // Under the lock nobody else changes the record: a cached copy that is current is as
         // good as the file.
         let generation = self.generations.read(key);
-        let cached = generation
+        let cached = Some(generation)
             .filter(|g| g % 2 == 0)
             .and_then(|g| self.cache.get(key, g));
         let current = match cached {
@@ -710,10 +715,10 @@ impl Inner {
         match current {
             Some(Ok(mut r)) if !r.meta.is_expired(now) => {
                 r.apply(delta);
-                let change = self.generations.begin_from(key, generation)?;
+                let change = self.generations.begin_from(key, generation);
                 self.replace_record(leaf, key, &r)?;
                 let version = r.meta.version;
-                let generation = change.finish()?;
+                let generation = change.finish();
                 self.cache.put(key, generation, r);
                 Ok(SaveOutcome::Saved { version })
             }
@@ -841,10 +846,10 @@ impl Inner {
             (Some(Ok(r)), _) => r.meta.user_id,
             (Some(Err(_)), _) => None,
         };
-        let change = self.generations.begin(key)?;
+        let change = self.generations.begin(key);
         self.cache.forget(key);
         let removed = remove_entry(leaf, key.as_str())?;
-        change.finish()?;
+        change.finish();
         if removed {
             remove_entry(leaf, &spare_name(key))?;
             self.sync_dir(leaf)?;
@@ -1041,10 +1046,10 @@ impl Inner {
                     Some(_) => {}
                 }
             }
-            let change = self.generations.begin(&key)?;
+            let change = self.generations.begin(&key);
             self.cache.forget(&key);
             let gone = remove_entry(leaf, name)?;
-            change.finish()?;
+            change.finish();
             if gone {
                 removed += 1;
             }
@@ -1429,9 +1434,12 @@ fn exchange(_dir: BorrowedFd<'_>, _a: &str, _b: &str) -> rustix::io::Result<()> 
     Err(Errno::NOSYS)
 }
 
-/// The change counters in `<dir>/generations` (see "Cache" in the module documentation).
+/// The change counters in `<dir>/generations` (see "Cache" in the module documentation),
+/// mapped into memory shared with every other process on the directory: checking a counter is
+/// a memory read, not a system call (a `pread` per load cost 8 % of the app's time under load).
 struct Generations {
-    fd: OwnedFd,
+    counters: counters::SharedCounters,
+    _fd: OwnedFd,
 }
 
 impl Generations {
@@ -1454,96 +1462,69 @@ impl Generations {
             rfs::fchmod(&fd, file_mode()).map_err(|e| fail("setting a file's mode", e))?;
         }
         let size = GENERATION_SLOTS * GENERATION_SLOT_BYTES;
-        // Sparse: a counter never written reads as zeros, which means 0.
+        // Sparse: a counter never written reads as 0. Only ever grown, never cut: the mapping
+        // of every process relies on it.
         if u64::try_from(st.st_size).unwrap_or(0) < size {
             rfs::ftruncate(&fd, size).map_err(|e| fail("sizing the generations file", e))?;
         }
-        Ok(Self { fd })
+        let counters = counters::SharedCounters::map(fd.as_fd(), GENERATION_SLOTS as usize)
+            .map_err(|e| fail("mapping the generations file", e))?;
+        Ok(Self { counters, _fd: fd })
     }
 
-    fn offset(key: &StorageKey) -> u64 {
-        let group = u64::from_str_radix(&key.as_str()[..5], 16).unwrap_or(0);
-        (group % GENERATION_SLOTS) * GENERATION_SLOT_BYTES
+    fn counter(&self, key: &StorageKey) -> &AtomicU64 {
+        let group = usize::from_str_radix(&key.as_str()[..5], 16).unwrap_or(0);
+        self.counters.get(group)
     }
 
-    /// The counter of `key`'s group; `None` when it cannot be read without waiting on the disk
-    /// or does not read as a whole value.
-    fn read(&self, key: &StorageKey) -> Option<u64> {
-        let mut b = [0u8; 16];
-        #[cfg(target_os = "linux")]
-        let got = rustix::io::preadv2(
-            &self.fd,
-            &mut [io::IoSliceMut::new(&mut b)],
-            Self::offset(key),
-            rustix::io::ReadWriteFlags::NOWAIT,
-        );
-        #[cfg(not(target_os = "linux"))]
-        let got = rustix::io::pread(&self.fd, &mut b, Self::offset(key));
-        if got != Ok(16) {
-            return None;
-        }
-        let value = u64::from_le_bytes(b[..8].try_into().ok()?);
-        let check = u64::from_le_bytes(b[8..].try_into().ok()?);
-        (check == !value || (value == 0 && check == 0)).then_some(value)
+    /// The counter of `key`'s group.
+    fn read(&self, key: &StorageKey) -> u64 {
+        self.counter(key).load(Ordering::SeqCst)
     }
 
     /// The counter of `key`'s group when no change is under way (even).
     fn stable(&self, key: &StorageKey) -> Option<u64> {
-        self.read(key).filter(|g| g % 2 == 0)
-    }
-
-    fn write(&self, key: &StorageKey, value: u64) -> Result<(), StoreError> {
-        let mut b = [0u8; 16];
-        b[..8].copy_from_slice(&value.to_le_bytes());
-        b[8..].copy_from_slice(&(!value).to_le_bytes());
-        let n = rustix::io::pwrite(&self.fd, &b, Self::offset(key))
-            .map_err(|e| fail("writing the generations file", e))?;
-        if n != b.len() {
-            return Err(fail("writing the generations file", Errno::IO));
-        }
-        Ok(())
+        Some(self.read(key)).filter(|g| g % 2 == 0)
     }
 
     /// Marks a change of `key`'s record as under way; the caller holds the shard lock, so it is
     /// the only writer of this counter. [`Change::finish`] (or dropping it) ends the change.
-    fn begin(&self, key: &StorageKey) -> Result<Change<'_>, StoreError> {
+    fn begin(&self, key: &StorageKey) -> Change<'_> {
         self.begin_from(key, self.read(key))
     }
 
     /// [`Generations::begin`] with the counter's value just read under the lock.
-    fn begin_from(&self, key: &StorageKey, current: Option<u64>) -> Result<Change<'_>, StoreError> {
-        let odd = match current {
-            Some(g) if g % 2 == 0 => g + 1,
-            // Left odd by a process killed in a change.
-            Some(g) => g + 2,
-            // Torn by a process killed in a write: restart above anything it can have held.
-            None => wall_millis().saturating_mul(1_000_000) | 1,
+    fn begin_from(&self, key: &StorageKey, current: u64) -> Change<'_> {
+        // An odd value was left by a process killed in a change.
+        let odd = if current % 2 == 0 {
+            current + 1
+        } else {
+            current + 2
         };
-        self.write(key, odd)?;
-        Ok(Change {
-            generations: self,
-            key: key.clone(),
+        let counter = self.counter(key);
+        counter.store(odd, Ordering::SeqCst);
+        Change {
+            counter,
             odd,
             open: true,
-        })
+        }
     }
 }
 
 /// A change in progress of one record file; its group's counter is odd until it ends.
 struct Change<'a> {
-    generations: &'a Generations,
-    key: StorageKey,
+    counter: &'a AtomicU64,
     odd: u64,
     open: bool,
 }
 
 impl Change<'_> {
     /// Ends the change: the counter value that now stands for the record's new state.
-    fn finish(mut self) -> Result<u64, StoreError> {
+    fn finish(mut self) -> u64 {
         self.open = false;
         let even = self.odd + 1;
-        self.generations.write(&self.key, even)?;
-        Ok(even)
+        self.counter.store(even, Ordering::SeqCst);
+        even
     }
 }
 
@@ -1551,7 +1532,74 @@ impl Drop for Change<'_> {
     fn drop(&mut self) {
         if self.open {
             // A change that failed part way: whatever it did, caches must read the file again.
-            let _ = self.generations.write(&self.key, self.odd + 1);
+            self.counter.store(self.odd + 1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The one place with `unsafe` code in sessionkit: a file mapped shared and seen as atomic
+/// counters, which other processes map too.
+#[allow(unsafe_code)]
+mod counters {
+    use std::os::fd::BorrowedFd;
+    use std::ptr::NonNull;
+    use std::sync::atomic::AtomicU64;
+
+    use rustix::mm::{MapFlags, ProtFlags};
+
+    /// The first `len` 64-bit words of a file, mapped `MAP_SHARED`, as atomics.
+    pub(super) struct SharedCounters {
+        ptr: NonNull<AtomicU64>,
+        len: usize,
+    }
+
+    // SAFETY: the mapping is memory shared with other threads and processes; every access goes
+    // through `AtomicU64`, which is made for exactly that.
+    unsafe impl Send for SharedCounters {}
+    // SAFETY: as above.
+    unsafe impl Sync for SharedCounters {}
+
+    impl SharedCounters {
+        /// Maps the first `len` words of `fd`, a regular file open for reading and writing that
+        /// is at least `len * 8` bytes long and never cut shorter while mapped (a cut would make
+        /// access to the lost pages fault).
+        pub(super) fn map(fd: BorrowedFd<'_>, len: usize) -> rustix::io::Result<Self> {
+            let bytes = len
+                .checked_mul(8)
+                .filter(|b| *b > 0)
+                .ok_or(rustix::io::Errno::INVAL)?;
+            // SAFETY: a new mapping at an address the kernel chooses (null hint), so it aliases
+            // no Rust object; it is unmapped only in `drop`.
+            let ptr = unsafe {
+                rustix::mm::mmap(
+                    std::ptr::null_mut(),
+                    bytes,
+                    ProtFlags::READ | ProtFlags::WRITE,
+                    MapFlags::SHARED,
+                    fd,
+                    0,
+                )?
+            };
+            let ptr = NonNull::new(ptr.cast::<AtomicU64>()).ok_or(rustix::io::Errno::INVAL)?;
+            Ok(Self { ptr, len })
+        }
+
+        /// Counter `i` (modulo the length).
+        pub(super) fn get(&self, i: usize) -> &AtomicU64 {
+            // SAFETY: the index is below `len`, so the word lies inside the mapping, which lives
+            // as long as `self`; the mapping is page-aligned, so every word is aligned for
+            // `AtomicU64`, which has the layout of `u64`; any bit pattern is a valid `u64`.
+            unsafe { &*self.ptr.as_ptr().add(i % self.len) }
+        }
+    }
+
+    impl Drop for SharedCounters {
+        fn drop(&mut self) {
+            // SAFETY: the mapping made in `map`, with its length; no reference from `get` can
+            // outlive `self`.
+            unsafe {
+                let _ = rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len * 8);
+            }
         }
     }
 }
