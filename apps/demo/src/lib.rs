@@ -14,6 +14,7 @@
 //! | `GET /devices` | the user's sessions; `POST /devices/revoke`, `POST /devices/revoke-others` |
 //! | `GET /admin` | administrators only: record count, store health, sessions per user |
 //! | `GET /healthz` | the store's health as JSON: 200 when it answers, 503 when not |
+//! | `GET /metrics` | Prometheus metrics (session events, store operations), when enabled |
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
@@ -38,6 +39,7 @@ use axum::http::HeaderValue;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
+use sessionkit::prometheus_client::registry::Registry;
 use sessionkit::{AppEnv, Config, SessionLayer, SessionStore};
 
 mod csrf;
@@ -53,6 +55,7 @@ pub struct AppState {
     sessions: SessionLayer,
     store: Arc<dyn SessionStore>,
     users: Users,
+    metrics: Option<Arc<Registry>>,
 }
 
 impl AppState {
@@ -62,7 +65,15 @@ impl AppState {
             store: sessions.store().clone(),
             sessions,
             users,
+            metrics: None,
         }
+    }
+
+    /// Serves `registry` on `GET /metrics` (without it, that route is a 404).
+    #[must_use]
+    pub fn with_metrics(mut self, registry: Arc<Registry>) -> Self {
+        self.metrics = Some(registry);
+        self
     }
 
     /// The session store.
@@ -119,6 +130,7 @@ pub fn app(state: AppState) -> Router {
         .route("/admin", get(routes::admin))
         .route("/admin/revoke-user", post(routes::admin_revoke_user))
         .route("/healthz", get(routes::healthz))
+        .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)
         .layer(axum::middleware::map_response(security_headers))
         .layer(sessions)

@@ -4,7 +4,10 @@
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
-use sessionkit::{build_event_sink, build_store, Config, SessionLayer};
+use std::sync::Arc;
+
+use sessionkit::prometheus_client::registry::Registry;
+use sessionkit::{build_event_sink, build_store, Config, FanoutSink, SessionLayer, SessionMetrics};
 use sessionkit_demo::{app, development_notice, AppState, Users};
 
 #[tokio::main]
@@ -16,10 +19,13 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let config = Config::from_env().context("session configuration")?;
     let notice = development_notice(&config);
-    let store = build_store(&config).await.context("session store")?;
+    let mut registry = Registry::default();
+    let metrics = SessionMetrics::register(&mut registry);
+    let store = metrics.instrument(build_store(&config).await.context("session store")?);
     let events = build_event_sink(&config).await.context("audit trail")?;
+    let events = Arc::new(FanoutSink(vec![events, metrics]));
     let layer = SessionLayer::new(store, config)?.with_events(events);
-    let state = AppState::new(layer, Users::demo()?);
+    let state = AppState::new(layer, Users::demo()?).with_metrics(Arc::new(registry));
     let port: u16 = match std::env::var("PORT") {
         Ok(p) => p.trim().parse().with_context(|| format!("PORT={p:?}"))?,
         Err(_) => 3000,

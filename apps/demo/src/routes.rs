@@ -3,7 +3,7 @@
 
 use axum::extract::rejection::FormRejection;
 use axum::extract::{RawQuery, State};
-use axum::http::header::SET_COOKIE;
+use axum::http::header::{self, SET_COOKIE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Form, Json};
@@ -395,6 +395,17 @@ pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(health)).into_response()
+}
+
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+    match &state.metrics {
+        Some(registry) => (
+            [(header::CONTENT_TYPE, sessionkit::METRICS_CONTENT_TYPE)],
+            sessionkit::render_metrics(registry),
+        )
+            .into_response(),
+        None => not_found().await,
+    }
 }
 
 pub(crate) async fn not_found() -> Response {

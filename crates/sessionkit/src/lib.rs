@@ -47,6 +47,8 @@ mod cookie;
 mod events;
 mod id;
 mod layer;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod record;
 mod session;
 mod store;
@@ -59,6 +61,11 @@ pub use cookie::{find as find_cookie, CookieKeys, CookiePolicy, Presented, Rejec
 pub use events::{EventKind, EventSink, FanoutSink, MemorySink, SessionEvent, TracingSink};
 pub use id::{IdGenerator, OsRngIds, SessionId, StorageKey, ID_BYTES, ID_LEN};
 pub use layer::{SessionLayer, SessionMissing, SessionService};
+#[cfg(feature = "metrics")]
+pub use metrics::{render_metrics, SessionMetrics, METRICS_CONTENT_TYPE};
+/// The Prometheus client that [`SessionMetrics`] registers in (feature `metrics`).
+#[cfg(feature = "metrics")]
+pub use prometheus_client;
 pub use record::{Data, DecodeError, Delta, Meta, Record, Timestamp, Touch, Value, DECODE_CEILING};
 pub use session::{Session, SessionError};
 #[cfg(feature = "redis")]

@@ -706,7 +706,7 @@ impl Inner {
         // good as the file.
         let generation = self.generations.read(key);
         let cached = Some(generation)
-            .filter(|g| g % 2 == 0)
+            .filter(|g| g.is_multiple_of(2))
             .and_then(|g| self.cache.get(key, g));
         let current = match cached {
             Some(r) => Some(Ok(r)),
@@ -1484,7 +1484,7 @@ impl Generations {
 
     /// The counter of `key`'s group when no change is under way (even).
     fn stable(&self, key: &StorageKey) -> Option<u64> {
-        Some(self.read(key)).filter(|g| g % 2 == 0)
+        Some(self.read(key)).filter(|g| g.is_multiple_of(2))
     }
 
     /// Marks a change of `key`'s record as under way; the caller holds the shard lock, so it is
@@ -1496,7 +1496,7 @@ impl Generations {
     /// [`Generations::begin`] with the counter's value just read under the lock.
     fn begin_from(&self, key: &StorageKey, current: u64) -> Change<'_> {
         // An odd value was left by a process killed in a change.
-        let odd = if current % 2 == 0 {
+        let odd = if current.is_multiple_of(2) {
             current + 1
         } else {
             current + 2
