@@ -1237,10 +1237,8 @@ impl Inner {
     ) -> Result<(), StoreError> {
         let bytes = frame(&record.encode());
         let spare = spare_name(key);
-        let fd = open_spare(leaf, &spare)?;
-        let size = rfs::fstat(&fd)
-            .map_err(|e| fail("reading a session file", e))?
-            .st_size;
+        let (fd, st) = open_private(leaf, &spare, OFlags::WRONLY, "opening a spare session file")?;
+        let size = st.st_size;
         write_all_at(&fd, &bytes).map_err(|e| fail("writing a session file", e))?;
         // The frame says where the record ends; a file much longer than it (a record that
         // shrank) is cut back so that reads stay small.
@@ -1401,26 +1399,27 @@ fn stamp_expiry(fd: &OwnedFd, t: Timestamp) -> Result<(), StoreError> {
     rfs::futimens(fd, &times).map_err(|e| fail("stamping a session file", e))
 }
 
-/// Opens (creating it 0600) the spare file `name` for writing, without following a link.
-fn open_spare(leaf: BorrowedFd<'_>, name: &str) -> Result<OwnedFd, StoreError> {
-    let fd = rfs::openat(
-        leaf,
-        name,
-        OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-        file_mode(),
-    )
-    .map_err(|e| fail("opening a spare session file", e))?;
-    let st = rfs::fstat(&fd).map_err(|e| fail("opening a spare session file", e))?;
+/// Opens (creating it 0600) the regular file `name` in `dir` with `access` (`WRONLY` or
+/// `RDWR`), without following a link; with its status.
+fn open_private(
+    dir: BorrowedFd<'_>,
+    name: &str,
+    access: OFlags,
+    context: &'static str,
+) -> Result<(OwnedFd, rfs::Stat), StoreError> {
+    let flags = access | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = rfs::openat(dir, name, flags, file_mode()).map_err(|e| fail(context, e))?;
+    let st = rfs::fstat(&fd).map_err(|e| fail(context, e))?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
         return Err(StoreError::backend(
-            "opening a spare session file",
+            context,
             io::Error::new(io::ErrorKind::InvalidData, "not a regular file"),
         ));
     }
     if st.st_mode & 0o7777 != file_mode().bits() {
         rfs::fchmod(&fd, file_mode()).map_err(|e| fail("setting a file's mode", e))?;
     }
-    Ok(fd)
+    Ok((fd, st))
 }
 
 /// Swaps the names `a` and `b` in `dir` atomically.
@@ -1444,23 +1443,12 @@ struct Generations {
 
 impl Generations {
     fn open(root: BorrowedFd<'_>) -> Result<Self, StoreError> {
-        let fd = rfs::openat(
+        let (fd, st) = open_private(
             root,
             GENERATIONS_FILE,
-            OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-            file_mode(),
-        )
-        .map_err(|e| fail("opening the generations file", e))?;
-        let st = rfs::fstat(&fd).map_err(|e| fail("opening the generations file", e))?;
-        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-            return Err(StoreError::backend(
-                "opening the generations file",
-                io::Error::new(io::ErrorKind::InvalidData, "not a regular file"),
-            ));
-        }
-        if st.st_mode & 0o7777 != file_mode().bits() {
-            rfs::fchmod(&fd, file_mode()).map_err(|e| fail("setting a file's mode", e))?;
-        }
+            OFlags::RDWR,
+            "opening the generations file",
+        )?;
         let size = GENERATION_SLOTS * GENERATION_SLOT_BYTES;
         // Sparse: a counter never written reads as 0. Only ever grown, never cut: the mapping
         // of every process relies on it.
