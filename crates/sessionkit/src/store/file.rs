@@ -967,12 +967,24 @@ impl Inner {
         let (mut removed, mut kept) = (0, 0);
         // Taken at the first record to remove and held for the rest of this small folder.
         let mut lock = None;
+        // A shard folder holds a few entries (a million sessions: about 15 per folder): list it
+        // first, so that spares are known without a lookup each.
+        let mut entries = Vec::new();
         let mut dir = Dir::read_from(leaf).map_err(|e| fail("listing a session folder", e))?;
         while let Some(entry) = dir.read() {
             let entry = entry.map_err(|e| fail("listing a session folder", e))?;
-            let Ok(name) = entry.file_name().to_str() else {
-                continue;
-            };
+            if let Ok(name) = entry.file_name().to_str() {
+                entries.push((name.to_owned(), entry.file_type()));
+            }
+        }
+        drop(dir);
+        let listed = |name: &str| entries.iter().any(|(n, _)| n == name);
+        let spares: Vec<&str> = entries
+            .iter()
+            .filter_map(|(n, _)| n.strip_prefix(SPARE_PREFIX))
+            .collect();
+        for (name, file_type) in &entries {
+            let name = name.as_str();
             if name.starts_with(TEMP_PREFIX) {
                 remove_stale_temp(leaf, name, wall_now)?;
                 continue;
@@ -986,7 +998,7 @@ impl Inner {
                         Err(Errno::NOENT)
                     )
                 };
-                if StorageKey::parse(owner).is_some() && gone() {
+                if StorageKey::parse(owner).is_some() && !listed(owner) && gone() {
                     if lock.is_none() {
                         lock = Some(lock_shard(leaf)?);
                     }
@@ -999,7 +1011,7 @@ impl Inner {
             let Some(key) = StorageKey::parse(name) else {
                 continue;
             };
-            if !matches!(entry.file_type(), FileType::RegularFile | FileType::Unknown) {
+            if !matches!(file_type, FileType::RegularFile | FileType::Unknown) {
                 tracing::warn!(
                     entry = name,
                     "file store: skipping a session entry that is not a regular file"
@@ -1053,7 +1065,9 @@ impl Inner {
             if gone {
                 removed += 1;
             }
-            remove_entry(leaf, &spare_name(&key))?;
+            if spares.contains(&name) {
+                remove_entry(leaf, &spare_name(&key))?;
+            }
         }
         if lock.is_some() {
             self.sync_dir(leaf)?;
