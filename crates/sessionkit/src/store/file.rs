@@ -1031,7 +1031,11 @@ impl Inner {
                 Err(Errno::NOENT) => continue,
                 Err(e) => return Err(fail("checking a session file", e)),
             }
-            let locked_before = lock.is_some();
+            // Stamped as expired: read it under the lock (taken once for the rest of this
+            // small folder), so that a save cannot extend it between the read and the removal.
+            if lock.is_none() {
+                lock = Some(lock_shard(leaf)?);
+            }
             let dead = match read_record(leaf, name) {
                 Ok(None) => continue,
                 Ok(Some(r)) => is_dead(&r, now),
@@ -1043,20 +1047,6 @@ impl Inner {
             if !dead {
                 kept += 1;
                 continue;
-            }
-            if lock.is_none() {
-                lock = Some(lock_shard(leaf)?);
-            }
-            // Read before the lock: a save may have extended it since.
-            if !locked_before {
-                match read_record(leaf, name)? {
-                    None => continue,
-                    Some(r) if !is_dead(&r, now) => {
-                        kept += 1;
-                        continue;
-                    }
-                    Some(_) => {}
-                }
             }
             let change = self.generations.begin(&key);
             self.cache.forget(&key);
