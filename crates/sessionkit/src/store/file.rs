@@ -197,9 +197,10 @@ impl FileOptions {
         self
     }
 
-    /// The most records the store holds; `None` for no cap. Default: 5,000,000, about 20 GiB
-    /// of 4 KiB blocks and up to 10 million inodes (a record and a user-index marker each);
-    /// size it to the file system (`df -h`, `df -i`).
+    /// The most records the store holds; `None` for no cap. Default: 5,000,000, up to about
+    /// 40 GiB of 4 KiB blocks and 15 million inodes (per session a record, its spare once it
+    /// was saved, and a user-index marker when signed in); size it to the file system
+    /// (`df -h`, `df -i`).
     ///
     /// At the cap, `create` first removes expired records and otherwise fails with
     /// [`StoreError::Full`] (logged): live sessions are never evicted to make room. The count is
@@ -219,8 +220,9 @@ impl FileOptions {
     ///
     /// They mostly wait on the file system, not the CPU: on file systems where removing a file
     /// waits for the journal (ext4 mounted with `discard`, many virtual disks) removals run in
-    /// parallel instead of one by one, which is several times faster (1 million expired
-    /// sessions on such a disk: 169 s with 8 threads, 104 s with 32). Where removal is cheap
+    /// parallel instead of one by one, which is several times faster (300,000 expired sessions
+    /// on such a disk: 29 s with 16 threads, 22 s with 64; 1 million: 75–93 s with 16). Where
+    /// removal is cheap
     /// (tmpfs, SSDs without online discard) the walk is CPU-bound and more threads add nothing.
     #[must_use]
     pub fn with_cleanup_threads(mut self, threads: usize) -> Self {
