@@ -22,6 +22,13 @@
 //! Every few hundred writes the writer forces a restarting checkpoint, so the write-ahead log
 //! stays small under a steady load (SQLite's passive automatic checkpoint never catches up there).
 //!
+//! # Load cache
+//! Loaded records are kept in process and served again while the database file has seen no
+//! commit that this process did not make itself, which SQLite's WAL-index header (shared
+//! memory, in the `-shm` file) tells with one `pread` per load. A commit by any other process
+//! empties the cache before the next load, so every load sees every write committed before it
+//! started, as without the cache. The cache is off for in-memory databases.
+//!
 //! # Crashes
 //! A transaction is all or nothing. With `synchronous = NORMAL` in WAL mode, a power loss can
 //! forget the last transactions committed before it, never corrupt the file; a process crash
@@ -167,6 +174,8 @@ impl SqliteStoreBuilder {
             restrict_new_file(options.get_filename())?;
             options
         };
+        let filename = options.get_filename().to_owned();
+        let filename = filename.as_path();
         let writer = Writer::open(options.clone()).await.map_err(e)?;
         let read = Connections::open(options, self.read_connections, self.op_timeout)
             .await
@@ -181,6 +190,12 @@ impl SqliteStoreBuilder {
             migrate_sqlite(&mut w, "sessions", MIGRATIONS).await
         })
         .await?;
+        if let Some(cache) = (!self.in_memory)
+            .then(|| ShmCache::open(filename))
+            .flatten()
+        {
+            let _ = store.writer.cache.set(cache);
+        }
         Ok(store)
     }
 }
@@ -195,6 +210,8 @@ struct Writer {
     broken: AtomicBool,
     /// Writes since the last forced checkpoint (see [`CHECKPOINT_EVERY`]).
     writes: AtomicU64,
+    /// Loaded records, valid while the database is unchanged; set once the schema is in place.
+    cache: std::sync::OnceLock<ShmCache>,
 }
 
 /// Writes between two `wal_checkpoint(RESTART)`s. SQLite's own automatic checkpoint is
@@ -213,11 +230,25 @@ impl Writer {
             conn: tokio::sync::Mutex::new(Some(conn)),
             broken: AtomicBool::new(false),
             writes: AtomicU64::new(0),
+            cache: std::sync::OnceLock::new(),
         })
     }
 
-    /// Waits for the connection (reopening it if it broke).
-    async fn lock(&self) -> Result<MappedMutexGuard<'_, SqliteConnection>, sqlx::Error> {
+    /// Waits for the connection (reopening it if it broke). What the write changed is told to
+    /// the cache when the guard drops: by default, "anything" (the cache is emptied); a write
+    /// that knows better says so with [`WriteGuard::changed`] once it has succeeded.
+    async fn lock(&self) -> Result<WriteGuard<'_>, sqlx::Error> {
+        let conn = self.lock_conn().await?;
+        let before = self.cache.get().and_then(ShmCache::header);
+        Ok(WriteGuard {
+            conn,
+            cache: self.cache.get(),
+            before,
+            change: Change::Anything,
+        })
+    }
+
+    async fn lock_conn(&self) -> Result<MappedMutexGuard<'_, SqliteConnection>, sqlx::Error> {
         let mut slot = self.conn.lock().await;
         if self.broken.swap(false, Ordering::AcqRel) {
             if let Some(old) = slot.take() {
@@ -256,6 +287,177 @@ impl Writer {
     async fn close(&self) {
         if let Some(conn) = self.conn.lock().await.take() {
             let _ = conn.close().await;
+        }
+    }
+}
+
+/// The writer's connection, held for one write; see [`Writer::lock`].
+struct WriteGuard<'a> {
+    conn: MappedMutexGuard<'a, SqliteConnection>,
+    cache: Option<&'a ShmCache>,
+    before: Option<WalHeader>,
+    change: Change,
+}
+
+impl WriteGuard<'_> {
+    /// What the write did, once it succeeded.
+    fn changed(&mut self, change: Change) {
+        self.change = change;
+    }
+}
+
+impl std::ops::Deref for WriteGuard<'_> {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for WriteGuard<'_> {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        // Still under the writer's lock: the writes of this process reach the cache in order.
+        if let Some(cache) = self.cache {
+            let change = std::mem::replace(&mut self.change, Change::Anything);
+            cache.after_write(self.before, change);
+        }
+    }
+}
+
+/// What one write of this process did to the rows, as far as the cache is concerned.
+#[derive(Debug)]
+enum Change {
+    /// Unknown or many rows: forget every cached record.
+    Anything,
+    /// This record no longer holds what the cache may have (created, destroyed, or missing).
+    Removed(StorageKey),
+    /// This delta was applied and the row is now at this version (`None`: no live row).
+    Patched(StorageKey, Delta, Option<i64>),
+}
+
+/// The two copies of SQLite's WAL-index header, at the start of the `-shm` file.
+type WalHeader = [u8; 48];
+
+/// Cached records at most; past it the cache starts over.
+const CACHE_ENTRIES: usize = 10_000;
+
+/// Records this process loaded, served again as long as the database has not changed since.
+///
+/// Whether it has is read from the WAL-index header in the database's `-shm` file, which SQLite
+/// rewrites, in shared memory, before any commit returns: its `iChange` field counts commits
+/// (see <https://www.sqlite.org/walformat.html>). Every lookup reads the header (one `pread`,
+/// no trip to a SQLite worker thread) and, if it differs from the one the cache was filled
+/// under, empties the cache first. So a write committed by any process on this host is seen by
+/// the very next load here. This process's own writes keep the cache: made one at a time under
+/// the writer's lock, each compares the header before and after; if exactly one commit (its
+/// own) happened in between, it patches the cached record the way the database did (checked
+/// by the version the `UPDATE` returned) and moves the cache to the new header; otherwise the
+/// cache is emptied.
+#[derive(Debug)]
+struct ShmCache {
+    shm: std::fs::File,
+    state: parking_lot::Mutex<CacheState>,
+}
+
+#[derive(Debug, Default)]
+struct CacheState {
+    /// The header the entries are valid under; `None` when unknown.
+    epoch: Option<WalHeader>,
+    entries: std::collections::HashMap<StorageKey, Record>,
+}
+
+impl ShmCache {
+    /// The cache of the database at `path`, if it is in WAL mode on disk.
+    fn open(path: &Path) -> Option<Self> {
+        let mut shm = path.as_os_str().to_owned();
+        shm.push("-shm");
+        let shm = std::fs::File::open(shm).ok()?;
+        let cache = Self {
+            shm,
+            state: Default::default(),
+        };
+        cache.header()?;
+        Some(cache)
+    }
+
+    /// The current header, or `None` while a writer is rewriting it (the two copies differ) or
+    /// it cannot be read.
+    fn header(&self) -> Option<WalHeader> {
+        let mut buf = [0u8; 96];
+        #[cfg(unix)]
+        std::os::unix::fs::FileExt::read_exact_at(&self.shm, &mut buf, 0).ok()?;
+        #[cfg(not(unix))]
+        return None;
+        let (a, b) = buf.split_at(48);
+        // isInit (byte 12) is set once the header is valid.
+        if a != b || a[12] == 0 {
+            return None;
+        }
+        a.try_into().ok()
+    }
+
+    /// A cached live record, and the header to hand to [`ShmCache::put`] after a miss.
+    fn get(&self, key: &StorageKey, now: Timestamp) -> (Option<Record>, Option<WalHeader>) {
+        let header = self.header();
+        let mut st = self.state.lock();
+        if st.epoch != header || header.is_none() {
+            st.entries.clear();
+            st.epoch = header;
+        }
+        let hit = st
+            .entries
+            .get(key)
+            .filter(|r| r.meta.idle_expires_at.min(r.meta.absolute_expires_at) > now)
+            .cloned();
+        (hit, header)
+    }
+
+    /// Caches a record read from the database after `get` returned `seen`, unless the
+    /// database has changed since (the record may then be older than the change).
+    fn put(&self, key: &StorageKey, record: &Record, seen: WalHeader) {
+        let mut st = self.state.lock();
+        if st.epoch == Some(seen) {
+            if st.entries.len() >= CACHE_ENTRIES {
+                st.entries.clear();
+            }
+            st.entries.insert(key.clone(), record.clone());
+        }
+    }
+
+    fn after_write(&self, before: Option<WalHeader>, change: Change) {
+        let after = self.header();
+        let mut st = self.state.lock();
+        let commits = |h: &WalHeader| u32::from_ne_bytes([h[8], h[9], h[10], h[11]]);
+        match (before, after) {
+            (Some(b), Some(a)) if a == b => {}
+            (Some(b), Some(a))
+                if st.epoch == Some(b) && commits(&a) == commits(&b).wrapping_add(1) =>
+            {
+                st.epoch = Some(a);
+                match change {
+                    Change::Anything => st.entries.clear(),
+                    Change::Removed(key) | Change::Patched(key, _, None) => {
+                        st.entries.remove(&key);
+                    }
+                    Change::Patched(key, delta, Some(version)) => {
+                        if let Some(r) = st.entries.get_mut(&key) {
+                            r.apply(&delta);
+                            if r.meta.version != from_db(version) {
+                                st.entries.remove(&key);
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {
+                st.entries.clear();
+                st.epoch = None;
+            }
         }
     }
 }
@@ -368,6 +570,7 @@ impl SqliteStore {
             (Some(user), Some(_)) => user,
             _ => {
                 let done = insert(record, key, now).execute(&mut *w).await.map_err(e)?;
+                w.changed(Change::Removed(key.clone()));
                 return Ok(if done.rows_affected() == 0 {
                     CreateOutcome::Exists
                 } else {
@@ -425,6 +628,7 @@ impl SqliteStore {
         });
         if delta.changes.is_empty() {
             // A touch is one statement: no read, no transaction.
+            let mut w = self.writer.lock().await.map_err(e)?;
             let version: Option<i64> = sqlx::query_scalar(
                 "UPDATE sessions SET last_seen_at = max(last_seen_at, ?), \
                  idle_expires_at = max(idle_expires_at, ?), version = version + 1 \
@@ -434,9 +638,10 @@ impl SqliteStore {
             .bind(idle)
             .bind(key.as_str())
             .bind(to_db(now.0))
-            .fetch_optional(&mut *self.writer.lock().await.map_err(e)?)
+            .fetch_optional(&mut *w)
             .await
             .map_err(e)?;
+            w.changed(Change::Patched(key.clone(), delta.clone(), version));
             return Ok(saved(version));
         }
         if delta.changes.iter().all(|(k, _)| addressable(k)) {
@@ -524,6 +729,7 @@ impl SqliteStore {
             .fetch_optional(&mut *w)
             .await
             .map_err(e)?;
+        w.changed(Change::Patched(key.clone(), delta.clone(), version));
         Ok(saved(version))
     }
 }
@@ -598,7 +804,12 @@ impl SessionStore for SqliteStore {
     }
 
     async fn load(&self, key: &StorageKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
-        deadline(self.op_timeout, "loading a session", async {
+        let cache = self.writer.cache.get();
+        let (hit, seen) = cache.map_or((None, None), |c| c.get(key, now));
+        if hit.is_some() {
+            return Ok(hit);
+        }
+        let found = deadline(self.op_timeout, "loading a session", async {
             let mut c = self.reader("loading a session").await?;
             let r = async {
                 let e = |e| store_error("loading a session", e);
@@ -619,7 +830,11 @@ impl SessionStore for SqliteStore {
             .await;
             c.track(r)
         })
-        .await
+        .await?;
+        if let (Some(cache), Some(seen), Some(record)) = (cache, seen, &found) {
+            cache.put(key, record, seen);
+        }
+        Ok(found)
     }
 
     async fn save_delta(
@@ -645,6 +860,7 @@ impl SessionStore for SqliteStore {
                 .execute(&mut *w)
                 .await
                 .map_err(e)?;
+            w.changed(Change::Removed(key.clone()));
             Ok(done.rows_affected() > 0)
         })
         .await
