@@ -168,7 +168,7 @@ pub(crate) fn store_error(context: &'static str, e: sqlx::Error) -> StoreError {
     }
 }
 
-fn is_unavailable(e: &sqlx::Error) -> bool {
+pub(crate) fn is_unavailable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)

@@ -12,11 +12,13 @@
 //! The database runs in WAL mode with `synchronous = NORMAL` and a busy timeout. Every write goes
 //! through one connection behind a fair async mutex, so writers of this process queue in Rust
 //! (FIFO) instead of fighting over SQLite's lock; reads use a separate pool and, in WAL mode,
-//! never wait for writers. A delta is one `UPDATE` that patches the stored object with
-//! `json_remove`/`json_set`; SQLite takes the write lock before the statement reads the row, so
-//! concurrent deltas on one session each apply to the latest row, and `WHERE expires_at > now`
-//! keeps a destroyed session destroyed. Keys a JSON path cannot name (with `"`, `\` or control
-//! characters), and logins under a per-user limit, run as `BEGIN IMMEDIATE` transactions, which
+//! never wait for writers. Deltas queue for one task that applies all those waiting, at most one
+//! per session, as one `UPDATE ... FROM json_each(?)` that merges each patch into the stored
+//! object with `json_patch` (one statement and one commit for the batch, which is what lets
+//! the single writer keep up under load); SQLite takes the write lock before the statement
+//! reads the rows, so concurrent deltas on one session each apply to the latest row, in the
+//! order they were made, and `WHERE expires_at > now` keeps a destroyed session destroyed.
+//! Logins under a per-user limit run as `BEGIN IMMEDIATE` transactions, which
 //! take the write lock up front. Another process writing the same file waits (busy timeout)
 //! rather than failing mid-transaction, so processes sharing a file lose no update either.
 //! Every few hundred writes the writer forces a restarting checkpoint, so the write-ahead log
@@ -48,8 +50,8 @@ use sqlx::{Connection as _, Row as _};
 use tokio::sync::{MappedMutexGuard, MutexGuard};
 
 use super::sql::{
-    deadline, decode_data, encode_data, from_db, migrate_sqlite, store_error, to_db, Conn,
-    Connections, MetaRow, Migration, NetChanges, META_COLUMNS,
+    deadline, decode_data, encode_data, from_db, is_unavailable, migrate_sqlite, store_error,
+    to_db, Conn, Connections, MetaRow, Migration, NetChanges, META_COLUMNS,
 };
 use super::{CreateOutcome, Health, SaveOutcome, ScanPage, SessionLimit, SessionStore, StoreError};
 use crate::id::StorageKey;
@@ -103,6 +105,8 @@ pub struct SqliteStore {
     writer: Arc<Writer>,
     /// Reads.
     read: Arc<Connections<SqliteConnection>>,
+    /// To the task that applies deltas in batches ([`run_saves`]).
+    saves: tokio::sync::mpsc::UnboundedSender<SaveRequest>,
     op_timeout: Duration,
 }
 
@@ -180,8 +184,12 @@ impl SqliteStoreBuilder {
         let read = Connections::open(options, self.read_connections, self.op_timeout)
             .await
             .map_err(e)?;
+        let writer = Arc::new(writer);
+        let (saves, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(run_saves(writer.clone(), queue));
         let store = SqliteStore {
-            writer: Arc::new(writer),
+            writer,
+            saves,
             read: Arc::new(read),
             op_timeout: self.op_timeout,
         };
@@ -239,7 +247,7 @@ impl Writer {
     /// that knows better says so with [`WriteGuard::changed`] once it has succeeded.
     async fn lock(&self) -> Result<WriteGuard<'_>, sqlx::Error> {
         let conn = self.lock_conn().await?;
-        let before = self.cache.get().and_then(ShmCache::header);
+        let before = self.cache.get().and_then(ShmCache::writing);
         Ok(WriteGuard {
             conn,
             cache: self.cache.get(),
@@ -336,8 +344,9 @@ enum Change {
     Anything,
     /// This record no longer holds what the cache may have (created, destroyed, or missing).
     Removed(StorageKey),
-    /// This delta was applied and the row is now at this version (`None`: no live row).
-    Patched(StorageKey, Delta, Option<i64>),
+    /// These deltas were applied and their rows are now at these versions (`None`: no live
+    /// row).
+    Patched(Vec<(StorageKey, Delta, Option<i64>)>),
 }
 
 /// The two copies of SQLite's WAL-index header, at the start of the `-shm` file.
@@ -364,8 +373,13 @@ struct ShmCache {
     state: parking_lot::Mutex<CacheState>,
 }
 
+// A load that finds the header moved while a write of this process is in progress leaves the
+// cache alone (that write will say whether the commit was its own) and reads the database.
+
 #[derive(Debug, Default)]
 struct CacheState {
+    /// A write of this process holds the writer.
+    writing: bool,
     /// The header the entries are valid under; `None` when unknown.
     epoch: Option<WalHeader>,
     entries: std::collections::HashMap<StorageKey, Record>,
@@ -401,10 +415,19 @@ impl ShmCache {
         a.try_into().ok()
     }
 
+    /// Notes that a write of this process starts; the header before it.
+    fn writing(&self) -> Option<WalHeader> {
+        self.state.lock().writing = true;
+        self.header()
+    }
+
     /// A cached live record, and the header to hand to [`ShmCache::put`] after a miss.
     fn get(&self, key: &StorageKey, now: Timestamp) -> (Option<Record>, Option<WalHeader>) {
         let header = self.header();
         let mut st = self.state.lock();
+        if st.epoch != header && st.writing {
+            return (None, None);
+        }
         if st.epoch != header || header.is_none() {
             st.entries.clear();
             st.epoch = header;
@@ -432,6 +455,7 @@ impl ShmCache {
     fn after_write(&self, before: Option<WalHeader>, change: Change) {
         let after = self.header();
         let mut st = self.state.lock();
+        st.writing = false;
         let commits = |h: &WalHeader| u32::from_ne_bytes([h[8], h[9], h[10], h[11]]);
         match (before, after) {
             (Some(b), Some(a)) if a == b => {}
@@ -441,13 +465,16 @@ impl ShmCache {
                 st.epoch = Some(a);
                 match change {
                     Change::Anything => st.entries.clear(),
-                    Change::Removed(key) | Change::Patched(key, _, None) => {
+                    Change::Removed(key) => {
                         st.entries.remove(&key);
                     }
-                    Change::Patched(key, delta, Some(version)) => {
-                        if let Some(r) = st.entries.get_mut(&key) {
+                    Change::Patched(saves) => {
+                        for (key, delta, version) in saves {
+                            let Some(r) = st.entries.get_mut(&key) else {
+                                continue;
+                            };
                             r.apply(&delta);
-                            if r.meta.version != from_db(version) {
+                            if version.map(from_db) != Some(r.meta.version) {
                                 st.entries.remove(&key);
                             }
                         }
@@ -622,126 +649,148 @@ impl SqliteStore {
         delta: &Delta,
         now: Timestamp,
     ) -> Result<SaveOutcome, StoreError> {
-        let e = |e| self.writer.error("saving a session", e);
-        let (seen, idle) = delta.touch.map_or((0, 0), |t| {
-            (to_db(t.last_seen_at.0), to_db(t.idle_expires_at.0))
-        });
-        if delta.changes.is_empty() {
-            // A touch is one statement: no read, no transaction.
-            let mut w = self.writer.lock().await.map_err(e)?;
-            let version: Option<i64> = sqlx::query_scalar(
-                "UPDATE sessions SET last_seen_at = max(last_seen_at, ?), \
-                 idle_expires_at = max(idle_expires_at, ?), version = version + 1 \
-                 WHERE key = ? AND expires_at > ? RETURNING version",
-            )
-            .bind(seen)
-            .bind(idle)
-            .bind(key.as_str())
-            .bind(to_db(now.0))
-            .fetch_optional(&mut *w)
-            .await
-            .map_err(e)?;
-            w.changed(Change::Patched(key.clone(), delta.clone(), version));
-            return Ok(saved(version));
-        }
-        if delta.changes.iter().all(|(k, _)| addressable(k)) {
-            return self.patch(key, delta, (seen, idle), now).await;
-        }
-        // Keys SQLite's JSON paths cannot name: patch the map in Rust, inside a transaction
-        // that holds the write lock from its first statement.
-        let mut w = self.writer.lock().await.map_err(e)?;
-        let mut tx = w.begin_with("BEGIN IMMEDIATE").await.map_err(e)?;
-        let row = sqlx::query("SELECT data FROM sessions WHERE key = ? AND expires_at > ?")
-            .bind(key.as_str())
-            .bind(to_db(now.0))
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(e)?;
-        let Some(row) = row else {
-            return Ok(SaveOutcome::Missing);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let request = SaveRequest {
+            key: key.clone(),
+            delta: delta.clone(),
+            now: to_db(now.0),
+            reply,
         };
-        let text: String = row.try_get("data").map_err(e)?;
-        let mut data = decode_data(&text).map_err(StoreError::Corrupt)?;
-        for (k, change) in &delta.changes {
-            match change {
-                Some(v) => {
-                    data.insert(k.clone(), v.clone());
+        let gone = || StoreError::unavailable("saving a session", "the SQLite writer has stopped");
+        self.saves.send(request).map_err(|_| gone())?;
+        Ok(saved(answer.await.map_err(|_| gone())??))
+    }
+}
+
+/// A `save_delta` waiting for the writer.
+struct SaveRequest {
+    key: StorageKey,
+    delta: Delta,
+    now: i64,
+    reply: tokio::sync::oneshot::Sender<Result<Option<i64>, StoreError>>,
+}
+
+/// Most deltas applied by one statement.
+const SAVE_BATCH: usize = 256;
+
+/// Every delta waiting when the writer comes free, as one `UPDATE ... FROM json_each(?)`: each
+/// row of the batch is `[key, patch, last_seen_at, idle_expires_at, now]`, the patch a JSON
+/// object with the keys set (to their JSON text, as strings) and the keys removed (`null`), so
+/// that `json_patch` (RFC 7396 merge) applies it; any key works, no JSON path is involved. The
+/// statement takes the write lock before it reads the rows, so it is atomic against every other
+/// writer, in this process or another. A row whose `data` is not JSON is left alone (its
+/// session reads as corrupt, and the save as missing).
+const SAVE: &str = "UPDATE sessions SET data = json_patch(data, d.patch), \
+     last_seen_at = max(last_seen_at, d.seen), \
+     idle_expires_at = max(idle_expires_at, d.idle), version = version + 1 \
+     FROM (SELECT value ->> 0 AS key, value ->> 1 AS patch, value ->> 2 AS seen, \
+     value ->> 3 AS idle, value ->> 4 AS now FROM json_each(?)) AS d \
+     WHERE sessions.key = d.key AND sessions.expires_at > d.now AND json_valid(sessions.data) \
+     RETURNING sessions.key, sessions.version";
+
+/// The task that owns the saves: it takes every request queued while the previous batch ran
+/// (one per key: a second delta to the same session waits for the next batch, so deltas to one
+/// session apply in the order they arrived) and applies them with one statement, one commit.
+/// Under load the writer's cost per save shrinks with the batch; alone, a save is one statement
+/// as before.
+async fn run_saves(
+    writer: Arc<Writer>,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<SaveRequest>,
+) {
+    let mut deferred: std::collections::VecDeque<SaveRequest> = Default::default();
+    loop {
+        let first = match deferred.pop_front() {
+            Some(r) => r,
+            None => match queue.recv().await {
+                Some(r) => r,
+                None => return,
+            },
+        };
+        let mut keys = std::collections::HashSet::from([first.key.clone()]);
+        let mut batch = vec![first];
+        let mut later = std::collections::VecDeque::new();
+        let more = std::iter::from_fn(|| deferred.pop_front())
+            .chain(std::iter::from_fn(|| queue.try_recv().ok()));
+        for r in more {
+            if batch.len() < SAVE_BATCH && keys.insert(r.key.clone()) {
+                batch.push(r);
+            } else {
+                later.push_back(r);
+            }
+            if batch.len() >= SAVE_BATCH {
+                break;
+            }
+        }
+        later.extend(std::mem::take(&mut deferred));
+        deferred = later;
+        writer.save_batch(batch).await;
+    }
+}
+
+impl Writer {
+    async fn save_batch(&self, batch: Vec<SaveRequest>) {
+        let rows: Vec<serde_json::Value> = batch
+            .iter()
+            .map(|r| {
+                let net = NetChanges::of(&r.delta);
+                let mut patch = serde_json::Map::new();
+                for (k, v) in &net.set {
+                    patch.insert(k.clone(), v.as_json().into());
                 }
-                None => {
-                    data.remove(k);
+                for k in &net.removed {
+                    patch.insert(k.clone(), serde_json::Value::Null);
+                }
+                let (seen, idle) = r.delta.touch.map_or((0, 0), |t| {
+                    (to_db(t.last_seen_at.0), to_db(t.idle_expires_at.0))
+                });
+                serde_json::json!([
+                    r.key.as_str(),
+                    serde_json::Value::Object(patch).to_string(),
+                    seen,
+                    idle,
+                    r.now
+                ])
+            })
+            .collect();
+        let rows = serde_json::Value::Array(rows).to_string();
+        let result = async {
+            let mut w = self.lock().await?;
+            let saved: Vec<(String, i64)> =
+                sqlx::query_as(SAVE).bind(rows).fetch_all(&mut *w).await?;
+            let saved: std::collections::HashMap<String, i64> = saved.into_iter().collect();
+            w.changed(Change::Patched(
+                batch
+                    .iter()
+                    .map(|r| {
+                        let v = saved.get(r.key.as_str()).copied();
+                        (r.key.clone(), r.delta.clone(), v)
+                    })
+                    .collect(),
+            ));
+            Ok::<_, sqlx::Error>(saved)
+        }
+        .await;
+        match result {
+            Ok(saved) => {
+                for r in batch {
+                    let _ = r.reply.send(Ok(saved.get(r.key.as_str()).copied()));
+                }
+            }
+            Err(e) => {
+                let unavailable = is_unavailable(&e);
+                let message = e.to_string();
+                let _ = self.error("saving a session", e);
+                for r in batch {
+                    let e = if unavailable {
+                        StoreError::unavailable("saving a session", message.clone())
+                    } else {
+                        StoreError::backend("saving a session", message.clone())
+                    };
+                    let _ = r.reply.send(Err(e));
                 }
             }
         }
-        let version: i64 = sqlx::query_scalar(
-            "UPDATE sessions SET data = ?, last_seen_at = max(last_seen_at, ?), \
-             idle_expires_at = max(idle_expires_at, ?), version = version + 1 \
-             WHERE key = ? RETURNING version",
-        )
-        .bind(encode_data(&data))
-        .bind(seen)
-        .bind(idle)
-        .bind(key.as_str())
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(e)?;
-        tx.commit().await.map_err(e)?;
-        Ok(saved(Some(version)))
     }
-
-    /// A delta as one `UPDATE` that patches the stored object with `json_remove`/`json_set`:
-    /// the statement takes the write lock before it reads the row, so it is atomic against
-    /// every other writer, in this process or another, and costs one trip to the database.
-    async fn patch(
-        &self,
-        key: &StorageKey,
-        delta: &Delta,
-        (seen, idle): (i64, i64),
-        now: Timestamp,
-    ) -> Result<SaveOutcome, StoreError> {
-        let net = NetChanges::of(delta);
-        let mut expr = String::from("data");
-        if !net.removed.is_empty() {
-            expr = format!("json_remove({expr}{})", ", ?".repeat(net.removed.len()));
-        }
-        if !net.set.is_empty() {
-            expr = format!("json_set({expr}{})", ", ?, ?".repeat(net.set.len()));
-        }
-        let sql = format!(
-            "UPDATE sessions SET data = {expr}, last_seen_at = max(last_seen_at, ?), \
-             idle_expires_at = max(idle_expires_at, ?), version = version + 1 \
-             WHERE key = ? AND expires_at > ? RETURNING version"
-        );
-        let mut q = sqlx::query_scalar(&sql);
-        for k in &net.removed {
-            q = q.bind(json_path(k));
-        }
-        for (k, v) in &net.set {
-            // Bound as text, the value is stored as a JSON string: the column's layout.
-            q = q.bind(json_path(k)).bind(v.as_json());
-        }
-        let e = |e| self.writer.error("saving a session", e);
-        let mut w = self.writer.lock().await.map_err(e)?;
-        let version: Option<i64> = q
-            .bind(seen)
-            .bind(idle)
-            .bind(key.as_str())
-            .bind(to_db(now.0))
-            .fetch_optional(&mut *w)
-            .await
-            .map_err(e)?;
-        w.changed(Change::Patched(key.clone(), delta.clone(), version));
-        Ok(saved(version))
-    }
-}
-
-/// Whether a data key can be named in a SQLite JSON path as `$."key"`: the path syntax has no
-/// escapes, so quotes, backslashes and control characters are left to the slow path.
-fn addressable(k: &str) -> bool {
-    !k.chars().any(|c| c == '"' || c == '\\' || c.is_control())
-}
-
-fn json_path(k: &str) -> String {
-    format!("$.\"{k}\"")
 }
 
 fn saved(version: Option<i64>) -> SaveOutcome {
