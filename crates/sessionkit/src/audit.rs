@@ -194,11 +194,13 @@ impl AuditSinkBuilder {
                 .connect_with(options)
                 .await
                 .map_err(|e| store_error("connecting to the audit database", e))?;
-            deadline(
-                limit * 2,
-                "running audit migrations",
-                migrate_postgres(&pool, "audit", PG_MIGRATIONS),
-            )
+            deadline(limit * 2, "running audit migrations", async {
+                let mut conn = pool
+                    .acquire()
+                    .await
+                    .map_err(|e| store_error("running audit migrations", e))?;
+                migrate_postgres(&mut conn, "audit", PG_MIGRATIONS).await
+            })
             .await?;
             Db::Postgres(pool)
         } else if self.url.starts_with("sqlite:") {

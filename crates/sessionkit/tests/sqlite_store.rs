@@ -262,3 +262,42 @@ async fn new_database_files_are_private() {
         }
     }
 }
+
+/// The load cache stays coherent across instances (as across processes): a write through one
+/// instance is seen by the very next load through the other, which had the record cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_one_instance_is_seen_by_the_next_load_of_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("coherent.db");
+    let a = open(&path).await;
+    let b = open(&path).await;
+    let now = SystemClock.now();
+    let k = key();
+    let _ = a
+        .create(&k, &record_at(None, now), SessionLimit::UNLIMITED, now)
+        .await
+        .unwrap();
+    for i in 0..200 {
+        let now = SystemClock.now();
+        // Twice: the second load is served by b's cache, if anything is.
+        for _ in 0..2 {
+            let got = b.load(&k, now).await.unwrap().unwrap();
+            let want = if i == 0 {
+                None
+            } else {
+                Some((i - 1).to_string())
+            };
+            assert_eq!(got.data.get("n").map(|v| v.as_json().to_owned()), want);
+        }
+        // Alternate the writer: b's own writes must keep its cache right, a's must reach it.
+        let writer = if i % 3 == 0 { &b } else { &a };
+        let out = writer.save_delta(&k, &set("n", i), now).await.unwrap();
+        assert!(matches!(out, SaveOutcome::Saved { .. }));
+    }
+    let now = SystemClock.now();
+    let got = b.load(&k, now).await.unwrap().unwrap();
+    assert_eq!(got.data.get("n").map(Value::as_json), Some("199"));
+    assert_eq!(got.meta.version, 200);
+    assert!(a.destroy(&k).await.unwrap());
+    assert!(b.load(&k, now).await.unwrap().is_none());
+}

@@ -29,15 +29,16 @@
 //! statement does is atomic, so a crash of either side leaves no half-written session.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::Row as _;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgRow};
+use sqlx::{Connection as _, Row as _};
 
 use super::sql::{
-    deadline, decode_data, encode_data, from_db, migrate_postgres, store_error, to_db, MetaRow,
-    Migration, NetChanges, META_COLUMNS,
+    deadline, decode_data, encode_data, from_db, migrate_postgres, store_error, to_db, Conn,
+    Connections, MetaRow, Migration, NetChanges, META_COLUMNS,
 };
 use super::{CreateOutcome, Health, SaveOutcome, ScanPage, SessionLimit, SessionStore, StoreError};
 use crate::id::StorageKey;
@@ -89,7 +90,7 @@ const INSERT: &str = "INSERT INTO sessions (key, user_id, created_at, last_seen_
 /// Sessions in PostgreSQL. See the module documentation.
 #[derive(Clone)]
 pub struct PostgresStore {
-    pool: PgPool,
+    pool: Arc<Connections<PgConnection>>,
     op_timeout: Duration,
 }
 
@@ -161,25 +162,20 @@ impl PostgresStoreBuilder {
         let options = options
             .application_name("sessionkit")
             .options([("statement_timeout", statement_timeout.as_str())]);
-        let pool = PgPoolOptions::new()
-            .max_connections(self.max_connections)
-            .acquire_timeout(self.connect_timeout)
-            // sqlx already pings a connection when it comes back to the pool; a second ping
-            // before each use would double the round trips.
-            .test_before_acquire(false)
-            .connect_with(options)
+        let pool = Connections::open(options, self.max_connections, self.connect_timeout)
             .await
             .map_err(|e| store_error("connecting to PostgreSQL", e))?;
-        deadline(
-            self.op_timeout,
-            "running migrations",
-            migrate_postgres(&pool, "sessions", MIGRATIONS),
-        )
-        .await?;
-        Ok(PostgresStore {
-            pool,
+        let store = PostgresStore {
+            pool: Arc::new(pool),
             op_timeout: self.op_timeout,
+        };
+        deadline(self.op_timeout, "running migrations", async {
+            let mut c = store.conn("running migrations").await?;
+            let r = migrate_postgres(&mut c, "sessions", MIGRATIONS).await;
+            c.track(r)
         })
+        .await?;
+        Ok(store)
     }
 }
 
@@ -202,13 +198,22 @@ impl PostgresStore {
         Self::builder(url).connect().await
     }
 
-    /// Closes the pool, waiting for connections in use to come back.
+    /// Closes the idle connections and refuses new operations; connections in use close as
+    /// their operation ends.
     pub async fn close(&self) {
         self.pool.close().await;
     }
 
+    /// A connection for one operation.
+    async fn conn(&self, context: &'static str) -> Result<Conn<'_, PgConnection>, StoreError> {
+        self.pool
+            .acquire()
+            .await
+            .map_err(|e| store_error(context, e))
+    }
+
     async fn create_inner(
-        &self,
+        c: &mut PgConnection,
         key: &StorageKey,
         record: &Record,
         limit: SessionLimit,
@@ -218,10 +223,7 @@ impl PostgresStore {
         let user = match (&record.meta.user_id, limit.max) {
             (Some(user), Some(_)) => user,
             _ => {
-                let done = insert(record, key, now)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(e)?;
+                let done = insert(record, key, now).execute(&mut *c).await.map_err(e)?;
                 return Ok(if done.rows_affected() == 0 {
                     CreateOutcome::Exists
                 } else {
@@ -231,7 +233,7 @@ impl PostgresStore {
                 });
             }
         };
-        let mut tx = self.pool.begin().await.map_err(e)?;
+        let mut tx = c.begin().await.map_err(e)?;
         // Serializes logins of this user across every instance until commit. Under READ
         // COMMITTED each later statement sees what earlier holders committed.
         sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
@@ -275,7 +277,7 @@ impl PostgresStore {
     }
 
     async fn save_inner(
-        &self,
+        c: &mut PgConnection,
         key: &StorageKey,
         delta: &Delta,
         now: Timestamp,
@@ -294,7 +296,7 @@ impl PostgresStore {
             .bind(seen)
             .bind(idle)
             .bind(to_db(now.0))
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *c)
             .await
         } else {
             let net = NetChanges::of(delta);
@@ -310,7 +312,7 @@ impl PostgresStore {
             .bind(to_db(now.0))
             .bind(&net.removed)
             .bind(net.set_object())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *c)
             .await
         }
         .map_err(|e| store_error("saving a session", e))?;
@@ -365,31 +367,36 @@ impl SessionStore for PostgresStore {
         limit: SessionLimit,
         now: Timestamp,
     ) -> Result<CreateOutcome, StoreError> {
-        deadline(
-            self.op_timeout,
-            "creating a session",
-            self.create_inner(key, record, limit, now),
-        )
+        deadline(self.op_timeout, "creating a session", async {
+            let mut c = self.conn("creating a session").await?;
+            let r = Self::create_inner(&mut c, key, record, limit, now).await;
+            c.track(r)
+        })
         .await
     }
 
     async fn load(&self, key: &StorageKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
         deadline(self.op_timeout, "loading a session", async {
-            let e = |e| store_error("loading a session", e);
-            let row = sqlx::query(&format!(
-                "SELECT {META_COLUMNS}, data::text AS data FROM sessions \
+            let mut c = self.conn("loading a session").await?;
+            let r = async {
+                let e = |e| store_error("loading a session", e);
+                let row = sqlx::query(&format!(
+                    "SELECT {META_COLUMNS}, data::text AS data FROM sessions \
                  WHERE key = $1 AND expires_at > $2"
-            ))
-            .bind(key.as_str())
-            .bind(to_db(now.0))
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(e)?;
-            let Some(row) = row else { return Ok(None) };
-            let meta = MetaRow::from_row(&row).map_err(e)?.meta;
-            let text: String = row.try_get("data").map_err(e)?;
-            let data = decode_data(&text).map_err(StoreError::Corrupt)?;
-            Ok(Some(Record { data, meta }))
+                ))
+                .bind(key.as_str())
+                .bind(to_db(now.0))
+                .fetch_optional(&mut *c)
+                .await
+                .map_err(e)?;
+                let Some(row) = row else { return Ok(None) };
+                let meta = MetaRow::from_row(&row).map_err(e)?.meta;
+                let text: String = row.try_get("data").map_err(e)?;
+                let data = decode_data(&text).map_err(StoreError::Corrupt)?;
+                Ok(Some(Record { data, meta }))
+            }
+            .await;
+            c.track(r)
         })
         .await
     }
@@ -400,22 +407,27 @@ impl SessionStore for PostgresStore {
         delta: &Delta,
         now: Timestamp,
     ) -> Result<SaveOutcome, StoreError> {
-        deadline(
-            self.op_timeout,
-            "saving a session",
-            self.save_inner(key, delta, now),
-        )
+        deadline(self.op_timeout, "saving a session", async {
+            let mut c = self.conn("saving a session").await?;
+            let r = Self::save_inner(&mut c, key, delta, now).await;
+            c.track(r)
+        })
         .await
     }
 
     async fn destroy(&self, key: &StorageKey) -> Result<bool, StoreError> {
         deadline(self.op_timeout, "destroying a session", async {
-            let done = sqlx::query("DELETE FROM sessions WHERE key = $1")
-                .bind(key.as_str())
-                .execute(&self.pool)
-                .await
-                .map_err(|e| store_error("destroying a session", e))?;
-            Ok(done.rows_affected() > 0)
+            let mut c = self.conn("destroying a session").await?;
+            let r = async {
+                let done = sqlx::query("DELETE FROM sessions WHERE key = $1")
+                    .bind(key.as_str())
+                    .execute(&mut *c)
+                    .await
+                    .map_err(|e| store_error("destroying a session", e))?;
+                Ok(done.rows_affected() > 0)
+            }
+            .await;
+            c.track(r)
         })
         .await
     }
@@ -428,16 +440,21 @@ impl SessionStore for PostgresStore {
         // The index is the `user_id` column itself: it cannot point at a missing record, and
         // expired records are filtered here and deleted by cleanup.
         deadline(self.op_timeout, "listing a user's sessions", async {
-            let rows = sqlx::query(&format!(
-                "SELECT {META_COLUMNS} FROM sessions WHERE user_id = $1 AND expires_at > $2 \
+            let mut c = self.conn("listing a user's sessions").await?;
+            let r = async {
+                let rows = sqlx::query(&format!(
+                    "SELECT {META_COLUMNS} FROM sessions WHERE user_id = $1 AND expires_at > $2 \
                  ORDER BY created_at, key"
-            ))
-            .bind(user_id)
-            .bind(to_db(now.0))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| store_error("listing a user's sessions", e))?;
-            Ok(metas(&rows))
+                ))
+                .bind(user_id)
+                .bind(to_db(now.0))
+                .fetch_all(&mut *c)
+                .await
+                .map_err(|e| store_error("listing a user's sessions", e))?;
+                Ok(metas(&rows))
+            }
+            .await;
+            c.track(r)
         })
         .await
     }
@@ -448,42 +465,52 @@ impl SessionStore for PostgresStore {
         except: Option<&StorageKey>,
     ) -> Result<Vec<StorageKey>, StoreError> {
         deadline(self.op_timeout, "destroying a user's sessions", async {
-            let e = |e| store_error("destroying a user's sessions", e);
-            // Under the user's login lock: a login racing the revocation either finishes first
-            // (and its session is revoked) or starts after; and the two never delete the same
-            // rows in different orders (no deadlock).
-            let mut tx = self.pool.begin().await.map_err(e)?;
-            sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-                .bind(USER_LOCK_CLASS)
+            let mut c = self.conn("destroying a user's sessions").await?;
+            let r = async {
+                let e = |e| store_error("destroying a user's sessions", e);
+                // Under the user's login lock: a login racing the revocation either finishes first
+                // (and its session is revoked) or starts after; and the two never delete the same
+                // rows in different orders (no deadlock).
+                let mut tx = c.begin().await.map_err(e)?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+                    .bind(USER_LOCK_CLASS)
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(e)?;
+                let keys: Vec<String> = sqlx::query_scalar(
+                    "DELETE FROM sessions WHERE user_id = $1 AND key IS DISTINCT FROM $2 \
+                 RETURNING key",
+                )
                 .bind(user_id)
-                .execute(&mut *tx)
+                .bind(except.map(StorageKey::as_str))
+                .fetch_all(&mut *tx)
                 .await
                 .map_err(e)?;
-            let keys: Vec<String> = sqlx::query_scalar(
-                "DELETE FROM sessions WHERE user_id = $1 AND key IS DISTINCT FROM $2 \
-                 RETURNING key",
-            )
-            .bind(user_id)
-            .bind(except.map(StorageKey::as_str))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(e)?;
-            tx.commit().await.map_err(e)?;
-            let mut keys: Vec<StorageKey> =
-                keys.iter().filter_map(|k| StorageKey::parse(k)).collect();
-            keys.sort();
-            Ok(keys)
+                tx.commit().await.map_err(e)?;
+                let mut keys: Vec<StorageKey> =
+                    keys.iter().filter_map(|k| StorageKey::parse(k)).collect();
+                keys.sort();
+                Ok(keys)
+            }
+            .await;
+            c.track(r)
         })
         .await
     }
 
     async fn count(&self) -> Result<u64, StoreError> {
         deadline(self.op_timeout, "counting sessions", async {
-            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions")
-                .fetch_one(&self.pool)
-                .await
-                .map_err(|e| store_error("counting sessions", e))?;
-            Ok(from_db(n))
+            let mut c = self.conn("counting sessions").await?;
+            let r = async {
+                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions")
+                    .fetch_one(&mut *c)
+                    .await
+                    .map_err(|e| store_error("counting sessions", e))?;
+                Ok(from_db(n))
+            }
+            .await;
+            c.track(r)
         })
         .await
     }
@@ -494,16 +521,21 @@ impl SessionStore for PostgresStore {
             // Short batches, each its own statement and deadline; rows a request is writing
             // right now are skipped rather than waited for (the next run gets them).
             let n = deadline(self.op_timeout, "removing expired sessions", async {
-                sqlx::query(
-                    "DELETE FROM sessions WHERE key IN (SELECT key FROM sessions \
+                let mut c = self.conn("removing expired sessions").await?;
+                let r = async {
+                    sqlx::query(
+                        "DELETE FROM sessions WHERE key IN (SELECT key FROM sessions \
                      WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
-                )
-                .bind(to_db(now.0))
-                .bind(CLEANUP_BATCH)
-                .execute(&self.pool)
-                .await
-                .map(|d| d.rows_affected())
-                .map_err(|e| store_error("removing expired sessions", e))
+                    )
+                    .bind(to_db(now.0))
+                    .bind(CLEANUP_BATCH)
+                    .execute(&mut *c)
+                    .await
+                    .map(|d| d.rows_affected())
+                    .map_err(|e| store_error("removing expired sessions", e))
+                }
+                .await;
+                c.track(r)
             })
             .await?;
             total += n;
@@ -515,27 +547,37 @@ impl SessionStore for PostgresStore {
 
     async fn scan(&self, cursor: Option<String>, batch: usize) -> Result<ScanPage, StoreError> {
         deadline(self.op_timeout, "scanning sessions", async {
-            let batch = batch.clamp(1, 10_000);
-            let rows = sqlx::query(&format!(
-                "SELECT {META_COLUMNS}, data::text AS data FROM sessions \
+            let mut c = self.conn("scanning sessions").await?;
+            let r = async {
+                let batch = batch.clamp(1, 10_000);
+                let rows = sqlx::query(&format!(
+                    "SELECT {META_COLUMNS}, data::text AS data FROM sessions \
                  WHERE key > $1 ORDER BY key LIMIT $2"
-            ))
-            .bind(cursor.unwrap_or_default())
-            .bind(i64::try_from(batch).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| store_error("scanning sessions", e))?;
-            Ok(page(&rows, batch))
+                ))
+                .bind(cursor.unwrap_or_default())
+                .bind(i64::try_from(batch).unwrap_or(i64::MAX))
+                .fetch_all(&mut *c)
+                .await
+                .map_err(|e| store_error("scanning sessions", e))?;
+                Ok(page(&rows, batch))
+            }
+            .await;
+            c.track(r)
         })
         .await
     }
 
     async fn health(&self) -> Health {
         let probe = deadline(self.op_timeout, "health check", async {
-            sqlx::query("SELECT 1")
-                .execute(&self.pool)
-                .await
-                .map_err(|e| store_error("health check", e))
+            let mut c = self.conn("health check").await?;
+            let r = async {
+                sqlx::query("SELECT 1")
+                    .execute(&mut *c)
+                    .await
+                    .map_err(|e| store_error("health check", e))
+            }
+            .await;
+            c.track(r)
         })
         .await;
         match probe {
