@@ -1680,30 +1680,67 @@ return all
     /// expiry; then triples (`s` | `r`, name, value). Only a live record is written; touch never
     /// shortens; the version is bumped; TTL and index score follow the nearest expiry.
     pub(super) const SAVE: &str = r#"
-local rec, idx, head, redirect = resolve()
-if redirect then return {'redirect', redirect} end
-local f = redis.call('HMGET', rec, 'i', 'a', 's')
+local rec, idx, f
+local h = {}
+if mode == 'f' then
+  -- One read serves the common case: the record is the head.
+  h = redis.call('HMGET', KEYS[1], 'p', 'u', 'i', 'a', 's', 'v')
+end
+if mode == 'f' and not h[1] then
+  rec, idx = KEYS[1], false
+  if h[2] then
+    local _
+    _, idx = ukeys(h[2])
+  end
+  f = {h[3], h[4], h[5], h[6]}
+else
+  local _, redirect
+  rec, idx, _, redirect = resolve()
+  if redirect then return {'redirect', redirect} end
+  f = redis.call('HMGET', rec, 'i', 'a', 's', 'v')
+end
 local i, a = tonumber(f[1]), tonumber(f[2])
 if not i or not a or now >= math.min(i, a) then return {'missing'} end
+-- The changes in order, the last per name winning; then one HSET and one HDEL.
+local final, names = {}, {}
 local n = 8
 while n + 2 <= #ARGV do
   local field = 'd:' .. ARGV[n + 1]
-  if ARGV[n] == 's' then
-    redis.call('HSET', rec, field, ARGV[n + 2])
-  else
-    redis.call('HDEL', rec, field)
-  end
+  if final[field] == nil then names[#names + 1] = field end
+  if ARGV[n] == 's' then final[field] = ARGV[n + 2] else final[field] = false end
   n = n + 3
 end
+local set, del = {}, {}
+for _, field in ipairs(names) do
+  local v = final[field]
+  if v then
+    set[#set + 1] = field
+    set[#set + 1] = v
+  else
+    del[#del + 1] = field
+  end
+end
 if ARGV[5] == '1' then
-  if tonumber(ARGV[6]) > (tonumber(f[3]) or 0) then redis.call('HSET', rec, 's', ARGV[6]) end
+  if tonumber(ARGV[6]) > (tonumber(f[3]) or 0) then
+    set[#set + 1] = 's'
+    set[#set + 1] = ARGV[6]
+  end
   local idle = tonumber(ARGV[7])
   if idle > i then
-    redis.call('HSET', rec, 'i', ARGV[7])
+    set[#set + 1] = 'i'
+    set[#set + 1] = ARGV[7]
     i = idle
   end
 end
-local v = redis.call('HINCRBY', rec, 'v', 1)
+local v = (tonumber(f[4]) or 0) + 1
+set[#set + 1] = 'v'
+set[#set + 1] = string.format('%d', v)
+for k = 1, #del, 200 do
+  redis.call('HDEL', rec, unpack(del, k, math.min(k + 199, #del)))
+end
+for k = 1, #set, 200 do
+  redis.call('HSET', rec, unpack(set, k, math.min(k + 199, #set)))
+end
 local exp = at(math.min(i, a))
 redis.call('PEXPIREAT', rec, exp)
 if idx then
