@@ -335,8 +335,9 @@ async fn password_auth() {
     }
 }
 
-/// The record's TTL is its nearest expiry and follows touches; the user's index scores follow
-/// too; destroy removes record, pointer and index entry.
+/// Standalone layout: a signed-in session's record is its head (marked with its user), its TTL
+/// is its nearest expiry and follows touches; the user's index scores follow too; destroy
+/// removes record and index entry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ttl_and_index_follow_the_nearest_expiry() {
     let server = shared_server();
@@ -353,19 +354,19 @@ async fn ttl_and_index_follow_the_nearest_expiry() {
     let k = key.as_str();
     must_create(&store, &key, &record_at(Some("ttl-user"), t)).await;
 
-    let head = format!("{prefix}s:{k}");
-    let rec = format!("{prefix}{{u:ttl-user}}:s:{k}");
+    let rec = format!("{prefix}s:{k}");
+    let old_rec = format!("{prefix}{{u:ttl-user}}:s:{k}");
     let idx = format!("{prefix}{{u:ttl-user}}:i");
-    assert_eq!(server.cli(&["HGET", &head, "p"]).trim(), "ttl-user");
+    assert_eq!(server.cli(&["HGET", &rec, "u"]).trim(), "ttl-user");
+    assert_eq!(server.cli(&["EXISTS", &old_rec]).trim(), "0");
     let pttl = |key: &str| -> u64 { server.cli(&["PTTL", key]).trim().parse().unwrap() };
     let score = || -> u64 { server.cli(&["ZSCORE", &idx, k]).trim().parse().unwrap() };
-    // idle expiry (1 h) is the nearest; the pointer lives until the absolute one (24 h)
+    // idle expiry (1 h) is the nearest
     let near = |ms: u64, want: Duration| {
         let want = want.as_millis() as u64;
         ms <= want && ms + 120_000 > want
     };
     assert!(near(pttl(&rec), hour), "{}", pttl(&rec));
-    assert!(near(pttl(&head), 24 * hour), "{}", pttl(&head));
     assert_eq!(score(), t.add(hour).0);
 
     let touch = Touch {
@@ -379,7 +380,58 @@ async fn ttl_and_index_follow_the_nearest_expiry() {
     assert!(pttl(&idx) >= pttl(&rec));
 
     assert!(store.destroy(&key).await.unwrap());
-    assert_eq!(server.cli(&["EXISTS", &head, &rec, &idx]).trim(), "0");
+    assert_eq!(server.cli(&["EXISTS", &rec, &idx]).trim(), "0");
+}
+
+/// Sessions stored by the earlier standalone layout (a pointer at the head, the record next to
+/// the user's index) stay readable, writable, listed and destroyable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn earlier_standalone_layout_still_works() {
+    let server = shared_server();
+    let prefix = unique_prefix();
+    let store = RedisStore::connect(
+        &server.url(),
+        RedisOptions::new().with_key_prefix(prefix.clone()),
+    )
+    .await
+    .unwrap();
+    let t = now();
+    let key = new_key();
+    let k = key.as_str();
+    must_create(&store, &key, &record_at(Some("old-user"), t)).await;
+    // Rewrite it into the earlier layout.
+    let head = format!("{prefix}s:{k}");
+    let rec = format!("{prefix}{{u:old-user}}:s:{k}");
+    server.cli(&["HDEL", &head, "u"]);
+    server.cli(&["RENAME", &head, &rec]);
+    server.cli(&["HSET", &head, "p", "old-user"]);
+
+    let loaded = store
+        .load(&key, t)
+        .await
+        .unwrap()
+        .expect("legacy record loads");
+    assert_eq!(loaded.meta.user_id.as_deref(), Some("old-user"));
+    let delta = Delta {
+        changes: vec![("x".into(), Some(Value::to_json(&1).unwrap()))],
+        touch: None,
+    };
+    let out = store.save_delta(&key, &delta, t).await.unwrap();
+    assert!(matches!(out, SaveOutcome::Saved { .. }), "{out:?}");
+    assert_eq!(server.cli(&["HGET", &rec, "d:x"]).trim(), "1");
+    let listed = store.list_user("old-user", t).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    // A new login of the same user prunes nothing live.
+    let second = new_key();
+    must_create(&store, &second, &record_at(Some("old-user"), t)).await;
+    assert_eq!(store.list_user("old-user", t).await.unwrap().len(), 2);
+    assert!(store.destroy(&key).await.unwrap());
+    assert_eq!(server.cli(&["EXISTS", &head, &rec]).trim(), "0");
+    assert!(store.load(&key, t).await.unwrap().is_none());
+    assert_eq!(
+        store.destroy_user("old-user", None).await.unwrap(),
+        vec![second]
+    );
 }
 
 /// Hostile user IDs (braces, percent signs) get distinct keys and cannot move records out of

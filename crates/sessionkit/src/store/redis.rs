@@ -6,23 +6,33 @@
 //! [`ConnectionManager`] for a standalone server (it reconnects in the background after a
 //! failure), the Cluster client's one connection per master for a Cluster. Requests are
 //! pipelined on it, so the number of sockets does not grow with load and a burst of requests
-//! cannot exhaust the host's ephemeral ports. Every command has a response timeout, every store
+//! cannot exhaust the host's ephemeral ports. On a standalone server the per-session commands
+//! are also batched: those issued while the runtime is busy leave in one write (see
+//! `Batcher`), which divides the system calls of both the app and Redis under load. Every command has a response timeout, every store
 //! call an overall bound ([`RedisOptions::with_operation_timeout`]); a call that runs out of
 //! either, or meets a refused or broken connection, returns [`StoreError::Unavailable`], and the
 //! next call reconnects.
 //!
 //! # Layout
 //! With `<p>` the key prefix (`SESSION_KEY_PREFIX`, default `sk:`) and `<k>` the storage key:
-//! - `<p>s:<k>`, the *head*, a hash. For an anonymous session it is the record itself. For a
-//!   signed-in session it is a pointer, field `p` = the user's tag, and the record lives with
-//!   its user (next item). Every session has exactly one head, so `count`, `scan` and
-//!   `cleanup_expired` walk heads.
-//! - `<p>{u:<user>}:s:<k>`, the record of a session of `<user>` (the user ID with `%`, `{` and
-//!   `}` percent-escaped, so that no user ID can end the hash tag early or collide with
-//!   another), and `<p>{u:<user>}:i`, the user's index: a sorted set of storage keys scored by
-//!   each record's nearest expiry (ms). The hash tag `{u:<user>}` puts a user's records and
-//!   index in one Cluster slot, so the per-user limit and its evictions run in one script even
-//!   on a Cluster. The pointer is what lets `load` find that record from the storage key alone.
+//! - `<p>s:<k>`, the *head*, a hash. Every session has exactly one head, so `count`, `scan` and
+//!   `cleanup_expired` walk heads. For an anonymous session it is the record itself. For a
+//!   signed-in session:
+//!   - standalone: the head is the record too, with one more field `u` = the user's tag, so
+//!     that `load` is one plain `HGETALL` (no script; about a sixth of a script's server time);
+//!   - Cluster: the head is a pointer, field `p` = the user's tag, and the record lives with
+//!     its user (next item), in the user's slot.
+//! - `<p>{u:<user>}:i`, the user's index (the user ID with `%`, `{` and `}` percent-escaped, so
+//!   that no user ID can end the hash tag early or collide with another): a sorted set of
+//!   storage keys scored by each record's nearest expiry (ms); and, on a Cluster,
+//!   `<p>{u:<user>}:s:<k>`, the record of a session of `<user>`. The hash tag `{u:<user>}` puts
+//!   a user's records and index in one Cluster slot, so the per-user limit and its evictions
+//!   run in one script even on a Cluster. The pointer is what lets `load` find that record from
+//!   the storage key alone. Standalone scripts reach records from the index by computed key
+//!   names, which a standalone server allows.
+//! - Standalone sessions written by earlier versions (a pointer at the head, the record next to
+//!   the index) are still read, written, listed and destroyed: `load` follows a pointer it
+//!   finds, and the scripts look for a member's record in both places.
 //! - A record hash holds `v` (version), `c`, `s`, `i`, `a` (created, last seen, idle and
 //!   absolute expiry, ms), `m` (user, user agent, IP, auth time; MessagePack) and one field
 //!   `d:<name>` per session value (its JSON text), so a delta touches only the fields it
@@ -36,11 +46,12 @@
 //! All writes are Lua scripts ([`redis::Script`]: `EVALSHA`, reloaded on `NOSCRIPT`), so each
 //! step is atomic on the server.
 //!
-//! Standalone: every operation is one script and therefore atomic as a whole: create-if-absent,
-//! the user limit with its evictions, `save_delta` only on a live record (destroy is final,
-//! whatever is in flight), destroy of record + index entry + pointer. The scripts reach the
-//! records of the pointer and of evicted sessions by computed key names, which a standalone
-//! server allows.
+//! Standalone: `load` is one `HGETALL` (a single command, so it sees a record before or after
+//! any script, never in between); every other operation is one script and therefore atomic as
+//! a whole: create-if-absent, the user limit with its evictions, `save_delta` only on a live
+//! record (destroy is final, whatever is in flight), destroy of record + index entry. The
+//! scripts reach the records of evicted and pruned sessions by computed key names, which a
+//! standalone server allows.
 //!
 //! Cluster: scripts only touch the keys of one slot, so an operation on a signed-in session
 //! takes two steps, the first on the head's slot, the second on the user's slot:
@@ -81,11 +92,13 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Script, ServerErrorKind};
 use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
     CreateOutcome, Health, LimitPolicy, SaveOutcome, ScanPage, SessionLimit, SessionStore,
@@ -199,6 +212,104 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// A command waiting for the next write, and where its reply goes.
+type Job = (Cmd, oneshot::Sender<redis::RedisResult<redis::Value>>);
+
+/// Automatic pipelining for a standalone server: the commands that store calls issue while the
+/// runtime is busy leave in one write (one `writev`, one Redis `read`, one reply write) instead
+/// of one each.
+///
+/// Why: the multiplexed connection's writer task is woken by the first command and, being the
+/// task woken last, runs right after it, so under load every command went out alone. Here a
+/// flusher task takes the first command, yields once, so that every request task already
+/// runnable gets to queue its command, then sends all of them as one pipeline. Batches do not
+/// wait for each other's replies. An idle server adds one scheduler pass of latency.
+#[derive(Clone)]
+struct Batcher {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+impl Batcher {
+    /// Starts the flusher task; it ends when the last `Batcher` clone is dropped.
+    fn start(conn: ConnectionManager) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(Self::flush_loop(rx, conn));
+        Self { tx }
+    }
+
+    async fn query(&self, cmd: Cmd) -> redis::RedisResult<redis::Value> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send((cmd, reply)).is_err() {
+            return Err(RedisError::from((
+                ErrorKind::Io,
+                "the Redis pipeline task has ended",
+            )));
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(RedisError::from((
+                ErrorKind::Io,
+                "the Redis pipeline task dropped a command",
+            )))
+        })
+    }
+
+    async fn flush_loop(mut rx: mpsc::UnboundedReceiver<Job>, conn: ConnectionManager) {
+        let mut in_flight = FuturesUnordered::new();
+        loop {
+            let first = tokio::select! {
+                job = rx.recv() => match job {
+                    Some(job) => job,
+                    None => break,
+                },
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
+            };
+            // Let every task that is ready to run queue its command first.
+            tokio::task::yield_now().await;
+            let mut jobs = vec![first];
+            while let Ok(job) = rx.try_recv() {
+                jobs.push(job);
+            }
+            in_flight.push(Self::send(conn.clone(), jobs));
+        }
+        while in_flight.next().await.is_some() {}
+    }
+
+    async fn send(mut conn: ConnectionManager, mut jobs: Vec<Job>) {
+        if jobs.len() == 1 {
+            if let Some((cmd, reply)) = jobs.pop() {
+                let r = conn.req_packed_command(&cmd).await;
+                let _ = reply.send(r.and_then(redis::Value::extract_error));
+            }
+            return;
+        }
+        let mut pipe = redis::pipe();
+        let mut replies = Vec::with_capacity(jobs.len());
+        for (cmd, reply) in jobs {
+            pipe.add_command(cmd);
+            replies.push(reply);
+        }
+        match conn.req_packed_commands(&pipe, 0, replies.len()).await {
+            Ok(values) if values.len() == replies.len() => {
+                for (v, reply) in values.into_iter().zip(replies) {
+                    let _ = reply.send(v.extract_error());
+                }
+            }
+            Ok(_) => {
+                let e =
+                    RedisError::from((ErrorKind::Client, "pipeline reply count does not match"));
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
 /// Where a `SCAN` runs: the standalone server, or one Cluster master.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Node {
@@ -255,6 +366,8 @@ impl Scripts {
 /// ```
 pub struct RedisStore {
     conn: Conn,
+    /// Standalone only: the pipelining front of `conn` for per-request scripts.
+    batch: Option<Batcher>,
     scripts: Scripts,
     prefix: String,
     cluster: bool,
@@ -604,8 +717,13 @@ impl RedisStore {
             }
         };
         let cluster = matches!(conn, Conn::Cluster(_));
+        let batch = match &conn {
+            Conn::Single(cm) => Some(Batcher::start(cm.clone())),
+            Conn::Cluster(_) => None,
+        };
         let store = Self {
             conn,
+            batch,
             scripts: Scripts::new(),
             prefix: options.key_prefix,
             cluster,
@@ -701,22 +819,59 @@ impl RedisStore {
         call: Call<'_>,
         extra: &[&[u8]],
     ) -> Result<Reply, StoreError> {
-        let mut inv = call.script.prepare_invoke();
-        for k in call.keys {
-            inv.key(*k);
-        }
-        inv.arg(call.mode)
-            .arg(&self.prefix)
-            .arg(call.key)
-            .arg(call.now.0.to_string());
-        for a in extra {
-            inv.arg(*a);
-        }
-        let mut conn = self.conn.clone();
-        let call = inv.invoke_async::<redis::Value>(&mut conn);
-        let v = match tokio::time::timeout(self.op_timeout, call).await {
-            Ok(r) => r.map_err(|e| map_err(context, e))?,
-            Err(_) => return Err(StoreError::unavailable(context, TimedOut(self.op_timeout))),
+        let v = match &self.batch {
+            Some(batch) => {
+                let script = call.script;
+                let mut cmd = redis::cmd("EVALSHA");
+                cmd.arg(script.get_hash()).arg(call.keys.len());
+                for k in call.keys {
+                    cmd.arg(*k);
+                }
+                cmd.arg(call.mode)
+                    .arg(&self.prefix)
+                    .arg(call.key)
+                    .arg(call.now.0.to_string());
+                for a in extra {
+                    cmd.arg(*a);
+                }
+                let eval = async {
+                    match batch.query(cmd.clone()).await {
+                        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                            let mut conn = self.conn.clone();
+                            script.load_async(&mut conn).await?;
+                            batch.query(cmd).await
+                        }
+                        r => r,
+                    }
+                };
+                match tokio::time::timeout(self.op_timeout, eval).await {
+                    Ok(r) => r.map_err(|e| map_err(context, e))?,
+                    Err(_) => {
+                        return Err(StoreError::unavailable(context, TimedOut(self.op_timeout)))
+                    }
+                }
+            }
+            None => {
+                let mut inv = call.script.prepare_invoke();
+                for k in call.keys {
+                    inv.key(*k);
+                }
+                inv.arg(call.mode)
+                    .arg(&self.prefix)
+                    .arg(call.key)
+                    .arg(call.now.0.to_string());
+                for a in extra {
+                    inv.arg(*a);
+                }
+                let mut conn = self.conn.clone();
+                let call = inv.invoke_async::<redis::Value>(&mut conn);
+                match tokio::time::timeout(self.op_timeout, call).await {
+                    Ok(r) => r.map_err(|e| map_err(context, e))?,
+                    Err(_) => {
+                        return Err(StoreError::unavailable(context, TimedOut(self.op_timeout)))
+                    }
+                }
+            }
         };
         match v {
             redis::Value::Array(a) => Ok(Reply(a)),
@@ -928,6 +1083,37 @@ impl RedisStore {
     }
 
     async fn load_inner(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
+        const CTX: &str = "loading a session from Redis";
+        if let Some(batch) = &self.batch {
+            // Standalone: the record is the head, one plain `HGETALL` (no script).
+            let mut cmd = redis::cmd("HGETALL");
+            cmd.arg(self.head_key(key.as_str()));
+            let v = match tokio::time::timeout(self.op_timeout, batch.query(cmd)).await {
+                Ok(r) => r.map_err(|e| map_err(CTX, e))?,
+                Err(_) => return Err(StoreError::unavailable(CTX, TimedOut(self.op_timeout))),
+            };
+            let flat = match v {
+                redis::Value::Array(a) => a,
+                redis::Value::Map(m) => m.into_iter().flat_map(|(f, v)| [f, v]).collect(),
+                redis::Value::Nil => Vec::new(),
+                _ => {
+                    return Err(StoreError::backend(
+                        CTX,
+                        Invalid("HGETALL reply is not an array".into()),
+                    ))
+                }
+            };
+            if flat.is_empty() {
+                return Ok(None);
+            }
+            // A pointer left by the earlier layout (record next to the user's index): follow it.
+            let pointer = flat
+                .chunks(2)
+                .any(|p| p.first().and_then(bytes) == Some(b"p"));
+            if !pointer {
+                return decode_fields(&flat).map(Some).map_err(StoreError::Corrupt);
+            }
+        }
         let (reply, _) = self
             .run_on_session(
                 "loading a session from Redis",
@@ -1407,12 +1593,25 @@ local function fix_index_ttl(idx)
   if top[2] then redis.call('PEXPIREAT', idx, at(tonumber(top[2]))) end
 end
 
--- Deletes the head of storage key m if it still points to user tag u. Standalone only: in
--- Cluster the head lives in another slot and the client deletes it afterwards.
+-- Deletes the head of storage key m if it still belongs to user tag u: a pointer to u, or
+-- (standalone) a record of u. Standalone only: in Cluster the head lives in another slot and
+-- the client deletes it afterwards.
 local function drop_head(m, u)
   if mode ~= 'f' then return end
   local h = prefix .. 's:' .. m
-  if redis.call('HGET', h, 'p') == u then redis.call('DEL', h) end
+  local f = redis.call('HMGET', h, 'p', 'u')
+  if f[1] == u or f[2] == u then redis.call('DEL', h) end
+end
+
+-- The key of the record of member m of user tag u: on a standalone server the head when it is
+-- a record of u, else (Cluster, or a standalone pointer from before the record moved to the
+-- head) the record next to the index.
+local function rec_of(u, m)
+  local rp = ukeys(u)
+  if mode ~= 'f' then return rp .. m end
+  local h = prefix .. 's:' .. m
+  if redis.call('HGET', h, 'u') == u then return h end
+  return rp .. m
 end
 
 -- Removes member m of user tag u: record, index entry and (standalone) head.
@@ -1427,7 +1626,6 @@ end
 -- passed, and entries whose record is gone, expired or unreadable, go with their records.
 -- Returns the live members as {member, HMGET(record, 'i', 'a', ...)} and the dropped members.
 local function prune(idx, u, ...)
-  local rp = ukeys(u)
   local dropped = {}
   for _, m in ipairs(redis.call('ZRANGEBYSCORE', idx, '-inf', nowarg)) do
     drop_member(idx, u, m)
@@ -1435,7 +1633,7 @@ local function prune(idx, u, ...)
   end
   local alive = {}
   for _, m in ipairs(redis.call('ZRANGE', idx, 0, -1)) do
-    local f = redis.call('HMGET', rp .. m, 'i', 'a', ...)
+    local f = redis.call('HMGET', rec_of(u, m), 'i', 'a', ...)
     local i, a = tonumber(f[1]), tonumber(f[2])
     if i and a and now < math.min(i, a) then
       alive[#alive + 1] = {m, f}
@@ -1453,8 +1651,15 @@ end
 local function resolve()
   if mode == 'r' then return KEYS[1], KEYS[2], false, nil end
   local head = KEYS[1]
-  local u = redis.call('HGET', head, 'p')
-  if not u then return head, false, head, nil end
+  local h = redis.call('HMGET', head, 'p', 'u')
+  local u = h[1]
+  if not u then
+    if h[2] and mode == 'f' then
+      local _, idx = ukeys(h[2])
+      return head, idx, head, nil
+    end
+    return head, false, head, nil
+  end
   if mode ~= 'f' then return nil, nil, nil, u end
   local rp, idx = ukeys(u)
   return rp .. skey, idx, head, nil
@@ -1475,30 +1680,67 @@ return all
     /// expiry; then triples (`s` | `r`, name, value). Only a live record is written; touch never
     /// shortens; the version is bumped; TTL and index score follow the nearest expiry.
     pub(super) const SAVE: &str = r#"
-local rec, idx, head, redirect = resolve()
-if redirect then return {'redirect', redirect} end
-local f = redis.call('HMGET', rec, 'i', 'a', 's')
+local rec, idx, f
+local h = {}
+if mode == 'f' then
+  -- One read serves the common case: the record is the head.
+  h = redis.call('HMGET', KEYS[1], 'p', 'u', 'i', 'a', 's', 'v')
+end
+if mode == 'f' and not h[1] then
+  rec, idx = KEYS[1], false
+  if h[2] then
+    local _
+    _, idx = ukeys(h[2])
+  end
+  f = {h[3], h[4], h[5], h[6]}
+else
+  local _, redirect
+  rec, idx, _, redirect = resolve()
+  if redirect then return {'redirect', redirect} end
+  f = redis.call('HMGET', rec, 'i', 'a', 's', 'v')
+end
 local i, a = tonumber(f[1]), tonumber(f[2])
 if not i or not a or now >= math.min(i, a) then return {'missing'} end
+-- The changes in order, the last per name winning; then one HSET and one HDEL.
+local final, names = {}, {}
 local n = 8
 while n + 2 <= #ARGV do
   local field = 'd:' .. ARGV[n + 1]
-  if ARGV[n] == 's' then
-    redis.call('HSET', rec, field, ARGV[n + 2])
-  else
-    redis.call('HDEL', rec, field)
-  end
+  if final[field] == nil then names[#names + 1] = field end
+  if ARGV[n] == 's' then final[field] = ARGV[n + 2] else final[field] = false end
   n = n + 3
 end
+local set, del = {}, {}
+for _, field in ipairs(names) do
+  local v = final[field]
+  if v then
+    set[#set + 1] = field
+    set[#set + 1] = v
+  else
+    del[#del + 1] = field
+  end
+end
 if ARGV[5] == '1' then
-  if tonumber(ARGV[6]) > (tonumber(f[3]) or 0) then redis.call('HSET', rec, 's', ARGV[6]) end
+  if tonumber(ARGV[6]) > (tonumber(f[3]) or 0) then
+    set[#set + 1] = 's'
+    set[#set + 1] = ARGV[6]
+  end
   local idle = tonumber(ARGV[7])
   if idle > i then
-    redis.call('HSET', rec, 'i', ARGV[7])
+    set[#set + 1] = 'i'
+    set[#set + 1] = ARGV[7]
     i = idle
   end
 end
-local v = redis.call('HINCRBY', rec, 'v', 1)
+local v = (tonumber(f[4]) or 0) + 1
+set[#set + 1] = 'v'
+set[#set + 1] = string.format('%d', v)
+for k = 1, #del, 200 do
+  redis.call('HDEL', rec, unpack(del, k, math.min(k + 199, #del)))
+end
+for k = 1, #set, 200 do
+  redis.call('HSET', rec, unpack(set, k, math.min(k + 199, #set)))
+end
 local exp = at(math.min(i, a))
 redis.call('PEXPIREAT', rec, exp)
 if idx then
@@ -1522,7 +1764,7 @@ local kind, u = ARGV[5], ARGV[6]
 -- pointer in Cluster mode counts as taken (its record is in another slot) and is returned so
 -- that the client can check that record and clear the head if it is dead.
 local function head_free(head)
-  local h = redis.call('HMGET', head, 'p', 'i', 'a')
+  local h = redis.call('HMGET', head, 'p', 'i', 'a', 'u')
   if h[1] then
     if mode ~= 'f' then return false, h[1] end
     local rp, pidx = ukeys(h[1])
@@ -1536,6 +1778,10 @@ local function head_free(head)
   local i, a = tonumber(h[2]), tonumber(h[3])
   if i and a and now < math.min(i, a) then return false end
   redis.call('DEL', head)
+  if h[4] then
+    local _, oidx = ukeys(h[4])
+    redis.call('ZREM', oidx, skey)
+  end
   return true
 end
 
@@ -1574,6 +1820,11 @@ else
 end
 if head and not head_free(head) then return {'exists'} end
 if live(rec) then return {'exists'} end
+-- Standalone: the record lives at its head, marked with its user tag.
+if head then
+  redis.call('DEL', rec)
+  rec = head
+end
 
 local alive = prune(idx, u, 'c', 's')
 local victims = {}
@@ -1596,13 +1847,10 @@ if max and #alive >= max then
 end
 
 write(rec)
+if head then redis.call('HSET', rec, 'u', u) end
 redis.call('PEXPIREAT', rec, ARGV[9])
 redis.call('ZADD', idx, ARGV[9], skey)
 fix_index_ttl(idx)
-if head then
-  redis.call('HSET', head, 'p', u)
-  redis.call('PEXPIREAT', head, ARGV[10])
-end
 return {'created', victims}
 "#;
 
@@ -1639,11 +1887,10 @@ return {'list', out, dropped}
     /// keep (or `''`). Replies `{'done', {destroyed...}, {every member removed from the index...}}`.
     pub(super) const DESTROY_USER: &str = r#"
 local idx, u, except = KEYS[1], ARGV[5], ARGV[6]
-local rp = ukeys(u)
 local gone, seen = {}, {}
 for _, m in ipairs(redis.call('ZRANGE', idx, 0, -1)) do
   if m ~= except then
-    if redis.call('DEL', rp .. m) == 1 then gone[#gone + 1] = m end
+    if redis.call('DEL', rec_of(u, m)) == 1 then gone[#gone + 1] = m end
     redis.call('ZREM', idx, m)
     drop_head(m, u)
     seen[#seen + 1] = m
