@@ -390,10 +390,7 @@ impl SessionStore for PostgresStore {
                 .await
                 .map_err(e)?;
                 let Some(row) = row else { return Ok(None) };
-                let meta = MetaRow::from_row(&row).map_err(e)?.meta;
-                let text: String = row.try_get("data").map_err(e)?;
-                let data = decode_data(&text).map_err(StoreError::Corrupt)?;
-                Ok(Some(Record { data, meta }))
+                MetaRow::record(&row, "loading a session").map(Some)
             }
             .await;
             c.track(r)

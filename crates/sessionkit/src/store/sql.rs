@@ -28,7 +28,7 @@
 
 use std::time::Duration;
 
-use crate::record::{Data, DecodeError, Meta, Timestamp, Value};
+use crate::record::{Data, DecodeError, Meta, Record, Timestamp, Value};
 use crate::store::StoreError;
 
 /// Columns every session query selects, in this order (`data` excepted: backends cast it).
@@ -154,6 +154,23 @@ impl MetaRow {
                 version: from_db(row.try_get("version")?),
             },
         })
+    }
+
+    /// The record in a row of `SELECT {META_COLUMNS}, <data as JSON text> AS data`.
+    pub(crate) fn record<'r, R>(row: &'r R, context: &'static str) -> Result<Record, StoreError>
+    where
+        R: sqlx::Row,
+        &'static str: sqlx::ColumnIndex<R>,
+        i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        let e = |e| store_error(context, e);
+        let meta = Self::from_row(row).map_err(e)?.meta;
+        let text: String = row.try_get("data").map_err(e)?;
+        let data = decode_data(&text).map_err(StoreError::Corrupt)?;
+        Ok(Record { data, meta })
     }
 }
 
