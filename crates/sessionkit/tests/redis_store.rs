@@ -482,3 +482,66 @@ async fn connect_rejects_bad_options() {
     let store = RedisStore::connect(&forced, options()).await.unwrap();
     assert!(store.is_cluster());
 }
+
+/// With `SESSION_FALLBACK`, an app starts while Redis is down (the fallback serves), and what
+/// it wrote meanwhile moves to Redis once Redis answers. Without a fallback, start-up fails as
+/// unavailable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_fallback_the_store_starts_while_redis_is_down() {
+    use sessionkit::{build_store, Config, Secret, StoreKind};
+
+    let mut server = RedisServer::start();
+    let url = server.url();
+    server.kill();
+    let files = tempfile::tempdir().unwrap();
+    let mut config = Config::new("a-test-secret-that-is-long-enough-for-this-test");
+    config.store = StoreKind::Redis;
+    config.redis_url = Some(Secret::new(url.clone()));
+    let plain = config.clone();
+    config.fallback_url = Some(Secret::new(format!("file://{}", files.path().display())));
+    assert!(matches!(
+        build_store(&plain).await,
+        Err(StoreError::Unavailable { .. })
+    ));
+
+    let store = build_store(&config).await.unwrap();
+    let key = SessionId::generate().unwrap().storage_key();
+    let t = SystemClock.now();
+    let created = store
+        .create(
+            &key,
+            &record_at(Some("dora"), t),
+            SessionLimit::UNLIMITED,
+            t,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(created, CreateOutcome::Created { .. }),
+        "{created:?}"
+    );
+    assert!(store.load(&key, t).await.unwrap().is_some());
+
+    server.restart();
+    let direct = RedisStore::connect(&url, RedisOptions::new())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // Loads keep working, and one after recovery moves the record to Redis.
+        assert!(store.load(&key, SystemClock.now()).await.unwrap().is_some());
+        if direct
+            .load(&key, SystemClock.now())
+            .await
+            .unwrap()
+            .is_some()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the record written during the outage never reached Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

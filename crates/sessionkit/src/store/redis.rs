@@ -737,18 +737,57 @@ impl RedisStore {
         Ok(store)
     }
 
-    async fn connect_single(url: &str, o: &RedisOptions) -> Result<Conn, StoreError> {
+    /// A store on the standalone server at `url` that connects on first use instead of now:
+    /// for an app that must start while Redis is down, behind a fallback store that serves
+    /// meanwhile (what `build_store` does with `SESSION_FALLBACK`). The server is taken to be
+    /// standalone (a Cluster needs [`RedisStore::connect`]); every operation fails as
+    /// unavailable until the server answers, and the connection is then made by the next one.
+    ///
+    /// # Errors
+    /// A bad URL or prefix, or a Cluster URL.
+    pub fn connect_lazy(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
+        let url = url.trim();
+        if options.key_prefix.contains(['{', '}']) || options.cluster == Some(true) {
+            return Err(StoreError::backend(
+                "invalid lazy Redis store",
+                Invalid("a lazy connection is for a standalone server and a key prefix without `{` or `}`".into()),
+            ));
+        }
+        if !url.starts_with("redis://") || url.contains(',') {
+            return Err(StoreError::backend(
+                "invalid lazy Redis store",
+                Invalid("a lazy connection takes one redis:// URL".into()),
+            ));
+        }
         let client =
             redis::Client::open(url).map_err(|e| StoreError::backend("invalid Redis URL", e))?;
-        let config = ConnectionManagerConfig::new()
+        let cm = ConnectionManager::new_lazy_with_config(client, Self::manager_config(&options))
+            .map_err(|e| map_err("connecting to Redis", e))?;
+        Ok(Self {
+            batch: Some(Batcher::start(cm.clone())),
+            conn: Conn::Single(cm),
+            scripts: Scripts::new(),
+            prefix: options.key_prefix,
+            cluster: false,
+            op_timeout: options.operation_timeout,
+        })
+    }
+
+    fn manager_config(o: &RedisOptions) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
             .set_connection_timeout(Some(o.connect_timeout))
             .set_response_timeout(Some(o.response_timeout))
             // Few, short retries: a request waits for a reconnection at most this long (and
             // never past the operation timeout); the next request starts a new attempt.
             .set_number_of_retries(2)
             .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let cm = ConnectionManager::new_with_config(client, config)
+            .set_max_delay(Duration::from_millis(500))
+    }
+
+    async fn connect_single(url: &str, o: &RedisOptions) -> Result<Conn, StoreError> {
+        let client =
+            redis::Client::open(url).map_err(|e| StoreError::backend("invalid Redis URL", e))?;
+        let cm = ConnectionManager::new_with_config(client, Self::manager_config(o))
             .await
             .map_err(|e| map_err("connecting to Redis", e))?;
         Ok(Conn::Single(cm))

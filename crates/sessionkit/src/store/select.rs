@@ -37,7 +37,21 @@ pub async fn build_store(config: &Config) -> Result<Arc<dyn SessionStore>, Store
         StoreKind::Filesystem => {
             open_url(&format!("file://{}", config.file_dir.display()), config).await?
         }
-        StoreKind::Redis => open_url(&url(&config.redis_url, "REDIS_URL")?, config).await?,
+        StoreKind::Redis => {
+            let redis_url = url(&config.redis_url, "REDIS_URL")?;
+            match open_url(&redis_url, config).await {
+                #[cfg(feature = "redis")]
+                Err(e @ StoreError::Unavailable { .. }) if config.fallback_url.is_some() => {
+                    // Users stay signed in while Redis is down, and that includes starting up
+                    // while it is down: the fallback serves until Redis answers.
+                    tracing::warn!(error = %e, "Redis is unreachable at start-up: starting on SESSION_FALLBACK, Redis (taken as a standalone server) is connected when it answers");
+                    let opts = super::redis::RedisOptions::new()
+                        .with_key_prefix(config.key_prefix.clone());
+                    Arc::new(super::redis::RedisStore::connect_lazy(&redis_url, opts)?)
+                }
+                other => other?,
+            }
+        }
         StoreKind::Sqlite | StoreKind::Postgres => {
             open_url(&url(&config.database_url, "DATABASE_URL")?, config).await?
         }
