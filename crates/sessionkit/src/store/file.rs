@@ -66,9 +66,11 @@
 //! change. The file is mapped into every process (`MAP_SHARED`) and its counters are used as
 //! atomics: the only `unsafe` code in sessionkit, in the `counters` module below. Nothing may
 //! truncate the file while stores use it.
-//! Every process on the directory must therefore run this layout (`VERSION` 2): stop processes
-//! of an older sessionkit before starting newer ones on their directory. A record file changed
-//! by hand is not seen by processes that cached it until the record's next change.
+//!
+//! A cache is only as good as the counters, so every process on the directory must count its
+//! changes: all must run this layout (`VERSION` 2), so stop processes of an older sessionkit
+//! before starting newer ones on their directory. A record file changed by hand is not seen by
+//! processes that cached it until the record's next change.
 //!
 //! # Crashes
 //! - A process killed at any point leaves every record either absent or complete; at worst a
