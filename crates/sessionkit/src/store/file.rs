@@ -442,16 +442,7 @@ impl SessionStore for FileStore {
     }
 
     async fn health(&self) -> Health {
-        match self.run(Inner::probe).await {
-            Ok(()) => Health {
-                ok: true,
-                detail: "file".into(),
-            },
-            Err(e) => Health {
-                ok: false,
-                detail: format!("file: {e}"),
-            },
-        }
+        Health::from_probe("file", self.run(Inner::probe).await)
     }
 }
 

@@ -204,6 +204,23 @@ pub struct Health {
     pub detail: String,
 }
 
+impl Health {
+    /// The health of the store `name` from the outcome of a probe: ok with the name, or not ok
+    /// with the name and the error.
+    pub(crate) fn from_probe<T>(name: &str, probe: Result<T, StoreError>) -> Self {
+        match probe {
+            Ok(_) => Self {
+                ok: true,
+                detail: name.to_owned(),
+            },
+            Err(e) => Self {
+                ok: false,
+                detail: format!("{name}: {e}"),
+            },
+        }
+    }
+}
+
 /// A place to keep sessions. See the module documentation for the contract.
 #[async_trait]
 pub trait SessionStore: Send + Sync + fmt::Debug + 'static {

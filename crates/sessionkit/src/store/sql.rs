@@ -28,8 +28,9 @@
 
 use std::time::Duration;
 
+use crate::id::StorageKey;
 use crate::record::{Data, DecodeError, Meta, Record, Timestamp, Value};
-use crate::store::StoreError;
+use crate::store::{ScanPage, StoreError};
 
 /// Columns every session query selects, in this order (`data` excepted: backends cast it).
 pub(crate) const META_COLUMNS: &str = "key, user_id, created_at, last_seen_at, idle_expires_at, \
@@ -172,6 +173,41 @@ impl MetaRow {
         let data = decode_data(&text).map_err(StoreError::Corrupt)?;
         Ok(Record { data, meta })
     }
+}
+
+/// A scan page from rows of `SELECT {META_COLUMNS}, <data as JSON text> AS data … ORDER BY
+/// key LIMIT batch`; rows that do not decode are skipped, but the cursor still moves past them.
+pub(crate) fn scan_page<'r, R>(rows: &'r [R], batch: usize) -> ScanPage
+where
+    R: sqlx::Row,
+    &'static str: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let mut records = Vec::with_capacity(rows.len());
+    let mut last = None;
+    for row in rows {
+        if let Ok(k) = row.try_get::<String, _>("key") {
+            last = Some(k);
+        }
+        let Ok(m) = MetaRow::from_row(row) else {
+            continue;
+        };
+        let Some(key) = StorageKey::parse(&m.key) else {
+            continue;
+        };
+        let data = row
+            .try_get::<String, _>("data")
+            .ok()
+            .and_then(|t| decode_data(&t).ok());
+        if let Some(data) = data {
+            records.push((key, Record { data, meta: m.meta }));
+        }
+    }
+    let next = if rows.len() == batch { last } else { None };
+    ScanPage { records, next }
 }
 
 /// Maps a sqlx error: anything that means "the database did not answer" (I/O, pool timeout,

@@ -46,12 +46,12 @@ use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Connection as _, Row as _};
+use sqlx::Connection as _;
 use tokio::sync::{MappedMutexGuard, MutexGuard};
 
 use super::sql::{
-    deadline, decode_data, encode_data, from_db, is_unavailable, migrate_sqlite, store_error,
-    to_db, Conn, Connections, MetaRow, Migration, NetChanges, META_COLUMNS,
+    deadline, encode_data, from_db, is_unavailable, migrate_sqlite, scan_page, store_error, to_db,
+    Conn, Connections, MetaRow, Migration, NetChanges, META_COLUMNS,
 };
 use super::{CreateOutcome, Health, SaveOutcome, ScanPage, SessionLimit, SessionStore, StoreError};
 use crate::id::StorageKey;
@@ -1019,7 +1019,7 @@ impl SessionStore for SqliteStore {
                 .fetch_all(&mut *c)
                 .await
                 .map_err(|e| store_error("scanning sessions", e))?;
-                Ok(page(&rows, batch))
+                Ok(scan_page(&rows, batch))
             }
             .await;
             c.track(r)
@@ -1040,42 +1040,6 @@ impl SessionStore for SqliteStore {
             c.track(r)
         })
         .await;
-        match probe {
-            Ok(_) => Health {
-                ok: true,
-                detail: "sqlite".into(),
-            },
-            Err(e) => Health {
-                ok: false,
-                detail: format!("sqlite: {e}"),
-            },
-        }
+        Health::from_probe("sqlite", probe)
     }
-}
-
-/// A scan page from rows in key order; rows that do not decode are skipped, but the cursor
-/// still moves past them.
-fn page(rows: &[SqliteRow], batch: usize) -> ScanPage {
-    let mut records = Vec::with_capacity(rows.len());
-    let mut last = None;
-    for row in rows {
-        if let Ok(k) = row.try_get::<String, _>("key") {
-            last = Some(k);
-        }
-        let Ok(m) = MetaRow::from_row(row) else {
-            continue;
-        };
-        let Some(key) = StorageKey::parse(&m.key) else {
-            continue;
-        };
-        let data = row
-            .try_get::<String, _>("data")
-            .ok()
-            .and_then(|t| decode_data(&t).ok());
-        if let Some(data) = data {
-            records.push((key, Record { data, meta: m.meta }));
-        }
-    }
-    let next = if rows.len() == batch { last } else { None };
-    ScanPage { records, next }
 }
