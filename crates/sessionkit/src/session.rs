@@ -538,9 +538,12 @@ impl Session {
                     .record
                     .as_ref()
                     .map_or(now, |r| r.meta.absolute_expires_at);
+                // The touch is throttled for writes as for reads: a write within the touch
+                // interval leaves the expiry as it is, so stores rewrite only the data (no
+                // expiry index or TTL change).
                 let delta = Delta {
                     changes: std::mem::take(&mut st.changes).into_iter().collect(),
-                    touch: Some(Touch {
+                    touch: st.touch_due.then(|| Touch {
                         last_seen_at: now,
                         idle_expires_at: self.idle_expiry(now, abs),
                     }),

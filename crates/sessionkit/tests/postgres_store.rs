@@ -125,7 +125,11 @@ async fn two_instances_share_one_database() {
             "SELECT COUNT(*) FROM sessionkit_migrations",
         )
         .unwrap();
-    assert_eq!(migrations.trim(), "1");
+    assert_eq!(
+        migrations.trim(),
+        "2",
+        "one row per migration of the sessions table"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,4 +274,90 @@ async fn outage_is_unavailable_within_a_bounded_time() {
     assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
     assert!(start.elapsed() < bound);
     drop(own);
+}
+
+/// Loads and saves issued at once are served in batches: each caller still gets its own
+/// session (or none, or none because it is expired at its own `now`), and every delta of many
+/// concurrent ones lands exactly once, including several to one session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_loads_and_saves_are_batched_without_mixing_callers() {
+    let store = Arc::new(connect(&fresh_url().await).await);
+    let now = SystemClock.now();
+    let mut keys = Vec::new();
+    for i in 0..100i64 {
+        let k = key();
+        let outcome = store
+            .create(&k, &record_at(None, now), SessionLimit::UNLIMITED, now)
+            .await
+            .unwrap();
+        assert!(matches!(outcome, CreateOutcome::Created { .. }));
+        let saved = store.save_delta(&k, &set("n", i), now).await.unwrap();
+        assert!(matches!(saved, SaveOutcome::Saved { .. }));
+        keys.push(k);
+    }
+    let absent = key();
+    let mut tasks = Vec::new();
+    for round in 0..3 {
+        for (i, k) in keys.iter().enumerate() {
+            let (store, k) = (store.clone(), k.clone());
+            // Every third caller asks two days on: the session has expired for it alone.
+            let at = if (i + round) % 3 == 0 {
+                now.add(Duration::from_secs(2 * 24 * 3600))
+            } else {
+                now
+            };
+            tasks.push(tokio::spawn(async move {
+                let got = store.load(&k, at).await.unwrap();
+                (i, at == now, got.map(|r| r.data["n"].as_json().to_owned()))
+            }));
+        }
+        let (store, absent) = (store.clone(), absent.clone());
+        tasks.push(tokio::spawn(async move {
+            (
+                usize::MAX,
+                true,
+                store
+                    .load(&absent, now)
+                    .await
+                    .unwrap()
+                    .map(|_| String::new()),
+            )
+        }));
+    }
+    for t in tasks {
+        let (i, live, got) = t.await.unwrap();
+        if i == usize::MAX {
+            assert_eq!(got, None, "an absent key loads as absent");
+        } else if live {
+            assert_eq!(got, Some(i.to_string()), "caller {i} got another session");
+        } else {
+            assert_eq!(got, None, "caller {i} got a session expired at its now");
+        }
+    }
+
+    // 100 sessions × 5 deltas each, all at once: the saver batches at most one per session,
+    // so several batches run, and nothing is lost or applied twice.
+    let mut tasks = Vec::new();
+    for k in &keys {
+        for d in 0..5 {
+            let (store, k) = (store.clone(), k.clone());
+            tasks.push(tokio::spawn(async move {
+                store
+                    .save_delta(&k, &set(&format!("d{d}"), d), now)
+                    .await
+                    .unwrap()
+            }));
+        }
+    }
+    for t in tasks {
+        assert!(matches!(t.await.unwrap(), SaveOutcome::Saved { .. }));
+    }
+    for k in &keys {
+        let r = store.load(k, now).await.unwrap().unwrap();
+        for d in 0..5 {
+            assert_eq!(r.data[&format!("d{d}")].as_json(), d.to_string());
+        }
+        // The first save and five more, each exactly once.
+        assert_eq!(r.meta.version, record_at(None, now).meta.version + 6);
+    }
 }

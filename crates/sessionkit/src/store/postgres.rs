@@ -9,12 +9,23 @@
 //! schema is created and upgraded at connect by embedded, versioned migrations recorded in
 //! `sessionkit_migrations`, under an advisory lock so that many instances may start at once.
 //!
+//! # Batches
+//! Loads and saves are batched: a load waits in a queue that a few loader tasks drain, each
+//! reading every load waiting at that moment with one `SELECT ... WHERE key = ANY($1)`; a save
+//! waits for the one saver task, which applies every delta waiting (at most one per session)
+//! with one `UPDATE ... FROM jsonb_to_recordset($1)`. Alone, a request is one statement as
+//! before; under load, the server's fixed cost per statement (a round trip, process switches on
+//! both sides, a commit) is shared by the batch. Each caller still has its own deadline.
+//!
 //! # Concurrency
-//! - A delta is one `UPDATE`: `data = (data - removed) || set`, the touch as `GREATEST`, the
-//!   version bumped, `WHERE key = $1 AND expires_at > now`. The row lock PostgreSQL takes for the
-//!   statement serializes concurrent deltas on one session, each applied to the latest row, so
-//!   writers of different keys never lose each other's changes, and a destroyed or expired
-//!   session is never written back. One round trip, no read of the data.
+//! - A delta is applied by one `UPDATE` (its row of a batch): `data = (data - removed) || set`,
+//!   the touch as `GREATEST`, the version bumped, `WHERE key = .. AND expires_at > now`. The row
+//!   lock PostgreSQL takes for the statement serializes concurrent deltas on one session, each
+//!   applied to the latest row, so writers of different keys never lose each other's changes,
+//!   and a destroyed or expired session is never written back. No read of the data. A batch is
+//!   one transaction; if PostgreSQL picks it as a deadlock victim (two processes' batches
+//!   locking shared rows in opposite orders, made rare by sending rows in key order), its
+//!   deltas are applied again one by one.
 //! - A login under a per-user limit runs in a transaction that first takes a transaction-scoped
 //!   advisory lock on the user (`pg_advisory_xact_lock(class, hashtext(user_id))`): logins of
 //!   one user are serialized across every instance; other users are not held up.
@@ -28,27 +39,30 @@
 //! errors, pool timeouts and missed deadlines are [`StoreError::Unavailable`]. Everything a
 //! statement does is atomic, so a crash of either side leaves no half-written session.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgRow};
-use sqlx::Connection as _;
+use sqlx::{Connection as _, Row as _};
+use tokio::sync::mpsc::UnboundedSender;
 
 use super::sql::{
-    deadline, encode_data, from_db, migrate_postgres, scan_page, store_error, to_db, Conn,
-    Connections, MetaRow, Migration, NetChanges, META_COLUMNS,
+    ask, deadline, encode_data, from_db, migrate_postgres, replicate, scan_page, store_error,
+    to_db, Conn, Connections, MetaRow, Migration, NetChanges, Queue, Queued, META_COLUMNS,
 };
 use super::{CreateOutcome, Health, SaveOutcome, ScanPage, SessionLimit, SessionStore, StoreError};
 use crate::id::StorageKey;
 use crate::record::{Delta, Meta, Record, Timestamp};
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "sessions table",
-    statements: &[
-        "CREATE TABLE IF NOT EXISTS sessions (
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "sessions table",
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS sessions (
             key TEXT COLLATE \"C\" PRIMARY KEY,
             user_id TEXT,
             created_at BIGINT NOT NULL,
@@ -63,11 +77,20 @@ const MIGRATIONS: &[Migration] = &[Migration {
             version BIGINT NOT NULL,
             data JSONB NOT NULL
         )",
-        "CREATE INDEX IF NOT EXISTS sessions_user_id ON sessions (user_id) \
+            "CREATE INDEX IF NOT EXISTS sessions_user_id ON sessions (user_id) \
          WHERE user_id IS NOT NULL",
-        "CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions (expires_at)",
-    ],
-}];
+            "CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions (expires_at)",
+        ],
+    },
+    Migration {
+        version: 2,
+        name: "room for in-page updates",
+        // A save that leaves the indexed columns alone (a write within the touch interval) can
+        // then put the new row version on the same page (a HOT update): no index entries to add,
+        // and pruning reclaims the old version without a vacuum.
+        statements: &["ALTER TABLE sessions SET (fillfactor = 75)"],
+    },
+];
 
 /// First half of the two-part advisory lock key taken per user at login; the second half is
 /// `hashtext(user_id)`. (The one-part form is a separate key space, used by migrations.)
@@ -91,6 +114,10 @@ const INSERT: &str = "INSERT INTO sessions (key, user_id, created_at, last_seen_
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Arc<Connections<PgConnection>>,
+    /// To the tasks that read sessions in batches ([`run_loads`]).
+    loads: UnboundedSender<LoadRequest>,
+    /// To the task that applies deltas in batches ([`run_saves`]).
+    saves: UnboundedSender<SaveRequest>,
     op_timeout: Duration,
 }
 
@@ -165,17 +192,26 @@ impl PostgresStoreBuilder {
         let pool = Connections::open(options, self.max_connections, self.connect_timeout)
             .await
             .map_err(|e| store_error("connecting to PostgreSQL", e))?;
-        let store = PostgresStore {
-            pool: Arc::new(pool),
-            op_timeout: self.op_timeout,
-        };
+        let pool = Arc::new(pool);
         deadline(self.op_timeout, "running migrations", async {
-            let mut c = store.conn("running migrations").await?;
+            let mut c = acquire(&pool, "running migrations").await?;
             let r = migrate_postgres(&mut c, "sessions", MIGRATIONS).await;
             c.track(r)
         })
         .await?;
-        Ok(store)
+        let (loads, load_queue) = tokio::sync::mpsc::unbounded_channel();
+        let load_queue = Arc::new(tokio::sync::Mutex::new(Queue::new(load_queue)));
+        for _ in 0..(self.max_connections / 3).clamp(1, 4) {
+            tokio::spawn(run_loads(Arc::clone(&pool), Arc::clone(&load_queue)));
+        }
+        let (saves, save_queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(run_saves(Arc::clone(&pool), Queue::new(save_queue)));
+        Ok(PostgresStore {
+            pool,
+            loads,
+            saves,
+            op_timeout: self.op_timeout,
+        })
     }
 }
 
@@ -206,10 +242,7 @@ impl PostgresStore {
 
     /// A connection for one operation.
     async fn conn(&self, context: &'static str) -> Result<Conn<'_, PgConnection>, StoreError> {
-        self.pool
-            .acquire()
-            .await
-            .map_err(|e| store_error(context, e))
+        acquire(&self.pool, context).await
     }
 
     async fn create_inner(
@@ -325,6 +358,204 @@ impl PostgresStore {
     }
 }
 
+/// A connection from `pool` for one operation.
+async fn acquire<'a>(
+    pool: &'a Connections<PgConnection>,
+    context: &'static str,
+) -> Result<Conn<'a, PgConnection>, StoreError> {
+    pool.acquire().await.map_err(|e| store_error(context, e))
+}
+
+/// A `load` waiting for a loader.
+struct LoadRequest {
+    key: StorageKey,
+    now: Timestamp,
+    reply: Reply<Option<Record>>,
+}
+
+/// A `save_delta` waiting for the saver.
+struct SaveRequest {
+    key: StorageKey,
+    delta: Delta,
+    now: Timestamp,
+    reply: Reply<SaveOutcome>,
+}
+
+type Reply<T> = tokio::sync::oneshot::Sender<Result<T, StoreError>>;
+
+impl Queued for LoadRequest {
+    fn key(&self) -> &StorageKey {
+        &self.key
+    }
+}
+
+impl Queued for SaveRequest {
+    fn key(&self) -> &StorageKey {
+        &self.key
+    }
+}
+
+/// Most requests served by one statement.
+const BATCH: usize = 256;
+
+/// A loader: it takes every load queued while it was busy and reads them with one `SELECT`
+/// (`key = ANY($1)`), so under load the server's cost per read (a statement, a round trip, two
+/// process switches on each side) is shared by the whole batch; alone, a load is one
+/// statement as before. Several loaders share the queue, each with its own connection.
+async fn run_loads(
+    pool: Arc<Connections<PgConnection>>,
+    queue: Arc<tokio::sync::Mutex<Queue<LoadRequest>>>,
+) {
+    loop {
+        let Some(batch) = queue.lock().await.next(BATCH, false).await else {
+            return;
+        };
+        // Callers that gave up (deadline) are not read for.
+        let batch: Vec<LoadRequest> = batch.into_iter().filter(|r| !r.reply.is_closed()).collect();
+        if !batch.is_empty() {
+            load_batch(&pool, batch).await;
+        }
+    }
+}
+
+async fn load_batch(pool: &Connections<PgConnection>, batch: Vec<LoadRequest>) {
+    const CONTEXT: &str = "loading a session";
+    let keys: Vec<&str> = batch.iter().map(|r| r.key.as_str()).collect();
+    let rows = async {
+        let mut c = acquire(pool, CONTEXT).await?;
+        let r = sqlx::query(&format!(
+            "SELECT {META_COLUMNS}, data::text AS data FROM sessions WHERE key = ANY($1)"
+        ))
+        .bind(&keys)
+        .fetch_all(&mut *c)
+        .await
+        .map_err(|e| store_error(CONTEXT, e));
+        c.track(r)
+    }
+    .await;
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(e) => {
+            for r in batch {
+                let _ = r.reply.send(Err(replicate(&e)));
+            }
+            return;
+        }
+    };
+    let by_key: HashMap<&str, &PgRow> = rows
+        .iter()
+        .filter_map(|row| Some((row.try_get::<&str, _>("key").ok()?, row)))
+        .collect();
+    for r in batch {
+        let answer = match by_key.get(r.key.as_str()) {
+            None => Ok(None),
+            Some(row) => MetaRow::record(*row, CONTEXT)
+                .map(|record| (!record.meta.is_expired(r.now)).then_some(record)),
+        };
+        let _ = r.reply.send(answer);
+    }
+}
+
+/// Every delta of a batch in one `UPDATE ... FROM jsonb_to_recordset($1)`: per row the key, the
+/// keys removed, the keys set (to their JSON text), the touch (null for none) and the instant
+/// that decides whether the session is still live. Each row is applied as by the one-row
+/// statement of `save_inner`, under the row lock the statement takes, to the latest row.
+const SAVE: &str = "UPDATE sessions AS s SET \
+     data = CASE WHEN d.removed = '{}' AND d.patch = '{}' THEN s.data \
+     ELSE (s.data - d.removed) || d.patch END, \
+     last_seen_at = GREATEST(s.last_seen_at, d.seen), \
+     idle_expires_at = GREATEST(s.idle_expires_at, d.idle), version = s.version + 1 \
+     FROM jsonb_to_recordset($1::jsonb) AS d(key text, removed text[], patch jsonb, seen bigint, \
+     idle bigint, now bigint) \
+     WHERE s.key = d.key COLLATE \"C\" AND s.expires_at > d.now \
+     RETURNING s.key, s.version";
+
+/// The saver: it takes every delta queued while the previous batch ran, at most one per session
+/// (a second delta to a session waits for the next batch, so deltas to one session apply in
+/// the order they came), and applies them with one statement. One saver per store, so batches
+/// of one process never wait on each other's row locks.
+///
+/// Two processes' batches can still lock the same rows in opposite orders. Rows are sent in key
+/// order, which makes that rare; when PostgreSQL reports a deadlock anyway, the batch (rolled
+/// back as a whole) is applied again one delta at a time.
+async fn run_saves(pool: Arc<Connections<PgConnection>>, mut queue: Queue<SaveRequest>) {
+    while let Some(mut batch) = queue.next(BATCH, true).await {
+        batch.sort_by(|a, b| a.key.cmp(&b.key));
+        save_batch(&pool, batch).await;
+    }
+}
+
+async fn save_batch(pool: &Connections<PgConnection>, batch: Vec<SaveRequest>) {
+    const CONTEXT: &str = "saving a session";
+    let rows: Vec<serde_json::Value> = batch
+        .iter()
+        .map(|r| {
+            let net = NetChanges::of(&r.delta);
+            let set: serde_json::Map<String, serde_json::Value> = net
+                .set
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_json().into()))
+                .collect();
+            serde_json::json!({
+                "key": r.key.as_str(),
+                "removed": net.removed,
+                "patch": set,
+                "seen": r.delta.touch.map(|t| to_db(t.last_seen_at.0)),
+                "idle": r.delta.touch.map(|t| to_db(t.idle_expires_at.0)),
+                "now": to_db(r.now.0),
+            })
+        })
+        .collect();
+    let rows = serde_json::Value::Array(rows).to_string();
+    let outcome = async {
+        let mut c = acquire(pool, CONTEXT).await?;
+        let saved: Result<Vec<(String, i64)>, sqlx::Error> =
+            sqlx::query_as(SAVE).bind(rows).fetch_all(&mut *c).await;
+        let saved = match saved {
+            Ok(saved) => saved,
+            Err(e) if is_deadlock(&e) => {
+                tracing::debug!("postgres store: a save batch met a deadlock; saving one by one");
+                let mut outcomes = Vec::with_capacity(batch.len());
+                for r in &batch {
+                    let o = PostgresStore::save_inner(&mut c, &r.key, &r.delta, r.now).await;
+                    outcomes.push(c.track(o));
+                }
+                return Ok(Err(outcomes));
+            }
+            Err(e) => return c.track(Err(store_error(CONTEXT, e))),
+        };
+        Ok(Ok(saved.into_iter().collect::<HashMap<String, i64>>()))
+    }
+    .await;
+    match outcome {
+        Ok(Ok(saved)) => {
+            for r in batch {
+                let _ = r.reply.send(Ok(match saved.get(r.key.as_str()) {
+                    Some(&v) => SaveOutcome::Saved {
+                        version: from_db(v),
+                    },
+                    None => SaveOutcome::Missing,
+                }));
+            }
+        }
+        Ok(Err(one_by_one)) => {
+            for (r, o) in batch.into_iter().zip(one_by_one) {
+                let _ = r.reply.send(o);
+            }
+        }
+        Err(e) => {
+            for r in batch {
+                let _ = r.reply.send(Err(replicate(&e)));
+            }
+        }
+    }
+}
+
+/// PostgreSQL chose this statement's transaction as a deadlock victim (SQLSTATE 40P01).
+fn is_deadlock(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("40P01"))
+}
+
 fn insert<'q>(
     record: &'q Record,
     key: &'q StorageKey,
@@ -376,25 +607,16 @@ impl SessionStore for PostgresStore {
     }
 
     async fn load(&self, key: &StorageKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
-        deadline(self.op_timeout, "loading a session", async {
-            let mut c = self.conn("loading a session").await?;
-            let r = async {
-                let e = |e| store_error("loading a session", e);
-                let row = sqlx::query(&format!(
-                    "SELECT {META_COLUMNS}, data::text AS data FROM sessions \
-                 WHERE key = $1 AND expires_at > $2"
-                ))
-                .bind(key.as_str())
-                .bind(to_db(now.0))
-                .fetch_optional(&mut *c)
-                .await
-                .map_err(e)?;
-                let Some(row) = row else { return Ok(None) };
-                MetaRow::record(&row, "loading a session").map(Some)
-            }
-            .await;
-            c.track(r)
-        })
+        let request = |reply| LoadRequest {
+            key: key.clone(),
+            now,
+            reply,
+        };
+        deadline(
+            self.op_timeout,
+            "loading a session",
+            ask(&self.loads, "loading a session", request),
+        )
         .await
     }
 
@@ -404,11 +626,17 @@ impl SessionStore for PostgresStore {
         delta: &Delta,
         now: Timestamp,
     ) -> Result<SaveOutcome, StoreError> {
-        deadline(self.op_timeout, "saving a session", async {
-            let mut c = self.conn("saving a session").await?;
-            let r = Self::save_inner(&mut c, key, delta, now).await;
-            c.track(r)
-        })
+        let request = |reply| SaveRequest {
+            key: key.clone(),
+            delta: delta.clone(),
+            now,
+            reply,
+        };
+        deadline(
+            self.op_timeout,
+            "saving a session",
+            ask(&self.saves, "saving a session", request),
+        )
         .await
     }
 

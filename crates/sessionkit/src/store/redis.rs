@@ -1759,6 +1759,7 @@ for _, field in ipairs(names) do
     del[#del + 1] = field
   end
 end
+local moved = false
 if ARGV[5] == '1' then
   if tonumber(ARGV[6]) > (tonumber(f[3]) or 0) then
     set[#set + 1] = 's'
@@ -1769,6 +1770,7 @@ if ARGV[5] == '1' then
     set[#set + 1] = 'i'
     set[#set + 1] = ARGV[7]
     i = idle
+    moved = true
   end
 end
 local v = (tonumber(f[4]) or 0) + 1
@@ -1780,11 +1782,14 @@ end
 for k = 1, #set, 200 do
   redis.call('HSET', rec, unpack(set, k, math.min(k + 199, #set)))
 end
-local exp = at(math.min(i, a))
-redis.call('PEXPIREAT', rec, exp)
-if idx then
-  redis.call('ZADD', idx, exp, skey)
-  fix_index_ttl(idx)
+-- The TTL and the index score already follow the expiry unless the touch moved it.
+if moved then
+  local exp = at(math.min(i, a))
+  redis.call('PEXPIREAT', rec, exp)
+  if idx then
+    redis.call('ZADD', idx, exp, skey)
+    fix_index_ttl(idx)
+  end
 end
 return {'saved', v}
 "#;

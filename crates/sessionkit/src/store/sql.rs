@@ -210,6 +210,90 @@ where
     ScanPage { records, next }
 }
 
+/// A request waiting for a batching task; its key decides which requests may share a batch.
+pub(crate) trait Queued {
+    fn key(&self) -> &StorageKey;
+}
+
+/// The requests waiting for a batching task (the SQLite writer's saves; PostgreSQL's loads and
+/// saves): what the channel holds, and what an earlier batch put back for a later one.
+pub(crate) struct Queue<R> {
+    incoming: tokio::sync::mpsc::UnboundedReceiver<R>,
+    deferred: std::collections::VecDeque<R>,
+}
+
+impl<R: Queued> Queue<R> {
+    pub(crate) fn new(incoming: tokio::sync::mpsc::UnboundedReceiver<R>) -> Self {
+        Self {
+            incoming,
+            deferred: Default::default(),
+        }
+    }
+
+    /// The next batch: the oldest waiting request (waiting for one when there is none), then
+    /// every request already queued, up to `max`. With `distinct`, at most one request per key:
+    /// a second one for a key goes to a later batch, so requests for one session run in the
+    /// order they came. `None` once every sender is gone and nothing waits.
+    pub(crate) async fn next(&mut self, max: usize, distinct: bool) -> Option<Vec<R>> {
+        let first = match self.deferred.pop_front() {
+            Some(r) => r,
+            None => self.incoming.recv().await?,
+        };
+        let mut keys = std::collections::HashSet::new();
+        if distinct {
+            keys.insert(first.key().clone());
+        }
+        let mut batch = vec![first];
+        let mut later = std::collections::VecDeque::new();
+        while batch.len() < max {
+            let Some(r) = self
+                .deferred
+                .pop_front()
+                .or_else(|| self.incoming.try_recv().ok())
+            else {
+                break;
+            };
+            if !distinct || keys.insert(r.key().clone()) {
+                batch.push(r);
+            } else {
+                later.push_back(r);
+            }
+        }
+        later.append(&mut self.deferred);
+        self.deferred = later;
+        Some(batch)
+    }
+}
+
+/// Sends a request built around a reply channel to a batching task and waits for the answer;
+/// `context` names the operation if the task has stopped.
+pub(crate) async fn ask<R, T>(
+    to: &tokio::sync::mpsc::UnboundedSender<R>,
+    context: &'static str,
+    request: impl FnOnce(tokio::sync::oneshot::Sender<Result<T, StoreError>>) -> R,
+) -> Result<T, StoreError> {
+    let stopped = || StoreError::unavailable(context, "the store's batching task has stopped");
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    to.send(request(reply)).map_err(|_| stopped())?;
+    answer.await.map_err(|_| stopped())?
+}
+
+/// The same failure again, for each request of a batch that one failed statement served: the
+/// kind (so an outage is still a 503) and the context, with the cause as text.
+pub(crate) fn replicate(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable { context, source } => StoreError::Unavailable {
+            context: context.clone(),
+            source: source.as_ref().map(|s| s.to_string().into()),
+        },
+        StoreError::Backend { context, source } => {
+            StoreError::backend(context.clone(), source.to_string())
+        }
+        StoreError::Corrupt(d) => StoreError::backend("decoding a session", d.to_string()),
+        StoreError::Full(m) => StoreError::Full(m.clone()),
+    }
+}
+
 /// Maps a sqlx error: anything that means "the database did not answer" (I/O, pool timeout,
 /// connection-class and shutdown SQLSTATEs, SQLite's busy/locked after the busy timeout) is
 /// [`StoreError::Unavailable`]; the rest is [`StoreError::Backend`].

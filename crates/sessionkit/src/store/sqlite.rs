@@ -50,8 +50,8 @@ use sqlx::Connection as _;
 use tokio::sync::{MappedMutexGuard, MutexGuard};
 
 use super::sql::{
-    deadline, encode_data, from_db, is_unavailable, migrate_sqlite, scan_page, store_error, to_db,
-    Conn, Connections, MetaRow, Migration, NetChanges, META_COLUMNS,
+    ask, deadline, encode_data, from_db, migrate_sqlite, replicate, scan_page, store_error, to_db,
+    Conn, Connections, MetaRow, Migration, NetChanges, Queue, Queued, META_COLUMNS,
 };
 use super::{CreateOutcome, Health, SaveOutcome, ScanPage, SessionLimit, SessionStore, StoreError};
 use crate::id::StorageKey;
@@ -186,7 +186,7 @@ impl SqliteStoreBuilder {
             .map_err(e)?;
         let writer = Arc::new(writer);
         let (saves, queue) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(run_saves(writer.clone(), queue));
+        tokio::spawn(run_saves(writer.clone(), Queue::new(queue)));
         let store = SqliteStore {
             writer,
             saves,
@@ -649,16 +649,13 @@ impl SqliteStore {
         delta: &Delta,
         now: Timestamp,
     ) -> Result<SaveOutcome, StoreError> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let request = SaveRequest {
+        let request = |reply| SaveRequest {
             key: key.clone(),
             delta: delta.clone(),
             now: to_db(now.0),
             reply,
         };
-        let gone = || StoreError::unavailable("saving a session", "the SQLite writer has stopped");
-        self.saves.send(request).map_err(|_| gone())?;
-        Ok(saved(answer.await.map_err(|_| gone())??))
+        Ok(saved(ask(&self.saves, "saving a session", request).await?))
     }
 }
 
@@ -693,37 +690,15 @@ const SAVE: &str = "UPDATE sessions SET data = json_patch(data, d.patch), \
 /// session apply in the order they arrived) and applies them with one statement, one commit.
 /// Under load the writer's cost per save shrinks with the batch; alone, a save is one statement
 /// as before.
-async fn run_saves(
-    writer: Arc<Writer>,
-    mut queue: tokio::sync::mpsc::UnboundedReceiver<SaveRequest>,
-) {
-    let mut deferred: std::collections::VecDeque<SaveRequest> = Default::default();
-    loop {
-        let first = match deferred.pop_front() {
-            Some(r) => r,
-            None => match queue.recv().await {
-                Some(r) => r,
-                None => return,
-            },
-        };
-        let mut keys = std::collections::HashSet::from([first.key.clone()]);
-        let mut batch = vec![first];
-        let mut later = std::collections::VecDeque::new();
-        let more = std::iter::from_fn(|| deferred.pop_front())
-            .chain(std::iter::from_fn(|| queue.try_recv().ok()));
-        for r in more {
-            if batch.len() < SAVE_BATCH && keys.insert(r.key.clone()) {
-                batch.push(r);
-            } else {
-                later.push_back(r);
-            }
-            if batch.len() >= SAVE_BATCH {
-                break;
-            }
-        }
-        later.extend(std::mem::take(&mut deferred));
-        deferred = later;
+async fn run_saves(writer: Arc<Writer>, mut queue: Queue<SaveRequest>) {
+    while let Some(batch) = queue.next(SAVE_BATCH, true).await {
         writer.save_batch(batch).await;
+    }
+}
+
+impl Queued for SaveRequest {
+    fn key(&self) -> &StorageKey {
+        &self.key
     }
 }
 
@@ -777,16 +752,9 @@ impl Writer {
                 }
             }
             Err(e) => {
-                let unavailable = is_unavailable(&e);
-                let message = e.to_string();
-                let _ = self.error("saving a session", e);
+                let e = self.error("saving a session", e);
                 for r in batch {
-                    let e = if unavailable {
-                        StoreError::unavailable("saving a session", message.clone())
-                    } else {
-                        StoreError::backend("saving a session", message.clone())
-                    };
-                    let _ = r.reply.send(Err(e));
+                    let _ = r.reply.send(Err(replicate(&e)));
                 }
             }
         }
