@@ -10,8 +10,8 @@
 //! `sessionkit_migrations`, under an advisory lock so that many instances may start at once.
 //!
 //! # Batches
-//! Loads and saves are batched: a load waits in a queue that a few loader tasks drain, each
-//! reading every load waiting at that moment with one `SELECT ... WHERE key = ANY($1)`; a save
+//! Loads and saves are batched: a load waits in a queue that a loader task drains, reading
+//! every load waiting at that moment with one `SELECT ... WHERE key = ANY($1)`; a save
 //! waits for the one saver task, which applies every delta waiting (at most one per session)
 //! with one `UPDATE ... FROM jsonb_to_recordset($1)`. Alone, a request is one statement as
 //! before; under load, the server's fixed cost per statement (a round trip, process switches on
@@ -114,7 +114,7 @@ const INSERT: &str = "INSERT INTO sessions (key, user_id, created_at, last_seen_
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Arc<Connections<PgConnection>>,
-    /// To the tasks that read sessions in batches ([`run_loads`]).
+    /// To the task that reads sessions in batches ([`run_loads`]).
     loads: UnboundedSender<LoadRequest>,
     /// To the task that applies deltas in batches ([`run_saves`]).
     saves: UnboundedSender<SaveRequest>,
@@ -199,11 +199,11 @@ impl PostgresStoreBuilder {
             c.track(r)
         })
         .await?;
+        // One task of each kind: on a busy server fewer, larger batches cost less than more,
+        // smaller ones (measured: a loader and a saver beat two or three of each), and a
+        // batch grows with the load, so one task keeps up with any rate.
         let (loads, load_queue) = tokio::sync::mpsc::unbounded_channel();
-        let load_queue = Arc::new(tokio::sync::Mutex::new(Queue::new(load_queue)));
-        for _ in 0..(self.max_connections / 3).clamp(1, 4) {
-            tokio::spawn(run_loads(Arc::clone(&pool), Arc::clone(&load_queue)));
-        }
+        tokio::spawn(run_loads(Arc::clone(&pool), Queue::new(load_queue)));
         let (saves, save_queue) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(run_saves(Arc::clone(&pool), Queue::new(save_queue)));
         Ok(PostgresStore {
@@ -398,16 +398,13 @@ impl Queued for SaveRequest {
 /// Most requests served by one statement.
 const BATCH: usize = 256;
 
-/// A loader: it takes every load queued while it was busy and reads them with one `SELECT`
+/// The loader: it takes every load queued while it was busy and reads them with one `SELECT`
 /// (`key = ANY($1)`), so under load the server's cost per read (a statement, a round trip, two
 /// process switches on each side) is shared by the whole batch; alone, a load is one
-/// statement as before. Several loaders share the queue, each with its own connection.
-async fn run_loads(
-    pool: Arc<Connections<PgConnection>>,
-    queue: Arc<tokio::sync::Mutex<Queue<LoadRequest>>>,
-) {
+/// statement as before.
+async fn run_loads(pool: Arc<Connections<PgConnection>>, mut queue: Queue<LoadRequest>) {
     loop {
-        let Some(batch) = queue.lock().await.next(BATCH, false).await else {
+        let Some(batch) = queue.next(BATCH, false).await else {
             return;
         };
         // Callers that gave up (deadline) are not read for.
