@@ -21,7 +21,7 @@ pub const ID_LEN: usize = 43;
 /// `Debug` and `Display` print `SessionId(REDACTED)`: the raw value leaves the process only
 /// through [`SessionId::expose`], which the cookie writer calls.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct SessionId(String);
+pub struct SessionId([u8; ID_LEN]);
 
 impl SessionId {
     /// Draws a new ID from the operating system's CSPRNG.
@@ -36,7 +36,12 @@ impl SessionId {
 
     /// Encodes 32 given bytes as an ID. Meant for tests and for custom [`IdGenerator`]s.
     pub fn from_bytes(bytes: [u8; ID_BYTES]) -> Self {
-        Self(URL_SAFE_NO_PAD.encode(bytes))
+        let mut out = [0u8; ID_LEN];
+        // 32 bytes are exactly 43 characters of unpadded base64.
+        match URL_SAFE_NO_PAD.encode_slice(bytes, &mut out) {
+            Ok(ID_LEN) => Self(out),
+            _ => unreachable!("32 bytes encode to 43 base64 characters"),
+        }
     }
 
     /// Parses an ID from untrusted input, checking the grammar before anything else touches it:
@@ -52,18 +57,33 @@ impl SessionId {
             return None;
         }
         // The base64 engine rejects non-canonical trailing bits in its default configuration.
-        let decoded = URL_SAFE_NO_PAD.decode(b).ok()?;
-        (decoded.len() == ID_BYTES).then(|| Self(s.to_owned()))
+        // Decoded onto the stack: this runs on every request that carries a cookie.
+        let mut decoded = [0u8; ID_BYTES];
+        match URL_SAFE_NO_PAD.decode_slice(b, &mut decoded) {
+            Ok(ID_BYTES) => {
+                let mut id = [0u8; ID_LEN];
+                id.copy_from_slice(b);
+                Some(Self(id))
+            }
+            _ => None,
+        }
     }
 
     /// The raw ID, for the cookie writer. Never log it.
     pub fn expose(&self) -> &str {
-        &self.0
+        ascii(&self.0)
     }
 
     /// The key stores see for this ID: hex SHA-256.
     pub fn storage_key(&self) -> StorageKey {
-        StorageKey(hex_lower(&Sha256::digest(self.0.as_bytes())))
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let digest = Sha256::digest(self.0);
+        let mut out = [0u8; StorageKey::LEN];
+        for (pair, b) in out.chunks_exact_mut(2).zip(digest) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 0xf)];
+        }
+        StorageKey(out)
     }
 }
 
@@ -102,9 +122,10 @@ impl IdGenerator for OsRngIds {
 /// What a store knows a session by: the lowercase hex SHA-256 of its [`SessionId`] (64 chars).
 ///
 /// It is safe to log and to show to operators: it cannot be turned back into a cookie.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(transparent)]
-pub struct StorageKey(String);
+///
+/// Held inline (no heap allocation): it is derived on every request that uses its session.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StorageKey([u8; StorageKey::LEN]);
 
 impl StorageKey {
     /// Length of a storage key in characters.
@@ -113,18 +134,29 @@ impl StorageKey {
     /// Parses a storage key given by an operator (CLI) or read back from a store: exactly 64
     /// lowercase hex digits. Anything else, path tricks included, is refused.
     pub fn parse(s: &str) -> Option<Self> {
-        (s.len() == Self::LEN && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')))
-            .then(|| Self(s.to_owned()))
+        let b = s.as_bytes();
+        if b.len() != Self::LEN || !b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
+        let mut key = [0u8; Self::LEN];
+        key.copy_from_slice(b);
+        Some(Self(key))
     }
 
     /// The 64 hex digits.
     pub fn as_str(&self) -> &str {
-        &self.0
+        ascii(&self.0)
     }
 
     /// A short prefix for log lines and admin views.
     pub fn short(&self) -> &str {
-        &self.0[..12]
+        ascii(&self.0[..12])
+    }
+}
+
+impl serde::Serialize for StorageKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -143,18 +175,14 @@ impl fmt::Debug for StorageKey {
 
 impl fmt::Display for StorageKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
-fn hex_lower(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(HEX[usize::from(b >> 4)] as char);
-        out.push(HEX[usize::from(b & 0xf)] as char);
-    }
-    out
+/// The text of an ID or key. Both hold only ASCII (checked by their constructors), so the
+/// fallback is never taken.
+fn ascii(b: &[u8]) -> &str {
+    std::str::from_utf8(b).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -224,7 +252,7 @@ mod tests {
         assert_eq!(key.as_str().len(), 64);
         assert_eq!(
             key.as_str(),
-            hex_lower(&Sha256::digest(id.expose().as_bytes()))
+            format!("{:x}", Sha256::digest(id.expose().as_bytes()))
         );
         assert!(StorageKey::parse(key.as_str()).is_some());
         for bad in [

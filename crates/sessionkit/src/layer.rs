@@ -250,7 +250,8 @@ fn reject(shared: &Shared, client: &Client, reason: &'static str) {
 /// Saves the session and decorates the response. Returns a replacement response when saving
 /// failed.
 async fn finish(shared: &Shared, session: &Session, res: &mut Response) -> Option<Response> {
-    if let Err(e) = session.commit().await {
+    let mut st = session.0.state.lock().await;
+    if let Err(e) = session.commit(&mut st).await {
         let status = e.status();
         tracing::error!(error = %e, cause = ?std::error::Error::source(&e), "saving the session failed");
         let mut r = e.into_response();
@@ -260,7 +261,6 @@ async fn finish(shared: &Shared, session: &Session, res: &mut Response) -> Optio
         }
         return Some(r);
     }
-    let st = session.0.state.lock().await;
     let max_age = session.max_age(&st);
     let headers = res.headers_mut();
     if st.accessed {

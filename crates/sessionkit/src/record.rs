@@ -208,9 +208,13 @@ impl Record {
     pub fn apply(&mut self, delta: &Delta) {
         for (k, change) in &delta.changes {
             match change {
-                Some(v) => {
-                    self.data.insert(k.clone(), v.clone());
-                }
+                // An existing key keeps its allocation; only a new key is copied.
+                Some(v) => match self.data.get_mut(k) {
+                    Some(slot) => slot.clone_from(v),
+                    None => {
+                        self.data.insert(k.clone(), v.clone());
+                    }
+                },
                 None => {
                     self.data.remove(k);
                 }

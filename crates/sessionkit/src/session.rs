@@ -5,7 +5,7 @@
 //! It records which keys the request changed, so the layer saves a [`Delta`] instead of the whole
 //! record: two concurrent requests that change different keys both keep their changes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -108,14 +108,30 @@ impl Client {
     }
 }
 
+/// A session that exists in the store: its ID and, computed once per request, its storage key.
+#[derive(Debug)]
+struct Stored {
+    id: SessionId,
+    key: StorageKey,
+}
+
+impl Stored {
+    fn new(id: SessionId) -> Self {
+        let key = id.storage_key();
+        Self { id, key }
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct State {
     loaded: bool,
     /// Some when a live record exists in the store under this ID.
-    id: Option<SessionId>,
+    id: Option<Stored>,
     /// The session as this request sees it (stored record plus local changes).
     record: Option<Record>,
-    changes: BTreeMap<String, Option<Value>>,
+    /// The keys this request set or removed. Their new values are the record's (absent: removed);
+    /// the delta is built from it at commit, so values are not kept twice.
+    changes: BTreeSet<String>,
     touch_due: bool,
     pub(crate) cookie: CookieAction,
     pub(crate) accessed: bool,
@@ -198,7 +214,10 @@ impl Session {
                 Ok(Some(record)) => {
                     let interval = self.0.shared.config.touch_interval;
                     st.touch_due = record.meta.last_seen_at.add(interval) <= now;
-                    st.id = Some(id.clone());
+                    st.id = Some(Stored {
+                        id: id.clone(),
+                        key,
+                    });
                     st.record = Some(record);
                 }
                 Ok(None) => self.event(EventKind::Rejected, Some(key), None, "unknown_id"),
@@ -269,7 +288,7 @@ impl Session {
         // `Send`).
         let v = Value::to_json(&value).map_err(SessionError::Value);
         let key = key.to_owned();
-        async move { self.insert_value(&key, v?).await }
+        async move { self.insert_owned(key, v?).await }
     }
 
     /// Sets `key` to a raw JSON value.
@@ -277,6 +296,10 @@ impl Session {
     /// # Errors
     /// A store failure or data over the size limit.
     pub async fn insert_value(&self, key: &str, value: Value) -> Result<(), SessionError> {
+        self.insert_owned(key.to_owned(), value).await
+    }
+
+    async fn insert_owned(&self, key: String, value: Value) -> Result<(), SessionError> {
         let mut st = self.state().await?;
         let limit = self.0.shared.config.max_record_size;
         if st.record.is_none() {
@@ -287,14 +310,19 @@ impl Session {
         };
         let old = rec
             .data
-            .get(key)
+            .get(&key)
             .map_or(0, |v| key.len() + v.as_json().len() + 4);
         let size = rec.data_size() - old + key.len() + value.as_json().len() + 4;
         if size > limit {
             return Err(SessionError::TooLarge { size, limit });
         }
-        rec.data.insert(key.to_owned(), value.clone());
-        st.changes.insert(key.to_owned(), Some(value));
+        match rec.data.get_mut(&key) {
+            Some(slot) => *slot = value,
+            None => {
+                rec.data.insert(key.clone(), value);
+            }
+        }
+        st.changes.insert(key);
         Ok(())
     }
 
@@ -308,8 +336,8 @@ impl Session {
             .record
             .as_mut()
             .is_some_and(|r| r.data.remove(key).is_some());
-        if had {
-            st.changes.insert(key.to_owned(), None);
+        if had && !st.changes.contains(key) {
+            st.changes.insert(key.to_owned());
         }
         Ok(had)
     }
@@ -329,7 +357,7 @@ impl Session {
             if let Some(r) = st.record.as_mut() {
                 r.data.remove(&k);
             }
-            st.changes.insert(k, None);
+            st.changes.insert(k);
         }
         Ok(())
     }
@@ -362,7 +390,7 @@ impl Session {
     /// A store failure.
     pub async fn storage_key(&self) -> Result<Option<StorageKey>, SessionError> {
         let st = self.state().await?;
-        Ok(st.id.as_ref().map(SessionId::storage_key))
+        Ok(st.id.as_ref().map(|s| s.key.clone()))
     }
 
     /// Activity at `now` keeps the session until the idle timeout, never past its absolute expiry.
@@ -449,20 +477,19 @@ impl Session {
         record.meta.last_seen_at = now;
         record.meta.idle_expires_at = self.idle_expiry(now, record.meta.absolute_expires_at);
         record.meta.version += 1;
-        let (id, evicted) = self.create_fresh(&record, limit, now).await?;
+        let (new, evicted) = self.create_fresh(&record, limit, now).await?;
         let user = record.meta.user_id.clone();
         for k in evicted {
             self.event(EventKind::Evicted, Some(k), user.clone(), "session_limit");
         }
-        let new_key = id.storage_key();
+        let id = new.id.clone();
         if let Some(old) = st.id.take() {
-            let old_key = old.storage_key();
-            self.0.shared.store.destroy(&old_key).await?;
-            self.event(EventKind::Rotated, Some(new_key), user, reason);
+            self.0.shared.store.destroy(&old.key).await?;
+            self.event(EventKind::Rotated, Some(new.key.clone()), user, reason);
         } else {
-            self.event(EventKind::Created, Some(new_key), user, reason);
+            self.event(EventKind::Created, Some(new.key.clone()), user, reason);
         }
-        st.id = Some(id.clone());
+        st.id = Some(new);
         st.record = Some(record);
         st.changes.clear();
         st.touch_due = false;
@@ -476,17 +503,18 @@ impl Session {
         record: &Record,
         limit: SessionLimit,
         now: Timestamp,
-    ) -> Result<(SessionId, Vec<StorageKey>), SessionError> {
+    ) -> Result<(Stored, Vec<StorageKey>), SessionError> {
         for _ in 0..4 {
             let id = self.0.shared.ids.generate().map_err(SessionError::Random)?;
+            let stored = Stored::new(id);
             match self
                 .0
                 .shared
                 .store
-                .create(&id.storage_key(), record, limit, now)
+                .create(&stored.key, record, limit, now)
                 .await?
             {
-                CreateOutcome::Created { evicted } => return Ok((id, evicted)),
+                CreateOutcome::Created { evicted } => return Ok((stored, evicted)),
                 CreateOutcome::LimitReached => return Err(SessionError::LimitReached),
                 CreateOutcome::Exists => {
                     tracing::error!(
@@ -508,8 +536,7 @@ impl Session {
     /// A store failure.
     pub async fn logout(&self) -> Result<(), SessionError> {
         let mut st = self.state().await?;
-        if let Some(id) = st.id.take() {
-            let key = id.storage_key();
+        if let Some(Stored { key, .. }) = st.id.take() {
             self.0.shared.store.destroy(&key).await?;
             let user = st.record.as_ref().and_then(|r| r.meta.user_id.clone());
             self.event(EventKind::Destroyed, Some(key), user, "logout");
@@ -525,31 +552,39 @@ impl Session {
         Ok(())
     }
 
-    /// Writes what this request changed. Called by the layer after the handler returned.
-    pub(crate) async fn commit(&self) -> Result<(), SessionError> {
-        let mut st = self.0.state.lock().await;
+    /// Writes what this request changed. Called by the layer after the handler returned, with
+    /// the state it keeps locked to set the cookie headers.
+    pub(crate) async fn commit(&self, st: &mut State) -> Result<(), SessionError> {
         if !st.loaded {
             return Ok(());
         }
         let now = self.now();
-        match st.id.clone() {
-            Some(id) if !st.changes.is_empty() || st.touch_due => {
+        match &st.id {
+            Some(stored) if !st.changes.is_empty() || st.touch_due => {
                 let abs = st
                     .record
                     .as_ref()
                     .map_or(now, |r| r.meta.absolute_expires_at);
+                let data = st.record.as_ref().map(|r| &r.data);
+                let changes = std::mem::take(&mut st.changes)
+                    .into_iter()
+                    .map(|k| {
+                        let v = data.and_then(|d| d.get(&k)).cloned();
+                        (k, v)
+                    })
+                    .collect();
                 // The touch is throttled for writes as for reads: a write within the touch
                 // interval leaves the expiry as it is, so stores rewrite only the data (no
                 // expiry index or TTL change).
                 let delta = Delta {
-                    changes: std::mem::take(&mut st.changes).into_iter().collect(),
+                    changes,
                     touch: st.touch_due.then(|| Touch {
                         last_seen_at: now,
                         idle_expires_at: self.idle_expiry(now, abs),
                     }),
                 };
-                let key = id.storage_key();
-                let outcome = self.0.shared.store.save_delta(&key, &delta, now).await?;
+                let key = &stored.key;
+                let outcome = self.0.shared.store.save_delta(key, &delta, now).await?;
                 if outcome == crate::store::SaveOutcome::Missing {
                     // Destroyed (logout elsewhere, revoke, expiry) while this request ran: the
                     // destroy wins and nothing is written back.
@@ -564,18 +599,18 @@ impl Session {
                     return Ok(());
                 };
                 record.meta.version = 1;
-                let (id, _) = self
+                let (stored, _) = self
                     .create_fresh(&record, SessionLimit::UNLIMITED, now)
                     .await?;
                 self.event(
                     EventKind::Created,
-                    Some(id.storage_key()),
+                    Some(stored.key.clone()),
                     None,
                     "first_write",
                 );
                 st.changes.clear();
-                st.cookie = CookieAction::Set(id.clone());
-                st.id = Some(id);
+                st.cookie = CookieAction::Set(stored.id.clone());
+                st.id = Some(stored);
                 st.record = Some(record);
             }
             None => {}
