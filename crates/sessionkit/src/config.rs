@@ -120,8 +120,9 @@ pub struct Config {
     pub limit: SessionLimit,
     /// `SESSION_MAX_SIZE`: the largest session data, in bytes.
     pub max_record_size: usize,
-    /// `SESSION_TOUCH_INTERVAL`: how old `last_seen_at` must be before a read-only request writes
-    /// a new one.
+    /// `SESSION_TOUCH_INTERVAL`: how old `last_seen_at` must be before a request moves it and the
+    /// idle expiry: a read-only request writes nothing before then, and a write leaves both as
+    /// they are.
     pub touch_interval: Duration,
     /// `SESSION_TYPE`.
     pub store: StoreKind,
@@ -277,8 +278,8 @@ impl Config {
         self
     }
 
-    /// How stale `last_seen_at` must be before a read-only request refreshes it. Default
-    /// min(60 s, idle timeout / 4).
+    /// How stale `last_seen_at` must be before a request refreshes it and the idle expiry.
+    /// Default min(60 s, idle timeout / 4).
     #[must_use]
     pub fn with_touch_interval(mut self, d: Duration) -> Self {
         self.touch_interval = d;
