@@ -361,3 +361,79 @@ async fn concurrent_loads_and_saves_are_batched_without_mixing_callers() {
         assert_eq!(r.meta.version, record_at(None, now).meta.version + 6);
     }
 }
+
+/// A save batch that PostgreSQL picks as a deadlock victim is applied again one delta at a
+/// time, so its callers still get their saves. Another transaction holds one row of a
+/// two-session batch and then asks for the other; whichever order the batch locks its rows in,
+/// one of the two rounds deadlocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_chosen_as_deadlock_victim_is_saved_one_by_one() {
+    use sqlx::Connection as _;
+    let url = fresh_url().await;
+    let store = Arc::new(connect(&url).await);
+    let now = SystemClock.now();
+    let lock_row = "UPDATE sessions SET version = version WHERE key = $1";
+    let run = |conn: sqlx::PgConnection, sql: &'static str, key: Option<StorageKey>| {
+        tokio::spawn(async move {
+            let mut conn = conn;
+            let q = sqlx::query(sql);
+            let q = match &key {
+                Some(k) => q.bind(k.as_str().to_owned()),
+                None => q,
+            };
+            q.execute(&mut conn).await.unwrap();
+            conn
+        })
+    };
+    for round in 0..2 {
+        let mut keys = Vec::new();
+        for _ in 0..3 {
+            let k = key();
+            let created = store
+                .create(&k, &record_at(None, now), SessionLimit::UNLIMITED, now)
+                .await
+                .unwrap();
+            assert!(matches!(created, CreateOutcome::Created { .. }));
+            keys.push(k);
+        }
+        let (a, b, c) = (keys[0].clone(), keys[1].clone(), keys[2].clone());
+        let (first, second) = if round == 0 { (&a, &b) } else { (&b, &a) };
+        // `gate` holds `c`, so that the saver is busy while `a` and `b` queue behind it; they
+        // then go out together as one batch. `other` holds `second`.
+        let gate = sqlx::PgConnection::connect(&url).await.unwrap();
+        let gate = run(gate, "BEGIN", None).await.unwrap();
+        let gate = run(gate, lock_row, Some(c.clone())).await.unwrap();
+        let other = sqlx::PgConnection::connect(&url).await.unwrap();
+        let other = run(other, "BEGIN", None).await.unwrap();
+        let other = run(other, lock_row, Some(second.clone())).await.unwrap();
+
+        let save = |k: &StorageKey, v: i64| {
+            let (store, k) = (store.clone(), k.clone());
+            tokio::spawn(async move { store.save_delta(&k, &set("n", v), now).await })
+        };
+        let held = save(&c, 0);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let saves = [save(&a, 1), save(&b, 2)];
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let gate = run(gate, "COMMIT", None).await.unwrap();
+        assert!(matches!(held.await.unwrap(), Ok(SaveOutcome::Saved { .. })));
+        // The batch [a, b] waits for `second`, holding `first` if it locked that one first;
+        // then asking for `first` closes a cycle, which PostgreSQL breaks after
+        // `deadlock_timeout` (1 s) by failing the batch, which waited first.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let other = run(other, lock_row, Some(first.clone())).await.unwrap();
+        let other = run(other, "COMMIT", None).await.unwrap();
+        for (s, v) in saves.into_iter().zip([1, 2]) {
+            let outcome = s.await.unwrap();
+            assert!(
+                matches!(outcome, Ok(SaveOutcome::Saved { .. })),
+                "round {round}: save {v} failed: {outcome:?}"
+            );
+        }
+        for (k, v) in [(&a, "1"), (&b, "2")] {
+            let r = store.load(k, now).await.unwrap().unwrap();
+            assert_eq!(r.data["n"].as_json(), v);
+        }
+        drop((gate, other));
+    }
+}
