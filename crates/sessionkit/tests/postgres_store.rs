@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use sessionkit::{
     Clock, CreateOutcome, Delta, LimitPolicy, PostgresStore, SaveOutcome, SessionId, SessionLimit,
-    SessionStore, StorageKey, StoreError, SystemClock, Value,
+    SessionStore, StorageKey, StoreError, SystemClock, Timestamp, Value,
 };
 use sessionkit_testkit::conformance::{record_at, Store};
 use sessionkit_testkit::postgres::PostgresServer;
@@ -47,6 +47,21 @@ fn set(k: &str, v: i64) -> Delta {
         changes: vec![(k.to_owned(), Some(Value::to_json(&v).unwrap()))],
         touch: None,
     }
+}
+
+/// `n` new anonymous sessions in `store`, created at `now`.
+async fn anonymous_sessions(store: &PostgresStore, n: usize, now: Timestamp) -> Vec<StorageKey> {
+    let mut keys = Vec::new();
+    for _ in 0..n {
+        let k = key();
+        let created = store
+            .create(&k, &record_at(None, now), SessionLimit::UNLIMITED, now)
+            .await
+            .unwrap();
+        assert!(matches!(created, CreateOutcome::Created { .. }));
+        keys.push(k);
+    }
+    keys
 }
 
 async fn fresh_url() -> String {
@@ -283,17 +298,10 @@ async fn outage_is_unavailable_within_a_bounded_time() {
 async fn concurrent_loads_and_saves_are_batched_without_mixing_callers() {
     let store = Arc::new(connect(&fresh_url().await).await);
     let now = SystemClock.now();
-    let mut keys = Vec::new();
-    for i in 0..100i64 {
-        let k = key();
-        let outcome = store
-            .create(&k, &record_at(None, now), SessionLimit::UNLIMITED, now)
-            .await
-            .unwrap();
-        assert!(matches!(outcome, CreateOutcome::Created { .. }));
-        let saved = store.save_delta(&k, &set("n", i), now).await.unwrap();
+    let keys = anonymous_sessions(&store, 100, now).await;
+    for (i, k) in (0i64..).zip(&keys) {
+        let saved = store.save_delta(k, &set("n", i), now).await.unwrap();
         assert!(matches!(saved, SaveOutcome::Saved { .. }));
-        keys.push(k);
     }
     let absent = key();
     let mut tasks = Vec::new();
@@ -386,16 +394,7 @@ async fn a_batch_chosen_as_deadlock_victim_is_saved_one_by_one() {
         })
     };
     for round in 0..2 {
-        let mut keys = Vec::new();
-        for _ in 0..3 {
-            let k = key();
-            let created = store
-                .create(&k, &record_at(None, now), SessionLimit::UNLIMITED, now)
-                .await
-                .unwrap();
-            assert!(matches!(created, CreateOutcome::Created { .. }));
-            keys.push(k);
-        }
+        let keys = anonymous_sessions(&store, 3, now).await;
         let (a, b, c) = (keys[0].clone(), keys[1].clone(), keys[2].clone());
         let (first, second) = if round == 0 { (&a, &b) } else { (&b, &a) };
         // `gate` holds `c`, so that the saver is busy while `a` and `b` queue behind it; they

@@ -1,6 +1,6 @@
 //! Criterion benchmark of what the layer costs per request with the memory store, in process (no
-//! sockets): the routes of the load scenario (`shared/bench`), each request carrying the next of
-//! 1000 signed-in users' cookies.
+//! sockets): the bench app's routes of the load scenario (`shared/bench`), each request carrying
+//! the next of 1000 signed-in users' cookies.
 //!
 //! `LAYER_BENCH_ROUTE=/read LAYER_BENCH_N=5000` skips criterion and sends N requests to one route
 //! in `measure`, for counting instructions on a shared machine where times are noisy:
@@ -10,37 +10,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::ConnectInfo;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::response::Response;
 use axum::Router;
 use criterion::{black_box, criterion_group, Criterion};
 use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderValue, Request, StatusCode};
-use sessionkit::{Config, MemoryStore, Session, SessionError, SessionLayer};
+use sessionkit::{Config, MemoryStore, SessionLayer};
 use tower::ServiceExt;
-
-async fn login(session: Session) -> Result<&'static str, SessionError> {
-    session.login("42").await?;
-    session.insert("counter", 0u64).await?;
-    Ok("ok")
-}
-
-async fn none() -> &'static str {
-    "ok"
-}
-
-async fn read(session: Session) -> Result<Response, SessionError> {
-    Ok(match session.user_id().await? {
-        Some(user) => user.into_response(),
-        None => (StatusCode::UNAUTHORIZED, "no session\n").into_response(),
-    })
-}
-
-async fn counter(session: Session) -> Result<Response, SessionError> {
-    let n = session.get::<u64>("counter").await?.unwrap_or(0) + 1;
-    session.insert("counter", n).await?;
-    Ok(n.to_string().into_response())
-}
 
 fn request(path: &str, cookie: Option<&HeaderValue>) -> Request<axum::body::Body> {
     let mut req = Request::get(path).body(axum::body::Body::empty()).unwrap();
@@ -61,12 +37,7 @@ fn setup() -> (tokio::runtime::Runtime, Router, Vec<HeaderValue>) {
         Config::new("bench-secret-0123456789abcdefghijklmnopqrstuv"),
     )
     .unwrap();
-    let app: Router = Router::new()
-        .route("/login", post(login))
-        .route("/none", get(none))
-        .route("/read", get(read))
-        .route("/counter", get(counter))
-        .layer(layer);
+    let app: Router = sessionkit_bench::app(layer);
     let cookies: Vec<HeaderValue> = rt.block_on(async {
         let mut out = Vec::new();
         for _ in 0..1000 {
