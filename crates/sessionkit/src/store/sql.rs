@@ -511,58 +511,28 @@ pub(crate) async fn migrate_postgres(
     migrations: &[Migration],
 ) -> Result<(), StoreError> {
     use sqlx::Connection as _;
-    const CONTEXT: &str = "running migrations";
     // An arbitrary constant that names "sessionkit schema changes" among advisory locks.
     const LOCK: i64 = 0x5e55_1014_0000_0001;
-    let e = |e| store_error(CONTEXT, e);
+    let e = |e| store_error(MIGRATING, e);
     let mut tx = conn.begin().await.map_err(e)?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(LOCK)
         .execute(&mut *tx)
         .await
         .map_err(e)?;
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS sessionkit_migrations (
+    let sql = RunnerSql {
+        create: "CREATE TABLE IF NOT EXISTS sessionkit_migrations (
             component TEXT NOT NULL,
             version BIGINT NOT NULL,
             name TEXT NOT NULL,
             applied_at BIGINT NOT NULL,
             PRIMARY KEY (component, version)
         )",
-    )
-    .execute(&mut *tx)
-    .await
-    .map_err(e)?;
-    let current: Option<i64> =
-        sqlx::query_scalar("SELECT MAX(version) FROM sessionkit_migrations WHERE component = $1")
-            .bind(component)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(e)?;
-    let current = current.unwrap_or(0);
-    warn_if_newer(component, current, migrations);
-    for m in migrations.iter().filter(|m| m.version > current) {
-        for s in m.statements {
-            sqlx::query(s).execute(&mut *tx).await.map_err(e)?;
-        }
-        sqlx::query(
-            "INSERT INTO sessionkit_migrations (component, version, name, applied_at) \
+        current: "SELECT MAX(version) FROM sessionkit_migrations WHERE component = $1",
+        record: "INSERT INTO sessionkit_migrations (component, version, name, applied_at) \
              VALUES ($1, $2, $3, $4)",
-        )
-        .bind(component)
-        .bind(m.version)
-        .bind(m.name)
-        .bind(now_millis())
-        .execute(&mut *tx)
-        .await
-        .map_err(e)?;
-        tracing::info!(
-            component,
-            version = m.version,
-            name = m.name,
-            "applied migration"
-        );
-    }
+    };
+    apply_missing::<sqlx::Postgres>(&mut tx, component, migrations, &sql).await?;
     tx.commit().await.map_err(e)
 }
 
@@ -575,44 +545,76 @@ pub(crate) async fn migrate_sqlite(
     migrations: &[Migration],
 ) -> Result<(), StoreError> {
     use sqlx::Connection as _;
-    const CONTEXT: &str = "running migrations";
-    let e = |e| store_error(CONTEXT, e);
+    let e = |e| store_error(MIGRATING, e);
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(e)?;
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS sessionkit_migrations (
+    let sql = RunnerSql {
+        create: "CREATE TABLE IF NOT EXISTS sessionkit_migrations (
             component TEXT NOT NULL,
             version INTEGER NOT NULL,
             name TEXT NOT NULL,
             applied_at INTEGER NOT NULL,
             PRIMARY KEY (component, version)
         )",
-    )
-    .execute(&mut *tx)
-    .await
-    .map_err(e)?;
-    let current: Option<i64> =
-        sqlx::query_scalar("SELECT MAX(version) FROM sessionkit_migrations WHERE component = ?")
-            .bind(component)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(e)?;
+        current: "SELECT MAX(version) FROM sessionkit_migrations WHERE component = ?",
+        record: "INSERT INTO sessionkit_migrations (component, version, name, applied_at) \
+             VALUES (?, ?, ?, ?)",
+    };
+    apply_missing::<sqlx::Sqlite>(&mut tx, component, migrations, &sql).await?;
+    tx.commit().await.map_err(e)
+}
+
+const MIGRATING: &str = "running migrations";
+
+/// The migration runner's statements in one database's dialect.
+struct RunnerSql {
+    /// Creates `sessionkit_migrations` if missing.
+    create: &'static str,
+    /// The highest version applied for a component (`$1`).
+    current: &'static str,
+    /// Records one migration: component, version, name, applied at.
+    record: &'static str,
+}
+
+/// Inside `tx`, which holds the database's migration lock: applies the migrations of
+/// `component` newer than the highest one recorded, and records each.
+async fn apply_missing<DB>(
+    tx: &mut sqlx::Transaction<'_, DB>,
+    component: &'static str,
+    migrations: &[Migration],
+    sql: &RunnerSql,
+) -> Result<(), StoreError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    (Option<i64>,): for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    let e = |e| store_error(MIGRATING, e);
+    sqlx::query(sql.create)
+        .execute(&mut **tx)
+        .await
+        .map_err(e)?;
+    let current: Option<i64> = sqlx::query_scalar(sql.current)
+        .bind(component.to_owned())
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(e)?;
     let current = current.unwrap_or(0);
     warn_if_newer(component, current, migrations);
     for m in migrations.iter().filter(|m| m.version > current) {
         for s in m.statements {
-            sqlx::query(s).execute(&mut *tx).await.map_err(e)?;
+            sqlx::query(s).execute(&mut **tx).await.map_err(e)?;
         }
-        sqlx::query(
-            "INSERT INTO sessionkit_migrations (component, version, name, applied_at) \
-             VALUES (?, ?, ?, ?)",
-        )
-        .bind(component)
-        .bind(m.version)
-        .bind(m.name)
-        .bind(now_millis())
-        .execute(&mut *tx)
-        .await
-        .map_err(e)?;
+        sqlx::query(sql.record)
+            .bind(component.to_owned())
+            .bind(m.version)
+            .bind(m.name.to_owned())
+            .bind(now_millis())
+            .execute(&mut **tx)
+            .await
+            .map_err(e)?;
         tracing::info!(
             component,
             version = m.version,
@@ -620,7 +622,7 @@ pub(crate) async fn migrate_sqlite(
             "applied migration"
         );
     }
-    tx.commit().await.map_err(e)
+    Ok(())
 }
 
 fn warn_if_newer(component: &str, current: i64, migrations: &[Migration]) {
