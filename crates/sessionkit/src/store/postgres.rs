@@ -152,7 +152,8 @@ impl std::fmt::Debug for PostgresStoreBuilder {
 }
 
 impl PostgresStoreBuilder {
-    /// Most connections the pool opens. Default: 10.
+    /// Most connections the pool opens. Default: 10. The loader and the saver (see "Batches")
+    /// use one each while a batch runs; creates, destroys, listings and cleanup use the others.
     pub fn with_max_connections(mut self, n: u32) -> Self {
         self.max_connections = n.max(1);
         self
