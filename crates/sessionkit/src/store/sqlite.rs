@@ -423,8 +423,11 @@ impl ShmCache {
 
     /// A cached live record, and the header to hand to [`ShmCache::put`] after a miss.
     fn get(&self, key: &StorageKey, now: Timestamp) -> (Option<Record>, Option<WalHeader>) {
-        let header = self.header();
+        // The header is read under the lock: read before it, it could be older than the epoch
+        // that a write finishing meanwhile sets, and would then send the epoch backwards and
+        // empty the cache twice (measured: about half the loads of the counter scenario missed).
         let mut st = self.state.lock();
+        let header = self.header();
         if st.epoch != header && st.writing {
             return (None, None);
         }
