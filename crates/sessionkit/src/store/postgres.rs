@@ -194,10 +194,8 @@ impl PostgresStoreBuilder {
             .await
             .map_err(|e| store_error("connecting to PostgreSQL", e))?;
         let pool = Arc::new(pool);
-        deadline(self.op_timeout, "running migrations", async {
-            let mut c = acquire(&pool, "running migrations").await?;
-            let r = migrate_postgres(&mut c, "sessions", MIGRATIONS).await;
-            c.track(r)
+        pool.run(self.op_timeout, "running migrations", async |c| {
+            migrate_postgres(c, "sessions", MIGRATIONS).await
         })
         .await?;
         // One task of each kind: on a busy server fewer, larger batches cost less than more,
@@ -241,9 +239,13 @@ impl PostgresStore {
         self.pool.close().await;
     }
 
-    /// A connection for one operation.
-    async fn conn(&self, context: &'static str) -> Result<Conn<'_, PgConnection>, StoreError> {
-        acquire(&self.pool, context).await
+    /// Runs `op` on a connection under the operation deadline.
+    async fn run<T>(
+        &self,
+        context: &'static str,
+        op: impl AsyncFnOnce(&mut PgConnection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.pool.run(self.op_timeout, context, op).await
     }
 
     async fn create_inner(
@@ -602,10 +604,8 @@ impl SessionStore for PostgresStore {
         limit: SessionLimit,
         now: Timestamp,
     ) -> Result<CreateOutcome, StoreError> {
-        deadline(self.op_timeout, "creating a session", async {
-            let mut c = self.conn("creating a session").await?;
-            let r = Self::create_inner(&mut c, key, record, limit, now).await;
-            c.track(r)
+        self.run("creating a session", async |c| {
+            Self::create_inner(c, key, record, limit, now).await
         })
         .await
     }
@@ -645,18 +645,14 @@ impl SessionStore for PostgresStore {
     }
 
     async fn destroy(&self, key: &StorageKey) -> Result<bool, StoreError> {
-        deadline(self.op_timeout, "destroying a session", async {
-            let mut c = self.conn("destroying a session").await?;
-            let r = async {
-                let done = sqlx::query("DELETE FROM sessions WHERE key = $1")
-                    .bind(key.as_str())
-                    .execute(&mut *c)
-                    .await
-                    .map_err(|e| store_error("destroying a session", e))?;
-                Ok(done.rows_affected() > 0)
-            }
-            .await;
-            c.track(r)
+        const CONTEXT: &str = "destroying a session";
+        self.run(CONTEXT, async |c| {
+            let done = sqlx::query("DELETE FROM sessions WHERE key = $1")
+                .bind(key.as_str())
+                .execute(c)
+                .await
+                .map_err(|e| store_error(CONTEXT, e))?;
+            Ok(done.rows_affected() > 0)
         })
         .await
     }
@@ -668,22 +664,18 @@ impl SessionStore for PostgresStore {
     ) -> Result<Vec<(StorageKey, Meta)>, StoreError> {
         // The index is the `user_id` column itself: it cannot point at a missing record, and
         // expired records are filtered here and deleted by cleanup.
-        deadline(self.op_timeout, "listing a user's sessions", async {
-            let mut c = self.conn("listing a user's sessions").await?;
-            let r = async {
-                let rows = sqlx::query(&format!(
-                    "SELECT {META_COLUMNS} FROM sessions WHERE user_id = $1 AND expires_at > $2 \
+        const CONTEXT: &str = "listing a user's sessions";
+        self.run(CONTEXT, async |c| {
+            let rows = sqlx::query(&format!(
+                "SELECT {META_COLUMNS} FROM sessions WHERE user_id = $1 AND expires_at > $2 \
                  ORDER BY created_at, key"
-                ))
-                .bind(user_id)
-                .bind(to_db(now.0))
-                .fetch_all(&mut *c)
-                .await
-                .map_err(|e| store_error("listing a user's sessions", e))?;
-                Ok(metas(&rows))
-            }
-            .await;
-            c.track(r)
+            ))
+            .bind(user_id)
+            .bind(to_db(now.0))
+            .fetch_all(c)
+            .await
+            .map_err(|e| store_error(CONTEXT, e))?;
+            Ok(metas(&rows))
         })
         .await
     }
@@ -693,53 +685,44 @@ impl SessionStore for PostgresStore {
         user_id: &str,
         except: Option<&StorageKey>,
     ) -> Result<Vec<StorageKey>, StoreError> {
-        deadline(self.op_timeout, "destroying a user's sessions", async {
-            let mut c = self.conn("destroying a user's sessions").await?;
-            let r = async {
-                let e = |e| store_error("destroying a user's sessions", e);
-                // Under the user's login lock: a login racing the revocation either finishes first
-                // (and its session is revoked) or starts after; and the two never delete the same
-                // rows in different orders (no deadlock).
-                let mut tx = c.begin().await.map_err(e)?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-                    .bind(USER_LOCK_CLASS)
-                    .bind(user_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(e)?;
-                let keys: Vec<String> = sqlx::query_scalar(
-                    "DELETE FROM sessions WHERE user_id = $1 AND key IS DISTINCT FROM $2 \
-                 RETURNING key",
-                )
+        self.run("destroying a user's sessions", async |c| {
+            let e = |e| store_error("destroying a user's sessions", e);
+            // Under the user's login lock: a login racing the revocation either finishes first
+            // (and its session is revoked) or starts after; and the two never delete the same
+            // rows in different orders (no deadlock).
+            let mut tx = c.begin().await.map_err(e)?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+                .bind(USER_LOCK_CLASS)
                 .bind(user_id)
-                .bind(except.map(StorageKey::as_str))
-                .fetch_all(&mut *tx)
+                .execute(&mut *tx)
                 .await
                 .map_err(e)?;
-                tx.commit().await.map_err(e)?;
-                let mut keys: Vec<StorageKey> =
-                    keys.iter().filter_map(|k| StorageKey::parse(k)).collect();
-                keys.sort();
-                Ok(keys)
-            }
-            .await;
-            c.track(r)
+            let keys: Vec<String> = sqlx::query_scalar(
+                "DELETE FROM sessions WHERE user_id = $1 AND key IS DISTINCT FROM $2 \
+                 RETURNING key",
+            )
+            .bind(user_id)
+            .bind(except.map(StorageKey::as_str))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(e)?;
+            tx.commit().await.map_err(e)?;
+            let mut keys: Vec<StorageKey> =
+                keys.iter().filter_map(|k| StorageKey::parse(k)).collect();
+            keys.sort();
+            Ok(keys)
         })
         .await
     }
 
     async fn count(&self) -> Result<u64, StoreError> {
-        deadline(self.op_timeout, "counting sessions", async {
-            let mut c = self.conn("counting sessions").await?;
-            let r = async {
-                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions")
-                    .fetch_one(&mut *c)
-                    .await
-                    .map_err(|e| store_error("counting sessions", e))?;
-                Ok(from_db(n))
-            }
-            .await;
-            c.track(r)
+        const CONTEXT: &str = "counting sessions";
+        self.run(CONTEXT, async |c| {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions")
+                .fetch_one(c)
+                .await
+                .map_err(|e| store_error(CONTEXT, e))?;
+            Ok(from_db(n))
         })
         .await
     }
@@ -749,24 +732,21 @@ impl SessionStore for PostgresStore {
         loop {
             // Short batches, each its own statement and deadline; rows a request is writing
             // right now are skipped rather than waited for (the next run gets them).
-            let n = deadline(self.op_timeout, "removing expired sessions", async {
-                let mut c = self.conn("removing expired sessions").await?;
-                let r = async {
+            const CONTEXT: &str = "removing expired sessions";
+            let n = self
+                .run(CONTEXT, async |c| {
                     sqlx::query(
                         "DELETE FROM sessions WHERE key IN (SELECT key FROM sessions \
-                     WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                         WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
                     )
                     .bind(to_db(now.0))
                     .bind(CLEANUP_BATCH)
-                    .execute(&mut *c)
+                    .execute(c)
                     .await
                     .map(|d| d.rows_affected())
-                    .map_err(|e| store_error("removing expired sessions", e))
-                }
-                .await;
-                c.track(r)
-            })
-            .await?;
+                    .map_err(|e| store_error(CONTEXT, e))
+                })
+                .await?;
             total += n;
             if n < CLEANUP_BATCH as u64 {
                 return Ok(total);
@@ -775,40 +755,32 @@ impl SessionStore for PostgresStore {
     }
 
     async fn scan(&self, cursor: Option<String>, batch: usize) -> Result<ScanPage, StoreError> {
-        deadline(self.op_timeout, "scanning sessions", async {
-            let mut c = self.conn("scanning sessions").await?;
-            let r = async {
-                let batch = batch.clamp(1, 10_000);
-                let rows = sqlx::query(&format!(
-                    "SELECT {META_COLUMNS}, data::text AS data FROM sessions \
+        const CONTEXT: &str = "scanning sessions";
+        let batch = batch.clamp(1, 10_000);
+        self.run(CONTEXT, async |c| {
+            let rows = sqlx::query(&format!(
+                "SELECT {META_COLUMNS}, data::text AS data FROM sessions \
                  WHERE key > $1 ORDER BY key LIMIT $2"
-                ))
-                .bind(cursor.unwrap_or_default())
-                .bind(i64::try_from(batch).unwrap_or(i64::MAX))
-                .fetch_all(&mut *c)
-                .await
-                .map_err(|e| store_error("scanning sessions", e))?;
-                Ok(scan_page(&rows, batch))
-            }
-            .await;
-            c.track(r)
+            ))
+            .bind(cursor.unwrap_or_default())
+            .bind(i64::try_from(batch).unwrap_or(i64::MAX))
+            .fetch_all(c)
+            .await
+            .map_err(|e| store_error(CONTEXT, e))?;
+            Ok(scan_page(&rows, batch))
         })
         .await
     }
 
     async fn health(&self) -> Health {
-        let probe = deadline(self.op_timeout, "health check", async {
-            let mut c = self.conn("health check").await?;
-            let r = async {
+        let probe = self
+            .run("health check", async |c| {
                 sqlx::query("SELECT 1")
-                    .execute(&mut *c)
+                    .execute(c)
                     .await
                     .map_err(|e| store_error("health check", e))
-            }
+            })
             .await;
-            c.track(r)
-        })
-        .await;
         Health::from_probe("postgres", probe)
     }
 }

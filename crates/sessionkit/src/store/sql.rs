@@ -305,7 +305,7 @@ pub(crate) fn store_error(context: &'static str, e: sqlx::Error) -> StoreError {
     }
 }
 
-pub(crate) fn is_unavailable(e: &sqlx::Error) -> bool {
+fn is_unavailable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
@@ -398,6 +398,23 @@ impl<C: sqlx::Connection> Connections<C> {
         })
         .await
         .map_err(|_| sqlx::Error::PoolTimedOut)?
+    }
+
+    /// Runs `op` on a connection of this set within `limit` (waiting for the connection
+    /// counts), failing with `context`; a connection that `op`'s error left unusable is dropped
+    /// instead of going back.
+    pub(crate) async fn run<T>(
+        &self,
+        limit: Duration,
+        context: &'static str,
+        op: impl AsyncFnOnce(&mut C) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        deadline(limit, context, async {
+            let mut c = self.acquire().await.map_err(|e| store_error(context, e))?;
+            let r = op(&mut c).await;
+            c.track(r)
+        })
+        .await
     }
 
     /// Refuses new operations and closes the idle connections; those in use are closed as

@@ -51,7 +51,7 @@ use tokio::sync::{MappedMutexGuard, MutexGuard};
 
 use super::sql::{
     ask, deadline, encode_data, from_db, migrate_sqlite, replicate, scan_page, store_error, to_db,
-    Conn, Connections, MetaRow, Migration, NetChanges, Queue, Queued, META_COLUMNS,
+    Connections, MetaRow, Migration, NetChanges, Queue, Queued, META_COLUMNS,
 };
 use super::{CreateOutcome, Health, SaveOutcome, ScanPage, SessionLimit, SessionStore, StoreError};
 use crate::id::StorageKey;
@@ -577,14 +577,28 @@ impl SqliteStore {
     }
 
     /// A reader for one operation.
-    async fn reader(
+    /// Runs `op` on the writer's connection under the operation deadline; its errors are the
+    /// writer's (a connection that broke is reopened for the next write).
+    async fn write<T>(
         &self,
         context: &'static str,
-    ) -> Result<Conn<'_, SqliteConnection>, StoreError> {
-        self.read
-            .acquire()
-            .await
-            .map_err(|e| store_error(context, e))
+        op: impl AsyncFnOnce(&mut WriteGuard<'_>) -> Result<T, sqlx::Error>,
+    ) -> Result<T, StoreError> {
+        let e = |e| self.writer.error(context, e);
+        deadline(self.op_timeout, context, async {
+            let mut w = self.writer.lock().await.map_err(e)?;
+            op(&mut w).await.map_err(e)
+        })
+        .await
+    }
+
+    /// Runs `op` on a read connection under the operation deadline.
+    async fn read<T>(
+        &self,
+        context: &'static str,
+        op: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.read.run(self.op_timeout, context, op).await
     }
 
     async fn create_inner(
@@ -829,25 +843,21 @@ impl SessionStore for SqliteStore {
         if hit.is_some() {
             return Ok(hit);
         }
-        let found = deadline(self.op_timeout, "loading a session", async {
-            let mut c = self.reader("loading a session").await?;
-            let r = async {
-                let e = |e| store_error("loading a session", e);
+        const CONTEXT: &str = "loading a session";
+        let found = self
+            .read(CONTEXT, async |c| {
                 let row = sqlx::query(&format!(
                     "SELECT {META_COLUMNS}, data FROM sessions WHERE key = ? AND expires_at > ?"
                 ))
                 .bind(key.as_str())
                 .bind(to_db(now.0))
-                .fetch_optional(&mut *c)
+                .fetch_optional(c)
                 .await
-                .map_err(e)?;
+                .map_err(|e| store_error(CONTEXT, e))?;
                 let Some(row) = row else { return Ok(None) };
-                MetaRow::record(&row, "loading a session").map(Some)
-            }
-            .await;
-            c.track(r)
-        })
-        .await?;
+                MetaRow::record(&row, CONTEXT).map(Some)
+            })
+            .await?;
         if let (Some(cache), Some(seen), Some(record)) = (cache, seen, &found) {
             cache.put(key, record, seen);
         }
@@ -869,14 +879,11 @@ impl SessionStore for SqliteStore {
     }
 
     async fn destroy(&self, key: &StorageKey) -> Result<bool, StoreError> {
-        deadline(self.op_timeout, "destroying a session", async {
-            let e = |e| self.writer.error("destroying a session", e);
-            let mut w = self.writer.lock().await.map_err(e)?;
+        self.write("destroying a session", async |w| {
             let done = sqlx::query("DELETE FROM sessions WHERE key = ?")
                 .bind(key.as_str())
-                .execute(&mut *w)
-                .await
-                .map_err(e)?;
+                .execute(&mut **w)
+                .await?;
             w.changed(Change::Removed(key.clone()));
             Ok(done.rows_affected() > 0)
         })
@@ -890,22 +897,18 @@ impl SessionStore for SqliteStore {
     ) -> Result<Vec<(StorageKey, Meta)>, StoreError> {
         // The index is the `user_id` column itself: it cannot point at a missing record, and
         // expired records are filtered here and deleted by cleanup.
-        deadline(self.op_timeout, "listing a user's sessions", async {
-            let mut c = self.reader("listing a user's sessions").await?;
-            let r = async {
-                let rows = sqlx::query(&format!(
-                    "SELECT {META_COLUMNS} FROM sessions WHERE user_id = ? AND expires_at > ? \
+        const CONTEXT: &str = "listing a user's sessions";
+        self.read(CONTEXT, async |c| {
+            let rows = sqlx::query(&format!(
+                "SELECT {META_COLUMNS} FROM sessions WHERE user_id = ? AND expires_at > ? \
                  ORDER BY created_at, key"
-                ))
-                .bind(user_id)
-                .bind(to_db(now.0))
-                .fetch_all(&mut *c)
-                .await
-                .map_err(|e| store_error("listing a user's sessions", e))?;
-                Ok(metas(&rows))
-            }
-            .await;
-            c.track(r)
+            ))
+            .bind(user_id)
+            .bind(to_db(now.0))
+            .fetch_all(c)
+            .await
+            .map_err(|e| store_error(CONTEXT, e))?;
+            Ok(metas(&rows))
         })
         .await
     }
@@ -915,17 +918,14 @@ impl SessionStore for SqliteStore {
         user_id: &str,
         except: Option<&StorageKey>,
     ) -> Result<Vec<StorageKey>, StoreError> {
-        deadline(self.op_timeout, "destroying a user's sessions", async {
-            let e = |e| self.writer.error("destroying a user's sessions", e);
-            let mut w = self.writer.lock().await.map_err(e)?;
+        self.write("destroying a user's sessions", async |w| {
             let keys: Vec<String> = sqlx::query_scalar(
                 "DELETE FROM sessions WHERE user_id = ? AND key IS NOT ? RETURNING key",
             )
             .bind(user_id)
             .bind(except.map(StorageKey::as_str))
-            .fetch_all(&mut *w)
-            .await
-            .map_err(e)?;
+            .fetch_all(&mut **w)
+            .await?;
             let mut keys: Vec<StorageKey> =
                 keys.iter().filter_map(|k| StorageKey::parse(k)).collect();
             keys.sort();
@@ -935,17 +935,13 @@ impl SessionStore for SqliteStore {
     }
 
     async fn count(&self) -> Result<u64, StoreError> {
-        deadline(self.op_timeout, "counting sessions", async {
-            let mut c = self.reader("counting sessions").await?;
-            let r = async {
-                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions")
-                    .fetch_one(&mut *c)
-                    .await
-                    .map_err(|e| store_error("counting sessions", e))?;
-                Ok(from_db(n))
-            }
-            .await;
-            c.track(r)
+        const CONTEXT: &str = "counting sessions";
+        self.read(CONTEXT, async |c| {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions")
+                .fetch_one(c)
+                .await
+                .map_err(|e| store_error(CONTEXT, e))?;
+            Ok(from_db(n))
         })
         .await
     }
@@ -955,21 +951,19 @@ impl SessionStore for SqliteStore {
         loop {
             // One short statement per batch, each under its own deadline, so requests get the
             // writer between batches and a large backlog does not time out as a whole.
-            let n = deadline(self.op_timeout, "removing expired sessions", async {
-                let e = |e| self.writer.error("removing expired sessions", e);
-                let mut w = self.writer.lock().await.map_err(e)?;
-                sqlx::query(
-                    "DELETE FROM sessions WHERE key IN \
-                     (SELECT key FROM sessions WHERE expires_at <= ? LIMIT ?)",
-                )
-                .bind(to_db(now.0))
-                .bind(CLEANUP_BATCH)
-                .execute(&mut *w)
-                .await
-                .map(|d| d.rows_affected())
-                .map_err(e)
-            })
-            .await?;
+            let n = self
+                .write("removing expired sessions", async |w| {
+                    sqlx::query(
+                        "DELETE FROM sessions WHERE key IN \
+                         (SELECT key FROM sessions WHERE expires_at <= ? LIMIT ?)",
+                    )
+                    .bind(to_db(now.0))
+                    .bind(CLEANUP_BATCH)
+                    .execute(&mut **w)
+                    .await
+                    .map(|d| d.rows_affected())
+                })
+                .await?;
             total += n;
             if n < CLEANUP_BATCH as u64 {
                 return Ok(total);
@@ -978,39 +972,31 @@ impl SessionStore for SqliteStore {
     }
 
     async fn scan(&self, cursor: Option<String>, batch: usize) -> Result<ScanPage, StoreError> {
-        deadline(self.op_timeout, "scanning sessions", async {
-            let mut c = self.reader("scanning sessions").await?;
-            let r = async {
-                let batch = batch.clamp(1, 10_000);
-                let rows = sqlx::query(&format!(
-                    "SELECT {META_COLUMNS}, data FROM sessions WHERE key > ? ORDER BY key LIMIT ?"
-                ))
-                .bind(cursor.unwrap_or_default())
-                .bind(i64::try_from(batch).unwrap_or(i64::MAX))
-                .fetch_all(&mut *c)
-                .await
-                .map_err(|e| store_error("scanning sessions", e))?;
-                Ok(scan_page(&rows, batch))
-            }
-            .await;
-            c.track(r)
+        const CONTEXT: &str = "scanning sessions";
+        let batch = batch.clamp(1, 10_000);
+        self.read(CONTEXT, async |c| {
+            let rows = sqlx::query(&format!(
+                "SELECT {META_COLUMNS}, data FROM sessions WHERE key > ? ORDER BY key LIMIT ?"
+            ))
+            .bind(cursor.unwrap_or_default())
+            .bind(i64::try_from(batch).unwrap_or(i64::MAX))
+            .fetch_all(c)
+            .await
+            .map_err(|e| store_error(CONTEXT, e))?;
+            Ok(scan_page(&rows, batch))
         })
         .await
     }
 
     async fn health(&self) -> Health {
-        let probe = deadline(self.op_timeout, "health check", async {
-            let mut c = self.reader("health check").await?;
-            let r = async {
+        let probe = self
+            .read("health check", async |c| {
                 sqlx::query("SELECT 1")
-                    .execute(&mut *c)
+                    .execute(c)
                     .await
                     .map_err(|e| store_error("health check", e))
-            }
+            })
             .await;
-            c.track(r)
-        })
-        .await;
         Health::from_probe("sqlite", probe)
     }
 }
