@@ -545,3 +545,46 @@ async fn with_a_fallback_the_store_starts_while_redis_is_down() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A server that lost its scripts (restart without persistence, `SCRIPT FLUSH`, failover to a
+/// replica) answers `NOSCRIPT`: the store loads the script again and the call goes through, on
+/// a standalone server (calls go through the pipelining batcher) and on a Cluster (straight on
+/// the connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_are_loaded_again_after_the_server_forgets_them() {
+    async fn check(store: &RedisStore, flush: impl Fn()) {
+        let key = new_key();
+        must_create(store, &key, &record_at(Some("ann"), now())).await;
+        flush();
+        let delta = Delta {
+            changes: vec![("n".into(), Some(Value::to_json(&1).unwrap()))],
+            touch: None,
+        };
+        let saved = store.save_delta(&key, &delta, now()).await.unwrap();
+        assert!(matches!(saved, SaveOutcome::Saved { .. }), "{saved:?}");
+        flush();
+        let r = store.load(&key, now()).await.unwrap().unwrap();
+        assert_eq!(r.data["n"].as_json(), "1");
+        flush();
+        let listed = store.list_user("ann", now()).await.unwrap();
+        assert_eq!(listed.len(), 1);
+    }
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url(), options()).await.unwrap();
+    check(&store, || {
+        server.cli(&["SCRIPT", "FLUSH"]);
+    })
+    .await;
+
+    let cluster = shared_cluster();
+    let store = RedisStore::connect(&cluster.urls().join(","), options())
+        .await
+        .unwrap();
+    assert!(store.is_cluster());
+    check(&store, || {
+        for node in cluster.nodes() {
+            node.cli(&["SCRIPT", "FLUSH"]);
+        }
+    })
+    .await;
+}

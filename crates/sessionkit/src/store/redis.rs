@@ -858,59 +858,42 @@ impl RedisStore {
         call: Call<'_>,
         extra: &[&[u8]],
     ) -> Result<Reply, StoreError> {
-        let v = match &self.batch {
-            Some(batch) => {
-                let script = call.script;
-                let mut cmd = redis::cmd("EVALSHA");
-                cmd.arg(script.get_hash()).arg(call.keys.len());
-                for k in call.keys {
-                    cmd.arg(*k);
-                }
-                cmd.arg(call.mode)
-                    .arg(&self.prefix)
-                    .arg(call.key)
-                    .arg(call.now.0.to_string());
-                for a in extra {
-                    cmd.arg(*a);
-                }
-                let eval = async {
-                    match batch.query(cmd.clone()).await {
-                        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                            let mut conn = self.conn.clone();
-                            script.load_async(&mut conn).await?;
-                            batch.query(cmd).await
-                        }
-                        r => r,
-                    }
-                };
-                match tokio::time::timeout(self.op_timeout, eval).await {
-                    Ok(r) => r.map_err(|e| map_err(context, e))?,
-                    Err(_) => {
-                        return Err(StoreError::unavailable(context, TimedOut(self.op_timeout)))
-                    }
+        let script = call.script;
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(script.get_hash()).arg(call.keys.len());
+        for k in call.keys {
+            cmd.arg(*k);
+        }
+        cmd.arg(call.mode)
+            .arg(&self.prefix)
+            .arg(call.key)
+            .arg(call.now.0.to_string());
+        for a in extra {
+            cmd.arg(*a);
+        }
+        // Through the pipelining batcher when there is one (standalone), else straight on the
+        // connection (a Cluster connection routes by the first key).
+        let send = |cmd: Cmd| async move {
+            match &self.batch {
+                Some(batch) => batch.query(cmd).await,
+                None => {
+                    cmd.query_async::<redis::Value>(&mut self.conn.clone())
+                        .await
                 }
             }
-            None => {
-                let mut inv = call.script.prepare_invoke();
-                for k in call.keys {
-                    inv.key(*k);
+        };
+        let eval = async {
+            match send(cmd.clone()).await {
+                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    script.load_async(&mut self.conn.clone()).await?;
+                    send(cmd).await
                 }
-                inv.arg(call.mode)
-                    .arg(&self.prefix)
-                    .arg(call.key)
-                    .arg(call.now.0.to_string());
-                for a in extra {
-                    inv.arg(*a);
-                }
-                let mut conn = self.conn.clone();
-                let call = inv.invoke_async::<redis::Value>(&mut conn);
-                match tokio::time::timeout(self.op_timeout, call).await {
-                    Ok(r) => r.map_err(|e| map_err(context, e))?,
-                    Err(_) => {
-                        return Err(StoreError::unavailable(context, TimedOut(self.op_timeout)))
-                    }
-                }
+                r => r,
             }
+        };
+        let v = match tokio::time::timeout(self.op_timeout, eval).await {
+            Ok(r) => r.map_err(|e| map_err(context, e))?,
+            Err(_) => return Err(StoreError::unavailable(context, TimedOut(self.op_timeout))),
         };
         match v {
             redis::Value::Array(a) => Ok(Reply(a)),
