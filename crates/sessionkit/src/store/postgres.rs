@@ -493,15 +493,10 @@ async fn save_batch(pool: &Connections<PgConnection>, batch: Vec<SaveRequest>) {
         .iter()
         .map(|r| {
             let net = NetChanges::of(&r.delta);
-            let set: serde_json::Map<String, serde_json::Value> = net
-                .set
-                .iter()
-                .map(|(k, v)| (k.clone(), v.as_json().into()))
-                .collect();
             serde_json::json!({
                 "key": r.key.as_str(),
+                "patch": net.set_map(),
                 "removed": net.removed,
-                "patch": set,
                 "seen": r.delta.touch.map(|t| to_db(t.last_seen_at.0)),
                 "idle": r.delta.touch.map(|t| to_db(t.idle_expires_at.0)),
                 "now": to_db(r.now.0),

@@ -107,15 +107,18 @@ impl NetChanges {
         Self { set, removed }
     }
 
+    /// The keys set, each to its JSON text: the shape of the `data` column.
+    pub(crate) fn set_map(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.set
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_json().into()))
+            .collect()
+    }
+
     /// The keys set, as a `data`-column object.
     #[cfg(feature = "postgres")]
     pub(crate) fn set_object(&self) -> String {
-        let m: std::collections::BTreeMap<&str, &str> = self
-            .set
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_json()))
-            .collect();
-        serde_json::to_string(&m).unwrap_or_else(|_| "{}".to_owned())
+        serde_json::Value::Object(self.set_map()).to_string()
     }
 }
 

@@ -725,10 +725,7 @@ impl Writer {
             .iter()
             .map(|r| {
                 let net = NetChanges::of(&r.delta);
-                let mut patch = serde_json::Map::new();
-                for (k, v) in &net.set {
-                    patch.insert(k.clone(), v.as_json().into());
-                }
+                let mut patch = net.set_map();
                 for k in &net.removed {
                     patch.insert(k.clone(), serde_json::Value::Null);
                 }
