@@ -839,6 +839,18 @@ impl RedisStore {
         format!("{}s:*", glob_escape(&self.prefix))
     }
 
+    /// One Redis call under the operation deadline, its error mapped with `context`.
+    async fn timed<T>(
+        &self,
+        context: &'static str,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        self.bounded(context, async {
+            call.await.map_err(|e| map_err(context, e))
+        })
+        .await
+    }
+
     /// Bounds a whole store call.
     async fn bounded<T>(
         &self,
@@ -891,10 +903,7 @@ impl RedisStore {
                 r => r,
             }
         };
-        let v = match tokio::time::timeout(self.op_timeout, eval).await {
-            Ok(r) => r.map_err(|e| map_err(context, e))?,
-            Err(_) => return Err(StoreError::unavailable(context, TimedOut(self.op_timeout))),
-        };
+        let v = self.timed(context, eval).await?;
         match v {
             redis::Value::Array(a) => Ok(Reply(a)),
             other => Err(StoreError::backend(
@@ -988,15 +997,7 @@ impl RedisStore {
             redis::cmd("CLUSTER").arg("SLOTS").clone(),
             RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
         );
-        let v = match tokio::time::timeout(self.op_timeout, call).await {
-            Ok(r) => r.map_err(|e| map_err("listing Redis Cluster masters", e))?,
-            Err(_) => {
-                return Err(StoreError::unavailable(
-                    "listing Redis Cluster masters",
-                    TimedOut(self.op_timeout),
-                ))
-            }
-        };
+        let v = self.timed("listing Redis Cluster masters", call).await?;
         let mut nodes = Vec::new();
         for range in array(&v).unwrap_or_default() {
             let Some(master) = array(range).and_then(|r| r.get(2)).and_then(array) else {
@@ -1051,15 +1052,7 @@ impl RedisStore {
                 (_, mut conn) => cmd.query_async::<redis::Value>(&mut conn).await,
             }
         };
-        let v = match tokio::time::timeout(self.op_timeout, call).await {
-            Ok(r) => r.map_err(|e| map_err("scanning Redis keys", e))?,
-            Err(_) => {
-                return Err(StoreError::unavailable(
-                    "scanning Redis keys",
-                    TimedOut(self.op_timeout),
-                ))
-            }
-        };
+        let v = self.timed("scanning Redis keys", call).await?;
         let parts = array(&v).unwrap_or_default();
         let next = parts
             .first()
@@ -1110,10 +1103,7 @@ impl RedisStore {
             // Standalone: the record is the head, one plain `HGETALL` (no script).
             let mut cmd = redis::cmd("HGETALL");
             cmd.arg(self.head_key(key.as_str()));
-            let v = match tokio::time::timeout(self.op_timeout, batch.query(cmd)).await {
-                Ok(r) => r.map_err(|e| map_err(CTX, e))?,
-                Err(_) => return Err(StoreError::unavailable(CTX, TimedOut(self.op_timeout))),
-            };
+            let v = self.timed(CTX, batch.query(cmd)).await?;
             let flat = match v {
                 redis::Value::Array(a) => a,
                 redis::Value::Map(m) => m.into_iter().flat_map(|(f, v)| [f, v]).collect(),
