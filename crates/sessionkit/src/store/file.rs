@@ -962,8 +962,8 @@ impl Inner {
         let (mut removed, mut kept) = (0, 0);
         // Taken at the first record to remove and held for the rest of this small folder.
         let mut lock = None;
-        // A shard folder holds a few entries (a million sessions: about 15 per folder): list it
-        // first, so that spares are known without a lookup each.
+        // List the folder first (a million sessions: about 15 entries per folder), so that
+        // spares and their records are known without a system call each.
         let mut entries = Vec::new();
         let mut dir = Dir::read_from(leaf).map_err(|e| fail("listing a session folder", e))?;
         while let Some(entry) = dir.read() {
@@ -973,11 +973,13 @@ impl Inner {
             }
         }
         drop(dir);
-        let listed = |name: &str| entries.iter().any(|(n, _)| n == name);
-        let spares: Vec<&str> = entries
-            .iter()
-            .filter_map(|(n, _)| n.strip_prefix(SPARE_PREFIX))
-            .collect();
+        // Sorted, for lookups by name: with a large store a folder holds hundreds of entries.
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let listed = |name: &str| {
+            entries
+                .binary_search_by(|(n, _)| n.as_str().cmp(name))
+                .is_ok()
+        };
         for (name, file_type) in &entries {
             let name = name.as_str();
             if name.starts_with(TEMP_PREFIX) {
@@ -1050,8 +1052,9 @@ impl Inner {
             if gone {
                 removed += 1;
             }
-            if spares.contains(&name) {
-                remove_entry(leaf, &spare_name(&key))?;
+            let spare = spare_name(&key);
+            if listed(&spare) {
+                remove_entry(leaf, &spare)?;
             }
         }
         if lock.is_some() {
