@@ -17,8 +17,9 @@
 //!                                   SHA-256(user_id) hex is <uh> = "efgh…"
 //! <dir>/users/ef/gh/.lock           shard lock for the user index of the users in this folder
 //! ```
-//! A record file's modification time is set to the record's expiry, so cleanup passes over
-//! live records with one `stat` instead of reading them.
+//! A record file's modification time is set to the record's expiry (with a signature in the
+//! nanoseconds that tells this stamp from any other time), so cleanup passes over live records
+//! and removes expired ones with a `stat` each instead of reading them.
 //!
 //! File names are storage keys and user-ID hashes only: a listing of the directory yields
 //! neither a cookie nor a user ID. Files are created 0600 and folders 0700, set explicitly
@@ -135,6 +136,9 @@ const SPARE_PREFIX: &str = ".spare.";
 /// Record files without it (bare [`Record::encode`]) are read too.
 const FRAME_TAG: u8 = 0xF5;
 const FRAME_HEADER: usize = 1 + 4 + 8;
+/// Nanoseconds below the millisecond of a record file's modification time set by
+/// [`stamp_expiry`] (any fixed value under 1,000,000 that clocks are unlikely to produce).
+const STAMP_SIGNATURE: u64 = 271_828;
 /// A read that keeps failing its checksum this many times is reported as damaged.
 const READ_ATTEMPTS: usize = 8;
 /// Temp files older than this are leftovers of a crash; younger ones may be in flight.
@@ -1028,18 +1032,29 @@ impl Inner {
                 Err(Errno::NOENT) => continue,
                 Err(e) => return Err(fail("checking a session file", e)),
             }
-            // Stamped as expired: read it under the lock (taken once for the rest of this
-            // small folder), so that a save cannot extend it between the read and the removal.
+            // Expired by its time: judged again under the lock (taken once for the rest of
+            // this small folder), so that a save cannot extend it between the check and the
+            // removal. A stamped time is the record's expiry, so the file need not be read
+            // (at a million expired sessions the reads were a third of the walk).
             if lock.is_none() {
                 lock = Some(lock_shard(leaf)?);
             }
-            let dead = match read_record(leaf, name) {
-                Ok(None) => continue,
-                Ok(Some(r)) => is_dead(&r, now),
-                Err(e) => {
-                    tracing::warn!(entry = name, error = %e, "file store: skipping an unreadable session file");
-                    continue;
-                }
+            let stamped = match rfs::statat(leaf, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile => continue,
+                Ok(st) => stamped_expiry(&st),
+                Err(Errno::NOENT) => continue,
+                Err(e) => return Err(fail("checking a session file", e)),
+            };
+            let dead = match stamped {
+                Some(expiry) => expiry <= now.as_millis(),
+                None => match read_record(leaf, name) {
+                    Ok(None) => continue,
+                    Ok(Some(r)) => is_dead(&r, now),
+                    Err(e) => {
+                        tracing::warn!(entry = name, error = %e, "file store: skipping an unreadable session file");
+                        continue;
+                    }
+                },
             };
             if !dead {
                 kept += 1;
@@ -1386,7 +1401,9 @@ fn write_temp<'a>(
 }
 
 /// Sets a record file's modification time to the record's expiry, so that cleanup can pass
-/// over live records without reading them.
+/// over live records without reading them, and remove expired ones without reading them
+/// either: the nanoseconds below the millisecond carry [`STAMP_SIGNATURE`], which tells this
+/// stamp from a time the file got otherwise (a write in progress, a copy by hand).
 fn stamp_expiry(fd: &OwnedFd, t: Timestamp) -> Result<(), StoreError> {
     let times = rfs::Timestamps {
         last_access: rustix::fs::Timespec {
@@ -1395,7 +1412,8 @@ fn stamp_expiry(fd: &OwnedFd, t: Timestamp) -> Result<(), StoreError> {
         },
         last_modification: rustix::fs::Timespec {
             tv_sec: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
-            tv_nsec: i64::try_from((t.as_millis() % 1000) * 1_000_000).unwrap_or(0),
+            tv_nsec: i64::try_from((t.as_millis() % 1000) * 1_000_000 + STAMP_SIGNATURE)
+                .unwrap_or(0),
         },
     };
     rfs::futimens(fd, &times).map_err(|e| fail("stamping a session file", e))
@@ -2093,6 +2111,15 @@ fn file_id(st: &rfs::Stat) -> (u64, i64, u64) {
         st.st_mtime as i64,
         st.st_mtime_nsec as u64,
     )
+}
+
+/// The expiry a record file's modification time was stamped with by [`stamp_expiry`], in Unix
+/// milliseconds; `None` for any other time (the file must then be read to learn its expiry).
+/// A time set otherwise carries the signature by chance once in a million: a record copied in
+/// by hand at that moment is taken as expiring at its copy time.
+fn stamped_expiry(st: &rfs::Stat) -> Option<u64> {
+    let nanos = u64::try_from(st.st_mtime_nsec).ok()?;
+    (nanos % 1_000_000 == STAMP_SIGNATURE).then(|| mtime_millis(st))
 }
 
 /// A file's modification time in Unix milliseconds (0 before the epoch).
