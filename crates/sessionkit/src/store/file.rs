@@ -5,18 +5,18 @@
 //!
 //! # Layout
 //! ```text
-//! <dir>/VERSION                     "sessionkit-file 2"
+//! <dir>/VERSION                     "sessionkit-file 3"
 //! <dir>/count                       approximate record count, written by cleanup
 //! <dir>/generations                 change counters shared by every process (see Cache)
 //! <dir>/sessions/ab/cd/<key>        one record per storage key "abcd…" (a framed
 //!                                   Record::encode: tag, length, checksum, record)
 //! <dir>/sessions/ab/cd/.spare.<key> the record's previous file, rewritten by the next save
-//! <dir>/sessions/ab/cd/.lock        shard lock (flock) for writers of the keys in this folder
 //! <dir>/sessions/ab/cd/.tmp.<rand>  a write in progress (or left by a crash; cleanup removes it)
 //! <dir>/users/ef/gh/<uh>.<key>      empty marker: session <key> belongs to the user whose
 //!                                   SHA-256(user_id) hex is <uh> = "efgh…"
-//! <dir>/users/ef/gh/.lock           shard lock for the user index of the users in this folder
 //! ```
+//! The shard folders `sessions/ab/cd` and `users/ef/gh` are also the locks (`flock`) of the
+//! writers of their records and of their users' index.
 //! A record file's modification time is set to the record's expiry (with a signature in the
 //! nanoseconds that tells this stamp from any other time), so cleanup passes over live records
 //! and removes expired ones with a `stat` each instead of reading them.
@@ -40,9 +40,10 @@
 //!   file rewritten as a spare under it: every record file carries its length and a checksum
 //!   (the first 8 bytes of its SHA-256), and a read that does not match is retried from the
 //!   name, so readers see the old record or the new one, never a mix.
-//! - `save_delta`, `destroy` and the removals done by cleanup take the shard's `flock` lock, so a
-//!   read-modify-write cannot lose another process's update nor resurrect a destroyed record.
-//!   The lock file is never replaced (a lock on the record itself would be lost at each rename).
+//! - `save_delta`, `destroy` and the removals done by cleanup take the shard folder's `flock`
+//!   lock, so a read-modify-write cannot lose another process's update nor resurrect a destroyed
+//!   record. The folder is never replaced (a lock on the record itself would be lost at each
+//!   rename).
 //!   Locks are `flock` (per open file description): they exclude threads of one process as well
 //!   as other processes, and the kernel drops them when a process dies. They are not reliable on
 //!   network file systems; keep the directory on a local disk.
@@ -69,7 +70,8 @@
 //! truncate the file while stores use it.
 //!
 //! A cache is only as good as the counters, so every process on the directory must count its
-//! changes: all must run this layout (`VERSION` 2), so stop processes of an older sessionkit
+//! changes, and every process must lock the same objects: all must run this layout
+//! (`VERSION` 3), so stop processes of an older sessionkit
 //! before starting newer ones on their directory. A record file changed by hand is not seen by
 //! processes that cached it until the record's next change.
 //!
@@ -117,9 +119,10 @@ use crate::id::StorageKey;
 use crate::record::{DecodeError, Delta, Meta, Record, Timestamp, DECODE_CEILING};
 
 const VERSION_FILE: &str = "VERSION";
-const VERSION_TEXT: &str = "sessionkit-file 2\n";
-/// The layout before the generations file; opening such a directory upgrades it.
-const VERSION_1_TEXT: &str = "sessionkit-file 1\n";
+const VERSION_TEXT: &str = "sessionkit-file 3\n";
+/// Older layouts, which opening a directory upgrades: 1 lacks the generations file, 1 and 2
+/// lock a `.lock` file in each shard folder instead of the folder.
+const OLD_VERSION_TEXTS: [&str; 2] = ["sessionkit-file 1\n", "sessionkit-file 2\n"];
 const GENERATIONS_FILE: &str = "generations";
 /// Groups of keys with a change counter each: the first 20 bits of the key.
 const GENERATION_SLOTS: u64 = 1 << 20;
@@ -128,7 +131,6 @@ const GENERATION_SLOT_BYTES: u64 = 8;
 /// Cache shards (each under its own mutex).
 const CACHE_SHARDS: usize = 16;
 const COUNT_FILE: &str = "count";
-const LOCK_FILE: &str = ".lock";
 const TEMP_PREFIX: &str = ".tmp.";
 /// `.spare.<key>`: the file the next save of `<key>` rewrites and swaps in.
 const SPARE_PREFIX: &str = ".spare.";
@@ -1696,35 +1698,27 @@ impl Drop for TempFile<'_> {
     }
 }
 
-/// An exclusive `flock` on a shard's lock file, released when dropped (the descriptor closes).
-struct ShardLock {
-    _fd: OwnedFd,
+/// An exclusive `flock` on a shard folder, released when dropped.
+///
+/// The lock is taken on the folder itself, through the descriptor the operation opened it
+/// with (its own open file description, so threads of one process exclude each other too).
+/// Layout 2 locked a `.lock` file in each folder instead: opening it cost two system calls per
+/// write, and creating it during a cleanup walk cost an inode allocation per folder, which
+/// ext4 makes slow while it frees many inodes.
+struct ShardLock<'a> {
+    dir: BorrowedFd<'a>,
 }
 
-fn lock_shard(dir: BorrowedFd<'_>) -> Result<ShardLock, StoreError> {
-    let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let fd = loop {
-        match rfs::openat(dir, LOCK_FILE, flags, Mode::empty()) {
-            Ok(fd) => break fd,
-            Err(Errno::NOENT) => {}
-            Err(e) => return Err(fail("opening a lock file", e)),
-        }
-        match rfs::openat(
-            dir,
-            LOCK_FILE,
-            flags | OFlags::CREATE | OFlags::EXCL,
-            file_mode(),
-        ) {
-            Ok(fd) => {
-                rfs::fchmod(&fd, file_mode()).map_err(|e| fail("setting a file's mode", e))?;
-                break fd;
-            }
-            Err(Errno::EXIST) => {}
-            Err(e) => return Err(fail("creating a lock file", e)),
-        }
-    };
-    rfs::flock(&fd, FlockOperation::LockExclusive).map_err(|e| fail("taking a lock", e))?;
-    Ok(ShardLock { _fd: fd })
+fn lock_shard(dir: BorrowedFd<'_>) -> Result<ShardLock<'_>, StoreError> {
+    rfs::flock(dir, FlockOperation::LockExclusive).map_err(|e| fail("taking a lock", e))?;
+    Ok(ShardLock { dir })
+}
+
+impl Drop for ShardLock<'_> {
+    fn drop(&mut self) {
+        // Closing the descriptor would release it too; callers may keep the folder open.
+        let _ = rfs::flock(self.dir, FlockOperation::Unlock);
+    }
 }
 
 /// Opens the folder `name` in `parent` without following a link; creates it 0700 if asked.
@@ -2212,8 +2206,10 @@ fn prepare_root(root: &Path) -> Result<(), StoreError> {
 fn check_version(root: BorrowedFd<'_>, fsync: bool) -> Result<(), StoreError> {
     match read_small(root, VERSION_FILE, 256)? {
         Some(text) if text == VERSION_TEXT.as_bytes() => Ok(()),
-        // Layout 1 lacks only the generations file, which opening creates.
-        Some(text) if text == VERSION_1_TEXT.as_bytes() => write_version(root, fsync),
+        // Opening creates the generations file; the `.lock` files left in folders are unused.
+        Some(text) if OLD_VERSION_TEXTS.iter().any(|v| text == v.as_bytes()) => {
+            write_version(root, fsync)
+        }
         Some(_) => Err(StoreError::backend(
             "opening the session directory",
             io::Error::new(
