@@ -2111,6 +2111,7 @@ fn file_id(st: &rfs::Stat) -> (u64, i64, u64) {
 /// milliseconds; `None` for any other time (the file must then be read to learn its expiry).
 /// A time set otherwise carries the signature by chance once in a million: a record copied in
 /// by hand at that moment is taken as expiring at its copy time.
+#[allow(clippy::useless_conversion)]
 fn stamped_expiry(st: &rfs::Stat) -> Option<u64> {
     let nanos = u64::try_from(st.st_mtime_nsec).ok()?;
     (nanos % 1_000_000 == STAMP_SIGNATURE).then(|| mtime_millis(st))
