@@ -191,7 +191,18 @@ impl PostgresStoreBuilder {
         let statement_timeout = format!("{}ms", self.op_timeout.as_millis().max(1));
         let options = options
             .application_name("sessionkit")
-            .options([("statement_timeout", statement_timeout.as_str())]);
+            // Every statement of this store finds its rows through an index (by key, user or
+            // expiry). The planner, costing a batch's `key = ANY($1)` against a small table
+            // (the load scenario's 1,000 sessions), picked a sequential scan with a hashed
+            // filter instead: 1,917 of them in 5 s of `/counter`, each reading every row and
+            // every dead version of it. Turning sequential scans off (a cost penalty, not a ban)
+            // took `/counter` from 9.6–10.6k to 12.7–13.8k requests/s in the same minutes. The
+            // generic plan of each prepared statement is used, so nothing is planned per call.
+            .options([
+                ("statement_timeout", statement_timeout.as_str()),
+                ("plan_cache_mode", "force_generic_plan"),
+                ("enable_seqscan", "off"),
+            ]);
         let pool = Connections::open(options, self.max_connections, self.connect_timeout)
             .await
             .map_err(|e| store_error("connecting to PostgreSQL", e))?;
