@@ -291,6 +291,67 @@ pub async fn save_delta_applies_per_key(store: Store) {
     assert!(!got.data.contains_key("drop"));
 }
 
+/// A delta that names a key several times ends with its last change, whatever came before
+/// (set after remove, remove after set); a delta of hundreds of keys is applied whole; a touch
+/// that moves the idle expiry of a signed-in session is kept, and the session stays listed.
+/// The result equals the reference [`Record::apply`].
+pub async fn save_delta_keeps_the_last_change_and_large_deltas(store: Store) {
+    let key = new_key();
+    let user = new_user();
+    let t = now();
+    let mut r = record_at(Some(&user), t);
+    for i in 0..300 {
+        r.data
+            .insert(format!("old{i}"), Value::to_json(&i).expect("json"));
+    }
+    r.data.insert("b".into(), Value::to_json(&1).expect("json"));
+    must_create(&store, &key, &r).await;
+    let mut changes = vec![
+        set("a", 1i64),
+        ("a".into(), None),
+        set("a", 2i64),
+        set("b", 3i64),
+        ("b".into(), None),
+        ("c".into(), None),
+        set("c", "x"),
+    ];
+    for i in 0..450 {
+        changes.push(set(&format!("new{i}"), i as i64));
+    }
+    for i in 0..250 {
+        changes.push((format!("old{i}"), None));
+    }
+    let later = t.add(Duration::from_secs(60));
+    let d = Delta {
+        changes,
+        touch: Some(Touch {
+            last_seen_at: later,
+            idle_expires_at: later.add(2 * HOUR),
+        }),
+    };
+    let out = store.save_delta(&key, &d, later).await.expect("save");
+    assert!(matches!(out, SaveOutcome::Saved { .. }), "{out:?}");
+    let got = store
+        .load(&key, later)
+        .await
+        .expect("load")
+        .expect("present");
+    let mut want = r.clone();
+    want.apply(&d);
+    assert_eq!(got.data, want.data);
+    assert_eq!(got.data["a"].as_json(), "2");
+    assert!(!got.data.contains_key("b"));
+    assert_eq!(got.data.len(), 1 + 1 + 450 + 50);
+    assert_eq!(got.meta.idle_expires_at, later.add(2 * HOUR));
+    assert_eq!(got.meta.last_seen_at, later);
+    // Past the old idle expiry, the session is still live and listed.
+    let past_old = t.add(HOUR + Duration::from_secs(1));
+    assert!(store.load(&key, past_old).await.expect("load").is_some());
+    let listed = store.list_user(&user, past_old).await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].0, key);
+}
+
 /// Any key and any JSON text survive create and per-key deltas byte for byte: keys with path
 /// or SQL syntax, quotes, backslashes, control characters and non-ASCII; values with odd
 /// spacing, key order and escapes (a store must not reformat JSON).
@@ -706,6 +767,7 @@ macro_rules! store_conformance {
         $crate::__conformance_tests!($factory;
             create_never_overwrites, create_replaces_expired_record, round_trips_record, load_absent_is_none,
             load_after_expiry_is_none, save_delta_applies_per_key,
+            save_delta_keeps_the_last_change_and_large_deltas,
             tricky_keys_and_values_round_trip,
             concurrent_writers_keep_every_key, save_after_destroy_does_not_resurrect,
             user_index_list_and_revoke, user_index_prunes_expired, limit_deny_is_atomic,
