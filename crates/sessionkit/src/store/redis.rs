@@ -333,8 +333,8 @@ impl Scripts {
     fn new() -> Self {
         Self {
             load: Script::new(&lua::source(lua::LOAD)),
-            save: Script::new(&lua::source(lua::SAVE)),
-            save_head: Script::new(lua::SAVE_HEAD),
+            save: Script::new(&lua::source(&format!("{}{}", lua::SAVE, lua::APPLY))),
+            save_head: Script::new(&format!("{}{}", lua::SAVE_HEAD, lua::APPLY)),
             create: Script::new(&lua::source(lua::CREATE)),
             destroy: Script::new(&lua::source(lua::DESTROY)),
             list: Script::new(&lua::source(lua::LIST)),
@@ -1148,61 +1148,6 @@ impl RedisStore {
         }
     }
 
-    /// `save_delta` through [`lua::SAVE_HEAD`] on a standalone server: the changes reduced to the
-    /// last per name, set and removed fields apart. `None` on a Cluster, or when the head is a
-    /// pointer of an earlier layout: the caller then runs the general script.
-    async fn save_head(
-        &self,
-        context: &'static str,
-        key: &StorageKey,
-        delta: &Delta,
-        now: Timestamp,
-        touch: &[&[u8]],
-    ) -> Result<Option<Reply>, StoreError> {
-        if self.batch.is_none() {
-            return Ok(None);
-        }
-        let mut last: Vec<(&str, Option<&Value>)> = Vec::with_capacity(delta.changes.len());
-        for (name, change) in &delta.changes {
-            match last.iter_mut().find(|(n, _)| *n == name.as_str()) {
-                Some(entry) => entry.1 = change.as_ref(),
-                None => last.push((name.as_str(), change.as_ref())),
-            }
-        }
-        let fields: Vec<(Vec<u8>, Option<&Value>)> = last
-            .into_iter()
-            .map(|(name, v)| ([b"d:", name.as_bytes()].concat(), v))
-            .collect();
-        let set = fields
-            .iter()
-            .filter(|(_, v)| v.is_some())
-            .count()
-            .to_string();
-        let mut args: Vec<&[u8]> = Vec::with_capacity(4 + 2 * fields.len());
-        args.extend_from_slice(touch);
-        args.push(set.as_bytes());
-        for (field, v) in &fields {
-            if let Some(v) = v {
-                args.extend([field.as_slice(), v.as_json().as_bytes()]);
-            }
-        }
-        for (field, v) in &fields {
-            if v.is_none() {
-                args.push(field);
-            }
-        }
-        let head = self.head_key(key.as_str());
-        let call = Call {
-            script: &self.scripts.save_head,
-            keys: &[&head],
-            mode: "f",
-            key: key.as_str(),
-            now,
-        };
-        let reply = self.run(context, call, &args).await?;
-        Ok((reply.tag() != "pointer").then_some(reply))
-    }
-
     /// The head step of `create` (kind `anon`, or `ptr` on a Cluster). On a Cluster, a pointer
     /// in the way whose record is dead at `now` (expired or gone) is cleared and the claim tried
     /// once more, so that create replaces a dead session as on a standalone server.
@@ -1392,18 +1337,57 @@ impl SessionStore for RedisStore {
                 ),
                 None => (String::new(), String::new()),
             };
-            let mut args: Vec<&[u8]> = vec![
+            // The changes reduced to the last per name: the set fields with their values, then
+            // the removed ones (see `lua::SAVE`).
+            let mut last: Vec<(&str, Option<&Value>)> = Vec::with_capacity(delta.changes.len());
+            for (name, change) in &delta.changes {
+                match last.iter_mut().find(|(n, _)| *n == name.as_str()) {
+                    Some(entry) => entry.1 = change.as_ref(),
+                    None => last.push((name.as_str(), change.as_ref())),
+                }
+            }
+            let fields: Vec<(Vec<u8>, Option<&Value>)> = last
+                .into_iter()
+                .map(|(name, v)| ([b"d:", name.as_bytes()].concat(), v))
+                .collect();
+            let set = fields
+                .iter()
+                .filter(|(_, v)| v.is_some())
+                .count()
+                .to_string();
+            let mut args: Vec<&[u8]> = Vec::with_capacity(4 + 2 * fields.len());
+            args.extend([
                 if delta.touch.is_some() { b"1" } else { b"0" },
                 seen.as_bytes(),
                 idle.as_bytes(),
-            ];
-            for (name, change) in &delta.changes {
-                match change {
-                    Some(v) => args.extend([&b"s"[..], name.as_bytes(), v.as_json().as_bytes()]),
-                    None => args.extend([&b"r"[..], name.as_bytes(), &b""[..]]),
+                set.as_bytes(),
+            ]);
+            for (field, v) in &fields {
+                if let Some(v) = v {
+                    args.extend([field.as_slice(), v.as_json().as_bytes()]);
                 }
             }
-            let reply = match self.save_head(CTX, key, delta, now, &args[..3]).await? {
+            args.extend(
+                fields
+                    .iter()
+                    .filter(|(_, v)| v.is_none())
+                    .map(|(f, _)| f.as_slice()),
+            );
+            // Standalone: the lean script for a head that is the record; a pointer of an earlier
+            // layout, and a Cluster, take the general one.
+            let mut reply = None;
+            if self.batch.is_some() {
+                let head = self.head_key(key.as_str());
+                let call = Call {
+                    script: &self.scripts.save_head,
+                    keys: &[&head],
+                    mode: "f",
+                    key: key.as_str(),
+                    now,
+                };
+                reply = Some(self.run(CTX, call, &args).await?).filter(|r| r.tag() != "pointer");
+            }
+            let reply = match reply {
                 Some(reply) => reply,
                 None => {
                     self.run_on_session(CTX, &self.scripts.save, key, now, &args)
@@ -1752,108 +1736,50 @@ table.insert(all, 1, 'rec')
 return all
 "#;
 
-    /// `save_delta` / `touch`. `ARGV[5]` = `1` to touch, `ARGV[6]` last seen, `ARGV[7]` idle
-    /// expiry; then triples (`s` | `r`, name, value). Only a live record is written; touch never
-    /// shortens; the version is bumped; TTL and index score follow the nearest expiry.
+    /// `save_delta` / `touch`, in any mode: the record found from the head (following a pointer,
+    /// or redirecting on a Cluster), then [`APPLY`]. `ARGV[5]` = `1` to touch, `ARGV[6]` last
+    /// seen, `ARGV[7]` idle expiry, `ARGV[8]` = n, then n (`d:<name>`, value) pairs, then the
+    /// `d:<name>` fields to remove: the changes already reduced by the client to the last per
+    /// name. Only a live record is written; touch never shortens; the version is bumped; TTL
+    /// and index score follow the nearest expiry.
     pub(super) const SAVE: &str = r#"
-local rec, idx, f
-local h = {}
-if mode == 'f' then
-  -- One read serves the common case: the record is the head.
-  h = redis.call('HMGET', KEYS[1], 'p', 'u', 'i', 'a', 's', 'v')
-end
-if mode == 'f' and not h[1] then
-  rec, idx = KEYS[1], false
-  if h[2] then
-    local _
-    _, idx = ukeys(h[2])
-  end
-  f = {h[3], h[4], h[5], h[6]}
-else
-  local _, redirect
-  rec, idx, _, redirect = resolve()
-  if redirect then return {'redirect', redirect} end
-  f = redis.call('HMGET', rec, 'i', 'a', 's', 'v')
-end
+local rec, idx, _, redirect = resolve()
+if redirect then return {'redirect', redirect} end
+local f = redis.call('HMGET', rec, 'i', 'a', 's', 'v')
 local i, a = tonumber(f[1]), tonumber(f[2])
 if not i or not a or now >= math.min(i, a) then return {'missing'} end
--- The changes in order, the last per name winning; then one HSET and one HDEL.
-local final, names = {}, {}
-local n = 8
-while n + 2 <= #ARGV do
-  local field = 'd:' .. ARGV[n + 1]
-  if final[field] == nil then names[#names + 1] = field end
-  if ARGV[n] == 's' then final[field] = ARGV[n + 2] else final[field] = false end
-  n = n + 3
-end
-local set, del = {}, {}
-for _, field in ipairs(names) do
-  local v = final[field]
-  if v then
-    set[#set + 1] = field
-    set[#set + 1] = v
-  else
-    del[#del + 1] = field
-  end
-end
-local moved = false
-if ARGV[5] == '1' then
-  if tonumber(ARGV[6]) > (tonumber(f[3]) or 0) then
-    set[#set + 1] = 's'
-    set[#set + 1] = ARGV[6]
-  end
-  local idle = tonumber(ARGV[7])
-  if idle > i then
-    set[#set + 1] = 'i'
-    set[#set + 1] = ARGV[7]
-    i = idle
-    moved = true
-  end
-end
-local v = (tonumber(f[4]) or 0) + 1
-set[#set + 1] = 'v'
-set[#set + 1] = string.format('%d', v)
-for k = 1, #del, 200 do
-  redis.call('HDEL', rec, unpack(del, k, math.min(k + 199, #del)))
-end
-for k = 1, #set, 200 do
-  redis.call('HSET', rec, unpack(set, k, math.min(k + 199, #set)))
-end
--- The TTL and the index score already follow the expiry unless the touch moved it.
-if moved then
-  local exp = at(math.min(i, a))
-  redis.call('PEXPIREAT', rec, exp)
-  if idx then
-    redis.call('ZADD', idx, exp, skey)
-    fix_index_ttl(idx)
-  end
-end
-return {'saved', v}
+local seen, ver = f[3], f[4]
 "#;
 
-    /// `save_delta` / `touch` on a standalone server, for the common case where the head is the
-    /// record: no prelude (the prelude's closures cost more server time than the writes). Same
-    /// outcome as [`SAVE`] in mode `f`, with the changes already reduced by the client to the
-    /// last per name: `ARGV[5]` = `1` to touch, `ARGV[6]` last seen, `ARGV[7]` idle expiry,
-    /// `ARGV[8]` = n, then n (`d:<name>`, value) pairs, then the `d:<name>` fields to remove.
-    /// A head that is a pointer (a layout of earlier versions) is answered `{'pointer'}`, and the
+    /// [`SAVE`] on a standalone server when the head is the record, the common case, with one
+    /// read and without the prelude (whose closures cost more server time than the writes). A
+    /// head that is a pointer (a layout of earlier versions) is answered `{'pointer'}`, and the
     /// client runs [`SAVE`].
     pub(super) const SAVE_HEAD: &str = r#"
 local rec = KEYS[1]
 local h = redis.call('HMGET', rec, 'p', 'u', 'i', 'a', 's', 'v')
 if h[1] then return {'pointer'} end
-local now = tonumber(ARGV[4])
+local idx = false
+if h[2] then idx = ARGV[2] .. '{u:' .. h[2] .. '}:i' end
 local i, a = tonumber(h[3]), tonumber(h[4])
-if not i or not a or now >= math.min(i, a) then return {'missing'} end
+if not i or not a or tonumber(ARGV[4]) >= math.min(i, a) then return {'missing'} end
+local seen, ver = h[5], h[6]
+"#;
+
+    /// The end of both save scripts: with `rec` (a live record), `idx` (its user's index or
+    /// `false`), `i`, `a` (its expiries), `seen` and `ver` (its last-seen and version fields),
+    /// one `HDEL`, one `HSET` (chunked for very large deltas), and, when the touch moved the
+    /// idle expiry, the TTL, the index score and the index's TTL. Needs no prelude.
+    pub(super) const APPLY: &str = r#"
 local last = 8 + 2 * tonumber(ARGV[8])
 for k = last + 1, #ARGV, 200 do
   redis.call('HDEL', rec, unpack(ARGV, k, math.min(k + 199, #ARGV)))
 end
-local v = (tonumber(h[6]) or 0) + 1
+local v = (tonumber(ver) or 0) + 1
 local set = {'v', string.format('%d', v)}
 local moved = false
 if ARGV[5] == '1' then
-  if tonumber(ARGV[6]) > (tonumber(h[5]) or 0) then
+  if tonumber(ARGV[6]) > (tonumber(seen) or 0) then
     set[#set + 1] = 's'
     set[#set + 1] = ARGV[6]
   end
@@ -1879,8 +1805,7 @@ if moved then
   if exp > 4000000000000000 then exp = 4000000000000000 end
   exp = string.format('%d', exp)
   redis.call('PEXPIREAT', rec, exp)
-  if h[2] then
-    local idx = ARGV[2] .. '{u:' .. h[2] .. '}:i'
+  if idx then
     redis.call('ZADD', idx, exp, ARGV[3])
     local top = redis.call('ZRANGE', idx, -1, -1, 'WITHSCORES')
     local t = tonumber(top[2])

@@ -247,6 +247,15 @@ impl<R: Queued> Queue<R> {
             keys.insert(first.key().clone());
         }
         let mut batch = vec![first];
+        self.fill(&mut batch, max, |r| {
+            !distinct || keys.insert(r.key().clone())
+        });
+        Some(batch)
+    }
+
+    /// Moves the waiting requests that `admit` takes into `batch`, oldest first, until it holds
+    /// `max`; the others keep waiting, in their order, ahead of anything newer.
+    fn fill(&mut self, batch: &mut Vec<R>, max: usize, mut admit: impl FnMut(&R) -> bool) {
         let mut later = std::collections::VecDeque::new();
         while batch.len() < max {
             let Some(r) = self
@@ -256,7 +265,7 @@ impl<R: Queued> Queue<R> {
             else {
                 break;
             };
-            if !distinct || keys.insert(r.key().clone()) {
+            if admit(&r) {
                 batch.push(r);
             } else {
                 later.push_back(r);
@@ -264,7 +273,6 @@ impl<R: Queued> Queue<R> {
         }
         later.append(&mut self.deferred);
         self.deferred = later;
-        Some(batch)
     }
 }
 
@@ -284,23 +292,9 @@ impl<R: Queued> Queue<R> {
         loop {
             let mut keys = std::collections::HashSet::new();
             let mut batch = Vec::new();
-            let mut later = std::collections::VecDeque::new();
-            while batch.len() < max {
-                let Some(r) = self
-                    .deferred
-                    .pop_front()
-                    .or_else(|| self.incoming.try_recv().ok())
-                else {
-                    break;
-                };
-                if !busy.contains(r.key()) && keys.insert(r.key().clone()) {
-                    batch.push(r);
-                } else {
-                    later.push_back(r);
-                }
-            }
-            later.append(&mut self.deferred);
-            self.deferred = later;
+            self.fill(&mut batch, max, |r| {
+                !busy.contains(r.key()) && keys.insert(r.key().clone())
+            });
             if !batch.is_empty() {
                 return Some(batch);
             }
