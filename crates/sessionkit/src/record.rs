@@ -253,6 +253,25 @@ impl Delta {
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty() && self.touch.is_none()
     }
+
+    /// The last change per key, in key order: the keys set, with their values, and the keys
+    /// removed. What a store that writes fields by name applies, in either order.
+    #[cfg(any(feature = "redis", feature = "sqlite", feature = "postgres"))]
+    pub(crate) fn net(&self) -> (Vec<(&str, &Value)>, Vec<&str>) {
+        let mut last: BTreeMap<&str, Option<&Value>> = BTreeMap::new();
+        for (k, v) in &self.changes {
+            last.insert(k.as_str(), v.as_ref());
+        }
+        let mut set = Vec::new();
+        let mut removed = Vec::new();
+        for (k, v) in last {
+            match v {
+                Some(v) => set.push((k, v)),
+                None => removed.push(k),
+            }
+        }
+        (set, removed)
+    }
 }
 
 #[cfg(test)]

@@ -1340,40 +1340,22 @@ impl SessionStore for RedisStore {
             };
             // The changes reduced to the last per name: the set fields with their values, then
             // the removed ones (see `lua::SAVE`).
-            let mut last: Vec<(&str, Option<&Value>)> = Vec::with_capacity(delta.changes.len());
-            for (name, change) in &delta.changes {
-                match last.iter_mut().find(|(n, _)| *n == name.as_str()) {
-                    Some(entry) => entry.1 = change.as_ref(),
-                    None => last.push((name.as_str(), change.as_ref())),
-                }
-            }
-            let fields: Vec<(Vec<u8>, Option<&Value>)> = last
-                .into_iter()
-                .map(|(name, v)| ([b"d:", name.as_bytes()].concat(), v))
-                .collect();
-            let set = fields
-                .iter()
-                .filter(|(_, v)| v.is_some())
-                .count()
-                .to_string();
-            let mut args: Vec<&[u8]> = Vec::with_capacity(4 + 2 * fields.len());
+            let (set, removed) = delta.net();
+            let field = |name: &str| [b"d:", name.as_bytes()].concat();
+            let set: Vec<(Vec<u8>, &Value)> = set.into_iter().map(|(k, v)| (field(k), v)).collect();
+            let removed: Vec<Vec<u8>> = removed.into_iter().map(field).collect();
+            let n = set.len().to_string();
+            let mut args: Vec<&[u8]> = Vec::with_capacity(4 + 2 * set.len() + removed.len());
             args.extend([
                 if delta.touch.is_some() { b"1" } else { b"0" },
                 seen.as_bytes(),
                 idle.as_bytes(),
-                set.as_bytes(),
+                n.as_bytes(),
             ]);
-            for (field, v) in &fields {
-                if let Some(v) = v {
-                    args.extend([field.as_slice(), v.as_json().as_bytes()]);
-                }
+            for (f, v) in &set {
+                args.extend([f.as_slice(), v.as_json().as_bytes()]);
             }
-            args.extend(
-                fields
-                    .iter()
-                    .filter(|(_, v)| v.is_none())
-                    .map(|(f, _)| f.as_slice()),
-            );
+            args.extend(removed.iter().map(Vec::as_slice));
             // Standalone: the lean script for a head that is the record; a pointer of an earlier
             // layout, and a Cluster, take the general one.
             let mut reply = None;

@@ -92,19 +92,14 @@ pub(crate) struct NetChanges {
 
 impl NetChanges {
     pub(crate) fn of(delta: &crate::record::Delta) -> Self {
-        let mut net: std::collections::BTreeMap<&str, Option<&Value>> = Default::default();
-        for (k, v) in &delta.changes {
-            net.insert(k.as_str(), v.as_ref());
+        let (set, removed) = delta.net();
+        Self {
+            set: set
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.clone()))
+                .collect(),
+            removed: removed.into_iter().map(str::to_owned).collect(),
         }
-        let mut set = Vec::new();
-        let mut removed = Vec::new();
-        for (k, v) in net {
-            match v {
-                Some(v) => set.push((k.to_owned(), v.clone())),
-                None => removed.push(k.to_owned()),
-            }
-        }
-        Self { set, removed }
     }
 
     /// The keys set, each to its JSON text: the shape of the `data` column.
