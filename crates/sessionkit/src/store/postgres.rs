@@ -51,9 +51,9 @@ use sqlx::{Connection as _, Row as _};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::sql::{
-    ask, deadline, encode_data, from_db, migrate_postgres, replicate, run_parallel, scan_page,
-    store_error, to_db, Conn, Connections, MetaRow, Migration, NetChanges, Queue, Queued,
-    META_COLUMNS,
+    ask, deadline, delete_in_batches, encode_data, from_db, migrate_postgres, replicate,
+    run_parallel, scan_page, sorted_keys, store_error, to_db, Conn, Connections, MetaRow,
+    Migration, NetChanges, Queue, Queued, CLEANUP_BATCH, META_COLUMNS,
 };
 use super::{CreateOutcome, Health, SaveOutcome, ScanPage, SessionLimit, SessionStore, StoreError};
 use crate::id::StorageKey;
@@ -97,9 +97,6 @@ const MIGRATIONS: &[Migration] = &[
 /// First half of the two-part advisory lock key taken per user at login; the second half is
 /// `hashtext(user_id)`. (The one-part form is a separate key space, used by migrations.)
 const USER_LOCK_CLASS: i32 = 0x5e55_1014;
-
-/// Rows deleted per statement by [`SessionStore::cleanup_expired`].
-const CLEANUP_BATCH: i64 = 1000;
 
 const INSERT: &str = "INSERT INTO sessions (key, user_id, created_at, last_seen_at, \
      idle_expires_at, absolute_expires_at, auth_time, user_agent, ip, version, data) \
@@ -723,10 +720,7 @@ impl SessionStore for PostgresStore {
             .await
             .map_err(e)?;
             tx.commit().await.map_err(e)?;
-            let mut keys: Vec<StorageKey> =
-                keys.iter().filter_map(|k| StorageKey::parse(k)).collect();
-            keys.sort();
-            Ok(keys)
+            Ok(sorted_keys(&keys))
         })
         .await
     }
@@ -744,30 +738,24 @@ impl SessionStore for PostgresStore {
     }
 
     async fn cleanup_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
-        let mut total = 0;
-        loop {
-            // Short batches, each its own statement and deadline; rows a request is writing
-            // right now are skipped rather than waited for (the next run gets them).
-            const CONTEXT: &str = "removing expired sessions";
-            let n = self
-                .run(CONTEXT, async |c| {
-                    sqlx::query(
-                        "DELETE FROM sessions WHERE key IN (SELECT key FROM sessions \
-                         WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
-                    )
-                    .bind(to_db(now.0))
-                    .bind(CLEANUP_BATCH)
-                    .execute(c)
-                    .await
-                    .map(|d| d.rows_affected())
-                    .map_err(|e| store_error(CONTEXT, e))
-                })
-                .await?;
-            total += n;
-            if n < CLEANUP_BATCH as u64 {
-                return Ok(total);
-            }
-        }
+        // Short batches, each its own statement and deadline; rows a request is writing right
+        // now are skipped rather than waited for (the next run gets them).
+        const CONTEXT: &str = "removing expired sessions";
+        delete_in_batches(|| {
+            self.run(CONTEXT, async |c| {
+                sqlx::query(
+                    "DELETE FROM sessions WHERE key IN (SELECT key FROM sessions \
+                     WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                )
+                .bind(to_db(now.0))
+                .bind(CLEANUP_BATCH)
+                .execute(c)
+                .await
+                .map(|d| d.rows_affected())
+                .map_err(|e| store_error(CONTEXT, e))
+            })
+        })
+        .await
     }
 
     async fn scan(&self, cursor: Option<String>, batch: usize) -> Result<ScanPage, StoreError> {

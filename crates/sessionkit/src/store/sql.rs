@@ -341,6 +341,34 @@ pub(crate) async fn run_parallel<R, F>(
     while in_flight.next().await.is_some() {}
 }
 
+/// Rows deleted per statement by `cleanup_expired`, so that no statement (nor, on SQLite, the
+/// writer) is held for long.
+pub(crate) const CLEANUP_BATCH: i64 = 1000;
+
+/// Runs `batch` (one statement deleting at most [`CLEANUP_BATCH`] expired rows, under its own
+/// deadline) until a batch comes back short; the total removed.
+pub(crate) async fn delete_in_batches<F>(mut batch: impl FnMut() -> F) -> Result<u64, StoreError>
+where
+    F: std::future::Future<Output = Result<u64, StoreError>>,
+{
+    let mut total = 0;
+    loop {
+        let n = batch().await?;
+        total += n;
+        if n < CLEANUP_BATCH as u64 {
+            return Ok(total);
+        }
+    }
+}
+
+/// Storage keys as text (from a `RETURNING key`), parsed and sorted; a text that is not a
+/// storage key is skipped.
+pub(crate) fn sorted_keys(keys: &[String]) -> Vec<StorageKey> {
+    let mut keys: Vec<StorageKey> = keys.iter().filter_map(|k| StorageKey::parse(k)).collect();
+    keys.sort();
+    keys
+}
+
 /// Sends a request built around a reply channel to a batching task and waits for the answer;
 /// `context` names the operation if the task has stopped.
 pub(crate) async fn ask<R, T>(

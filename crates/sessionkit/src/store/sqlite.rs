@@ -50,8 +50,9 @@ use sqlx::Connection as _;
 use tokio::sync::{MappedMutexGuard, MutexGuard};
 
 use super::sql::{
-    ask, deadline, encode_data, from_db, migrate_sqlite, replicate, scan_page, store_error, to_db,
-    Connections, MetaRow, Migration, NetChanges, Queue, Queued, META_COLUMNS,
+    ask, deadline, delete_in_batches, encode_data, from_db, migrate_sqlite, replicate, scan_page,
+    sorted_keys, store_error, to_db, Connections, MetaRow, Migration, NetChanges, Queue, Queued,
+    CLEANUP_BATCH, META_COLUMNS,
 };
 use super::{CreateOutcome, Health, SaveOutcome, ScanPage, SessionLimit, SessionStore, StoreError};
 use crate::id::StorageKey;
@@ -81,10 +82,6 @@ const MIGRATIONS: &[Migration] = &[Migration {
         "CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions (expires_at)",
     ],
 }];
-
-/// Rows deleted per statement by [`SessionStore::cleanup_expired`], so that the writer is never
-/// held for long.
-const CLEANUP_BATCH: i64 = 1000;
 
 /// Create-if-absent; an expired record under the same key (not yet cleaned up) is replaced.
 const INSERT: &str = "INSERT INTO sessions (key, user_id, created_at, last_seen_at, \
@@ -923,10 +920,7 @@ impl SessionStore for SqliteStore {
             .bind(except.map(StorageKey::as_str))
             .fetch_all(&mut **w)
             .await?;
-            let mut keys: Vec<StorageKey> =
-                keys.iter().filter_map(|k| StorageKey::parse(k)).collect();
-            keys.sort();
-            Ok(keys)
+            Ok(sorted_keys(&keys))
         })
         .await
     }
@@ -944,28 +938,22 @@ impl SessionStore for SqliteStore {
     }
 
     async fn cleanup_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
-        let mut total = 0;
-        loop {
-            // One short statement per batch, each under its own deadline, so requests get the
-            // writer between batches and a large backlog does not time out as a whole.
-            let n = self
-                .write("removing expired sessions", async |w| {
-                    sqlx::query(
-                        "DELETE FROM sessions WHERE key IN \
-                         (SELECT key FROM sessions WHERE expires_at <= ? LIMIT ?)",
-                    )
-                    .bind(to_db(now.0))
-                    .bind(CLEANUP_BATCH)
-                    .execute(&mut **w)
-                    .await
-                    .map(|d| d.rows_affected())
-                })
-                .await?;
-            total += n;
-            if n < CLEANUP_BATCH as u64 {
-                return Ok(total);
-            }
-        }
+        // One short statement per batch, each under its own deadline, so requests get the
+        // writer between batches and a large backlog does not time out as a whole.
+        delete_in_batches(|| {
+            self.write("removing expired sessions", async |w| {
+                sqlx::query(
+                    "DELETE FROM sessions WHERE key IN \
+                     (SELECT key FROM sessions WHERE expires_at <= ? LIMIT ?)",
+                )
+                .bind(to_db(now.0))
+                .bind(CLEANUP_BATCH)
+                .execute(&mut **w)
+                .await
+                .map(|d| d.rows_affected())
+            })
+        })
+        .await
     }
 
     async fn scan(&self, cursor: Option<String>, batch: usize) -> Result<ScanPage, StoreError> {
