@@ -92,6 +92,12 @@ impl PostgresServer {
     /// Initializes a cluster in a temp dir and starts a server on a free loopback port; returns
     /// once it accepts connections. Panics (loudly) when anything is missing or fails.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// As [`PostgresServer::start`], with server settings (`name`, `value`) that override the
+    /// defaults for tests (for instance `synchronous_commit = on` where a test observes commits).
+    pub fn start_with(settings: &[(&str, &str)]) -> Self {
         let bin = pg_bin_dir();
         let run_as = is_root().then(postgres_user);
         let dir = tempfile::Builder::new()
@@ -137,6 +143,12 @@ impl PostgresServer {
                     "-c",
                     "listen_addresses=127.0.0.1",
                 ])
+                // Later settings of one name win.
+                .args(
+                    settings
+                        .iter()
+                        .flat_map(|(k, v)| ["-c".to_owned(), format!("{k}={v}")]),
+                )
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("log"))
                 .stderr(log)

@@ -436,3 +436,91 @@ async fn a_batch_chosen_as_deadlock_victim_is_saved_one_by_one() {
         drop((gate, other));
     }
 }
+
+/// Saves commit asynchronously by default: when one returns, its commit may not be on disk
+/// yet (the WAL writer flushes it later). A destroy commits synchronously, which flushes it and
+/// every save before it. With `with_durable_saves(true)`, each save is flushed before it
+/// returns. Observed through the server's WAL positions, on a server of its own that commits
+/// synchronously by default (unlike the other tests' server) and whose WAL writer flushes at
+/// most every 10 s, so that a flush during the checks can only come from a synchronous commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saves_commit_asynchronously_unless_durable_and_destroys_always_flush() {
+    let own = Arc::new(
+        tokio::task::spawn_blocking(|| {
+            PostgresServer::start_with(&[("synchronous_commit", "on"), ("wal_writer_delay", "10s")])
+        })
+        .await
+        .unwrap(),
+    );
+    let sql = |q: &'static str| {
+        let own = Arc::clone(&own);
+        async move {
+            tokio::task::spawn_blocking(move || own.psql("postgres", q))
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    // (WAL inserted so far, WAL flushed so far), in bytes.
+    let wal = || async {
+        let out = sql("SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint, \
+             (pg_current_wal_flush_lsn() - '0/0')::bigint")
+        .await;
+        let (insert, flush) = out.trim().split_once('|').unwrap();
+        (
+            insert.parse::<u64>().unwrap(),
+            flush.parse::<u64>().unwrap(),
+        )
+    };
+
+    let store = PostgresStore::connect(&own.url()).await.unwrap();
+    let now = SystemClock.now();
+    let (a, b) = (key(), key());
+    for k in [&a, &b] {
+        let created = store
+            .create(k, &record_at(None, now), SessionLimit::UNLIMITED, now)
+            .await
+            .unwrap();
+        assert!(matches!(created, CreateOutcome::Created { .. }));
+    }
+    // The first asynchronous commit wakes an idle WAL writer, which flushes at once; the next
+    // flush is then due 10 s later.
+    let _ = store.save_delta(&a, &set("n", 0), now).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 1..=2 {
+        let (before, _) = wal().await;
+        let saved = store.save_delta(&a, &set("n", i), now).await.unwrap();
+        assert!(matches!(saved, SaveOutcome::Saved { .. }), "{saved:?}");
+        let (insert, flush) = wal().await;
+        assert!(insert > before, "save {i} wrote no WAL");
+        assert!(
+            flush <= before,
+            "save {i} was flushed before it returned (flushed to {flush}, WAL was at {before})"
+        );
+    }
+    // Visible at once all the same.
+    let loaded = store.load(&a, now).await.unwrap().unwrap();
+    assert_eq!(loaded.data.get("n").unwrap().as_json(), "2");
+
+    let (insert, _) = wal().await;
+    assert!(store.destroy(&b).await.unwrap());
+    let (_, flush) = wal().await;
+    assert!(
+        flush >= insert,
+        "a destroy flushes itself and every save before it (flushed to {flush}, WAL was at {insert})"
+    );
+
+    let durable = PostgresStore::builder(&own.url())
+        .with_durable_saves(true)
+        .connect()
+        .await
+        .unwrap();
+    let (before, _) = wal().await;
+    let saved = durable.save_delta(&a, &set("n", 3), now).await.unwrap();
+    assert!(matches!(saved, SaveOutcome::Saved { .. }), "{saved:?}");
+    let (_, flush) = wal().await;
+    assert!(
+        flush > before,
+        "a durable save is flushed before it returns (flushed to {flush}, WAL was at {before})"
+    );
+}

@@ -110,6 +110,17 @@ impl NetChanges {
             .collect()
     }
 
+    /// The whole change as one object: each key set to its JSON text, each key removed to
+    /// `null`. (A stored value is always a JSON string, so `null` cannot be mistaken for one.)
+    #[cfg(feature = "postgres")]
+    pub(crate) fn patch_object(&self) -> String {
+        let mut patch = self.set_map();
+        for k in &self.removed {
+            patch.insert(k.clone(), serde_json::Value::Null);
+        }
+        serde_json::Value::Object(patch).to_string()
+    }
+
     /// The keys set, as a `data`-column object.
     #[cfg(feature = "postgres")]
     pub(crate) fn set_object(&self) -> String {
