@@ -368,6 +368,40 @@ async fn concurrent_loads_and_saves_are_batched_without_mixing_callers() {
         // The first save and five more, each exactly once.
         assert_eq!(r.meta.version, record_at(None, now).meta.version + 6);
     }
+
+    // Loads of some sessions and saves of others, all at once: batches then hold both, served
+    // by one statement; each caller still gets its own answer.
+    let base = record_at(None, now).meta.version + 6;
+    let mut tasks = Vec::new();
+    for round in 0..4u64 {
+        for (i, k) in keys.iter().enumerate() {
+            let (store, k) = (store.clone(), k.clone());
+            let saver = i % 2 == round as usize % 2;
+            tasks.push(tokio::spawn(async move {
+                if saver {
+                    let saved = store.save_delta(&k, &set("m", 1), now).await.unwrap();
+                    (i, saver, format!("{saved:?}"))
+                } else {
+                    let r = store.load(&k, now).await.unwrap().unwrap();
+                    (i, saver, r.data["n"].as_json().to_owned())
+                }
+            }));
+        }
+        for t in tasks.drain(..) {
+            let (i, saver, got) = t.await.unwrap();
+            if saver {
+                // Each session is saved once every other round.
+                let version = base + round / 2 + 1;
+                assert_eq!(
+                    got,
+                    format!("{:?}", SaveOutcome::Saved { version }),
+                    "saver {i}"
+                );
+            } else {
+                assert_eq!(got, i.to_string(), "loader {i} got another session");
+            }
+        }
+    }
 }
 
 /// A save batch that PostgreSQL picks as a deadlock victim is applied again one delta at a

@@ -10,13 +10,14 @@
 //! `sessionkit_migrations`, under an advisory lock so that many instances may start at once.
 //!
 //! # Batches
-//! Loads and saves are batched: a load waits in a queue that a loader task drains, reading
-//! every load waiting at that moment with one `SELECT ... WHERE key = ANY($1)`; a save
-//! waits for the saver task, which applies every delta waiting (at most one per session, and
-//! none for a session with a delta still in flight) with one `UPDATE ... FROM unnest(...)`
-//! over typed arrays, two such batches at most in flight. Alone, a request is one statement as
-//! before; under load, the server's fixed cost per statement (a round trip, process switches on
-//! both sides, a commit) is shared by the batch. Each caller still has its own deadline.
+//! Loads and saves are batched: they wait in one queue that a batcher task drains, serving
+//! every request waiting at that moment (at most one per session, and none for a session with
+//! a request still in flight) with one statement: the loads with `SELECT ... WHERE key =
+//! ANY($1)`, the deltas with one `UPDATE ... FROM unnest(...)` over typed arrays, or both at
+//! once, two such batches at most in flight. Alone, a request is one statement as before;
+//! under load, the server's fixed cost per statement (a round trip, process switches on both
+//! sides, a commit) is shared by the batch, and a request's save shares its statement with the
+//! loads of the requests that came after it. Each caller still has its own deadline.
 //!
 //! # Concurrency
 //! - A delta is applied by one `UPDATE` (its row of a batch): the data patched with the keys set
@@ -39,7 +40,7 @@
 //! Every operation that decides whether a session exists (create, destroy, revoke, eviction,
 //! cleanup) commits synchronously: when it returns, the change is on disk. Saves of a session's
 //! data and expiry (`save_delta`, `touch`) commit asynchronously by default
-//! (`synchronous_commit = off`, on the saver's own connections): a save is visible to every
+//! (`synchronous_commit = off`, on the batcher's own connections): a save is visible to every
 //! reader the moment it returns, atomic as ever, and flushed by the server's WAL writer within
 //! a fraction of a second (3 × `wal_writer_delay`, 600 ms by default) instead of one disk flush
 //! per batch. If the database server itself crashes, the saves of that last fraction of a
@@ -129,12 +130,10 @@ const INSERT: &str = "INSERT INTO sessions (key, user_id, created_at, last_seen_
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Arc<Connections<PgConnection>>,
-    /// The saver's connections (see "Durability").
+    /// The batcher's connections (see "Durability").
     save_pool: Arc<Connections<PgConnection>>,
-    /// To the task that reads sessions in batches ([`run_loads`]).
-    loads: UnboundedSender<LoadRequest>,
-    /// To the task that applies deltas in batches ([`run_saves`]).
-    saves: UnboundedSender<SaveRequest>,
+    /// To the task that serves loads and saves in batches ([`run_batches`]).
+    requests: UnboundedSender<Request>,
     op_timeout: Duration,
 }
 
@@ -172,9 +171,9 @@ impl std::fmt::Debug for PostgresStoreBuilder {
 }
 
 impl PostgresStoreBuilder {
-    /// Most connections the pool opens. Default: 10. The loader uses one while a batch runs;
-    /// creates, destroys, listings and cleanup use the others. The saver has its own
-    /// connections besides these, one per batch in flight (two).
+    /// Most connections the pool for creates, destroys, listings and cleanup opens. Default:
+    /// 10. Loads and saves have their own connections besides these, one per batch in flight
+    /// (two).
     pub fn with_max_connections(mut self, n: u32) -> Self {
         self.max_connections = n.max(1);
         self
@@ -240,7 +239,7 @@ impl PostgresStoreBuilder {
             .await
             .map_err(|e| store_error("connecting to PostgreSQL", e))?;
         let pool = Arc::new(pool);
-        let save_pool = Connections::open(save_options, SAVERS as u32, self.connect_timeout)
+        let save_pool = Connections::open(save_options, PARALLEL as u32, self.connect_timeout)
             .await
             .map_err(|e| store_error("connecting to PostgreSQL", e))?;
         let save_pool = Arc::new(save_pool);
@@ -248,18 +247,14 @@ impl PostgresStoreBuilder {
             migrate_postgres(c, "sessions", MIGRATIONS).await
         })
         .await?;
-        // One task of each kind: on a busy server fewer, larger batches cost less than more,
-        // smaller ones (measured: a loader and a saver beat two or three of each), and a
-        // batch grows with the load, so one task keeps up with any rate.
-        let (loads, load_queue) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(run_loads(Arc::clone(&pool), Queue::new(load_queue)));
-        let (saves, save_queue) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(run_saves(Arc::clone(&save_pool), Queue::new(save_queue)));
+        // One batcher: a batch grows with the load, so one task keeps up with any rate, and on
+        // a busy server fewer, larger batches cost less than more, smaller ones.
+        let (requests, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(run_batches(Arc::clone(&save_pool), Queue::new(queue)));
         Ok(PostgresStore {
             pool,
             save_pool,
-            loads,
-            saves,
+            requests,
             op_timeout: self.op_timeout,
         })
     }
@@ -422,14 +417,14 @@ async fn acquire<'a>(
     pool.acquire().await.map_err(|e| store_error(context, e))
 }
 
-/// A `load` waiting for a loader.
+/// A `load` waiting for the batcher.
 struct LoadRequest {
     key: StorageKey,
     now: Timestamp,
     reply: Reply<Option<Record>>,
 }
 
-/// A `save_delta` waiting for the saver.
+/// A `save_delta` waiting for the batcher.
 struct SaveRequest {
     key: StorageKey,
     delta: Delta,
@@ -437,82 +432,35 @@ struct SaveRequest {
     reply: Reply<SaveOutcome>,
 }
 
-type Reply<T> = tokio::sync::oneshot::Sender<Result<T, StoreError>>;
-
-impl Queued for LoadRequest {
-    fn key(&self) -> &StorageKey {
-        &self.key
-    }
+/// What the batcher serves: loads and saves share its batches.
+enum Request {
+    Load(LoadRequest),
+    Save(SaveRequest),
 }
 
-impl Queued for SaveRequest {
+type Reply<T> = tokio::sync::oneshot::Sender<Result<T, StoreError>>;
+
+impl Queued for Request {
     fn key(&self) -> &StorageKey {
-        &self.key
+        match self {
+            Request::Load(r) => &r.key,
+            Request::Save(r) => &r.key,
+        }
     }
 }
 
 /// Most requests served by one statement.
 const BATCH: usize = 256;
 
-/// Save batches in flight at once (see [`run_parallel`]): while one waits for its commit to be
-/// flushed, the next is already applied (measured with the load scenario: 1 → 2 savers took
-/// `/counter` from 8.3k to 9.4k requests/s; a third, or a second loader, did no better).
-const SAVERS: usize = 2;
+/// Batches in flight at once (see [`run_parallel`]): while one waits for the server, the next
+/// is already on its way. (Measured with the load scenario's `/counter`: one, two or three did
+/// not differ beyond the noise; with separate loader and savers, two savers beat one.)
+const PARALLEL: usize = 2;
 
-/// The loader: it takes every load queued while it was busy and reads them with one `SELECT`
-/// (`key = ANY($1)`), so under load the server's cost per read (a statement, a round trip, two
-/// process switches on each side) is shared by the whole batch; alone, a load is one
-/// statement as before.
-async fn run_loads(pool: Arc<Connections<PgConnection>>, mut queue: Queue<LoadRequest>) {
-    loop {
-        let Some(batch) = queue.next(BATCH, false).await else {
-            return;
-        };
-        // Callers that gave up (deadline) are not read for.
-        let batch: Vec<LoadRequest> = batch.into_iter().filter(|r| !r.reply.is_closed()).collect();
-        if !batch.is_empty() {
-            load_batch(&pool, batch).await;
-        }
-    }
-}
-
-async fn load_batch(pool: &Connections<PgConnection>, batch: Vec<LoadRequest>) {
-    const CONTEXT: &str = "loading a session";
-    let keys: Vec<&str> = batch.iter().map(|r| r.key.as_str()).collect();
-    let rows = async {
-        let mut c = acquire(pool, CONTEXT).await?;
-        let r = sqlx::query(&format!(
-            "SELECT {META_COLUMNS}, data::text AS data FROM sessions WHERE key = ANY($1)"
-        ))
-        .bind(&keys)
-        .fetch_all(&mut *c)
-        .await
-        .map_err(|e| store_error(CONTEXT, e));
-        c.track(r)
-    }
-    .await;
-    let rows = match rows {
-        Ok(rows) => rows,
-        Err(e) => {
-            for r in batch {
-                let _ = r.reply.send(Err(replicate(&e)));
-            }
-            return;
-        }
-    };
-    let by_key: HashMap<&str, &PgRow> = rows
-        .iter()
-        .filter_map(|row| Some((row.try_get::<&str, _>("key").ok()?, row)))
-        .collect();
-    for r in batch {
-        let answer = match by_key.get(r.key.as_str()) {
-            None => Ok(None),
-            Some(row) => MetaRow::record(*row, CONTEXT)
-                .map(|record| (!record.meta.is_expired(r.now)).then_some(record)),
-        };
-        let _ = r.reply.send(answer);
-    }
-}
+/// Reads a batch's sessions.
+const LOAD: &str = "SELECT key, user_id, created_at, last_seen_at, idle_expires_at, \
+     absolute_expires_at, auth_time, user_agent, ip, version, data::text AS data \
+     FROM sessions WHERE key = ANY($1)";
 
 /// Every delta of a batch in one `UPDATE ... FROM unnest(...)`: per row the key, the patch
 /// (the keys set, each to its JSON text, and the keys removed, each to `null`), whether the
@@ -524,7 +472,7 @@ async fn load_batch(pool: &Connections<PgConnection>, batch: Vec<LoadRequest>) {
 /// Typed arrays, sent in binary, cost the server less than a JSON recordset (no document to
 /// parse, no hash join: the plan is a nested loop of primary-key probes in the order of the
 /// arrays, which is key order, so the rows are also locked in key order).
-const SAVE: &str = "UPDATE sessions AS s SET \
+const UPDATE: &str = "UPDATE sessions AS s SET \
      data = CASE WHEN d.patch = '{}' THEN s.data \
      WHEN d.strip THEN jsonb_strip_nulls(s.data || d.patch::jsonb) \
      ELSE s.data || d.patch::jsonb END, \
@@ -535,27 +483,138 @@ const SAVE: &str = "UPDATE sessions AS s SET \
      WHERE s.key = d.key COLLATE \"C\" AND s.expires_at > d.now \
      RETURNING s.key, s.version";
 
-/// The saver: it takes every delta queued, at most one per session and none for a session
-/// whose delta is still in flight (a second delta to a session waits for a later batch, so
-/// deltas to one session apply in the order they came), and applies them with one statement.
-/// [`SAVERS`] batches may be in flight at once; they hold disjoint sets of rows, so batches of
-/// one process never wait on each other's row locks.
-///
-/// Two processes' batches can still lock the same rows in opposite orders. Rows are sent in key
-/// order, which makes that rare; when PostgreSQL reports a deadlock anyway, the batch (rolled
-/// back as a whole) is applied again one delta at a time.
-async fn run_saves(pool: Arc<Connections<PgConnection>>, queue: Queue<SaveRequest>) {
-    let pool = &pool;
-    run_parallel(queue, BATCH, SAVERS, |mut batch| {
-        batch.sort_by(|a, b| a.key.cmp(&b.key));
-        save_batch(pool, batch)
+/// A batch's saves and loads in one statement (one round trip, one transaction): the rows
+/// saved (`saved`, key and version), then the rows read. A batch never holds a load and a save
+/// of one session (see [`run_batches`]), so that the reads, which see the database as it was
+/// when the statement began, never miss a save of the same batch.
+fn save_and_load() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "WITH saved AS ({UPDATE}) \
+             SELECT true AS saved, key, NULL::text AS user_id, NULL::int8 AS created_at, \
+             NULL::int8 AS last_seen_at, NULL::int8 AS idle_expires_at, \
+             NULL::int8 AS absolute_expires_at, NULL::int8 AS auth_time, \
+             NULL::text AS user_agent, NULL::text AS ip, version, NULL::text AS data FROM saved \
+             UNION ALL \
+             SELECT false, key, user_id, created_at, last_seen_at, idle_expires_at, \
+             absolute_expires_at, auth_time, user_agent, ip, version, data::text \
+             FROM sessions WHERE key = ANY($7)"
+        )
     })
-    .await;
 }
 
-async fn save_batch(pool: &Connections<PgConnection>, batch: Vec<SaveRequest>) {
-    const CONTEXT: &str = "saving a session";
-    let n = batch.len();
+/// The batcher: it takes every request queued (loads and saves alike, at most one per session
+/// and none for a session with a request still in flight, so the requests to one session run
+/// in the order they came) and serves them with one statement: a `SELECT` for loads alone, an
+/// `UPDATE` for saves alone, both in one statement when the batch has both. [`PARALLEL`]
+/// batches may be in flight at once; they hold disjoint sets of rows, so batches of one process
+/// never wait on each other's row locks. Under load a request's save shares its statement with
+/// the loads of the requests that came after it: one round trip per wave instead of two.
+///
+/// Two processes' batches can still lock the same rows in opposite orders. Rows are locked in
+/// key order, which makes that rare; when PostgreSQL reports a deadlock anyway, the batch
+/// (rolled back as a whole) is served again one request at a time.
+async fn run_batches(pool: Arc<Connections<PgConnection>>, queue: Queue<Request>) {
+    let pool = &pool;
+    run_parallel(queue, BATCH, PARALLEL, |batch| run_batch(pool, batch)).await;
+}
+
+async fn run_batch(pool: &Connections<PgConnection>, batch: Vec<Request>) {
+    let mut loads = Vec::new();
+    let mut saves = Vec::new();
+    for r in batch {
+        match r {
+            // Callers that gave up (deadline) are not read for.
+            Request::Load(r) if r.reply.is_closed() => {}
+            Request::Load(r) => loads.push(r),
+            Request::Save(r) => saves.push(r),
+        }
+    }
+    saves.sort_by(|a, b| a.key.cmp(&b.key));
+    let context = if saves.is_empty() {
+        "loading a session"
+    } else {
+        "saving a session"
+    };
+    let outcome = async {
+        let mut c = acquire(pool, context).await?;
+        let r = serve(&mut c, &loads, &saves).await;
+        match r {
+            Err(e) if is_deadlock(&e) => {
+                tracing::debug!("postgres store: a batch met a deadlock; serving it one by one");
+                let mut saved = Vec::with_capacity(saves.len());
+                for r in &saves {
+                    let o = PostgresStore::save_inner(&mut c, &r.key, &r.delta, r.now).await;
+                    saved.push(c.track(o));
+                }
+                let read = serve(&mut c, &loads, &[]).await;
+                let read = c.track(read.map_err(|e| store_error(context, e)));
+                Ok(Served::OneByOne(saved, read.map(|(rows, _)| rows)))
+            }
+            r => c
+                .track(r.map_err(|e| store_error(context, e)))
+                .map(|(rows, saved)| Served::Batch(rows, saved)),
+        }
+    }
+    .await;
+    match outcome {
+        Ok(Served::Batch(rows, saved)) => {
+            answer_loads(loads, &rows);
+            for r in saves {
+                let _ = r.reply.send(Ok(match saved.get(r.key.as_str()) {
+                    Some(&v) => SaveOutcome::Saved {
+                        version: from_db(v),
+                    },
+                    None => SaveOutcome::Missing,
+                }));
+            }
+        }
+        Ok(Served::OneByOne(saved, rows)) => {
+            for (r, o) in saves.into_iter().zip(saved) {
+                let _ = r.reply.send(o);
+            }
+            match rows {
+                Ok(rows) => answer_loads(loads, &rows),
+                Err(e) => fail(loads, &e),
+            }
+        }
+        Err(e) => {
+            fail(loads, &e);
+            for r in saves {
+                let _ = r.reply.send(Err(replicate(&e)));
+            }
+        }
+    }
+}
+
+/// How a batch was served.
+enum Served {
+    /// In one statement: the rows read, and the version of each session saved.
+    Batch(Vec<PgRow>, HashMap<String, i64>),
+    /// One by one after a deadlock: each save's outcome, and the rows read.
+    OneByOne(
+        Vec<Result<SaveOutcome, StoreError>>,
+        Result<Vec<PgRow>, StoreError>,
+    ),
+}
+
+/// Runs the statement for `loads` and `saves` (either may be empty): the rows read, and the
+/// version of each session saved (a session missing or expired is absent).
+async fn serve(
+    c: &mut PgConnection,
+    loads: &[LoadRequest],
+    saves: &[SaveRequest],
+) -> Result<(Vec<PgRow>, HashMap<String, i64>), sqlx::Error> {
+    let load_keys: Vec<&str> = loads.iter().map(|r| r.key.as_str()).collect();
+    if saves.is_empty() {
+        if loads.is_empty() {
+            return Ok(Default::default());
+        }
+        let rows = sqlx::query(LOAD).bind(&load_keys).fetch_all(c).await?;
+        return Ok((rows, HashMap::new()));
+    }
+    let n = saves.len();
     let (mut keys, mut patches, mut strip) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -566,7 +625,7 @@ async fn save_batch(pool: &Connections<PgConnection>, batch: Vec<SaveRequest>) {
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    for r in &batch {
+    for r in saves {
         let net = NetChanges::of(&r.delta);
         keys.push(r.key.as_str());
         strip.push(!net.removed.is_empty());
@@ -575,54 +634,55 @@ async fn save_batch(pool: &Connections<PgConnection>, batch: Vec<SaveRequest>) {
         idle.push(r.delta.touch.map(|t| to_db(t.idle_expires_at.0)));
         now.push(to_db(r.now.0));
     }
-    let outcome = async {
-        let mut c = acquire(pool, CONTEXT).await?;
-        let saved: Result<Vec<(String, i64)>, sqlx::Error> = sqlx::query_as(SAVE)
-            .bind(&keys)
-            .bind(&patches)
-            .bind(&strip)
-            .bind(&seen)
-            .bind(&idle)
-            .bind(&now)
-            .fetch_all(&mut *c)
-            .await;
-        let saved = match saved {
-            Ok(saved) => saved,
-            Err(e) if is_deadlock(&e) => {
-                tracing::debug!("postgres store: a save batch met a deadlock; saving one by one");
-                let mut outcomes = Vec::with_capacity(batch.len());
-                for r in &batch {
-                    let o = PostgresStore::save_inner(&mut c, &r.key, &r.delta, r.now).await;
-                    outcomes.push(c.track(o));
-                }
-                return Ok(Err(outcomes));
-            }
-            Err(e) => return c.track(Err(store_error(CONTEXT, e))),
-        };
-        Ok(Ok(saved.into_iter().collect::<HashMap<String, i64>>()))
+    let sql = if loads.is_empty() {
+        UPDATE
+    } else {
+        save_and_load()
+    };
+    let mut q = sqlx::query(sql)
+        .bind(&keys)
+        .bind(&patches)
+        .bind(&strip)
+        .bind(&seen)
+        .bind(&idle)
+        .bind(&now);
+    if !loads.is_empty() {
+        q = q.bind(&load_keys);
     }
-    .await;
-    match outcome {
-        Ok(Ok(saved)) => {
-            for r in batch {
-                let _ = r.reply.send(Ok(match saved.get(r.key.as_str()) {
-                    Some(&v) => SaveOutcome::Saved {
-                        version: from_db(v),
-                    },
-                    None => SaveOutcome::Missing,
-                }));
-            }
+    let rows = q.fetch_all(c).await?;
+    let mut saved = HashMap::with_capacity(n);
+    let mut read = Vec::with_capacity(loads.len());
+    for row in rows {
+        if loads.is_empty() || row.try_get::<bool, _>("saved")? {
+            saved.insert(row.try_get::<String, _>("key")?, row.try_get("version")?);
+        } else {
+            read.push(row);
         }
-        Ok(Err(one_by_one)) => {
-            for (r, o) in batch.into_iter().zip(one_by_one) {
-                let _ = r.reply.send(o);
-            }
-        }
-        Err(e) => {
-            for r in batch {
-                let _ = r.reply.send(Err(replicate(&e)));
-            }
-        }
+    }
+    Ok((read, saved))
+}
+
+/// Answers each load from the rows read (a session absent, or expired at the caller's `now`,
+/// is `None`).
+fn answer_loads(loads: Vec<LoadRequest>, rows: &[PgRow]) {
+    const CONTEXT: &str = "loading a session";
+    let by_key: HashMap<&str, &PgRow> = rows
+        .iter()
+        .filter_map(|row| Some((row.try_get::<&str, _>("key").ok()?, row)))
+        .collect();
+    for r in loads {
+        let answer = match by_key.get(r.key.as_str()) {
+            None => Ok(None),
+            Some(row) => MetaRow::record(*row, CONTEXT)
+                .map(|record| (!record.meta.is_expired(r.now)).then_some(record)),
+        };
+        let _ = r.reply.send(answer);
+    }
+}
+
+fn fail(loads: Vec<LoadRequest>, e: &StoreError) {
+    for r in loads {
+        let _ = r.reply.send(Err(replicate(e)));
     }
 }
 
@@ -680,15 +740,17 @@ impl SessionStore for PostgresStore {
     }
 
     async fn load(&self, key: &StorageKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
-        let request = |reply| LoadRequest {
-            key: key.clone(),
-            now,
-            reply,
+        let request = |reply| {
+            Request::Load(LoadRequest {
+                key: key.clone(),
+                now,
+                reply,
+            })
         };
         deadline(
             self.op_timeout,
             "loading a session",
-            ask(&self.loads, "loading a session", request),
+            ask(&self.requests, "loading a session", request),
         )
         .await
     }
@@ -699,16 +761,18 @@ impl SessionStore for PostgresStore {
         delta: &Delta,
         now: Timestamp,
     ) -> Result<SaveOutcome, StoreError> {
-        let request = |reply| SaveRequest {
-            key: key.clone(),
-            delta: delta.clone(),
-            now,
-            reply,
+        let request = |reply| {
+            Request::Save(SaveRequest {
+                key: key.clone(),
+                delta: delta.clone(),
+                now,
+                reply,
+            })
         };
         deadline(
             self.op_timeout,
             "saving a session",
-            ask(&self.saves, "saving a session", request),
+            ask(&self.requests, "saving a session", request),
         )
         .await
     }

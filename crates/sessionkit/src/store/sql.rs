@@ -243,6 +243,7 @@ impl<R: Queued> Queue<R> {
     /// every request already queued, up to `max`. With `distinct`, at most one request per key:
     /// a second one for a key goes to a later batch, so requests for one session run in the
     /// order they came. `None` once every sender is gone and nothing waits.
+    #[cfg(feature = "sqlite")]
     pub(crate) async fn next(&mut self, max: usize, distinct: bool) -> Option<Vec<R>> {
         let first = match self.deferred.pop_front() {
             Some(r) => r,
@@ -284,7 +285,7 @@ impl<R: Queued> Queue<R> {
 
 #[cfg(feature = "postgres")]
 impl<R: Queued> Queue<R> {
-    /// Like [`next`](Self::next) with `distinct`, and no request whose key is in `busy` (a
+    /// The next batch, at most one request per key, and no request whose key is in `busy` (a
     /// batch still in flight holds it): such a request waits, in order, for a later batch. It
     /// waits for a new request while none is eligible (or, once every sender is gone, for ever:
     /// only the end of a batch in flight, which changes `busy`, can free what waits). Cancel-safe:
