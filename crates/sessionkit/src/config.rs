@@ -136,6 +136,9 @@ pub struct Config {
     pub fallback_url: Option<Secret>,
     /// `SESSION_CACHE`.
     pub cache: bool,
+    /// `SESSION_DURABLE_SAVES`: whether a PostgreSQL store flushes every save to disk before it
+    /// returns (see `PostgresStoreBuilder::with_durable_saves`).
+    pub durable_saves: bool,
     /// `SESSION_AUDIT_URL`.
     pub audit_url: Option<Secret>,
     /// `SESSION_KEY_PREFIX`.
@@ -185,6 +188,7 @@ impl Config {
             file_dir: PathBuf::from("data"),
             fallback_url: None,
             cache: false,
+            durable_saves: false,
             audit_url: None,
             key_prefix: "sk:".into(),
         }
@@ -421,6 +425,9 @@ impl Config {
                 _ => return Err(invalid("SESSION_CACHE", &v, "on or off")),
             };
         }
+        if let Some(v) = var("SESSION_DURABLE_SAVES") {
+            c.durable_saves = boolean("SESSION_DURABLE_SAVES", &v)?;
+        }
         if let Some(v) = var("SESSION_KEY_PREFIX") {
             c.key_prefix = v.trim().to_owned();
         }
@@ -628,8 +635,12 @@ mod tests {
             ("SESSION_PERMANENT", "true"),
             ("SESSION_COOKIE_SAMESITE", "Strict"),
             ("SESSION_MAX_PER_USER", "3"),
+            ("SESSION_DURABLE_SAVES", "on"),
         ])
         .unwrap();
+        assert!(c.durable_saves);
+        assert!(!from(&[]).unwrap().durable_saves);
+        assert!(from(&[("SESSION_DURABLE_SAVES", "sometimes")]).is_err());
         assert_eq!(c.secret_keys.len(), 2);
         assert_eq!(c.idle_timeout, Duration::from_secs(1800));
         assert_eq!(c.absolute_timeout, Duration::from_secs(43_200));

@@ -143,7 +143,12 @@ pub async fn open_url(url: &str, config: &Config) -> Result<Arc<dyn SessionStore
         #[cfg(feature = "sqlite")]
         "sqlite" => Ok(Arc::new(super::sqlite::SqliteStore::connect(url).await?)),
         #[cfg(feature = "postgres")]
-        "postgres" | "postgresql" => Ok(Arc::new(super::postgres::PostgresStore::connect(url).await?)),
+        "postgres" | "postgresql" => Ok(Arc::new(
+            super::postgres::PostgresStore::builder(url)
+                .with_durable_saves(config.durable_saves)
+                .connect()
+                .await?,
+        )),
         other => Err(StoreError::Backend {
             context: format!("store URL scheme {other:?}"),
             source: "unknown scheme, or its store is not compiled into this build (enable its cargo feature)".into(),
