@@ -343,7 +343,7 @@ async fn concurrent_loads_and_saves_are_batched_without_mixing_callers() {
         }
     }
 
-    // 100 sessions × 5 deltas each, all at once: the saver batches at most one per session,
+    // 100 sessions × 5 deltas each, all at once: the batcher takes at most one per session,
     // so several batches run, and nothing is lost or applied twice.
     let mut tasks = Vec::new();
     for k in &keys {
@@ -431,7 +431,7 @@ async fn a_batch_chosen_as_deadlock_victim_is_saved_one_by_one() {
         let keys = anonymous_sessions(&store, 3, now).await;
         let (a, b, c) = (keys[0].clone(), keys[1].clone(), keys[2].clone());
         let (first, second) = if round == 0 { (&a, &b) } else { (&b, &a) };
-        // `gate` holds `c`, so that the saver is busy while `a` and `b` queue behind it; they
+        // `gate` holds `c`, so that a batch is held while `a` and `b` queue behind it; they
         // then go out together as one batch. `other` holds `second`.
         let gate = sqlx::PgConnection::connect(&url).await.unwrap();
         let gate = run(gate, "BEGIN", None).await.unwrap();

@@ -1603,7 +1603,7 @@ impl SessionStore for RedisStore {
 ///
 /// Numbers: timestamps are compared as Lua numbers (exact below 2^53 ms, far beyond any real
 /// date) and written back only as the strings the client sent, except expiries handed to
-/// `PEXPIREAT`/`ZADD`, which are formatted as integers and capped at [`CAP`] (year 128 000).
+/// `PEXPIREAT`/`ZADD`, which are formatted as integers and capped at [`CAP`](lua::CAP) (year 128 000).
 mod lua {
     /// Largest expiry given to `PEXPIREAT` and used as an index score, in ms.
     pub(super) const CAP: u64 = 4_000_000_000_000_000;
