@@ -359,54 +359,6 @@ impl PostgresStore {
         tx.commit().await.map_err(e)?;
         Ok(CreateOutcome::Created { evicted: victims })
     }
-
-    async fn save_inner(
-        c: &mut PgConnection,
-        key: &StorageKey,
-        delta: &Delta,
-        now: Timestamp,
-    ) -> Result<SaveOutcome, StoreError> {
-        let seen = delta.touch.map(|t| to_db(t.last_seen_at.0));
-        let idle = delta.touch.map(|t| to_db(t.idle_expires_at.0));
-        // GREATEST ignores NULL: without a touch, both stamps stay as they are.
-        let version: Option<i64> = if delta.changes.is_empty() {
-            // Leaves `data` alone, so a large TOASTed value is not rewritten by a touch.
-            sqlx::query_scalar(
-                "UPDATE sessions SET last_seen_at = GREATEST(last_seen_at, $2), \
-                 idle_expires_at = GREATEST(idle_expires_at, $3), version = version + 1 \
-                 WHERE key = $1 AND expires_at > $4 RETURNING version",
-            )
-            .bind(key.as_str())
-            .bind(seen)
-            .bind(idle)
-            .bind(to_db(now.0))
-            .fetch_optional(&mut *c)
-            .await
-        } else {
-            let net = NetChanges::of(delta);
-            sqlx::query_scalar(
-                "UPDATE sessions SET data = (data - $5::text[]) || $6::jsonb, \
-                 last_seen_at = GREATEST(last_seen_at, $2), \
-                 idle_expires_at = GREATEST(idle_expires_at, $3), version = version + 1 \
-                 WHERE key = $1 AND expires_at > $4 RETURNING version",
-            )
-            .bind(key.as_str())
-            .bind(seen)
-            .bind(idle)
-            .bind(to_db(now.0))
-            .bind(&net.removed)
-            .bind(net.set_object())
-            .fetch_optional(&mut *c)
-            .await
-        }
-        .map_err(|e| store_error("saving a session", e))?;
-        Ok(match version {
-            Some(v) => SaveOutcome::Saved {
-                version: from_db(v),
-            },
-            None => SaveOutcome::Missing,
-        })
-    }
 }
 
 /// A connection from `pool` for one operation.
@@ -458,16 +410,20 @@ const BATCH: usize = 256;
 const PARALLEL: usize = 2;
 
 /// Reads a batch's sessions.
-const LOAD: &str = "SELECT key, user_id, created_at, last_seen_at, idle_expires_at, \
-     absolute_expires_at, auth_time, user_agent, ip, version, data::text AS data \
-     FROM sessions WHERE key = ANY($1)";
+fn load() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!("SELECT {META_COLUMNS}, data::text AS data FROM sessions WHERE key = ANY($1)")
+    })
+}
 
 /// Every delta of a batch in one `UPDATE ... FROM unnest(...)`: per row the key, the patch
 /// (the keys set, each to its JSON text, and the keys removed, each to `null`), whether the
 /// patch removes anything, the touch (null for none) and the instant that decides whether the
 /// session is still live. Stored values are always JSON strings, so a `null` can only mark a
-/// removal, which `jsonb_strip_nulls` carries out. Each row is applied as by the one-row
-/// statement of `save_inner`, under the row lock the statement takes, to the latest row.
+/// removal, which `jsonb_strip_nulls` carries out. Each row is applied under the row lock the
+/// statement takes, to the latest row; with the touch as `GREATEST` (which ignores a null), and
+/// `data` left as it is when the patch is empty, so a touch does not rewrite a large value.
 ///
 /// Typed arrays, sent in binary, cost the server less than a JSON recordset (no document to
 /// parse, no hash join: the plan is a nested loop of primary-key probes in the order of the
@@ -497,9 +453,7 @@ fn save_and_load() -> &'static str {
              NULL::int8 AS absolute_expires_at, NULL::int8 AS auth_time, \
              NULL::text AS user_agent, NULL::text AS ip, version, NULL::text AS data FROM saved \
              UNION ALL \
-             SELECT false, key, user_id, created_at, last_seen_at, idle_expires_at, \
-             absolute_expires_at, auth_time, user_agent, ip, version, data::text \
-             FROM sessions WHERE key = ANY($7)"
+             SELECT false, {META_COLUMNS}, data::text FROM sessions WHERE key = ANY($7)"
         )
     })
 }
@@ -545,7 +499,10 @@ async fn run_batch(pool: &Connections<PgConnection>, batch: Vec<Request>) {
                 tracing::debug!("postgres store: a batch met a deadlock; serving it one by one");
                 let mut saved = Vec::with_capacity(saves.len());
                 for r in &saves {
-                    let o = PostgresStore::save_inner(&mut c, &r.key, &r.delta, r.now).await;
+                    let o = serve(&mut c, &[], std::slice::from_ref(r))
+                        .await
+                        .map(|(_, versions)| save_outcome(&versions, &r.key))
+                        .map_err(|e| store_error(context, e));
                     saved.push(c.track(o));
                 }
                 let read = serve(&mut c, &loads, &[]).await;
@@ -562,12 +519,7 @@ async fn run_batch(pool: &Connections<PgConnection>, batch: Vec<Request>) {
         Ok(Served::Batch(rows, saved)) => {
             answer_loads(loads, &rows);
             for r in saves {
-                let _ = r.reply.send(Ok(match saved.get(r.key.as_str()) {
-                    Some(&v) => SaveOutcome::Saved {
-                        version: from_db(v),
-                    },
-                    None => SaveOutcome::Missing,
-                }));
+                let _ = r.reply.send(Ok(save_outcome(&saved, &r.key)));
             }
         }
         Ok(Served::OneByOne(saved, rows)) => {
@@ -611,7 +563,7 @@ async fn serve(
         if loads.is_empty() {
             return Ok(Default::default());
         }
-        let rows = sqlx::query(LOAD).bind(&load_keys).fetch_all(c).await?;
+        let rows = sqlx::query(load()).bind(&load_keys).fetch_all(c).await?;
         return Ok((rows, HashMap::new()));
     }
     let n = saves.len();
@@ -660,6 +612,17 @@ async fn serve(
         }
     }
     Ok((read, saved))
+}
+
+/// A save's outcome from the versions a statement returned (a session it did not write was
+/// missing or expired).
+fn save_outcome(versions: &HashMap<String, i64>, key: &StorageKey) -> SaveOutcome {
+    match versions.get(key.as_str()) {
+        Some(&v) => SaveOutcome::Saved {
+            version: from_db(v),
+        },
+        None => SaveOutcome::Missing,
+    }
 }
 
 /// Answers each load from the rows read (a session absent, or expired at the caller's `now`,

@@ -120,12 +120,6 @@ impl NetChanges {
         }
         serde_json::Value::Object(patch).to_string()
     }
-
-    /// The keys set, as a `data`-column object.
-    #[cfg(feature = "postgres")]
-    pub(crate) fn set_object(&self) -> String {
-        serde_json::Value::Object(self.set_map()).to_string()
-    }
 }
 
 /// The metadata columns of a row, as selected by [`META_COLUMNS`].
@@ -808,7 +802,7 @@ mod tests {
         assert_eq!(net.set.len(), 1);
         assert_eq!(net.set[0].0, "b");
         #[cfg(feature = "postgres")]
-        assert_eq!(net.set_object(), r#"{"b":"2"}"#);
+        assert_eq!(net.patch_object(), r#"{"a":null,"b":"2"}"#);
     }
 
     #[cfg(feature = "postgres")]
