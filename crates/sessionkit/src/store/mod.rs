@@ -207,6 +207,10 @@ pub struct Health {
 impl Health {
     /// The health of the store `name` from the outcome of a probe: ok with the name, or not ok
     /// with the name and the error.
+    #[cfg_attr(
+        not(any(feature = "file", feature = "sqlite", feature = "postgres")),
+        allow(dead_code)
+    )]
     pub(crate) fn from_probe<T>(name: &str, probe: Result<T, StoreError>) -> Self {
         match probe {
             Ok(_) => Self {
