@@ -76,7 +76,7 @@ mod serde_json_like {
 fn delta(changes: Vec<(String, Option<Value>)>) -> Delta {
     Delta {
         changes,
-        touch: None,
+        touch: None, max_size: None,
     }
 }
 
@@ -327,7 +327,7 @@ pub async fn save_delta_keeps_the_last_change_and_large_deltas(store: Store) {
         touch: Some(Touch {
             last_seen_at: later,
             idle_expires_at: later.add(2 * HOUR),
-        }),
+        }), max_size: None,
     };
     let out = store.save_delta(&key, &d, later).await.expect("save");
     assert!(matches!(out, SaveOutcome::Saved { .. }), "{out:?}");

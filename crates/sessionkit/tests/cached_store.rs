@@ -153,7 +153,7 @@ impl Process {
 fn set(name: &str, v: u64) -> Delta {
     Delta {
         changes: vec![(name.into(), Some(Value::to_json(&v).unwrap()))],
-        touch: None,
+        touch: None, max_size: None,
     }
 }
 

@@ -32,7 +32,7 @@ fn opts() -> FallbackOptions {
 fn set(k: &str, v: i64) -> Delta {
     Delta {
         changes: vec![(k.into(), Some(Value::to_json(&v).unwrap()))],
-        touch: None,
+        touch: None, max_size: None,
     }
 }
 

@@ -795,7 +795,7 @@ mod tests {
                 ("a".into(), None),
                 ("b".into(), v("2")),
             ],
-            touch: None,
+            touch: None, max_size: None,
         };
         let net = NetChanges::of(&delta);
         assert_eq!(net.removed, vec!["a".to_owned()]);
