@@ -161,7 +161,8 @@ mod unix {
             let i = next(&mut rng) % n;
             let delta = Delta {
                 changes: vec![("counter".into(), Some(Value::to_json(&j).unwrap()))],
-                touch: None, max_size: None,
+                touch: None,
+                max_size: None,
             };
             let t = Instant::now();
             let out = store.save_delta(&key(i), &delta, t0).await.unwrap();

@@ -86,7 +86,8 @@ async fn run(
             while Instant::now() < deadline {
                 let delta = Delta {
                     changes: vec![(format!("w{w}"), Some(Value::to_json(&i).unwrap()))],
-                    touch: None, max_size: None,
+                    touch: None,
+                    max_size: None,
                 };
                 let t = Instant::now();
                 match &pool {

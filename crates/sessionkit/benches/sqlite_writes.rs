@@ -50,7 +50,8 @@ async fn run(store: Arc<SqliteStore>, keys: Vec<StorageKey>, writers: usize, sec
             while Instant::now() < deadline {
                 let delta = Delta {
                     changes: vec![(format!("w{w}"), Some(Value::to_json(&i).unwrap()))],
-                    touch: None, max_size: None,
+                    touch: None,
+                    max_size: None,
                 };
                 let t = Instant::now();
                 let out = store

@@ -215,7 +215,10 @@ impl Record {
     /// text's bytes and 4. Every store measures the same way (the Redis scripts and the SQL
     /// statements compute the same sum).
     pub fn data_size(&self) -> usize {
-        self.data.iter().map(|(k, v)| entry_size(k, v.as_json())).sum()
+        self.data
+            .iter()
+            .map(|(k, v)| entry_size(k, v.as_json()))
+            .sum()
     }
 
     /// Applies a delta to this record in memory: the reference semantics every store follows.
@@ -395,7 +398,8 @@ mod tests {
             touch: Some(Touch {
                 last_seen_at: Timestamp(5),
                 idle_expires_at: Timestamp(50),
-            }), max_size: None,
+            }),
+            max_size: None,
         });
         assert_eq!(r.meta.idle_expires_at, Timestamp(100));
         assert_eq!(r.meta.version, 4);

@@ -32,7 +32,8 @@ fn opts() -> FallbackOptions {
 fn set(k: &str, v: i64) -> Delta {
     Delta {
         changes: vec![(k.into(), Some(Value::to_json(&v).unwrap()))],
-        touch: None, max_size: None,
+        touch: None,
+        max_size: None,
     }
 }
 

@@ -52,7 +52,8 @@ fn new_key() -> StorageKey {
 fn set(k: &str, v: &str) -> Delta {
     Delta {
         changes: vec![(k.to_owned(), Some(Value::to_json(v).unwrap()))],
-        touch: None, max_size: None,
+        touch: None,
+        max_size: None,
     }
 }
 
@@ -786,7 +787,8 @@ async fn saves_swap_two_files_and_create_no_new_inode() {
     // The record shrinks: the spare keeps the longer file's tail, which the frame leaves out.
     let shrink = Delta {
         changes: vec![("big".to_owned(), None)],
-        touch: None, max_size: None,
+        touch: None,
+        max_size: None,
     };
     saved(&store, &key, &shrink, now()).await;
     for i in 0..11 {
@@ -871,7 +873,8 @@ async fn cleanup_removes_the_spares_of_removed_records() {
         touch: Some(sessionkit::Touch {
             last_seen_at: t.add(Duration::from_secs(1800)),
             idle_expires_at: later.add(HOUR),
-        }), max_size: None,
+        }),
+        max_size: None,
     };
     saved(&store, &live, &touch, t.add(Duration::from_secs(1800))).await;
     assert_eq!(store.cleanup_expired(later).await.unwrap(), 1);
@@ -914,7 +917,8 @@ async fn readers_never_see_a_mixed_record_while_saves_rewrite_spares() {
             Value::to_json(&letter.to_string().repeat(30_000 + (i as usize % 7) * 1000)).unwrap();
         let d = Delta {
             changes: vec![("a".into(), Some(v.clone())), ("b".into(), Some(v))],
-            touch: None, max_size: None,
+            touch: None,
+            max_size: None,
         };
         saved(&store, &key, &d, now()).await;
     }
