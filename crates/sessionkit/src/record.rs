@@ -406,6 +406,46 @@ mod tests {
     }
 
     #[test]
+    fn size_after_and_the_cap() {
+        let mut r = sample(2); // k0, k1: "value 0", "value 1" (9 bytes of JSON each)
+        assert_eq!(r.data_size(), 2 * (2 + 9 + 4));
+        let v = |s: &str| Some(Value::to_json(s).unwrap());
+        let d = Delta {
+            // k0 replaced (twice: the last counts), k1 removed, k2 added
+            changes: vec![
+                ("k0".into(), v("x")),
+                ("k0".into(), v("abc")),
+                ("k1".into(), None),
+                ("k2".into(), v("")),
+            ],
+            touch: None,
+            max_size: Some(26),
+        };
+        assert_eq!(d.size_after(&r), (2 + 5 + 4) + (2 + 2 + 4));
+        assert!(!d.exceeds_cap(&r));
+        let grow = Delta {
+            changes: vec![("k9".into(), v("0123456789"))],
+            touch: None,
+            max_size: Some(40),
+        };
+        assert!(grow.exceeds_cap(&r), "30 + 18 > 40");
+        // Over a lowered cap: shrinking or staying the same is allowed, growing is not.
+        r.data
+            .insert("big".into(), Value::to_json(&"y".repeat(100)).unwrap());
+        let same = Delta {
+            changes: vec![("k0".into(), v("value 9"))],
+            touch: None,
+            max_size: Some(40),
+        };
+        assert!(!same.exceeds_cap(&r));
+        assert!(!Delta {
+            max_size: None,
+            ..grow
+        }
+        .exceeds_cap(&r));
+    }
+
+    #[test]
     fn value_checks_json() {
         assert!(Value::from_json_text("{\"a\":1}").is_ok());
         assert!(Value::from_json_text("{a:1}").is_err());
