@@ -35,6 +35,10 @@
 //!   either revoked with the rest or starts after it.
 //! - Create is `INSERT ... ON CONFLICT (key) DO UPDATE ... WHERE sessions.expires_at <= now`:
 //!   it never overwrites a live record (an expired one not yet cleaned up is replaced).
+//! - The size cap ([`Delta::max_size`]) is part of each row's `WHERE`, so it is checked against
+//!   the latest row under its lock: concurrent deltas cannot together grow a record past it, and
+//!   a batch refuses only the rows that would exceed it (see [`UPDATE`]). Loads select `NULL`
+//!   for data over `DECODE_CEILING`, read as a corrupt record.
 //!
 //! # Durability
 //! Every operation that decides whether a session exists (create, destroy, revoke, eviction,

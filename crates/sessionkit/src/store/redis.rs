@@ -1777,7 +1777,9 @@ local seen, ver, size = h[5], h[6], h[7]
     /// changes data costs one `HSTRLEN` per changed field to update it, never a walk of the
     /// record; a record without `z` (written before it existed) is measured once, here. A
     /// delta that would take `z` over the cap and above its current value is refused
-    /// (`{'too_large', size}`) before anything is written.
+    /// (`{'too_large', size}`) before anything is written. Cost, server time of a one-value
+    /// save under `redis-benchmark` (8 alternating runs on a busy 2-core box): 14.0 µs before,
+    /// 17.8 µs with the size kept (minimums; medians 17.4 and 21.8); a touch alone pays nothing.
     pub(super) const APPLY: &str = r#"
 local last = 9 + 2 * tonumber(ARGV[8])
 local newsize = nil

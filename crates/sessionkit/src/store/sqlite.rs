@@ -18,6 +18,8 @@
 //! the single writer keep up under load); SQLite takes the write lock before the statement
 //! reads the rows, so concurrent deltas on one session each apply to the latest row, in the
 //! order they were made, and `WHERE expires_at > now` keeps a destroyed session destroyed.
+//! The size cap is part of the same `WHERE` (see [`SAVE`]), so concurrent deltas cannot
+//! together grow a record past it; loads select `NULL` for data over `DECODE_CEILING`.
 //! Logins under a per-user limit run as `BEGIN IMMEDIATE` transactions, which
 //! take the write lock up front. Another process writing the same file waits (busy timeout)
 //! rather than failing mid-transaction, so processes sharing a file lose no update either.
