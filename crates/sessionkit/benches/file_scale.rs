@@ -162,6 +162,8 @@ mod unix {
             let delta = Delta {
                 changes: vec![("counter".into(), Some(Value::to_json(&j).unwrap()))],
                 touch: None,
+                // As the session sends it: the default cap, checked by the store.
+                max_size: Some(64 * 1024),
             };
             let t = Instant::now();
             let out = store.save_delta(&key(i), &delta, t0).await.unwrap();

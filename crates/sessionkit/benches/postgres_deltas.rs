@@ -87,6 +87,8 @@ async fn run(
                 let delta = Delta {
                     changes: vec![(format!("w{w}"), Some(Value::to_json(&i).unwrap()))],
                     touch: None,
+                    // As the session sends it: the default cap, checked by the store.
+                    max_size: Some(64 * 1024),
                 };
                 let t = Instant::now();
                 match &pool {

@@ -118,7 +118,8 @@ pub struct Config {
     pub same_site: SameSite,
     /// `SESSION_MAX_PER_USER` and `SESSION_LIMIT_POLICY`.
     pub limit: SessionLimit,
-    /// `SESSION_MAX_SIZE`: the largest session data, in bytes.
+    /// `SESSION_MAX_SIZE`: the largest session data, in bytes (1 KiB to 4 MiB), as
+    /// [`Record::data_size`](crate::Record::data_size) counts it; every store enforces it.
     pub max_record_size: usize,
     /// `SESSION_TOUCH_INTERVAL`: how old `last_seen_at` must be before a request moves it and the
     /// idle expiry: a read-only request writes nothing before then, and a write leaves both as
@@ -494,6 +495,15 @@ impl Config {
         }
         if self.max_record_size < 1024 {
             return refuse("SESSION_MAX_SIZE must be at least 1024 bytes".into());
+        }
+        // Stores refuse to load a record over the decoder's ceiling; a stored record takes up
+        // to about twice its data size (JSON escaping in the SQL stores), so the cap stays well
+        // below it.
+        if self.max_record_size > crate::record::DECODE_CEILING / 4 {
+            return refuse(format!(
+                "SESSION_MAX_SIZE must be at most {} bytes",
+                crate::record::DECODE_CEILING / 4
+            ));
         }
         Ok(())
     }

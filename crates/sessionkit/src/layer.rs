@@ -253,7 +253,12 @@ async fn finish(shared: &Shared, session: &Session, res: &mut Response) -> Optio
     let mut st = session.0.state.lock().await;
     if let Err(e) = session.commit(&mut st).await {
         let status = e.status();
-        tracing::error!(error = %e, cause = ?std::error::Error::source(&e), "saving the session failed");
+        if status.is_server_error() {
+            tracing::error!(error = %e, cause = ?std::error::Error::source(&e), "saving the session failed");
+        } else {
+            // A refusal (the record would exceed the size cap): the client's doing, not ours.
+            tracing::debug!(error = %e, "saving the session refused");
+        }
         let mut r = e.into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             r.headers_mut()

@@ -166,8 +166,20 @@ pub enum DecodeError {
     Checksum,
 }
 
+/// Bytes the size cap counts for each value on top of its key and JSON text.
+pub(crate) const ENTRY_OVERHEAD: usize = 4;
+
+/// What one value counts towards the size cap: its key's bytes, its JSON text's bytes and
+/// [`ENTRY_OVERHEAD`]. The Redis scripts and the SQL statements compute the same sum.
+pub(crate) fn entry_size(key: &str, json: &str) -> usize {
+    key.len() + json.len() + ENTRY_OVERHEAD
+}
+
 /// Hard ceiling on what the decoder accepts, whatever the configured limit: a store cannot make
-/// the process allocate more than this for one record.
+/// the process allocate more than this for one record. Every store also refuses, as corrupt, a
+/// stored record whose data is larger than this when it loads it (the file store before
+/// reading, the SQL stores in the `SELECT`, Redis before decoding), and the configuration keeps
+/// the size cap well below it.
 pub const DECODE_CEILING: usize = 16 * 1024 * 1024;
 
 impl Record {
@@ -199,9 +211,14 @@ impl Record {
         }
     }
 
-    /// Approximate encoded size of the data map (keys plus JSON text), used for the size cap.
+    /// Size of the data map as the size cap counts it: per value, its key's bytes, its JSON
+    /// text's bytes and 4. Every store measures the same way (the Redis scripts and the SQL
+    /// statements compute the same sum).
     pub fn data_size(&self) -> usize {
-        self.data.iter().map(|(k, v)| k.len() + v.0.len() + 4).sum()
+        self.data
+            .iter()
+            .map(|(k, v)| entry_size(k, v.as_json()))
+            .sum()
     }
 
     /// Applies a delta to this record in memory: the reference semantics every store follows.
@@ -246,12 +263,46 @@ pub struct Delta {
     pub changes: Vec<(String, Option<Value>)>,
     /// Extend the idle expiry (never shortens it).
     pub touch: Option<Touch>,
+    /// The size cap (`SESSION_MAX_SIZE`), if any: the store refuses the delta
+    /// ([`SaveOutcome::TooLarge`](crate::SaveOutcome::TooLarge)) when the stored data, as
+    /// [`Record::data_size`] counts it, would end up larger than this and larger than it was
+    /// (a record already over a lowered cap may still shrink or be touched). Checked atomically
+    /// with the write, so concurrent requests cannot together grow a record past the cap.
+    pub max_size: Option<usize>,
 }
 
 impl Delta {
     /// Whether applying it would change nothing.
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty() && self.touch.is_none()
+    }
+
+    /// The stored data's size (as [`Record::data_size`] counts it) once this delta is applied
+    /// to `record`.
+    pub fn size_after(&self, record: &Record) -> usize {
+        let mut last: BTreeMap<&str, Option<&Value>> = BTreeMap::new();
+        for (k, v) in &self.changes {
+            last.insert(k.as_str(), v.as_ref());
+        }
+        let mut size = record.data_size();
+        for (k, v) in last {
+            if let Some(old) = record.data.get(k) {
+                size -= entry_size(k, old.as_json());
+            }
+            if let Some(v) = v {
+                size += entry_size(k, v.as_json());
+            }
+        }
+        size
+    }
+
+    /// Whether a store must refuse this delta on `record` (see [`Delta::max_size`]).
+    pub fn exceeds_cap(&self, record: &Record) -> bool {
+        let Some(cap) = self.max_size else {
+            return false;
+        };
+        let after = self.size_after(record);
+        after > cap && after > record.data_size()
     }
 
     /// The last change per key, in key order: the keys set, with their values, and the keys
@@ -348,9 +399,50 @@ mod tests {
                 last_seen_at: Timestamp(5),
                 idle_expires_at: Timestamp(50),
             }),
+            max_size: None,
         });
         assert_eq!(r.meta.idle_expires_at, Timestamp(100));
         assert_eq!(r.meta.version, 4);
+    }
+
+    #[test]
+    fn size_after_and_the_cap() {
+        let mut r = sample(2); // k0, k1: "value 0", "value 1" (9 bytes of JSON each)
+        assert_eq!(r.data_size(), 2 * (2 + 9 + 4));
+        let v = |s: &str| Some(Value::to_json(s).unwrap());
+        let d = Delta {
+            // k0 replaced (twice: the last counts), k1 removed, k2 added
+            changes: vec![
+                ("k0".into(), v("x")),
+                ("k0".into(), v("abc")),
+                ("k1".into(), None),
+                ("k2".into(), v("")),
+            ],
+            touch: None,
+            max_size: Some(26),
+        };
+        assert_eq!(d.size_after(&r), (2 + 5 + 4) + (2 + 2 + 4));
+        assert!(!d.exceeds_cap(&r));
+        let grow = Delta {
+            changes: vec![("k9".into(), v("0123456789"))],
+            touch: None,
+            max_size: Some(40),
+        };
+        assert!(grow.exceeds_cap(&r), "30 + 18 > 40");
+        // Over a lowered cap: shrinking or staying the same is allowed, growing is not.
+        r.data
+            .insert("big".into(), Value::to_json(&"y".repeat(100)).unwrap());
+        let same = Delta {
+            changes: vec![("k0".into(), v("value 9"))],
+            touch: None,
+            max_size: Some(40),
+        };
+        assert!(!same.exceeds_cap(&r));
+        assert!(!Delta {
+            max_size: None,
+            ..grow
+        }
+        .exceeds_cap(&r));
     }
 
     #[test]

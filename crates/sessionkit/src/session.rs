@@ -582,13 +582,27 @@ impl Session {
                         last_seen_at: now,
                         idle_expires_at: self.idle_expiry(now, abs),
                     }),
+                    // `insert` checked this request's view; the store checks the cap again
+                    // against the stored record, atomically with the write, so concurrent
+                    // requests cannot together grow it past the cap.
+                    max_size: Some(self.0.shared.config.max_record_size),
                 };
                 let key = &stored.key;
                 let outcome = self.0.shared.store.save_delta(key, &delta, now).await?;
-                if outcome == crate::store::SaveOutcome::Missing {
-                    // Destroyed (logout elsewhere, revoke, expiry) while this request ran: the
-                    // destroy wins and nothing is written back.
-                    tracing::debug!(key = key.short(), "save skipped: session ended meanwhile");
+                match outcome {
+                    crate::store::SaveOutcome::Missing => {
+                        // Destroyed (logout elsewhere, revoke, expiry) while this request ran:
+                        // the destroy wins and nothing is written back.
+                        tracing::debug!(key = key.short(), "save skipped: session ended meanwhile");
+                    }
+                    crate::store::SaveOutcome::TooLarge => {
+                        // Other requests grew the record meanwhile: nothing of this request
+                        // was written. The size is this request's view of it.
+                        let size = st.record.as_ref().map_or(0, Record::data_size);
+                        let limit = self.0.shared.config.max_record_size;
+                        return Err(SessionError::TooLarge { size, limit });
+                    }
+                    crate::store::SaveOutcome::Saved { .. } => {}
                 }
             }
             Some(_) => {}

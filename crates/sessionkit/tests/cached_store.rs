@@ -154,6 +154,7 @@ fn set(name: &str, v: u64) -> Delta {
     Delta {
         changes: vec![(name.into(), Some(Value::to_json(&v).unwrap()))],
         touch: None,
+        max_size: None,
     }
 }
 

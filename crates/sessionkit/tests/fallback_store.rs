@@ -33,6 +33,7 @@ fn set(k: &str, v: i64) -> Delta {
     Delta {
         changes: vec![(k.into(), Some(Value::to_json(&v).unwrap()))],
         touch: None,
+        max_size: None,
     }
 }
 

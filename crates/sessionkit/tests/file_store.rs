@@ -53,6 +53,7 @@ fn set(k: &str, v: &str) -> Delta {
     Delta {
         changes: vec![(k.to_owned(), Some(Value::to_json(v).unwrap()))],
         touch: None,
+        max_size: None,
     }
 }
 
@@ -787,6 +788,7 @@ async fn saves_swap_two_files_and_create_no_new_inode() {
     let shrink = Delta {
         changes: vec![("big".to_owned(), None)],
         touch: None,
+        max_size: None,
     };
     saved(&store, &key, &shrink, now()).await;
     for i in 0..11 {
@@ -872,6 +874,7 @@ async fn cleanup_removes_the_spares_of_removed_records() {
             last_seen_at: t.add(Duration::from_secs(1800)),
             idle_expires_at: later.add(HOUR),
         }),
+        max_size: None,
     };
     saved(&store, &live, &touch, t.add(Duration::from_secs(1800))).await;
     assert_eq!(store.cleanup_expired(later).await.unwrap(), 1);
@@ -915,6 +918,7 @@ async fn readers_never_see_a_mixed_record_while_saves_rewrite_spares() {
         let d = Delta {
             changes: vec![("a".into(), Some(v.clone())), ("b".into(), Some(v))],
             touch: None,
+            max_size: None,
         };
         saved(&store, &key, &d, now()).await;
     }

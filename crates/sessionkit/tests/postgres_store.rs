@@ -46,6 +46,7 @@ fn set(k: &str, v: i64) -> Delta {
     Delta {
         changes: vec![(k.to_owned(), Some(Value::to_json(&v).unwrap()))],
         touch: None,
+        max_size: None,
     }
 }
 
@@ -166,6 +167,7 @@ async fn values_round_trip_byte_for_byte() {
             ("ключ".into(), Some(Value::to_json("✓").unwrap())),
         ],
         touch: None,
+        max_size: None,
     };
     let _ = store.save_delta(&k, &delta, now).await.unwrap();
     let got = store.load(&k, now).await.unwrap().unwrap();

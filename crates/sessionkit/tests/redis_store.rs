@@ -133,6 +133,7 @@ async fn bounded_connections_under_concurrency() {
             let d = Delta {
                 changes: vec![("n".into(), Some(Value::to_json(&i).unwrap()))],
                 touch: None,
+                max_size: None,
             };
             let saved = store.save_delta(&key, &d, now()).await?;
             assert!(matches!(saved, SaveOutcome::Saved { .. }));
@@ -415,6 +416,7 @@ async fn earlier_standalone_layout_still_works() {
     let delta = Delta {
         changes: vec![("x".into(), Some(Value::to_json(&1).unwrap()))],
         touch: None,
+        max_size: None,
     };
     let out = store.save_delta(&key, &delta, t).await.unwrap();
     assert!(matches!(out, SaveOutcome::Saved { .. }), "{out:?}");
@@ -559,6 +561,7 @@ async fn scripts_are_loaded_again_after_the_server_forgets_them() {
         let delta = Delta {
             changes: vec![("n".into(), Some(Value::to_json(&1).unwrap()))],
             touch: None,
+            max_size: None,
         };
         let saved = store.save_delta(&key, &delta, now()).await.unwrap();
         assert!(matches!(saved, SaveOutcome::Saved { .. }), "{saved:?}");

@@ -42,6 +42,7 @@ fn set(k: &str, v: i64) -> Delta {
     Delta {
         changes: vec![(k.to_owned(), Some(Value::to_json(&v).unwrap()))],
         touch: None,
+        max_size: None,
     }
 }
 

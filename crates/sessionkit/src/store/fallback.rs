@@ -448,10 +448,17 @@ impl SessionStore for FallbackStore {
                                 }
                             }
                         }
+                        // The mirror holds more than the primary did (a save it missed):
+                        // the primary's answer stands; the mirror keeps its older copy.
+                        Ok(SaveOutcome::TooLarge) => {
+                            tracing::warn!("fallback store: the secondary refused a mirrored save as too large");
+                        }
                         Err(e) => self.mirror_failed("save", &e),
                     }
                     return Ok(out);
                 }
+                // Refused by the primary: forwarded, nothing is written anywhere.
+                Ok(SaveOutcome::TooLarge) => return Ok(SaveOutcome::TooLarge),
                 Ok(SaveOutcome::Missing) => {
                     if self.inner.unmirrored_destroys.lock().contains(key) {
                         return Ok(SaveOutcome::Missing);

@@ -715,6 +715,10 @@ impl Inner {
         };
         match current {
             Some(Ok(mut r)) if !r.meta.is_expired(now) => {
+                // Under the shard lock: the cap holds against every concurrent writer.
+                if delta.exceeds_cap(&r) {
+                    return Ok(SaveOutcome::TooLarge);
+                }
                 r.apply(delta);
                 let change = self.generations.begin_from(key, generation);
                 self.replace_record(leaf, key, &r)?;

@@ -134,6 +134,9 @@ impl SessionStore for MemoryStore {
         let mut inner = self.inner.lock();
         match inner.records.get_mut(key) {
             Some(r) if !r.meta.is_expired(now) => {
+                if delta.exceeds_cap(r) {
+                    return Ok(SaveOutcome::TooLarge);
+                }
                 r.apply(delta);
                 Ok(SaveOutcome::Saved {
                     version: r.meta.version,

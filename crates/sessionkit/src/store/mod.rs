@@ -11,6 +11,12 @@
 //!   by the `now` given, not by the store's own TTL).
 //! - [`save_delta`](SessionStore::save_delta) applies per-key changes atomically to the stored
 //!   record and only if it is present and not expired: a destroyed session is never written back.
+//!   In the same atomic step it refuses ([`SaveOutcome::TooLarge`]) a delta that would take the
+//!   stored data over [`Delta::max_size`], measured as [`Record::data_size`] counts it, so
+//!   concurrent writers cannot together grow a record past the cap.
+//! - [`load`](SessionStore::load) of a record whose data is over
+//!   [`DECODE_CEILING`](crate::DECODE_CEILING) is [`StoreError::Corrupt`], never an unbounded
+//!   allocation.
 //! - [`destroy`](SessionStore::destroy) is final and also removes the key from its user's index.
 //! - The per-user index heals itself: expired entries are pruned on read and by cleanup.
 
@@ -129,6 +135,9 @@ pub enum SaveOutcome {
     },
     /// No live record under this key (destroyed, expired or never created); nothing written.
     Missing,
+    /// Applying the delta would take the stored data over [`Delta::max_size`]; nothing
+    /// written. The session answers 413.
+    TooLarge,
 }
 
 /// One page of [`SessionStore::scan`].
@@ -291,6 +300,7 @@ pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
         let delta = Delta {
             changes: Vec::new(),
             touch: Some(touch),
+            max_size: None,
         };
         self.save_delta(key, &delta, now).await
     }

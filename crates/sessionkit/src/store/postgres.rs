@@ -35,6 +35,10 @@
 //!   either revoked with the rest or starts after it.
 //! - Create is `INSERT ... ON CONFLICT (key) DO UPDATE ... WHERE sessions.expires_at <= now`:
 //!   it never overwrites a live record (an expired one not yet cleaned up is replaced).
+//! - The size cap ([`Delta::max_size`]) is part of each row's `WHERE`, so it is checked against
+//!   the latest row under its lock: concurrent deltas cannot together grow a record past it, and
+//!   a batch refuses only the rows that would exceed it (see [`UPDATE`]). Loads select `NULL`
+//!   for data over `DECODE_CEILING`, read as a corrupt record.
 //!
 //! # Durability
 //! Every operation that decides whether a session exists (create, destroy, revoke, eviction,
@@ -413,8 +417,28 @@ const PARALLEL: usize = 2;
 fn load() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
-        format!("SELECT {META_COLUMNS}, data::text AS data FROM sessions WHERE key = ANY($1)")
+        format!("SELECT {META_COLUMNS}, {BOUNDED_DATA} FROM sessions WHERE key = ANY($1)")
     })
+}
+
+/// The batch `UPDATE` (see [`UPDATE`]) with `$cap`, the size condition for rows with a cap.
+macro_rules! update {
+    ($cap:literal) => {
+        concat!(
+            "UPDATE sessions AS s SET \
+             data = CASE WHEN d.patch = '{}' THEN s.data \
+             WHEN d.strip THEN jsonb_strip_nulls(s.data || d.patch::jsonb) \
+             ELSE s.data || d.patch::jsonb END, \
+             last_seen_at = GREATEST(s.last_seen_at, d.seen), \
+             idle_expires_at = GREATEST(s.idle_expires_at, d.idle), version = s.version + 1 \
+             FROM unnest($1::text[], $2::text[], $3::bool[], $4::int8[], $5::int8[], \
+             $6::int8[], $7::int8[]) AS d(key, patch, strip, seen, idle, now, cap) \
+             WHERE s.key = d.key COLLATE \"C\" AND s.expires_at > d.now \
+             AND (d.cap IS NULL OR ",
+            $cap,
+            ") RETURNING s.key, s.version"
+        )
+    };
 }
 
 /// Every delta of a batch in one `UPDATE ... FROM unnest(...)`: per row the key, the patch
@@ -428,16 +452,44 @@ fn load() -> &'static str {
 /// Typed arrays, sent in binary, cost the server less than a JSON recordset (no document to
 /// parse, no hash join: the plan is a nested loop of primary-key probes in the order of the
 /// arrays, which is key order, so the rows are also locked in key order).
-const UPDATE: &str = "UPDATE sessions AS s SET \
-     data = CASE WHEN d.patch = '{}' THEN s.data \
-     WHEN d.strip THEN jsonb_strip_nulls(s.data || d.patch::jsonb) \
-     ELSE s.data || d.patch::jsonb END, \
-     last_seen_at = GREATEST(s.last_seen_at, d.seen), \
-     idle_expires_at = GREATEST(s.idle_expires_at, d.idle), version = s.version + 1 \
-     FROM unnest($1::text[], $2::text[], $3::bool[], $4::int8[], $5::int8[], $6::int8[]) \
-     AS d(key, patch, strip, seen, idle, now) \
-     WHERE s.key = d.key COLLATE \"C\" AND s.expires_at > d.now \
-     RETURNING s.key, s.version";
+///
+/// `cap` is the size cap, null for none (the client sends none for a delta that sets no key, so
+/// a touch or a removal costs no measuring). Here it is checked against a cheap upper bound of
+/// the merged data's size, the length of its JSON text (every value counts at least its key,
+/// its JSON text and 4 bytes of quotes and separators there); the rows it leaves alone are
+/// tried again, exactly, by [`UPDATE_EXACT`]. (The exact measure needs subqueries, whose
+/// executor set-up alone cost about 60 µs per statement; this bound about 5 µs.)
+const UPDATE: &str = update!("octet_length((s.data || d.patch::jsonb)::text) <= d.cap");
+
+/// [`UPDATE`] for the rows its bound refused: the size measured as `Record::data_size`
+/// counts it (per value, the bytes of its key and of its JSON text, which `jsonb_each_text`
+/// yields unescaped, plus 4). A row whose merged data would be over the cap and larger than
+/// before is left alone, and [`LIVE`] then tells it from a missing session.
+const UPDATE_EXACT: &str = update!(
+    "CASE \
+       WHEN (SELECT coalesce(sum(octet_length(e.key) + octet_length(e.value) + 4), 0) \
+         FROM jsonb_each_text(jsonb_strip_nulls(s.data || d.patch::jsonb)) AS e) <= d.cap \
+       THEN true \
+       ELSE (SELECT coalesce(sum(octet_length(e.key) + octet_length(e.value) + 4), 0) \
+         FROM jsonb_each_text(jsonb_strip_nulls(s.data || d.patch::jsonb)) AS e) \
+         <= (SELECT coalesce(sum(octet_length(e.key) + octet_length(e.value) + 4), 0) \
+         FROM jsonb_each_text(s.data) AS e) END"
+);
+
+/// Which sessions of a batch's saves that [`UPDATE`] did not write are still live: those were
+/// refused by the size cap (asked, after the batch, only when a capped save was not written).
+const LIVE: &str = "SELECT s.key FROM sessions AS s \
+     JOIN unnest($1::text[], $2::int8[]) AS d(key, now) ON s.key = d.key COLLATE \"C\" \
+     WHERE s.expires_at > d.now";
+
+/// The version reported for a save refused by the size cap (real versions are never negative).
+const REFUSED: i64 = -1;
+
+/// The `data` column as loads select it: `NULL` (read as a corrupt record) when its text is
+/// over the decoder's ceiling, so that no load allocates more than that for one record.
+const BOUNDED_DATA: &str =
+    "CASE WHEN octet_length(data::text) <= 16777216 THEN data::text END AS data";
+const _: () = assert!(crate::record::DECODE_CEILING == 16_777_216);
 
 /// A batch's saves and loads in one statement (one round trip, one transaction): the rows
 /// saved (`saved`, key and version), then the rows read. A batch never holds a load and a save
@@ -453,7 +505,7 @@ fn save_and_load() -> &'static str {
              NULL::int8 AS absolute_expires_at, NULL::int8 AS auth_time, \
              NULL::text AS user_agent, NULL::text AS ip, version, NULL::text AS data FROM saved \
              UNION ALL \
-             SELECT false, {META_COLUMNS}, data::text FROM sessions WHERE key = ANY($7)"
+             SELECT false, {META_COLUMNS}, {BOUNDED_DATA} FROM sessions WHERE key = ANY($8)"
         )
     })
 }
@@ -577,8 +629,16 @@ async fn serve(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
+    let mut caps = Vec::with_capacity(n);
     for r in saves {
         let net = NetChanges::of(&r.delta);
+        // No cap for a delta that sets no key: it cannot grow the data.
+        caps.push(
+            r.delta
+                .max_size
+                .filter(|_| !net.set.is_empty())
+                .map(|c| i64::try_from(c).unwrap_or(i64::MAX)),
+        );
         keys.push(r.key.as_str());
         strip.push(!net.removed.is_empty());
         patches.push(net.patch_object());
@@ -597,11 +657,12 @@ async fn serve(
         .bind(&strip)
         .bind(&seen)
         .bind(&idle)
-        .bind(&now);
+        .bind(&now)
+        .bind(&caps);
     if !loads.is_empty() {
         q = q.bind(&load_keys);
     }
-    let rows = q.fetch_all(c).await?;
+    let rows = q.fetch_all(&mut *c).await?;
     let mut saved = HashMap::with_capacity(n);
     let mut read = Vec::with_capacity(loads.len());
     for row in rows {
@@ -611,6 +672,42 @@ async fn serve(
             read.push(row);
         }
     }
+    // Capped saves the statement's bound left alone: measured exactly and tried again; those
+    // still not written were refused by the cap if their session is live.
+    let unwritten = |saved: &HashMap<String, i64>| -> Vec<usize> {
+        (0..n)
+            .filter(|&i| caps[i].is_some() && !saved.contains_key(keys[i]))
+            .collect()
+    };
+    let retry = unwritten(&saved);
+    if !retry.is_empty() {
+        let pick = |v: &[Option<i64>]| retry.iter().map(|&i| v[i]).collect::<Vec<_>>();
+        let rows: Vec<(String, i64)> = sqlx::query_as(UPDATE_EXACT)
+            .bind(retry.iter().map(|&i| keys[i]).collect::<Vec<_>>())
+            .bind(
+                retry
+                    .iter()
+                    .map(|&i| patches[i].as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(retry.iter().map(|&i| strip[i]).collect::<Vec<_>>())
+            .bind(pick(&seen))
+            .bind(pick(&idle))
+            .bind(retry.iter().map(|&i| now[i]).collect::<Vec<_>>())
+            .bind(pick(&caps))
+            .fetch_all(&mut *c)
+            .await?;
+        saved.extend(rows);
+        let refused = unwritten(&saved);
+        if !refused.is_empty() {
+            let live: Vec<String> = sqlx::query_scalar(LIVE)
+                .bind(refused.iter().map(|&i| keys[i]).collect::<Vec<_>>())
+                .bind(refused.iter().map(|&i| now[i]).collect::<Vec<_>>())
+                .fetch_all(c)
+                .await?;
+            saved.extend(live.into_iter().map(|k| (k, REFUSED)));
+        }
+    }
     Ok((read, saved))
 }
 
@@ -618,6 +715,7 @@ async fn serve(
 /// missing or expired).
 fn save_outcome(versions: &HashMap<String, i64>, key: &StorageKey) -> SaveOutcome {
     match versions.get(key.as_str()) {
+        Some(&REFUSED) => SaveOutcome::TooLarge,
         Some(&v) => SaveOutcome::Saved {
             version: from_db(v),
         },
@@ -846,7 +944,7 @@ impl SessionStore for PostgresStore {
         let batch = batch.clamp(1, 10_000);
         self.run(CONTEXT, async |c| {
             let rows = sqlx::query(&format!(
-                "SELECT {META_COLUMNS}, data::text AS data FROM sessions \
+                "SELECT {META_COLUMNS}, {BOUNDED_DATA} FROM sessions \
                  WHERE key > $1 ORDER BY key LIMIT $2"
             ))
             .bind(cursor.unwrap_or_default())

@@ -34,9 +34,14 @@
 //!   the index) are still read, written, listed and destroyed: `load` follows a pointer it
 //!   finds, and the scripts look for a member's record in both places.
 //! - A record hash holds `v` (version), `c`, `s`, `i`, `a` (created, last seen, idle and
-//!   absolute expiry, ms), `m` (user, user agent, IP, auth time; MessagePack) and one field
-//!   `d:<name>` per session value (its JSON text), so a delta touches only the fields it
-//!   changes.
+//!   absolute expiry, ms), `m` (user, user agent, IP, auth time; MessagePack), `z` (the data
+//!   size as the size cap counts it, kept up to date by the save scripts, which refuse a delta
+//!   that would take it over the cap) and one field `d:<name>` per session value (its JSON
+//!   text), so a delta touches only the fields it changes.
+//! - A load refuses (as corrupt) a record over `DECODE_CEILING` before decoding it. The reply
+//!   itself is read first: checking `z` beforehand would cost a script or a second round trip
+//!   on every load, and only a client with write access to Redis can plant such a record, since
+//!   the scripts keep every record the library writes under the cap.
 //! - Each record's TTL (`PEXPIREAT`) is its nearest expiry and moves with every touch, as does
 //!   its index score; a pointer's TTL is the absolute expiry; an index's TTL is that of its
 //!   longest-lived entry. TTLs only reclaim memory: expiry is always judged by the `now` the
@@ -108,7 +113,7 @@ use super::{
     StoreError,
 };
 use crate::id::StorageKey;
-use crate::record::{DecodeError, Delta, Meta, Record, Timestamp, Value};
+use crate::record::{DecodeError, Delta, Meta, Record, Timestamp, Value, DECODE_CEILING};
 
 /// Options of [`RedisStore::connect`].
 #[derive(Clone, Debug)]
@@ -505,6 +510,9 @@ fn encode_fields(r: &Record) -> Vec<Vec<u8>> {
     }
     out.push(b"m".to_vec());
     out.push(m);
+    // The data size the save scripts keep up to date and check against the cap.
+    out.push(b"z".to_vec());
+    out.push(r.data_size().to_string().into_bytes());
     for (k, v) in &r.data {
         out.push(format!("d:{k}").into_bytes());
         out.push(v.as_json().as_bytes().to_vec());
@@ -551,6 +559,12 @@ fn meta_from(
 
 /// Decodes a record from its hash fields (`HGETALL` order: field, value, ...).
 fn decode_fields(flat: &[redis::Value]) -> Result<Record, DecodeError> {
+    // A record larger than any the scripts let through (planted, or grown before the cap was
+    // enforced on merge) is refused before it is decoded into a second copy.
+    let total: usize = flat.iter().filter_map(bytes).map(<[u8]>::len).sum();
+    if total > DECODE_CEILING {
+        return Err(DecodeError::TooLarge(total));
+    }
     let mut data = crate::record::Data::new();
     let (mut v, mut c, mut s, mut i, mut a, mut m) = (None, None, None, None, None, None);
     for pair in flat.chunks(2) {
@@ -1345,12 +1359,14 @@ impl SessionStore for RedisStore {
             let set: Vec<(Vec<u8>, &Value)> = set.into_iter().map(|(k, v)| (field(k), v)).collect();
             let removed: Vec<Vec<u8>> = removed.into_iter().map(field).collect();
             let n = set.len().to_string();
-            let mut args: Vec<&[u8]> = Vec::with_capacity(4 + 2 * set.len() + removed.len());
+            let cap = delta.max_size.map(|c| c.to_string()).unwrap_or_default();
+            let mut args: Vec<&[u8]> = Vec::with_capacity(5 + 2 * set.len() + removed.len());
             args.extend([
                 if delta.touch.is_some() { b"1" } else { b"0" },
                 seen.as_bytes(),
                 idle.as_bytes(),
                 n.as_bytes(),
+                cap.as_bytes(),
             ]);
             for (f, v) in &set {
                 args.extend([f.as_slice(), v.as_json().as_bytes()]);
@@ -1380,6 +1396,7 @@ impl SessionStore for RedisStore {
             };
             match reply.tag() {
                 "missing" => Ok(SaveOutcome::Missing),
+                "too_large" => Ok(SaveOutcome::TooLarge),
                 "saved" => {
                     let version = reply
                         .get(1)
@@ -1721,17 +1738,17 @@ return all
 
     /// `save_delta` / `touch`, in any mode: the record found from the head (following a pointer,
     /// or redirecting on a Cluster), then [`APPLY`]. `ARGV[5]` = `1` to touch, `ARGV[6]` last
-    /// seen, `ARGV[7]` idle expiry, `ARGV[8]` = n, then n (`d:<name>`, value) pairs, then the
-    /// `d:<name>` fields to remove: the changes already reduced by the client to the last per
-    /// name. Only a live record is written; touch never shortens; the version is bumped; TTL
-    /// and index score follow the nearest expiry.
+    /// seen, `ARGV[7]` idle expiry, `ARGV[8]` = n, `ARGV[9]` the size cap (`''` for none), then
+    /// n (`d:<name>`, value) pairs, then the `d:<name>` fields to remove: the changes already
+    /// reduced by the client to the last per name. Only a live record is written; touch never
+    /// shortens; the version is bumped; TTL and index score follow the nearest expiry.
     pub(super) const SAVE: &str = r#"
 local rec, idx, _, redirect = resolve()
 if redirect then return {'redirect', redirect} end
-local f = redis.call('HMGET', rec, 'i', 'a', 's', 'v')
+local f = redis.call('HMGET', rec, 'i', 'a', 's', 'v', 'z')
 local i, a = tonumber(f[1]), tonumber(f[2])
 if not i or not a or now >= math.min(i, a) then return {'missing'} end
-local seen, ver = f[3], f[4]
+local seen, ver, size = f[3], f[4], f[5]
 "#;
 
     /// [`SAVE`] on a standalone server when the head is the record, the common case, with one
@@ -1740,21 +1757,58 @@ local seen, ver = f[3], f[4]
     /// client runs [`SAVE`].
     pub(super) const SAVE_HEAD: &str = r#"
 local rec = KEYS[1]
-local h = redis.call('HMGET', rec, 'p', 'u', 'i', 'a', 's', 'v')
+local h = redis.call('HMGET', rec, 'p', 'u', 'i', 'a', 's', 'v', 'z')
 if h[1] then return {'pointer'} end
 local idx = false
 if h[2] then idx = ARGV[2] .. '{u:' .. h[2] .. '}:i' end
 local i, a = tonumber(h[3]), tonumber(h[4])
 if not i or not a or tonumber(ARGV[4]) >= math.min(i, a) then return {'missing'} end
-local seen, ver = h[5], h[6]
+local seen, ver, size = h[5], h[6], h[7]
 "#;
 
     /// The end of both save scripts: with `rec` (a live record), `idx` (its user's index or
-    /// `false`), `i`, `a` (its expiries), `seen` and `ver` (its last-seen and version fields),
-    /// one `HDEL`, one `HSET` (chunked for very large deltas), and, when the touch moved the
-    /// idle expiry, the TTL, the index score and the index's TTL. Needs no prelude.
+    /// `false`), `i`, `a` (its expiries), `seen`, `ver` and `size` (its last-seen, version and
+    /// data-size fields), the size cap, one `HDEL`, one `HSET` (chunked for very large deltas),
+    /// and, when the touch moved the idle expiry, the TTL, the index score and the index's TTL.
+    /// Needs no prelude.
+    ///
+    /// The data size is kept in field `z` as `Record::data_size` counts it (per value: name,
+    /// JSON text and 4 bytes, i.e. `#field + 2 + HSTRLEN` for field `d:<name>`). A delta that
+    /// changes data costs one `HSTRLEN` per changed field to update it, never a walk of the
+    /// record; a record without `z` (written before it existed) is measured once, here. A
+    /// delta that would take `z` over the cap and above its current value is refused
+    /// (`{'too_large', size}`) before anything is written. Cost, server time of a one-value
+    /// save under `redis-benchmark` (8 alternating runs on a busy 2-core box): 14.0 µs before,
+    /// 17.8 µs with the size kept (minimums; medians 17.4 and 21.8); a touch alone pays nothing.
     pub(super) const APPLY: &str = r#"
-local last = 8 + 2 * tonumber(ARGV[8])
+local last = 9 + 2 * tonumber(ARGV[8])
+local newsize = nil
+if #ARGV > 9 then
+  local z = tonumber(size)
+  if not z then
+    z = 0
+    for _, fld in ipairs(redis.call('HKEYS', rec)) do
+      if string.sub(fld, 1, 2) == 'd:' then
+        z = z + #fld + 2 + redis.call('HSTRLEN', rec, fld)
+      end
+    end
+  end
+  local n = z
+  local k = 10
+  while k <= #ARGV do
+    local old = redis.call('HSTRLEN', rec, ARGV[k])
+    if old > 0 then n = n - (#ARGV[k] + 2 + old) end
+    if k <= last then
+      n = n + #ARGV[k] + 2 + #ARGV[k + 1]
+      k = k + 2
+    else
+      k = k + 1
+    end
+  end
+  local cap = tonumber(ARGV[9])
+  if cap and n > cap and n > z then return {'too_large', n} end
+  newsize = string.format('%d', n)
+end
 for k = last + 1, #ARGV, 200 do
   redis.call('HDEL', rec, unpack(ARGV, k, math.min(k + 199, #ARGV)))
 end
@@ -1774,7 +1828,11 @@ if ARGV[5] == '1' then
     moved = true
   end
 end
-local k = 9
+if newsize then
+  set[#set + 1] = 'z'
+  set[#set + 1] = newsize
+end
+local k = 10
 while k <= last and #set < 200 do
   set[#set + 1] = ARGV[k]
   k = k + 1

@@ -172,7 +172,11 @@ impl MetaRow {
     {
         let e = |e| store_error(context, e);
         let meta = Self::from_row(row).map_err(e)?.meta;
-        let text: String = row.try_get("data").map_err(e)?;
+        // Loads select `NULL` for data over the decoder's ceiling (its size is not read).
+        let text: Option<String> = row.try_get("data").map_err(e)?;
+        let text = text.ok_or(StoreError::Corrupt(DecodeError::TooLarge(
+            crate::record::DECODE_CEILING + 1,
+        )))?;
         let data = decode_data(&text).map_err(StoreError::Corrupt)?;
         Ok(Record { data, meta })
     }
@@ -796,6 +800,7 @@ mod tests {
                 ("b".into(), v("2")),
             ],
             touch: None,
+            max_size: None,
         };
         let net = NetChanges::of(&delta);
         assert_eq!(net.removed, vec!["a".to_owned()]);
