@@ -737,7 +737,12 @@ async fn killed_writers_leave_no_corrupt_record() {
 async fn file_urls_open_the_file_store() {
     let guard = fresh_dir();
     let dir = guard.path().join("via-url");
-    let config = sessionkit::Config::from_lookup(|_| None).unwrap();
+    // A key of its own: without one the configuration would write a development key into
+    // `./data`, the crate's folder.
+    let config = sessionkit::Config::from_lookup(|k| {
+        (k == "SECRET_KEY").then(|| "file-url-test-key-0123456789abcdefghijklmnop".to_owned())
+    })
+    .unwrap();
     let url = format!("file://{}", dir.display());
     let store = sessionkit::open_store_url(&url, &config).await.unwrap();
     assert_eq!(store.name(), "file");
