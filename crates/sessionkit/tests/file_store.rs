@@ -21,12 +21,16 @@ use sessionkit_testkit::store_conformance;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-/// A fresh directory under the target dir, removed when the returned guard drops.
+/// A fresh directory under the target dir, removed when the returned guard drops. Its mode is
+/// set explicitly: a test below runs with umask 0, under which it would be created writable by
+/// everyone, a folder the store refuses.
 fn fresh_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
+    let dir = tempfile::Builder::new()
         .prefix("file-store-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir
 }
 
 fn open(dir: &Path) -> FileStore {

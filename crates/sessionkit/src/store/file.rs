@@ -1608,12 +1608,21 @@ fn check_generations(fd: &OwnedFd) -> Result<(), StoreError> {
             ),
         )
     };
+    let untrusted = |why: String| {
+        StoreError::backend(
+            CONTEXT,
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("refusing <dir>/{GENERATIONS_FILE}: {why}"),
+            ),
+        )
+    };
     let st = rfs::fstat(fd).map_err(|e| fail(CONTEXT, e))?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
         return Err(refuse("it is not a regular file".into()));
     }
     if let Some(why) = crate::config::untrusted(st.st_uid, st.st_mode) {
-        return Err(refuse(why));
+        return Err(untrusted(why));
     }
     if st.st_mode & 0o7777 != file_mode().bits() {
         rfs::fchmod(fd, file_mode()).map_err(|e| fail("setting a file's mode", e))?;
