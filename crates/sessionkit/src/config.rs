@@ -842,7 +842,7 @@ mod tests {
         assert_eq!(meta.permissions().mode() & 0o777, 0o700);
     }
 
-    /// A fresh folder for a development key, and the path of the key in it.
+    /// A fresh temporary folder, and the path of a `data` folder (not created) in it.
     fn key_dir() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");

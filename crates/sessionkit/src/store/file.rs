@@ -27,6 +27,9 @@
 //! (`fchmod`), whatever the umask. Every path component below `<dir>` is opened with
 //! `O_NOFOLLOW` relative to its parent's descriptor, so a symbolic link planted inside the
 //! directory is refused, never followed (`<dir>` itself may be a link the operator chose).
+//! Opening refuses a `<dir>` (and a generations file) that belongs to another user than the
+//! process's effective user or that group or others may write: whoever can write there can
+//! plant records, or replace the counters every process maps.
 //!
 //! # Concurrency
 //! - The file under a record's name is never written: a create writes a temp file that appears
