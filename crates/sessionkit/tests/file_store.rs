@@ -21,12 +21,16 @@ use sessionkit_testkit::store_conformance;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-/// A fresh directory under the target dir, removed when the returned guard drops.
+/// A fresh directory under the target dir, removed when the returned guard drops. Its mode is
+/// set explicitly: a test below runs with umask 0, under which it would be created writable by
+/// everyone, a folder the store refuses.
 fn fresh_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
+    let dir = tempfile::Builder::new()
         .prefix("file-store-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir
 }
 
 fn open(dir: &Path) -> FileStore {
@@ -738,7 +742,12 @@ async fn killed_writers_leave_no_corrupt_record() {
 async fn file_urls_open_the_file_store() {
     let guard = fresh_dir();
     let dir = guard.path().join("via-url");
-    let config = sessionkit::Config::from_lookup(|_| None).unwrap();
+    // A key of its own: without one the configuration would write a development key into
+    // `./data`, the crate's folder.
+    let config = sessionkit::Config::from_lookup(|k| {
+        (k == "SECRET_KEY").then(|| "file-url-test-key-0123456789abcdefghijklmnop".to_owned())
+    })
+    .unwrap();
     let url = format!("file://{}", dir.display());
     let store = sessionkit::open_store_url(&url, &config).await.unwrap();
     assert_eq!(store.name(), "file");

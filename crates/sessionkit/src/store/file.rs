@@ -7,7 +7,8 @@
 //! ```text
 //! <dir>/VERSION                     "sessionkit-file 3"
 //! <dir>/count                       approximate record count, written by cleanup
-//! <dir>/generations                 change counters shared by every process (see Cache)
+//! <dir>/generations                 change counters shared by every process (see Cache),
+//!                                   then a trailer that marks sessionkit's file
 //! <dir>/sessions/ab/cd/<key>        one record per storage key "abcd…" (a framed
 //!                                   Record::encode: tag, length, checksum, record)
 //! <dir>/sessions/ab/cd/.spare.<key> the record's previous file, rewritten by the next save
@@ -26,6 +27,9 @@
 //! (`fchmod`), whatever the umask. Every path component below `<dir>` is opened with
 //! `O_NOFOLLOW` relative to its parent's descriptor, so a symbolic link planted inside the
 //! directory is refused, never followed (`<dir>` itself may be a link the operator chose).
+//! Opening refuses a `<dir>` (and a generations file) that belongs to another user than the
+//! process's effective user or that group or others may write: whoever can write there can
+//! plant records, or replace the counters every process maps.
 //!
 //! # Concurrency
 //! - The file under a record's name is never written: a create writes a temp file that appears
@@ -66,8 +70,19 @@
 //! cached record is never older than the file, across processes too; a process killed in a
 //! change leaves the counter odd, which only turns caching off for that group until the next
 //! change. The file is mapped into every process (`MAP_SHARED`) and its counters are used as
-//! atomics: the only `unsafe` code in sessionkit, in the `counters` module below. Nothing may
-//! truncate the file while stores use it.
+//! atomics: the only `unsafe` code in sessionkit, in the `counters` module below.
+//!
+//! A page of a mapping that the file does not back kills the process with `SIGBUS` on access,
+//! so the file never has one: it is created at its full size with every block allocated
+//! (`fallocate`; `FS_NOCOW_FL` on btrfs) before it appears under its name, sessionkit never
+//! truncates or resizes it, and opening a store refuses a file of another size, without the
+//! trailer that ends sessionkit's file, of another owner or writable by others, and fills any
+//! hole first (a full disk is then [`StoreError::Full`] at start-up, not a signal later).
+//! What remains is outside the threat model: a process of the same user that truncates the
+//! file, or punches holes in it, while stores have it mapped can still kill them, but that
+//! user can as well delete or rewrite every record. On file systems that compress or
+//! deduplicate (ZFS) space for a page is not reserved by allocation; keep the directory on a
+//! local ext4, XFS, btrfs or tmpfs file system.
 //!
 //! A cache is only as good as the counters, so every process on the directory must count its
 //! changes, and every process must lock the same objects: all must run this layout
@@ -283,23 +298,19 @@ impl FileStore {
     /// sessions when the folders are in the page cache.
     ///
     /// # Errors
-    /// When the directory cannot be created or opened, holds another layout version, or an
-    /// entry inside it that must be a folder is a symbolic link.
+    /// When the directory cannot be created or opened, belongs to another user or is writable
+    /// by group or others, holds another layout version, an entry inside it that must be a
+    /// folder is a symbolic link, or its generations file is not sessionkit's whole file
+    /// (truncated, foreign); [`StoreError::Full`] when the disk has no room for it.
     pub fn open(dir: impl AsRef<Path>, options: FileOptions) -> Result<Self, StoreError> {
         let root = dir.as_ref().to_path_buf();
-        prepare_root(&root)?;
-        let root_fd = rfs::open(
-            &root,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| fail("opening the session directory", e))?;
+        let root_fd = prepare_root(&root)?;
         check_version(root_fd.as_fd(), options.fsync)?;
         let sessions = open_dir(root_fd.as_fd(), "sessions", true, options.fsync)?
             .ok_or_else(|| StoreError::Full("could not create the sessions folder".into()))?;
         let users = open_dir(root_fd.as_fd(), "users", true, options.fsync)?
             .ok_or_else(|| StoreError::Full("could not create the users folder".into()))?;
-        let generations = Generations::open(root_fd.as_fd())?;
+        let generations = Generations::open(root_fd.as_fd(), options.fsync)?;
         let cache = RecordCache::new(options.cache_entries);
         let inner = Inner {
             root,
@@ -1468,19 +1479,33 @@ struct Generations {
 }
 
 impl Generations {
-    fn open(root: BorrowedFd<'_>) -> Result<Self, StoreError> {
-        let (fd, st) = open_private(
-            root,
-            GENERATIONS_FILE,
-            OFlags::RDWR,
-            "opening the generations file",
-        )?;
-        let size = GENERATION_SLOTS * GENERATION_SLOT_BYTES;
-        // Sparse: a counter never written reads as 0. Only ever grown, never cut: the mapping
-        // of every process relies on it.
-        if u64::try_from(st.st_size).unwrap_or(0) < size {
-            rfs::ftruncate(&fd, size).map_err(|e| fail("sizing the generations file", e))?;
-        }
+    /// Opens `<dir>/generations`, creating it whole if missing, and maps its counters.
+    ///
+    /// A mapped page that the file does not back faults with `SIGBUS`, which kills the process:
+    /// a page past the end of the file (a truncation), or a hole that the file system cannot
+    /// fill on the first access (a full disk, or a full `tmpfs` even on a read). So the file is
+    /// created at its full size with every block allocated before it appears under its name,
+    /// sessionkit never resizes it afterwards, and opening refuses anything but a file of the
+    /// exact size ending with [`GENERATIONS_TRAILER`], owned by this user, and fills any hole
+    /// (or reports a full disk) before mapping it.
+    fn open(root: BorrowedFd<'_>, fsync: bool) -> Result<Self, StoreError> {
+        const CONTEXT: &str = "opening the generations file";
+        let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let fd = match rfs::openat(root, GENERATIONS_FILE, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => {
+                create_generations(root, fsync)?;
+                rfs::openat(root, GENERATIONS_FILE, flags, Mode::empty())
+                    .map_err(|e| fail(CONTEXT, e))?
+            }
+            Err(e) => return Err(fail(CONTEXT, e)),
+        };
+        // Exclusive while checking, so that one process's upgrade of a layout 3 file (which
+        // lacks the trailer) is never seen half done by another.
+        rfs::flock(&fd, FlockOperation::LockExclusive).map_err(|e| fail(CONTEXT, e))?;
+        let checked = check_generations(&fd);
+        let _ = rfs::flock(&fd, FlockOperation::Unlock);
+        checked?;
         let counters = counters::SharedCounters::map(fd.as_fd(), GENERATION_SLOTS as usize)
             .map_err(|e| fail("mapping the generations file", e))?;
         Ok(Self { counters, _fd: fd })
@@ -1523,6 +1548,172 @@ impl Generations {
             open: true,
         }
     }
+}
+
+/// Bytes of the counters at the start of `<dir>/generations`.
+const GENERATION_BYTES: u64 = GENERATION_SLOTS * GENERATION_SLOT_BYTES;
+/// The end of `<dir>/generations`, after the counters: tells sessionkit's file from any other
+/// (layout 3 files lacked it and get it when opened). Past the mapped counters, so processes
+/// of layout 3 keep working on a file that has it.
+const GENERATIONS_TRAILER: &[u8] = b"\nsessionkit generations: 1048576 u64 counters\n";
+/// The exact size of `<dir>/generations`.
+const GENERATIONS_SIZE: u64 = GENERATION_BYTES + GENERATIONS_TRAILER.len() as u64;
+
+/// Creates `<dir>/generations` at its full size, every block allocated, under a temp name that
+/// `link` then gives the file's name (no process ever sees it partial; the first of several
+/// processes wins and the others use its file).
+fn create_generations(root: BorrowedFd<'_>, fsync: bool) -> Result<(), StoreError> {
+    const CONTEXT: &str = "creating the generations file";
+    let name = format!("{TEMP_PREFIX}{}", random_hex()?);
+    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rfs::openat(root, &name, flags, file_mode()).map_err(|e| fail(CONTEXT, e))?;
+    let temp = TempFile {
+        dir: root,
+        name,
+        armed: true,
+    };
+    rfs::fchmod(&fd, file_mode()).map_err(|e| fail(CONTEXT, e))?;
+    prefer_writes_in_place(&fd);
+    match rfs::fallocate(&fd, rfs::FallocateFlags::empty(), 0, GENERATIONS_SIZE) {
+        Ok(()) => {}
+        // No preallocation on this file system: writing the zeros allocates the blocks.
+        Err(Errno::OPNOTSUPP | Errno::NOSYS) => {
+            let zeros = vec![0u8; 1 << 16];
+            let mut at = 0;
+            while at < GENERATION_BYTES {
+                let n = (GENERATION_BYTES - at).min(zeros.len() as u64) as usize;
+                pwrite_all(&fd, &zeros[..n], at).map_err(|e| fail(CONTEXT, e))?;
+                at += n as u64;
+            }
+        }
+        Err(e) => return Err(fail(CONTEXT, e)),
+    }
+    pwrite_all(&fd, GENERATIONS_TRAILER, GENERATION_BYTES).map_err(|e| fail(CONTEXT, e))?;
+    if fsync {
+        rfs::fsync(&fd).map_err(|e| fail(CONTEXT, e))?;
+    }
+    match rfs::linkat(root, temp.name(), root, GENERATIONS_FILE, AtFlags::empty()) {
+        // Either way the temp name goes when `temp` drops.
+        Ok(()) | Err(Errno::EXIST) => Ok(()),
+        Err(e) => Err(fail(CONTEXT, e)),
+    }
+}
+
+/// Refuses a generations file that is not sessionkit's whole file (see [`Generations::open`]);
+/// upgrades a layout 3 file (the counters without the trailer); allocates any hole.
+fn check_generations(fd: &OwnedFd) -> Result<(), StoreError> {
+    const CONTEXT: &str = "checking the generations file";
+    let refuse = |why: String| {
+        StoreError::backend(
+            CONTEXT,
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "refusing <dir>/{GENERATIONS_FILE}: {why}; stop every process that uses this \
+                     directory, then delete the file (sessionkit creates it anew)"
+                ),
+            ),
+        )
+    };
+    let untrusted = |why: String| {
+        StoreError::backend(
+            CONTEXT,
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("refusing <dir>/{GENERATIONS_FILE}: {why}"),
+            ),
+        )
+    };
+    let st = rfs::fstat(fd).map_err(|e| fail(CONTEXT, e))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(refuse("it is not a regular file".into()));
+    }
+    if let Some(why) = crate::config::untrusted(st.st_uid, st.st_mode) {
+        return Err(untrusted(why));
+    }
+    if st.st_mode & 0o7777 != file_mode().bits() {
+        rfs::fchmod(fd, file_mode()).map_err(|e| fail("setting a file's mode", e))?;
+    }
+    let size = u64::try_from(st.st_size).unwrap_or(0);
+    if size == GENERATION_BYTES {
+        // Layout 3: mark (one write that also sets the final size), then fill the holes; a
+        // process killed in between leaves holes that the next opening fills.
+        pwrite_all(fd, GENERATIONS_TRAILER, GENERATION_BYTES)
+            .map_err(|e| fail("upgrading the generations file", e))?;
+        return allocate_generations(fd);
+    }
+    if size != GENERATIONS_SIZE {
+        return Err(refuse(format!(
+            "it is {size} bytes long, not {GENERATIONS_SIZE}: it was truncated or is not \
+             sessionkit's"
+        )));
+    }
+    let mut end = vec![0u8; GENERATIONS_TRAILER.len()];
+    let mut got = 0;
+    while got < end.len() {
+        match rustix::io::pread(fd, &mut end[got..], GENERATION_BYTES + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(fail(CONTEXT, e)),
+        }
+    }
+    if end != GENERATIONS_TRAILER {
+        return Err(refuse(
+            "it does not end with sessionkit's mark: it is not sessionkit's, or damaged".into(),
+        ));
+    }
+    #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+    let allocated = (st.st_blocks as u64).saturating_mul(512);
+    if allocated < GENERATIONS_SIZE {
+        allocate_generations(fd)?;
+    }
+    Ok(())
+}
+
+/// Allocates every block of the generations file, filling holes and keeping what is written.
+fn allocate_generations(fd: &OwnedFd) -> Result<(), StoreError> {
+    match rfs::fallocate(fd, rfs::FallocateFlags::empty(), 0, GENERATIONS_SIZE) {
+        Ok(()) => Ok(()),
+        // Zeros written over counters in use would bring back old values, so a file system
+        // without preallocation keeps the holes of a file made by an older sessionkit.
+        Err(Errno::OPNOTSUPP | Errno::NOSYS) => {
+            tracing::warn!(
+                "file store: the generations file has holes that this file system cannot \
+                 preallocate; a full disk can then stop every process on the directory"
+            );
+            Ok(())
+        }
+        Err(e) => Err(fail("allocating the generations file", e)),
+    }
+}
+
+/// Asks a copy-on-write file system (btrfs) to write the file in place (`FS_NOCOW_FL`, which
+/// only an empty file takes): otherwise every write to a mapped page needs new space, and a
+/// full disk turns a counter update into `SIGBUS` despite the preallocation. Other file
+/// systems refuse the flag, which changes nothing for them.
+#[cfg(target_os = "linux")]
+fn prefer_writes_in_place(fd: &OwnedFd) {
+    if let Ok(flags) = rfs::ioctl_getflags(fd) {
+        let _ = rfs::ioctl_setflags(fd, flags | rfs::IFlags::NOCOW);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn prefer_writes_in_place(_fd: &OwnedFd) {}
+
+/// Writes all of `bytes` at `offset`.
+fn pwrite_all(fd: &OwnedFd, bytes: &[u8], offset: u64) -> Result<(), Errno> {
+    let mut done = 0;
+    while done < bytes.len() {
+        match rustix::io::pwrite(fd, &bytes[done..], offset + done as u64) {
+            Ok(0) => return Err(Errno::IO),
+            Ok(n) => done += n,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// A change in progress of one record file; its group's counter is odd until it ends.
@@ -2166,33 +2357,20 @@ fn fail(context: &'static str, e: Errno) -> StoreError {
     }
 }
 
-/// Creates the directory 0700 if missing; tightens an existing one that others can read.
-fn prepare_root(root: &Path) -> Result<(), StoreError> {
+/// Opens the directory, creating it 0700 if missing. Refuses one that belongs to another user
+/// or that group or others may write (they could plant or replace records, the generations
+/// file or the development key); tightens one that others can only read or search.
+fn prepare_root(root: &Path) -> Result<OwnedFd, StoreError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    const CONTEXT: &str = "opening the session directory";
     match std::fs::metadata(root) {
-        Ok(m) if m.is_dir() => {
-            let mode = m.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                match std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700)) {
-                    Ok(()) => tracing::warn!(
-                        dir = %root.display(),
-                        mode = format!("{mode:o}"),
-                        "file store: the session directory was open to others; set it to 0700"
-                    ),
-                    Err(e) => tracing::warn!(
-                        dir = %root.display(),
-                        mode = format!("{mode:o}"),
-                        error = %e,
-                        "file store: the session directory is open to others and could not be set to 0700"
-                    ),
-                }
-            }
-            Ok(())
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(StoreError::backend(
+                CONTEXT,
+                io::Error::new(io::ErrorKind::InvalidInput, "not a directory"),
+            ))
         }
-        Ok(_) => Err(StoreError::backend(
-            "opening the session directory",
-            io::Error::new(io::ErrorKind::InvalidInput, "not a directory"),
-        )),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -2201,10 +2379,44 @@ fn prepare_root(root: &Path) -> Result<(), StoreError> {
                 .map_err(|e| StoreError::backend("creating the session directory", e))?;
             // The mode given to mkdir is filtered by the umask: set it explicitly.
             std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| StoreError::backend("setting the session directory's mode", e))
+                .map_err(|e| StoreError::backend("setting the session directory's mode", e))?;
         }
-        Err(e) => Err(StoreError::backend("opening the session directory", e)),
+        Err(e) => return Err(StoreError::backend(CONTEXT, e)),
     }
+    // Checked on the open descriptor, which is what the store then works under.
+    let fd = rfs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| fail(CONTEXT, e))?;
+    let st = rfs::fstat(&fd).map_err(|e| fail(CONTEXT, e))?;
+    if let Some(why) = crate::config::untrusted(st.st_uid, st.st_mode) {
+        return Err(StoreError::backend(
+            CONTEXT,
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("refusing {}: {why}", root.display()),
+            ),
+        ));
+    }
+    let mode = st.st_mode & 0o777;
+    if mode & 0o077 != 0 {
+        match rfs::fchmod(&fd, dir_mode()) {
+            Ok(()) => tracing::warn!(
+                dir = %root.display(),
+                mode = format!("{mode:o}"),
+                "file store: the session directory was open to others; set it to 0700"
+            ),
+            Err(e) => tracing::warn!(
+                dir = %root.display(),
+                mode = format!("{mode:o}"),
+                error = %e,
+                "file store: the session directory is open to others and could not be set to 0700"
+            ),
+        }
+    }
+    Ok(fd)
 }
 
 /// Writes the layout version into a new directory; refuses a directory of another layout.

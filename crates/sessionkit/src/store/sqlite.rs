@@ -174,6 +174,7 @@ impl SqliteStoreBuilder {
             // stays open; readers share it through SQLite's shared cache.
             options.journal_mode(SqliteJournalMode::Memory)
         } else {
+            refuse_untrusted(options.get_filename())?;
             restrict_new_file(options.get_filename())?;
             options
         };
@@ -488,6 +489,49 @@ impl ShmCache {
                 st.epoch = None;
             }
         }
+    }
+}
+
+/// Refuses a database file, or the folder it is in, that belongs to another user than the
+/// process's or that group or others may write: they could replace the database, or plant its
+/// `-wal` or `-journal` file, and with it the sessions that sessionkit trusts.
+fn refuse_untrusted(path: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        if path.as_os_str().is_empty() {
+            return Ok(());
+        }
+        let folder = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        for (p, what) in [(folder, "the folder of"), (path, "")] {
+            let m = match std::fs::metadata(p) {
+                Ok(m) => m,
+                // Created later (the file), or an error SQLite reports when opening.
+                Err(_) => continue,
+            };
+            if let Some(why) = crate::config::untrusted(m.uid(), m.mode()) {
+                return Err(StoreError::backend(
+                    "opening the SQLite database",
+                    std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        format!(
+                            "refusing {what}{sep}{}: {why}",
+                            path.display(),
+                            sep = if what.is_empty() { "" } else { " " }
+                        ),
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Ok(())
     }
 }
 
