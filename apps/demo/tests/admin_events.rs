@@ -217,6 +217,7 @@ async fn revocations_reach_the_audit_trail_and_the_metrics() {
             )
         })
         .collect();
+    assert_eq!(events.len(), expected.len(), "Revoked events: {events:?}");
     events[2..].sort();
     assert_eq!(events, expected);
 
@@ -229,6 +230,7 @@ async fn revocations_reach_the_audit_trail_and_the_metrics() {
     .fetch_all(&pool)
     .await
     .unwrap();
+    assert_eq!(rows.len(), expected.len(), "audit rows: {rows:?}");
     rows[2..].sort();
     assert_eq!(rows, expected);
 
