@@ -39,6 +39,7 @@ use axum::http::HeaderValue;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
+use sessionkit::admin::Sessions;
 use sessionkit::prometheus_client::registry::Registry;
 use sessionkit::{AppEnv, Config, SessionLayer, SessionStore};
 
@@ -49,11 +50,13 @@ mod views;
 
 pub use users::{User, Users, DEMO_USERS};
 
-/// What every handler shares: the session layer (and through it the store) and the users.
+/// What every handler shares: the session layer, the admin handle on its store (every
+/// revocation and store query goes through it, so the audit trail and metrics see them) and the
+/// users.
 #[derive(Clone, Debug)]
 pub struct AppState {
     sessions: SessionLayer,
-    store: Arc<dyn SessionStore>,
+    admin: Sessions,
     users: Users,
     metrics: Option<Arc<Registry>>,
 }
@@ -62,7 +65,7 @@ impl AppState {
     /// The state for sessions handled by `sessions` and accounts in `users`.
     pub fn new(sessions: SessionLayer, users: Users) -> Self {
         Self {
-            store: sessions.store().clone(),
+            admin: Sessions::for_layer(&sessions),
             sessions,
             users,
             metrics: None,
@@ -78,7 +81,12 @@ impl AppState {
 
     /// The session store.
     pub fn store(&self) -> &Arc<dyn SessionStore> {
-        &self.store
+        self.admin.store()
+    }
+
+    /// The admin handle: revocations through it reach the layer's event sink.
+    pub fn admin(&self) -> &Sessions {
+        &self.admin
     }
 
     /// The accounts.

@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Form, Json};
 use serde::Deserialize;
+use sessionkit::admin::Revocation;
 use sessionkit::{Session, SessionError, StorageKey};
 
 use crate::csrf::{self, CsrfForm};
@@ -207,7 +208,7 @@ pub(crate) async fn dashboard(State(state): State<AppState>, session: Session) -
     let csrf = csrf::session_token(&session).await?;
     let flash = take_flash(&session).await?;
     let now = session.now();
-    let devices = state.store.list_user(&me.name, now).await?.len();
+    let devices = state.admin.list_user(&me.name).await?.len();
     Ok(views::respond(
         StatusCode::OK,
         views::dashboard(&views::DashboardView {
@@ -215,7 +216,7 @@ pub(crate) async fn dashboard(State(state): State<AppState>, session: Session) -
             flash: flash.as_deref(),
             meta: &meta,
             key: key.as_ref(),
-            store: state.store.name(),
+            store: state.admin.store().name(),
             devices,
             now,
         }),
@@ -231,8 +232,8 @@ pub(crate) async fn devices(State(state): State<AppState>, session: Session) -> 
     let flash = take_flash(&session).await?;
     let now = session.now();
     let mut list: Vec<Device> = state
-        .store
-        .list_user(&me.name, now)
+        .admin
+        .list_user(&me.name)
         .await?
         .into_iter()
         .map(|(key, meta)| Device {
@@ -277,14 +278,10 @@ pub(crate) async fn revoke(
         session.logout().await?;
         return Ok(Redirect::to("/login?signed-out").into_response());
     }
-    // Only a key from the user's own index may be destroyed: a key is not a capability.
-    let mine = state
-        .store
-        .list_user(&me.name, session.now())
-        .await?
-        .iter()
-        .any(|(k, _)| *k == key);
-    if !mine || !state.store.destroy(&key).await? {
+    // The handle ends the key only if it is one of the user's sessions: a key is not a
+    // capability.
+    let by = Revocation::new(me.name.clone(), "device_revoke");
+    if !state.admin.revoke_owned(&me.name, &key, &by).await? {
         return Ok(gone());
     }
     tracing::info!(user = %me.name, key = key.short(), "session revoked by its user");
@@ -301,7 +298,11 @@ pub(crate) async fn revoke_others(
         return Ok(to_login());
     };
     let current = session.storage_key().await?;
-    let gone = state.store.destroy_user(&me.name, current.as_ref()).await?;
+    let by = Revocation::new(me.name.clone(), "sign_out_others");
+    let gone = state
+        .admin
+        .revoke_user(&me.name, current.as_ref(), &by)
+        .await?;
     tracing::info!(user = %me.name, count = gone.len(), "other sessions revoked by their user");
     let message = match gone.len() {
         0 => "There were no other sessions to sign out.".to_owned(),
@@ -322,11 +323,11 @@ pub(crate) async fn admin(State(state): State<AppState>, session: Session) -> Re
     let csrf = csrf::session_token(&session).await?;
     let flash = take_flash(&session).await?;
     let now = session.now();
-    let records = state.store.count().await?;
-    let health = state.store.health().await;
+    let records = state.admin.count().await?;
+    let health = state.admin.health().await;
     let mut rows = Vec::new();
     for name in state.users.names() {
-        let sessions = state.store.list_user(name, now).await?;
+        let sessions = state.admin.list_user(name).await?;
         rows.push(UserRow {
             name: name.to_owned(),
             admin: state.users.get(name).is_some_and(|u| u.admin),
@@ -340,7 +341,7 @@ pub(crate) async fn admin(State(state): State<AppState>, session: Session) -> Re
             nav: nav(&me, &csrf, Tab::Admin),
             flash: flash.as_deref(),
             records,
-            store: state.store.name(),
+            store: state.admin.store().name(),
             health: &health,
             users: &rows,
             now,
@@ -374,9 +375,10 @@ pub(crate) async fn admin_revoke_user(
     } else {
         None
     };
+    let by = Revocation::new(me.name.clone(), "sign_out_everywhere");
     let gone = state
-        .store
-        .destroy_user(&target.name, keep.as_ref())
+        .admin
+        .revoke_user(&target.name, keep.as_ref(), &by)
         .await?;
     tracing::info!(admin = %me.name, user = %target.name, count = gone.len(), "sessions revoked by an administrator");
     set_flash(
@@ -388,7 +390,7 @@ pub(crate) async fn admin_revoke_user(
 }
 
 pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
-    let health = state.store.health().await;
+    let health = state.admin.health().await;
     let status = if health.ok {
         StatusCode::OK
     } else {

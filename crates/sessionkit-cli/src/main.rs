@@ -2,16 +2,23 @@
 //! app (`SESSION_TYPE`, `REDIS_URL`, `DATABASE_URL`, `SESSION_FILE_DIR`, ...), or a store URL given
 //! with `--store`, and works on storage keys only: nothing it prints can be turned into a cookie.
 //!
-//! Exit codes: 0 success, 1 failure, 2 usage error, 3 store unavailable, 4 not found.
+//! It works through the library's admin handle ([`sessionkit::admin::Sessions`]): every session
+//! it revokes is a `Revoked` event (actor `cli:<name>`), written to the audit table when
+//! `SESSION_AUDIT_URL` is set. It never creates a store, except the destination of `migrate`: a
+//! mistyped folder or database file is an error (exit 3), not a new empty store. It never signs
+//! or verifies a cookie, so it needs no `SECRET_KEY` and never generates one.
+//!
+//! Exit codes: 0 success, 1 failure, 2 usage error, 3 store unavailable or missing, 4 not found.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use sessionkit::admin::{self, Revocation, Sessions};
 use sessionkit::{
-    build_store, open_store_url, Clock, Config, Meta, SessionLimit, SessionStore, StorageKey,
-    StoreError, SystemClock, Timestamp,
+    open_store_url, AuditSink, Config, EventSink, FanoutSink, Meta, SessionId, SessionLimit,
+    SessionStore, StorageKey, StoreError, Timestamp, TracingSink,
 };
 
 #[derive(Parser, Debug)]
@@ -25,6 +32,9 @@ struct Cli {
     /// store the environment configures, as the app would pick it.
     #[arg(long, global = true, env = "SESSIONKIT_STORE")]
     store: Option<String>,
+    /// Who is revoking, for the audit trail (recorded as `cli:<name>`); default: $USER.
+    #[arg(long, global = true, env = "SESSIONKIT_ACTOR")]
+    actor: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -119,15 +129,79 @@ async fn main() -> ExitCode {
     }
 }
 
+/// The app's configuration from the environment, minus the signing key: this tool never signs or
+/// verifies a cookie, so a missing `SECRET_KEY` is neither an error nor a reason to generate and
+/// store a development key (with a warning) in the current folder. When it is set, it is
+/// validated as the app would.
+fn config() -> anyhow::Result<Config> {
+    let throwaway = SessionId::generate().context("drawing a throwaway key")?;
+    Config::from_lookup(|k| match std::env::var(k) {
+        Ok(v) if !v.trim().is_empty() => Some(v),
+        _ if k == "SECRET_KEY" => Some(throwaway.expose().to_owned()),
+        _ => None,
+    })
+    .context("configuration")
+}
+
+/// The store to administer: `--store`, else the configured one. Never created.
 async fn open(cli: &Cli, config: &Config) -> anyhow::Result<Arc<dyn SessionStore>> {
     Ok(match &cli.store {
-        Some(url) => open_store_url(url, config)
+        Some(url) => admin::open_existing_url(url, config)
             .await
             .context("opening --store")?,
-        None => build_store(config)
+        None => admin::build_existing_store(config)
             .await
             .context("opening the configured store")?,
     })
+}
+
+/// The admin handle on the store; events go to `tracing`, and to the audit table when it is
+/// configured (returned, to be flushed before exit).
+async fn sessions(
+    cli: &Cli,
+    config: &Config,
+) -> anyhow::Result<(Sessions, Option<Arc<AuditSink>>)> {
+    let store = open(cli, config).await?;
+    let Some(url) = config.audit_url.as_ref().map(|u| u.expose().trim()) else {
+        return Ok((Sessions::new(store), None));
+    };
+    // A revocation the audit trail cannot record is not made: connect before revoking. The
+    // queue holds every event of a large revoke-user; it only grows as far as it is used.
+    let audit = AuditSink::builder(url)
+        .with_capacity(1 << 24)
+        .connect()
+        .await
+        .map(Arc::new)
+        .context("opening the audit trail (SESSION_AUDIT_URL)")?;
+    let sink: Arc<dyn EventSink> = Arc::new(FanoutSink(vec![
+        Arc::new(TracingSink),
+        audit.clone() as Arc<dyn EventSink>,
+    ]));
+    Ok((Sessions::new(store).with_events(sink), Some(audit)))
+}
+
+/// Waits until the audit trail holds every event emitted; an event it lost is an error.
+async fn flush(audit: Option<Arc<AuditSink>>) -> anyhow::Result<()> {
+    if let Some(audit) = audit {
+        audit.flush().await;
+        let lost = audit.dropped() + audit.failed();
+        anyhow::ensure!(
+            lost == 0,
+            "{lost} revocation(s) done but not written to the audit trail"
+        );
+    }
+    Ok(())
+}
+
+/// `cli:<name>`: `--actor`, else the login name, else just `cli`.
+fn actor(cli: &Cli) -> String {
+    let name = cli
+        .actor
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .or_else(|| std::env::var("LOGNAME").ok())
+        .filter(|n| !n.trim().is_empty());
+    name.map_or_else(|| "cli".to_owned(), |n| format!("cli:{}", n.trim()))
 }
 
 fn key(s: &str) -> anyhow::Result<StorageKey> {
@@ -173,21 +247,20 @@ fn line(key: &StorageKey, m: &Meta) -> String {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::from_env().context("configuration")?;
-    let now = SystemClock.now();
+    let config = config()?;
     match &cli.command {
         Command::Check => {
-            let store = open(&cli, &config).await?;
+            let store = Sessions::new(open(&cli, &config).await?);
             let h = store.health().await;
             println!("configuration: ok");
-            println!("store: {} ({})", store.name(), h.detail);
+            println!("store: {} ({})", store.store().name(), h.detail);
             anyhow::ensure!(h.ok, "store is not healthy: {}", h.detail);
             println!("health: ok");
         }
         Command::Stats => {
-            let store = open(&cli, &config).await?;
+            let store = Sessions::new(open(&cli, &config).await?);
             let h = store.health().await;
-            println!("store: {}", store.name());
+            println!("store: {}", store.store().name());
             println!(
                 "health: {} ({})",
                 if h.ok { "ok" } else { "DOWN" },
@@ -196,10 +269,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("sessions: {}", store.count().await?);
         }
         Command::List { user, limit } => {
-            let store = open(&cli, &config).await?;
+            let store = Sessions::new(open(&cli, &config).await?);
+            let now = store.now();
             let mut shown = 0;
             if let Some(u) = user {
-                for (k, m) in store.list_user(u, now).await? {
+                for (k, m) in store.list_user(u).await? {
                     println!("{}", line(&k, &m));
                     shown += 1;
                 }
@@ -223,10 +297,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("{shown} session(s)");
         }
         Command::Show { key: k, values } => {
-            let store = open(&cli, &config).await?;
             let k = key(k)?;
+            let store = Sessions::new(open(&cli, &config).await?);
             let r = store
-                .load(&k, now)
+                .get(&k)
                 .await?
                 .ok_or_else(|| NotFound(format!("no live session {k}")))?;
             println!("{}", line(&k, &r.meta));
@@ -245,44 +319,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Revoke { key: k } => {
-            let store = open(&cli, &config).await?;
             let k = key(k)?;
-            if !store.destroy(&k).await? {
+            let (store, audit) = sessions(&cli, &config).await?;
+            let by = Revocation::new(actor(&cli), "operator_revoke");
+            let ended = store.revoke(&k, &by).await?;
+            flush(audit).await?;
+            if !ended {
                 return Err(NotFound(format!("no session {k}")).into());
             }
             println!("revoked {k}");
         }
         Command::RevokeUser { user, except } => {
-            let store = open(&cli, &config).await?;
             let except = except.as_deref().map(key).transpose()?;
-            let gone = store.destroy_user(user, except.as_ref()).await?;
+            let (store, audit) = sessions(&cli, &config).await?;
+            let by = Revocation::new(actor(&cli), "operator_revoke_user");
+            let gone = store.revoke_user(user, except.as_ref(), &by).await?;
+            flush(audit).await?;
             for k in &gone {
                 println!("revoked {k}");
             }
             println!("{} session(s) of {user} revoked", gone.len());
         }
         Command::Cleanup => {
-            let store = open(&cli, &config).await?;
-            let n = store.cleanup_expired(now).await?;
+            let store = Sessions::new(open(&cli, &config).await?);
+            let n = store.cleanup().await?;
             println!("removed {n} expired session(s)");
         }
         Command::Migrate { from, to, batch } => {
-            let src = open_store_url(from, &config)
+            // Only the destination may be created: a mistyped source must not read as empty.
+            let src = admin::open_existing_url(from, &config)
                 .await
                 .context("opening --from")?;
             let dst = open_store_url(to, &config).await.context("opening --to")?;
-            migrate(&*src, &*dst, *batch, now).await?;
+            migrate(&Sessions::new(src), &*dst, *batch).await?;
         }
     }
     Ok(())
 }
 
-async fn migrate(
-    src: &dyn SessionStore,
-    dst: &dyn SessionStore,
-    batch: usize,
-    now: Timestamp,
-) -> anyhow::Result<()> {
+async fn migrate(src: &Sessions, dst: &dyn SessionStore, batch: usize) -> anyhow::Result<()> {
+    let now = src.now();
     let total = src.count().await.unwrap_or(0);
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(

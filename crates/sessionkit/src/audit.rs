@@ -25,10 +25,12 @@
 //! therefore either written, dropped or failed, and the three counters say which.
 //!
 //! # Table
-//! `audit(id, at, kind, storage_key, user_id, reason, ip, user_agent)`, indexed on `at`,
+//! `audit(id, at, kind, storage_key, user_id, reason, ip, user_agent, actor)`, indexed on `at`,
 //! `user_id` and `storage_key`; `at` is a `timestamptz` on PostgreSQL and Unix milliseconds on
-//! SQLite. Sessions appear by storage key only, never by ID. The table is created by the same
-//! versioned migrations as the session stores (component `audit` in `sessionkit_migrations`).
+//! SQLite; `actor` (added by migration 2) names who revoked a session, see
+//! [`SessionEvent::actor`]. Sessions appear by storage key only, never by ID. The table is
+//! created by the same versioned migrations as the session stores (component `audit` in
+//! `sessionkit_migrations`).
 
 use std::fmt;
 use std::fmt::Write as _;
@@ -43,11 +45,19 @@ use crate::events::{EventSink, SessionEvent};
 use crate::store::sql::{deadline, migrate_postgres, store_error, to_db, Migration};
 use crate::store::StoreError;
 
-const PG_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "audit table",
-    statements: &[
-        "CREATE TABLE IF NOT EXISTS audit (
+/// Who ended a revoked session ([`SessionEvent::actor`]); the same statement in both dialects.
+const ADD_ACTOR: Migration = Migration {
+    version: 2,
+    name: "audit actor",
+    statements: &["ALTER TABLE audit ADD COLUMN actor TEXT"],
+};
+
+const PG_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "audit table",
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS audit (
             id BIGSERIAL PRIMARY KEY,
             at TIMESTAMPTZ NOT NULL,
             kind TEXT NOT NULL,
@@ -57,19 +67,22 @@ const PG_MIGRATIONS: &[Migration] = &[Migration {
             ip TEXT,
             user_agent TEXT
         )",
-        "CREATE INDEX IF NOT EXISTS audit_at ON audit (at)",
-        "CREATE INDEX IF NOT EXISTS audit_user_id ON audit (user_id) WHERE user_id IS NOT NULL",
-        "CREATE INDEX IF NOT EXISTS audit_storage_key ON audit (storage_key) \
+            "CREATE INDEX IF NOT EXISTS audit_at ON audit (at)",
+            "CREATE INDEX IF NOT EXISTS audit_user_id ON audit (user_id) WHERE user_id IS NOT NULL",
+            "CREATE INDEX IF NOT EXISTS audit_storage_key ON audit (storage_key) \
          WHERE storage_key IS NOT NULL",
-    ],
-}];
+        ],
+    },
+    ADD_ACTOR,
+];
 
 #[cfg(feature = "sqlite")]
-const SQLITE_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "audit table",
-    statements: &[
-        "CREATE TABLE IF NOT EXISTS audit (
+const SQLITE_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "audit table",
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS audit (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             at INTEGER NOT NULL,
             kind TEXT NOT NULL,
@@ -79,15 +92,17 @@ const SQLITE_MIGRATIONS: &[Migration] = &[Migration {
             ip TEXT,
             user_agent TEXT
         )",
-        "CREATE INDEX IF NOT EXISTS audit_at ON audit (at)",
-        "CREATE INDEX IF NOT EXISTS audit_user_id ON audit (user_id) WHERE user_id IS NOT NULL",
-        "CREATE INDEX IF NOT EXISTS audit_storage_key ON audit (storage_key) \
+            "CREATE INDEX IF NOT EXISTS audit_at ON audit (at)",
+            "CREATE INDEX IF NOT EXISTS audit_user_id ON audit (user_id) WHERE user_id IS NOT NULL",
+            "CREATE INDEX IF NOT EXISTS audit_storage_key ON audit (storage_key) \
          WHERE storage_key IS NOT NULL",
-    ],
-}];
+        ],
+    },
+    ADD_ACTOR,
+];
 
 /// Columns bound per event in the batch `INSERT`.
-const COLUMNS: usize = 7;
+const COLUMNS: usize = 8;
 
 /// Longest user agent kept, in bytes (cut at a character boundary).
 const MAX_USER_AGENT: usize = 512;
@@ -405,7 +420,8 @@ impl Writer {
 
     async fn insert(&self, events: &[SessionEvent]) -> Result<(), sqlx::Error> {
         let mut sql = String::from(
-            "INSERT INTO audit (at, kind, storage_key, user_id, reason, ip, user_agent) VALUES ",
+            "INSERT INTO audit (at, kind, storage_key, user_id, reason, ip, user_agent, actor) \
+             VALUES ",
         );
         match &self.db {
             Db::Postgres(pool) => {
@@ -413,7 +429,7 @@ impl Writer {
                     let b = i * COLUMNS;
                     let _ = write!(
                         sql,
-                        "{}(to_timestamp(${}::bigint / 1000.0), ${}, ${}, ${}, ${}, ${}, ${})",
+                        "{}(to_timestamp(${}::bigint / 1000.0), ${}, ${}, ${}, ${}, ${}, ${}, ${})",
                         if i == 0 { "" } else { ", " },
                         b + 1,
                         b + 2,
@@ -421,7 +437,8 @@ impl Writer {
                         b + 4,
                         b + 5,
                         b + 6,
-                        b + 7
+                        b + 7,
+                        b + 8
                     );
                 }
                 let mut q = sqlx::query(&sql);
@@ -433,7 +450,8 @@ impl Writer {
                         .bind(e.user_id.as_deref())
                         .bind(e.reason)
                         .bind(e.ip.as_deref())
-                        .bind(e.user_agent.as_deref().map(truncate));
+                        .bind(e.user_agent.as_deref().map(truncate))
+                        .bind(e.actor.as_deref());
                 }
                 q.execute(pool).await?;
             }
@@ -441,7 +459,7 @@ impl Writer {
             Db::Sqlite(pool) => {
                 for i in 0..events.len() {
                     sql.push_str(if i == 0 { "" } else { ", " });
-                    sql.push_str("(?, ?, ?, ?, ?, ?, ?)");
+                    sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?)");
                 }
                 let mut q = sqlx::query(&sql);
                 for e in events {
@@ -452,7 +470,8 @@ impl Writer {
                         .bind(e.user_id.as_deref())
                         .bind(e.reason)
                         .bind(e.ip.as_deref())
-                        .bind(e.user_agent.as_deref().map(truncate));
+                        .bind(e.user_agent.as_deref().map(truncate))
+                        .bind(e.actor.as_deref());
                 }
                 q.execute(pool).await?;
             }

@@ -55,8 +55,13 @@ pub struct SessionEvent {
     pub key: Option<StorageKey>,
     /// The user, when known.
     pub user_id: Option<String>,
-    /// Why, in a few words (`bad_signature`, `unknown_id`, `login`, ...).
+    /// Why, in a few words (`bad_signature`, `unknown_id`, `login`, `device_revoke`, ...). A
+    /// fixed word, never data: metrics use it as a label.
     pub reason: &'static str,
+    /// Who caused the event when it was not the session's own request: for [`EventKind::Revoked`]
+    /// the user or administrator who ended the session, or the operator (`cli:<login>`). `None`
+    /// for what a request does to its own session. Never a metrics label.
+    pub actor: Option<String>,
     /// Client IP, when the app provides it.
     pub ip: Option<String>,
     /// Client user agent.
@@ -80,7 +85,7 @@ impl EventSink for TracingSink {
             EventKind::Rejected | EventKind::Evicted | EventKind::Revoked => tracing::info!(
                 target: "sessionkit::events",
                 kind = e.kind.as_str(), reason = e.reason, key, user = e.user_id.as_deref(),
-                ip = e.ip.as_deref(), "session event"
+                actor = e.actor.as_deref(), ip = e.ip.as_deref(), "session event"
             ),
             _ => tracing::debug!(
                 target: "sessionkit::events",

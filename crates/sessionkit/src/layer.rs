@@ -161,6 +161,16 @@ impl SessionLayer {
     pub fn config(&self) -> &Config {
         &self.shared.config
     }
+
+    /// Where events go (for the admin handle, which reports to the same sink).
+    pub(crate) fn events(&self) -> &Arc<dyn EventSink> {
+        &self.shared.events
+    }
+
+    /// The clock (for the admin handle).
+    pub(crate) fn clock(&self) -> &Arc<dyn Clock> {
+        &self.shared.clock
+    }
 }
 
 impl<S> Layer<S> for SessionLayer {
@@ -242,6 +252,7 @@ fn reject(shared: &Shared, client: &Client, reason: &'static str) {
         key: None,
         user_id: None,
         reason,
+        actor: None,
         ip: client.ip(),
         user_agent: client.user_agent(),
     });

@@ -39,6 +39,7 @@
 //!
 //! In a real service, build the configuration with [`Config::from_env`].
 
+pub mod admin;
 #[cfg(feature = "audit")]
 mod audit;
 mod clock;

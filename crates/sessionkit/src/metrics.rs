@@ -24,7 +24,8 @@
 //! - `sessionkit_store_operation_duration_seconds{store, op}`: a histogram from 50 µs to 1.6 s.
 //! - `sessionkit_store_up{store}`: 1 or 0, as the last health check found it.
 //!
-//! Labels never carry a session key or a user ID: their number stays bounded.
+//! Labels never carry a session key, a user ID or an actor (who revoked a session): their
+//! number stays bounded.
 
 use std::fmt;
 use std::sync::Arc;
@@ -299,6 +300,17 @@ mod tests {
             key: None,
             user_id: Some("alice".into()),
             reason: "bad_signature",
+            actor: None,
+            ip: None,
+            user_agent: None,
+        });
+        metrics.emit(&SessionEvent {
+            kind: EventKind::Revoked,
+            at: now,
+            key: Some(key.clone()),
+            user_id: Some("alice".into()),
+            reason: "sign_out_everywhere",
+            actor: Some("root-admin".into()),
             ip: None,
             user_agent: None,
         });
@@ -309,11 +321,13 @@ mod tests {
             r#"sessionkit_store_operation_duration_seconds_count{store="memory",op="load"} 2"#,
             r#"sessionkit_store_up{store="memory"} 1"#,
             r#"sessionkit_events_total{kind="rejected",reason="bad_signature"} 1"#,
+            r#"sessionkit_events_total{kind="revoked",reason="sign_out_everywhere"} 1"#,
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }
-        // No user ID or key ever becomes a label.
+        // No user ID, actor or key ever becomes a label.
         assert!(!text.contains("alice"));
+        assert!(!text.contains("root-admin"));
         assert!(!text.contains(key.as_str()));
     }
 }

@@ -195,6 +195,7 @@ impl Session {
             key,
             user_id: user,
             reason,
+            actor: None,
             ip: self.0.client.ip(),
             user_agent: self.0.client.user_agent(),
         });

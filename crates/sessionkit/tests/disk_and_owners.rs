@@ -142,6 +142,7 @@ fn big(n: usize) -> Delta {
     Delta {
         changes: vec![("big".into(), Some(Value::to_json(&"x".repeat(n)).unwrap()))],
         touch: None,
+        max_size: None,
     }
 }
 

@@ -179,6 +179,8 @@ pub struct FileOptions {
     /// Records kept in memory to answer loads without reading their files; 0 turns the cache
     /// off. Default: [`FileOptions::DEFAULT_CACHE_ENTRIES`].
     pub cache_entries: usize,
+    /// Create the directory when it is not a store yet. Default: `true`.
+    pub create_if_missing: bool,
 }
 
 impl Default for FileOptions {
@@ -188,6 +190,7 @@ impl Default for FileOptions {
             max_sessions: Some(Self::DEFAULT_MAX_SESSIONS),
             cleanup_threads: 64,
             cache_entries: Self::DEFAULT_CACHE_ENTRIES,
+            create_if_missing: true,
         }
     }
 }
@@ -252,6 +255,36 @@ impl FileOptions {
         self.cleanup_threads = threads.max(1);
         self
     }
+
+    /// Whether [`FileStore::open`] creates the store when the directory does not exist or holds
+    /// no store yet. Default: `true`. Off (for tools that only read or administer), a missing
+    /// store is [`StoreError::Unavailable`] and nothing is created.
+    #[must_use]
+    pub fn with_create_if_missing(mut self, create: bool) -> Self {
+        self.create_if_missing = create;
+        self
+    }
+}
+
+/// Refuses `root` unless it already holds a store (its `VERSION` file), for an opening that must
+/// not create one: an operator's typo is an error, not a new empty store.
+fn require_existing(root: &Path) -> Result<(), StoreError> {
+    let missing = |why: &str| StoreError::Unavailable {
+        context: "opening the session directory".into(),
+        source: Some(Box::new(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{} {why}; it is not created here", root.display()),
+        ))),
+    };
+    match std::fs::symlink_metadata(root.join(VERSION_FILE)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(if root.is_dir() {
+            missing("is not a session store (no VERSION file)")
+        } else {
+            missing("does not exist")
+        }),
+        Err(e) => Err(StoreError::unavailable("opening the session directory", e)),
+    }
 }
 
 /// Sessions in files under a directory, shared by every process that opens it. See the module
@@ -291,7 +324,8 @@ struct Inner {
 }
 
 impl FileStore {
-    /// Opens (creating it 0700 if needed) the store in `dir`.
+    /// Opens (creating it 0700 if needed, unless [`FileOptions::create_if_missing`] is off) the
+    /// store in `dir`.
     ///
     /// An existing `dir` readable by others is tightened to 0700 with a warning. Opening counts
     /// the records by listing the folders (no file is read): about a second per million
@@ -304,6 +338,9 @@ impl FileStore {
     /// (truncated, foreign); [`StoreError::Full`] when the disk has no room for it.
     pub fn open(dir: impl AsRef<Path>, options: FileOptions) -> Result<Self, StoreError> {
         let root = dir.as_ref().to_path_buf();
+        if !options.create_if_missing {
+            require_existing(&root)?;
+        }
         let root_fd = prepare_root(&root)?;
         check_version(root_fd.as_fd(), options.fsync)?;
         let sessions = open_dir(root_fd.as_fd(), "sessions", true, options.fsync)?

@@ -15,9 +15,32 @@ use crate::config::{Config, StoreKind};
 /// # Errors
 /// A store that is asked for but not compiled in, a missing URL, or a store that cannot start.
 pub async fn build_store(config: &Config) -> Result<Arc<dyn SessionStore>, StoreError> {
+    build(config, Create::IfMissing).await
+}
+
+/// [`build_store`] for administration: a file store folder or SQLite file that does not exist is
+/// an error, never created.
+pub(crate) async fn build_existing_store(
+    config: &Config,
+) -> Result<Arc<dyn SessionStore>, StoreError> {
+    build(config, Create::Never).await
+}
+
+/// Whether opening a store may create it (its folder, its database file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Create {
+    IfMissing,
+    Never,
+}
+
+async fn build(config: &Config, create: Create) -> Result<Arc<dyn SessionStore>, StoreError> {
     let (kind, why) = resolve(config);
     tracing::info!(store = ?kind, reason = why, "session store selected");
-    if kind == StoreKind::Filesystem && config.app_env == crate::config::AppEnv::Production {
+    // Advice for an app about to serve from the store, not for a tool administering it.
+    if kind == StoreKind::Filesystem
+        && config.app_env == crate::config::AppEnv::Production
+        && create == Create::IfMissing
+    {
         tracing::warn!(
             dir = %config.file_dir.display(),
             "the file store serves one host only: every server behind a load balancer needs the \
@@ -33,13 +56,18 @@ pub async fn build_store(config: &Config) -> Result<Arc<dyn SessionStore>, Store
             })
     };
     let primary = match kind {
-        StoreKind::Memory => open_url("memory:", config).await?,
+        StoreKind::Memory => open("memory:", config, create).await?,
         StoreKind::Filesystem => {
-            open_url(&format!("file://{}", config.file_dir.display()), config).await?
+            open(
+                &format!("file://{}", config.file_dir.display()),
+                config,
+                create,
+            )
+            .await?
         }
         StoreKind::Redis => {
             let redis_url = url(&config.redis_url, "REDIS_URL")?;
-            match open_url(&redis_url, config).await {
+            match open(&redis_url, config, create).await {
                 #[cfg(feature = "redis")]
                 Err(e @ StoreError::Unavailable { .. }) if config.fallback_url.is_some() => {
                     // Users stay signed in while Redis is down, and that includes starting up
@@ -53,7 +81,7 @@ pub async fn build_store(config: &Config) -> Result<Arc<dyn SessionStore>, Store
             }
         }
         StoreKind::Sqlite | StoreKind::Postgres => {
-            open_url(&url(&config.database_url, "DATABASE_URL")?, config).await?
+            open(&url(&config.database_url, "DATABASE_URL")?, config, create).await?
         }
         StoreKind::Auto => return unreachable_auto(),
     };
@@ -62,7 +90,7 @@ pub async fn build_store(config: &Config) -> Result<Arc<dyn SessionStore>, Store
     let Some(fallback) = &config.fallback_url else {
         return Ok(primary);
     };
-    let secondary = open_url(fallback.expose(), config).await?;
+    let secondary = open(fallback.expose(), config, create).await?;
     tracing::info!(
         primary = primary.name(),
         secondary = secondary.name(),
@@ -119,8 +147,25 @@ fn unreachable_auto() -> Result<Arc<dyn SessionStore>, StoreError> {
 ///
 /// # Errors
 /// An unknown scheme, a store not compiled in, or a store that cannot start.
-#[allow(unused_variables)] // `config` is used by the stores behind features
 pub async fn open_url(url: &str, config: &Config) -> Result<Arc<dyn SessionStore>, StoreError> {
+    open(url, config, Create::IfMissing).await
+}
+
+/// [`open_url`] for administration and the source of a migration: a file store folder or SQLite
+/// file that does not exist is [`StoreError::Unavailable`], never created.
+pub(crate) async fn open_existing_url(
+    url: &str,
+    config: &Config,
+) -> Result<Arc<dyn SessionStore>, StoreError> {
+    open(url, config, Create::Never).await
+}
+
+#[allow(unused_variables)] // `config` and `create` are used by the stores behind features
+async fn open(
+    url: &str,
+    config: &Config,
+    create: Create,
+) -> Result<Arc<dyn SessionStore>, StoreError> {
     let scheme = url.split(':').next().unwrap_or_default();
     match scheme {
         "memory" => Ok(Arc::new(super::memory::MemoryStore::new())),
@@ -128,9 +173,10 @@ pub async fn open_url(url: &str, config: &Config) -> Result<Arc<dyn SessionStore
         "file" => {
             let dir = std::path::PathBuf::from(url.trim_start_matches("file://"));
             // Opening counts the records already there: keep that walk off the async workers.
-            let store = tokio::task::spawn_blocking(move || {
-                super::file::FileStore::open(dir, super::file::FileOptions::default())
-            })
+            let options = super::file::FileOptions::default()
+                .with_create_if_missing(create == Create::IfMissing);
+            let store =
+                tokio::task::spawn_blocking(move || super::file::FileStore::open(dir, options))
             .await
             .map_err(|e| StoreError::backend("opening the file store", e))??;
             Ok(Arc::new(store))
@@ -141,7 +187,12 @@ pub async fn open_url(url: &str, config: &Config) -> Result<Arc<dyn SessionStore
             Ok(Arc::new(super::redis::RedisStore::connect(url, opts).await?))
         }
         #[cfg(feature = "sqlite")]
-        "sqlite" => Ok(Arc::new(super::sqlite::SqliteStore::connect(url).await?)),
+        "sqlite" => Ok(Arc::new(
+            super::sqlite::SqliteStore::builder(url)
+                .with_create_if_missing(create == Create::IfMissing)
+                .connect()
+                .await?,
+        )),
         #[cfg(feature = "postgres")]
         "postgres" | "postgresql" => Ok(Arc::new(
             super::postgres::PostgresStore::builder(url)

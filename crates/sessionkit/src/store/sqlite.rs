@@ -127,9 +127,18 @@ pub struct SqliteStoreBuilder {
     read_connections: u32,
     busy_timeout: Duration,
     op_timeout: Duration,
+    create_if_missing: bool,
 }
 
 impl SqliteStoreBuilder {
+    /// Whether [`connect`](Self::connect) creates the database file when it does not exist.
+    /// Default: `true`. Off (for tools that only read or administer), a missing file is
+    /// [`StoreError::Unavailable`] and nothing is created.
+    pub fn with_create_if_missing(mut self, create: bool) -> Self {
+        self.create_if_missing = create;
+        self
+    }
+
     /// Readers kept open beside the single writer. Default: 4.
     pub fn with_read_connections(mut self, n: u32) -> Self {
         self.read_connections = n.max(1);
@@ -163,7 +172,7 @@ impl SqliteStoreBuilder {
             )
         })?;
         let options = options
-            .create_if_missing(true)
+            .create_if_missing(self.create_if_missing)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(self.busy_timeout)
@@ -174,6 +183,9 @@ impl SqliteStoreBuilder {
             // stays open; readers share it through SQLite's shared cache.
             options.journal_mode(SqliteJournalMode::Memory)
         } else {
+            if !self.create_if_missing {
+                require_existing(options.get_filename())?;
+            }
             refuse_untrusted(options.get_filename())?;
             restrict_new_file(options.get_filename())?;
             options
@@ -205,6 +217,22 @@ impl SqliteStoreBuilder {
             let _ = store.writer.cache.set(cache);
         }
         Ok(store)
+    }
+}
+
+/// Refuses a database file that does not exist, for an opening that must not create one: an
+/// operator's typo is an error, not a new empty database.
+fn require_existing(path: &Path) -> Result<(), StoreError> {
+    match std::fs::metadata(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::Unavailable {
+            context: "opening the SQLite database".into(),
+            source: Some(Box::new(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} does not exist; it is not created here", path.display()),
+            ))),
+        }),
+        Err(e) => Err(StoreError::unavailable("opening the SQLite database", e)),
     }
 }
 
@@ -594,6 +622,7 @@ impl SqliteStore {
             read_connections: 4,
             busy_timeout: Duration::from_secs(5),
             op_timeout: Duration::from_secs(10),
+            create_if_missing: true,
         }
     }
 
