@@ -10,23 +10,37 @@
 //!   `Unavailable` error opens the breaker and the same operation is retried on the secondary
 //!   within the same request. While the breaker is open, requests go straight to the secondary and
 //!   never wait on the primary; a background probe checks the primary's health.
-//! - **Recovery.** Writes made during the outage are logged in order (creates, deltas, destroys).
-//!   When the probe finds the primary healthy, the log is replayed onto it before requests return
-//!   to it: created sessions are copied over, deltas are re-applied per key (so they merge with
-//!   whatever the primary kept), and destroys are applied, so nothing resurrects. A session the
-//!   primary no longer has (a Redis restarted without persistence) is read through from the
-//!   secondary and re-homed on first use.
+//! - **Recovery.** Creates and deltas made during the outage are logged in order. When the probe
+//!   finds the primary healthy, the destroys made during the outage are applied to it, then the
+//!   log is replayed before requests return to it: created sessions are copied over and deltas
+//!   re-applied per key (so they merge with whatever the primary kept). A session the primary no
+//!   longer has (a Redis restarted without persistence) is read through from the secondary and
+//!   re-homed on first use.
+//! - **Ended stays ended.** Every destroy (logout, revoke, "sign out everywhere", eviction by the
+//!   per-user limit) leaves a tombstone in the secondary until the session's absolute expiry,
+//!   written before the destroy is applied. Read-through, mirror healing, log replay and loads
+//!   from the secondary check it, and check again after copying a record, so no path copies an
+//!   ended session back. A destroy one store missed leaves a pending mark in the other (in the
+//!   secondary during an outage; in the primary when the mirror failed); every process applies
+//!   them at start, on recovery and every `sweep_interval`. Marks are records under keys no
+//!   cookie maps to, skipped by `scan`; see `marks.rs`.
 //!
 //! # Limits
-//! The outage log lives in this process: if the process dies during an outage, its deltas to
-//! sessions that the primary still holds are not replayed (the secondary still has them). Each
-//! process has its own breaker, so for up to one probe interval two processes may disagree on
-//! which store is current.
+//! Destroys are never dropped and survive a restart of any process, since their marks live in
+//! the stores. The log of creates and deltas lives in this process and is bounded (`max_log`
+//! entries, `max_log_bytes` bytes; the oldest entries go first): a dropped or lost entry is not
+//! replayed, so a created session is re-homed on first use and a delta to a session the primary
+//! still holds survives only in the secondary. When the primary kept its data through an outage,
+//! a process that saw no outage itself may serve a session destroyed during it for up to one
+//! `sweep_interval`. When a destroy found the secondary down and the primary loses its data
+//! before the next sweep, the pending mark is lost with it. While the primary is down, `count`
+//! includes the marks held in the secondary. Each process has its own breaker, so for up to one
+//! probe interval two processes may disagree on which store is current.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -36,6 +50,10 @@ use crate::clock::{Clock, SystemClock};
 use crate::id::StorageKey;
 use crate::record::{Delta, Meta, Record, Timestamp};
 
+mod marks;
+
+use marks::{is_mark, Kind};
+
 /// Tuning of [`FallbackStore`].
 #[derive(Clone, Copy, Debug)]
 pub struct FallbackOptions {
@@ -43,9 +61,19 @@ pub struct FallbackOptions {
     pub primary_timeout: Duration,
     /// How often the probe checks a primary that is down. Default 250 ms.
     pub probe_interval: Duration,
-    /// Most outage writes remembered for replay; past that the oldest deltas are dropped (the
-    /// secondary still has them) and a warning is logged. Default 1,000,000.
+    /// Most outage creates and deltas remembered for replay; past that the oldest are dropped
+    /// (the secondary still has them) and a warning is logged. Destroys are not counted: they
+    /// are never dropped. Default 1,000,000.
     pub max_log: usize,
+    /// Most bytes of outage creates and deltas remembered (keys and values), with the same rule.
+    /// Default 64 MiB.
+    pub max_log_bytes: usize,
+    /// How long a tombstone lasts when the ended session's absolute expiry is unknown; set it to
+    /// the absolute timeout. Default 7 days.
+    pub tombstone_ttl: Duration,
+    /// How often the pending marks of destroys that one store missed are applied to it while
+    /// the primary is up. Default 5 s.
+    pub sweep_interval: Duration,
 }
 
 impl Default for FallbackOptions {
@@ -54,15 +82,46 @@ impl Default for FallbackOptions {
             primary_timeout: Duration::from_millis(200),
             probe_interval: Duration::from_millis(250),
             max_log: 1_000_000,
+            max_log_bytes: 64 << 20,
+            tombstone_ttl: Duration::from_secs(7 * 24 * 3600),
+            sweep_interval: Duration::from_secs(5),
         }
     }
 }
 
+/// A write made on the secondary during an outage, to replay onto the primary. Destroys are not
+/// logged: their marks in the secondary are the durable log (see `marks.rs`).
 #[derive(Clone, Debug)]
 enum Op {
     Created(StorageKey),
     Delta(StorageKey, Delta),
-    Destroyed(StorageKey),
+}
+
+impl Op {
+    /// Approximate memory held, for the byte bound.
+    fn bytes(&self) -> usize {
+        const FIXED: usize = std::mem::size_of::<Op>();
+        match self {
+            Op::Created(_) => FIXED,
+            Op::Delta(_, d) => {
+                let changes: usize = d
+                    .changes
+                    .iter()
+                    .map(|(k, v)| 32 + k.len() + v.as_ref().map_or(0, |v| v.as_json().len()))
+                    .sum();
+                FIXED + changes
+            }
+        }
+    }
+}
+
+/// The outage log: O(1) per write, bounded in entries and bytes.
+#[derive(Debug, Default)]
+struct OutageLog {
+    ops: VecDeque<Op>,
+    bytes: usize,
+    /// Whether the bound was hit during this outage (warned once).
+    overflowed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,12 +137,13 @@ struct Inner {
     secondary: Arc<dyn SessionStore>,
     opts: FallbackOptions,
     state: Mutex<Breaker>,
-    log: Mutex<Vec<Op>>,
-    /// Destroys the mirror could not apply; read-through must not resurrect these keys.
+    log: Mutex<OutageLog>,
+    /// Destroys that neither reached the secondary nor left a mark on the primary: the last
+    /// resort, applied by the next sweep.
     unmirrored_destroys: Mutex<HashSet<StorageKey>>,
     mirror_failures: AtomicU64,
     failovers: AtomicU64,
-    /// Serializes replays.
+    /// Serializes replays and sweeps.
     replay: tokio::sync::Mutex<()>,
 }
 
@@ -99,7 +159,8 @@ enum Route {
 }
 
 impl FallbackStore {
-    /// Combines two stores. Must be called inside a Tokio runtime (it starts the probe task).
+    /// Combines two stores. Must be called inside a Tokio runtime (it starts the probe task,
+    /// which first applies any pending marks left by earlier processes).
     pub fn new(
         primary: Arc<dyn SessionStore>,
         secondary: Arc<dyn SessionStore>,
@@ -110,7 +171,7 @@ impl FallbackStore {
             secondary,
             opts,
             state: Mutex::new(Breaker::Closed),
-            log: Mutex::new(Vec::new()),
+            log: Mutex::new(OutageLog::default()),
             unmirrored_destroys: Mutex::new(HashSet::new()),
             mirror_failures: AtomicU64::new(0),
             failovers: AtomicU64::new(0),
@@ -184,12 +245,23 @@ impl FallbackStore {
     }
 
     fn record(&self, op: Op) {
+        let (max, max_bytes) = (self.inner.opts.max_log, self.inner.opts.max_log_bytes);
         let mut log = self.inner.log.lock();
-        if log.len() >= self.inner.opts.max_log {
-            tracing::warn!("fallback outage log is full; dropping the oldest entry");
-            log.remove(0);
+        log.bytes += op.bytes();
+        log.ops.push_back(op);
+        while log.ops.len() > max || (log.bytes > max_bytes && log.ops.len() > 1) {
+            let Some(old) = log.ops.pop_front() else {
+                break;
+            };
+            log.bytes -= old.bytes();
+            if !log.overflowed {
+                log.overflowed = true;
+                tracing::warn!(
+                    "fallback outage log is full; dropping the oldest creates and deltas \
+                     (the secondary keeps them; destroys are never dropped)"
+                );
+            }
         }
-        log.push(op);
     }
 
     fn mirror_failed(&self, what: &str, e: &StoreError) {
@@ -205,11 +277,11 @@ impl FallbackStore {
         now: Timestamp,
     ) -> Result<CreateOutcome, StoreError> {
         let out = self.inner.secondary.create(key, record, limit, now).await?;
-        if matches!(out, CreateOutcome::Created { .. }) {
+        if let CreateOutcome::Created { evicted } = &out {
             self.record(Op::Created(key.clone()));
-            if let CreateOutcome::Created { evicted } = &out {
-                for k in evicted {
-                    self.record(Op::Destroyed(k.clone()));
+            for k in evicted {
+                if let Err(e) = self.end_on_secondary(k, None, now).await {
+                    tracing::warn!(key = k.short(), error = %e, "marking an eviction failed");
                 }
             }
         }
@@ -229,61 +301,85 @@ impl FallbackStore {
         Ok(out)
     }
 
-    async fn secondary_destroy(&self, key: &StorageKey) -> Result<bool, StoreError> {
-        let gone = self.inner.secondary.destroy(key).await?;
-        self.record(Op::Destroyed(key.clone()));
-        Ok(gone)
+    async fn secondary_load(
+        &self,
+        key: &StorageKey,
+        now: Timestamp,
+    ) -> Result<Option<Record>, StoreError> {
+        let Some(r) = self.inner.secondary.load(key, now).await? else {
+            return Ok(None);
+        };
+        // A copy whose destroy failed after its tombstone was written.
+        let t = marks::mark_key(Kind::Tombstone, key);
+        if self.inner.secondary.load(&t, now).await?.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(r))
     }
 }
 
-/// Probes a primary that is down and replays the outage log when it is back.
+/// Applies pending marks at start and every sweep interval; probes a primary that is down and
+/// replays the outage log when it is back.
 async fn probe(weak: Weak<Inner>) {
+    let mut last_sweep: Option<Instant> = None;
     loop {
-        let interval = match weak.upgrade() {
-            Some(inner) => inner.opts.probe_interval,
-            None => return,
-        };
-        tokio::time::sleep(interval).await;
         let Some(inner) = weak.upgrade() else { return };
-        if *inner.state.lock() == Breaker::Closed {
-            continue;
+        let interval = inner.opts.probe_interval;
+        let store = FallbackStore { inner };
+        let state = *store.inner.state.lock();
+        if state == Breaker::Closed {
+            if last_sweep.is_none_or(|t| t.elapsed() >= store.inner.opts.sweep_interval) {
+                let _guard = store.inner.replay.lock().await;
+                if let Err(e) = store.sweep(SystemClock.now()).await {
+                    tracing::warn!(error = %e, "applying pending destroy marks failed");
+                }
+                last_sweep = Some(Instant::now());
+            }
+        } else {
+            let healthy = matches!(
+                tokio::time::timeout(store.inner.opts.primary_timeout, store.inner.primary.health()).await,
+                Ok(h) if h.ok
+            );
+            if healthy {
+                store.recover().await;
+                last_sweep = Some(Instant::now());
+            }
         }
-        let healthy = matches!(
-            tokio::time::timeout(inner.opts.primary_timeout, inner.primary.health()).await,
-            Ok(h) if h.ok
-        );
-        if healthy {
-            let store = FallbackStore { inner };
-            store.recover().await;
-        }
+        // Holding no strong reference while asleep lets the store be dropped.
+        drop(store);
+        tokio::time::sleep(interval).await;
     }
 }
 
 impl FallbackStore {
-    /// Replays the outage log onto the primary, then sends requests back to it.
+    /// Applies the outage's destroys and replays its log onto the primary, then sends requests
+    /// back to it.
     async fn recover(&self) {
         let _guard = self.inner.replay.lock().await;
         *self.inner.state.lock() = Breaker::Recovering;
         let now = SystemClock.now();
+        if let Err(e) = self.sweep(now).await {
+            tracing::warn!(error = %e, "primary failed again during recovery; staying on the secondary");
+            *self.inner.state.lock() = Breaker::Open;
+            return;
+        }
         loop {
-            let batch: Vec<Op> = {
-                let mut log = self.inner.log.lock();
-                let n = log.len().min(1000);
-                log.drain(..n).collect()
-            };
-            if batch.is_empty() {
+            let Some(op) = self.inner.log.lock().ops.pop_front() else {
                 break;
+            };
+            if let Err(e) = self.replay_one(&op, now).await {
+                tracing::warn!(error = %e, "primary failed again during recovery; staying on the secondary");
+                self.inner.log.lock().ops.push_front(op);
+                *self.inner.state.lock() = Breaker::Open;
+                return;
             }
-            for (i, op) in batch.iter().enumerate() {
-                if let Err(e) = self.replay_one(op, now).await {
-                    tracing::warn!(error = %e, "primary failed again during recovery; staying on the secondary");
-                    let mut log = self.inner.log.lock();
-                    let rest: Vec<Op> = batch[i..].to_vec();
-                    log.splice(0..0, rest);
-                    *self.inner.state.lock() = Breaker::Open;
-                    return;
-                }
-            }
+            let mut log = self.inner.log.lock();
+            log.bytes = log.bytes.saturating_sub(op.bytes());
+        }
+        {
+            let mut log = self.inner.log.lock();
+            log.bytes = 0;
+            log.overflowed = false;
         }
         *self.inner.state.lock() = Breaker::Closed;
         tracing::info!(
@@ -299,32 +395,49 @@ impl FallbackStore {
         match op {
             Op::Created(key) => {
                 if let Some(r) = self.inner.secondary.load(key, now).await? {
-                    let _ =
-                        tokio::time::timeout(t, p.create(key, &r, SessionLimit::UNLIMITED, now))
-                            .await
-                            .map_err(timed)??;
+                    self.replay_rehome(key, &r, now).await?;
                 }
             }
             Op::Delta(key, d) => {
+                if self.ended(key, now).await? {
+                    tokio::time::timeout(t, p.destroy(key))
+                        .await
+                        .map_err(timed)??;
+                    return Ok(());
+                }
                 let out = tokio::time::timeout(t, p.save_delta(key, d, now))
                     .await
                     .map_err(timed)??;
                 if out == SaveOutcome::Missing {
                     if let Some(r) = self.inner.secondary.load(key, now).await? {
-                        let _ = tokio::time::timeout(
-                            t,
-                            p.create(key, &r, SessionLimit::UNLIMITED, now),
-                        )
-                        .await
-                        .map_err(timed)??;
+                        self.replay_rehome(key, &r, now).await?;
                     }
                 }
             }
-            Op::Destroyed(key) => {
-                tokio::time::timeout(t, p.destroy(key))
-                    .await
-                    .map_err(timed)??;
-            }
+        }
+        Ok(())
+    }
+
+    /// [`rehome`](Self::rehome) with the replay's longer timeout and no breaker trips.
+    async fn replay_rehome(
+        &self,
+        key: &StorageKey,
+        r: &Record,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let t = self.inner.opts.primary_timeout * 5;
+        let timed = |e: tokio::time::error::Elapsed| StoreError::unavailable("replay", e);
+        let p = &self.inner.primary;
+        if self.ended(key, now).await? {
+            return Ok(());
+        }
+        let _ = tokio::time::timeout(t, p.create(key, r, SessionLimit::UNLIMITED, now))
+            .await
+            .map_err(timed)??;
+        if self.ended(key, now).await? {
+            tokio::time::timeout(t, p.destroy(key))
+                .await
+                .map_err(timed)??;
         }
         Ok(())
     }
@@ -350,12 +463,8 @@ impl SessionStore for FallbackStore {
             {
                 Ok(out) => {
                     if let CreateOutcome::Created { evicted } = &out {
-                        for k in evicted {
-                            if let Err(e) = self.inner.secondary.destroy(k).await {
-                                self.mirror_failed("evict", &e);
-                                self.inner.unmirrored_destroys.lock().insert(k.clone());
-                            }
-                        }
+                        let ended: Vec<_> = evicted.iter().map(|k| (k.clone(), None)).collect();
+                        self.end_in_secondary(&ended, true, now).await;
                         // The primary already enforced the limit; the mirror copies the result.
                         if let Err(e) = self
                             .inner
@@ -383,37 +492,30 @@ impl SessionStore for FallbackStore {
             {
                 Ok(Some(r)) => return Ok(Some(r)),
                 Ok(None) => {
-                    if self.inner.unmirrored_destroys.lock().contains(key) {
-                        return Ok(None);
-                    }
                     // Read-through: a session the primary lost (restart without persistence)
-                    // or that was written during an outage and not yet replayed.
+                    // or that was written during an outage and not yet replayed; never one that
+                    // was ended.
                     let Some(r) = self.inner.secondary.load(key, now).await? else {
                         return Ok(None);
                     };
-                    match self
-                        .on_primary(
-                            "rehome",
-                            self.inner
-                                .primary
-                                .create(key, &r, SessionLimit::UNLIMITED, now),
-                        )
-                        .await
-                    {
-                        Ok(_) => {
-                            tracing::debug!(key = key.short(), "session re-homed on the primary")
+                    return match self.rehome(key, &r, now).await {
+                        Ok(true) => {
+                            tracing::debug!(key = key.short(), "session re-homed on the primary");
+                            Ok(Some(r))
                         }
-                        Err(e) => {
-                            tracing::warn!(key = key.short(), error = %e, "re-homing a session failed")
+                        Ok(false) => Ok(None),
+                        Err(e @ StoreError::Unavailable { .. }) => {
+                            tracing::warn!(key = key.short(), error = %e, "re-homing a session failed");
+                            self.secondary_load(key, now).await
                         }
-                    }
-                    return Ok(Some(r));
+                        Err(e) => Err(e),
+                    };
                 }
                 Err(StoreError::Unavailable { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
-        self.inner.secondary.load(key, now).await
+        self.secondary_load(key, now).await
     }
 
     async fn save_delta(
@@ -430,30 +532,13 @@ impl SessionStore for FallbackStore {
                 Ok(out @ SaveOutcome::Saved { .. }) => {
                     match self.inner.secondary.save_delta(key, delta, now).await {
                         Ok(SaveOutcome::Saved { .. }) => {}
-                        Ok(SaveOutcome::Missing) => {
-                            // Heal the mirror with the whole record.
-                            if let Ok(Ok(Some(r))) = tokio::time::timeout(
-                                self.inner.opts.primary_timeout,
-                                self.inner.primary.load(key, now),
-                            )
-                            .await
-                            {
-                                if let Err(e) = self
-                                    .inner
-                                    .secondary
-                                    .create(key, &r, SessionLimit::UNLIMITED, now)
-                                    .await
-                                {
-                                    self.mirror_failed("heal", &e);
-                                }
-                            }
-                        }
+                        Ok(SaveOutcome::Missing) => return self.heal(key, out, now).await,
                         Err(e) => self.mirror_failed("save", &e),
                     }
                     return Ok(out);
                 }
                 Ok(SaveOutcome::Missing) => {
-                    if self.inner.unmirrored_destroys.lock().contains(key) {
+                    if self.ended(key, now).await? {
                         return Ok(SaveOutcome::Missing);
                     }
                     // The primary lost it; the secondary may still have it (re-homed on next load).
@@ -467,27 +552,29 @@ impl SessionStore for FallbackStore {
     }
 
     async fn destroy(&self, key: &StorageKey) -> Result<bool, StoreError> {
+        let now = SystemClock.now();
         if let Route::Primary = self.route() {
+            // The tombstone goes down first, so a concurrent read-through (here or in another
+            // process) that copies the record back sees it and undoes its copy.
+            let copy = self.inner.secondary.load(key, now).await.ok().flatten();
+            let exp = self.mark_expiry(copy.as_ref().map(|r| &r.meta), now);
+            let sec = &*self.inner.secondary;
+            let _ = self.mark(sec, Kind::Tombstone, key, exp, now).await;
             match self
                 .on_primary("destroy", self.inner.primary.destroy(key))
                 .await
             {
                 Ok(gone) => {
-                    let mirrored = self.inner.secondary.destroy(key).await;
-                    return match mirrored {
-                        Ok(g) => Ok(gone || g),
-                        Err(e) => {
-                            self.mirror_failed("destroy", &e);
-                            self.inner.unmirrored_destroys.lock().insert(key.clone());
-                            Ok(gone)
-                        }
-                    };
+                    self.end_in_secondary(&[(key.clone(), Some(exp))], false, now)
+                        .await;
+                    return Ok(gone || copy.is_some());
                 }
                 Err(StoreError::Unavailable { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
-        self.secondary_destroy(key).await
+        self.end_on_secondary(key, None, now).await?;
+        self.inner.secondary.destroy(key).await
     }
 
     async fn list_user(
@@ -513,6 +600,7 @@ impl SessionStore for FallbackStore {
         user_id: &str,
         except: Option<&StorageKey>,
     ) -> Result<Vec<StorageKey>, StoreError> {
+        let now = SystemClock.now();
         if let Route::Primary = self.route() {
             match self
                 .on_primary(
@@ -522,22 +610,32 @@ impl SessionStore for FallbackStore {
                 .await
             {
                 Ok(gone) => {
-                    if let Err(e) = self.inner.secondary.destroy_user(user_id, except).await {
-                        self.mirror_failed("destroy_user", &e);
-                        self.inner
-                            .unmirrored_destroys
-                            .lock()
-                            .extend(gone.iter().cloned());
+                    // Tombstones for what the primary destroyed, then the secondary's own list:
+                    // it may hold sessions the primary lost.
+                    let mut ended: Vec<_> = gone.iter().map(|k| (k.clone(), None)).collect();
+                    match self.inner.secondary.list_user(user_id, now).await {
+                        Ok(list) => ended.extend(
+                            list.into_iter()
+                                .filter(|(k, _)| Some(k) != except && !gone.contains(k))
+                                .map(|(k, m)| (k, Some(m.absolute_expires_at))),
+                        ),
+                        Err(e) => self.mirror_failed("destroy_user", &e),
                     }
+                    self.end_in_secondary(&ended, true, now).await;
                     return Ok(gone);
                 }
                 Err(StoreError::Unavailable { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
+        let live = self.inner.secondary.list_user(user_id, now).await?;
+        for (k, m) in live.iter().filter(|(k, _)| Some(k) != except) {
+            self.end_on_secondary(k, Some(m.absolute_expires_at), now)
+                .await?;
+        }
         let gone = self.inner.secondary.destroy_user(user_id, except).await?;
-        for k in &gone {
-            self.record(Op::Destroyed(k.clone()));
+        for k in gone.iter().filter(|k| !live.iter().any(|(l, _)| l == *k)) {
+            self.end_on_secondary(k, None, now).await?;
         }
         Ok(gone)
     }
@@ -567,17 +665,21 @@ impl SessionStore for FallbackStore {
     }
 
     async fn scan(&self, cursor: Option<String>, batch: usize) -> Result<ScanPage, StoreError> {
-        if let Route::Primary = self.route() {
-            match self
-                .on_primary("scan", self.inner.primary.scan(cursor.clone(), batch))
-                .await
-            {
-                Ok(p) => return Ok(p),
-                Err(StoreError::Unavailable { .. }) => {}
-                Err(e) => return Err(e),
+        let mut page = 'page: {
+            if let Route::Primary = self.route() {
+                match self
+                    .on_primary("scan", self.inner.primary.scan(cursor.clone(), batch))
+                    .await
+                {
+                    Ok(p) => break 'page p,
+                    Err(StoreError::Unavailable { .. }) => {}
+                    Err(e) => return Err(e),
+                }
             }
-        }
-        self.inner.secondary.scan(cursor, batch).await
+            self.inner.secondary.scan(cursor, batch).await?
+        };
+        page.records.retain(|(_, r)| !is_mark(r));
+        Ok(page)
     }
 
     async fn health(&self) -> Health {
@@ -605,5 +707,38 @@ impl SessionStore for FallbackStore {
                 self.mirror_failures(),
             ),
         }
+    }
+}
+
+impl FallbackStore {
+    /// The secondary lacks a record the primary just saved: copy it over, unless the session was
+    /// ended (then the primary's copy is the resurrection, and goes).
+    async fn heal(
+        &self,
+        key: &StorageKey,
+        out: SaveOutcome,
+        now: Timestamp,
+    ) -> Result<SaveOutcome, StoreError> {
+        if self.ended(key, now).await? {
+            self.on_primary("heal", self.inner.primary.destroy(key))
+                .await?;
+            return Ok(SaveOutcome::Missing);
+        }
+        let loaded = self
+            .on_primary("heal", self.inner.primary.load(key, now))
+            .await;
+        if let Ok(Some(r)) = loaded {
+            let sec = &self.inner.secondary;
+            match sec.create(key, &r, SessionLimit::UNLIMITED, now).await {
+                // A destroy that raced with the copy: its tombstone is down by now or its own
+                // destroy of the secondary comes after the copy.
+                Ok(_) if self.ended(key, now).await? => {
+                    let _ = sec.destroy(key).await?;
+                }
+                Ok(_) => {}
+                Err(e) => self.mirror_failed("heal", &e),
+            }
+        }
+        Ok(out)
     }
 }

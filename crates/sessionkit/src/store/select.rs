@@ -71,7 +71,11 @@ pub async fn build_store(config: &Config) -> Result<Arc<dyn SessionStore>, Store
     Ok(Arc::new(super::fallback::FallbackStore::new(
         primary,
         secondary,
-        super::fallback::FallbackOptions::default(),
+        super::fallback::FallbackOptions {
+            // Tombstones of sessions whose expiry is unknown last as long as any session can.
+            tombstone_ttl: config.absolute_timeout,
+            ..Default::default()
+        },
     )))
 }
 
