@@ -38,7 +38,7 @@
 //! probe interval two processes may disagree on which store is current.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -141,6 +141,9 @@ struct Inner {
     /// Destroys that neither reached the secondary nor left a mark on the primary: the last
     /// resort, applied by the next sweep.
     unmirrored_destroys: Mutex<HashSet<StorageKey>>,
+    /// Whether the pending marks of earlier processes were applied to the primary since this
+    /// process started; until then, loads served by the primary check the tombstones too.
+    swept: AtomicBool,
     mirror_failures: AtomicU64,
     failovers: AtomicU64,
     /// Serializes replays and sweeps.
@@ -173,6 +176,7 @@ impl FallbackStore {
             state: Mutex::new(Breaker::Closed),
             log: Mutex::new(OutageLog::default()),
             unmirrored_destroys: Mutex::new(HashSet::new()),
+            swept: AtomicBool::new(false),
             mirror_failures: AtomicU64::new(0),
             failovers: AtomicU64::new(0),
             replay: tokio::sync::Mutex::new(()),
@@ -330,8 +334,9 @@ async fn probe(weak: Weak<Inner>) {
         if state == Breaker::Closed {
             if last_sweep.is_none_or(|t| t.elapsed() >= store.inner.opts.sweep_interval) {
                 let _guard = store.inner.replay.lock().await;
-                if let Err(e) = store.sweep(SystemClock.now()).await {
-                    tracing::warn!(error = %e, "applying pending destroy marks failed");
+                match store.sweep(SystemClock.now()).await {
+                    Ok(()) => store.inner.swept.store(true, Ordering::Release),
+                    Err(e) => tracing::warn!(error = %e, "applying pending destroy marks failed"),
                 }
                 last_sweep = Some(Instant::now());
             }
@@ -363,6 +368,7 @@ impl FallbackStore {
             *self.inner.state.lock() = Breaker::Open;
             return;
         }
+        self.inner.swept.store(true, Ordering::Release);
         loop {
             let Some(op) = self.inner.log.lock().ops.pop_front() else {
                 break;
@@ -490,7 +496,19 @@ impl SessionStore for FallbackStore {
                 .on_primary("load", self.inner.primary.load(key, now))
                 .await
             {
-                Ok(Some(r)) => return Ok(Some(r)),
+                Ok(Some(r)) => {
+                    // Just started: the primary may still hold a session an earlier process
+                    // ended during an outage, until the first sweep applies its mark.
+                    if !self.inner.swept.load(Ordering::Acquire)
+                        && matches!(self.ended(key, now).await, Ok(true))
+                    {
+                        let _ = self
+                            .on_primary("destroy", self.inner.primary.destroy(key))
+                            .await;
+                        return Ok(None);
+                    }
+                    return Ok(Some(r));
+                }
                 Ok(None) => {
                     // Read-through: a session the primary lost (restart without persistence)
                     // or that was written during an outage and not yet replayed; never one that
