@@ -3,8 +3,8 @@
 //! (issue 14, item 3). Each "process" is an independent `FallbackStore` with its own Redis
 //! connection, SQLite handle and in-memory state, on one Redis server and one SQLite file.
 //!
-//! Two kinds of outage: `kill` (SIGKILL, restarted empty, as Redis without persistence) and
-//! `CLIENT PAUSE` (Redis stalls and comes back with its data, as a partition or a long fork).
+//! Two kinds of outage: `kill` (SIGKILL, restarted empty, as Redis without persistence) and a
+//! stall (SIGSTOP then SIGCONT: Redis comes back with its data, as after a partition).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::path::Path;
@@ -83,8 +83,26 @@ async fn wait_until(what: &str, f: impl Fn() -> bool) {
     }
 }
 
-/// Opens the breaker of `store` with a harmless read (a command sent to a paused Redis runs
-/// when the pause ends, so the trip must not be a write).
+fn redis_pid(server: &RedisServer) -> String {
+    let info = server.cli(&["INFO", "server"]);
+    let pid = info
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("process_id:"))
+        .expect("process_id in INFO");
+    pid.to_owned()
+}
+
+/// Stops (`STOP`) or resumes (`CONT`) the test's own Redis server, found by its pid.
+fn signal(pid: &str, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{sig}"), pid.to_owned()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{sig} {pid}");
+}
+
+/// Opens the breaker of `store` with a harmless read (a command sent to a stopped Redis runs
+/// when it resumes, so the trip must not be a write).
 async fn trip(store: &FallbackStore, live: &StorageKey, now: Timestamp) {
     assert!(store.load(live, now).await.unwrap().is_some());
     assert!(!store.primary_active(), "the breaker opened");
@@ -167,7 +185,8 @@ async fn logout_during_a_redis_stall_stays_ended_after_the_process_dies() {
     let other = sign_in(&a, "alice", now).await;
     let live = sign_in(&a, "bob", now).await;
 
-    server.cli(&["CLIENT", "PAUSE", "20000", "ALL"]);
+    let pid = redis_pid(&server);
+    signal(&pid, "STOP");
     trip(&a, &live, now).await;
     assert!(a.destroy(&gone).await.unwrap());
     // "Sign out everywhere" during the outage too.
@@ -176,7 +195,7 @@ async fn logout_during_a_redis_stall_stays_ended_after_the_process_dies() {
         vec![other.clone()]
     );
     drop(a);
-    server.cli(&["CLIENT", "UNPAUSE"]);
+    signal(&pid, "CONT");
 
     // B writes to the ended sessions: the primary still holds them, the secondary does not.
     for k in [&gone, &other] {
@@ -218,7 +237,8 @@ async fn a_full_outage_log_never_loses_a_destroy() {
     }
     let live = sign_in(&a, "erin", now).await;
 
-    server.cli(&["CLIENT", "PAUSE", "20000", "ALL"]);
+    let pid = redis_pid(&server);
+    signal(&pid, "STOP");
     trip(&a, &live, now).await;
     for k in &doomed {
         assert!(a.destroy(k).await.unwrap());
@@ -229,7 +249,7 @@ async fn a_full_outage_log_never_loses_a_destroy() {
         let out = a.save_delta(&live, &d, now).await.unwrap();
         assert!(matches!(out, SaveOutcome::Saved { .. }));
     }
-    server.cli(&["CLIENT", "UNPAUSE"]);
+    signal(&pid, "CONT");
     wait_until("recovery", || a.primary_active()).await;
 
     for k in &doomed {
