@@ -470,7 +470,7 @@ impl SessionStore for FallbackStore {
                 Ok(out) => {
                     if let CreateOutcome::Created { evicted } = &out {
                         let ended: Vec<_> = evicted.iter().map(|k| (k.clone(), None)).collect();
-                        self.end_in_secondary(&ended, true, now).await;
+                        self.end_in_secondary(&ended, false, true, now).await;
                         // The primary already enforced the limit; the mirror copies the result.
                         if let Err(e) = self
                             .inner
@@ -577,13 +577,13 @@ impl SessionStore for FallbackStore {
             let copy = self.inner.secondary.load(key, now).await.ok().flatten();
             let exp = self.mark_expiry(copy.as_ref().map(|r| &r.meta), now);
             let sec = &*self.inner.secondary;
-            let _ = self.mark(sec, Kind::Tombstone, key, exp, now).await;
+            let marked = self.mark(sec, Kind::Tombstone, key, exp, now).await.is_ok();
             match self
                 .on_primary("destroy", self.inner.primary.destroy(key))
                 .await
             {
                 Ok(gone) => {
-                    self.end_in_secondary(&[(key.clone(), Some(exp))], false, now)
+                    self.end_in_secondary(&[(key.clone(), Some(exp))], marked, false, now)
                         .await;
                     return Ok(gone || copy.is_some());
                 }
@@ -639,7 +639,7 @@ impl SessionStore for FallbackStore {
                         ),
                         Err(e) => self.mirror_failed("destroy_user", &e),
                     }
-                    self.end_in_secondary(&ended, true, now).await;
+                    self.end_in_secondary(&ended, false, true, now).await;
                     return Ok(gone);
                 }
                 Err(StoreError::Unavailable { .. }) => {}
@@ -758,5 +758,41 @@ impl FallbackStore {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Value;
+    use crate::store::memory::MemoryStore;
+
+    #[tokio::test]
+    async fn the_outage_log_is_bounded_in_bytes_and_entries() {
+        let mem = || Arc::new(MemoryStore::new()) as Arc<dyn SessionStore>;
+        let opts = FallbackOptions {
+            max_log: 50,
+            max_log_bytes: 16 * 1024,
+            ..FallbackOptions::default()
+        };
+        let store = FallbackStore::new(mem(), mem(), opts);
+        let big = Value::to_json(&"x".repeat(1000)).unwrap_or_else(|_| unreachable!());
+        let key = crate::id::SessionId::from_bytes([1; 32]).storage_key();
+        for i in 0..10_000 {
+            let d = Delta {
+                changes: vec![(format!("k{i}"), Some(big.clone()))],
+                touch: None,
+            };
+            store.record(Op::Delta(key.clone(), d));
+            let log = store.inner.log.lock();
+            assert!(log.bytes <= 16 * 1024, "{} bytes", log.bytes);
+            assert_eq!(log.bytes, log.ops.iter().map(Op::bytes).sum::<usize>());
+        }
+        for _ in 0..1000 {
+            store.record(Op::Created(key.clone()));
+        }
+        let log = store.inner.log.lock();
+        assert_eq!(log.ops.len(), 50, "bounded in entries");
+        assert!(log.overflowed);
     }
 }

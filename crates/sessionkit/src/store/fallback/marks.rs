@@ -160,13 +160,15 @@ impl FallbackStore {
         Ok(true)
     }
 
-    /// After the primary destroyed `keys`: tombstone each in the secondary, destroy it there,
-    /// and when that fails leave a pending mark on the primary for the sweep. With `redestroy`,
-    /// the primary destroys the key again once the tombstone is down, undoing a read-through
-    /// that copied it back between the primary's destroy and the tombstone.
+    /// After the primary destroyed `keys`: tombstone each in the secondary (unless `marked`
+    /// says it already is), destroy it there, and when that fails leave a pending mark on the
+    /// primary for the sweep. With `redestroy`, the primary destroys the key again once the
+    /// tombstone is down, undoing a read-through that copied it back between the primary's
+    /// destroy and the tombstone.
     pub(super) async fn end_in_secondary(
         &self,
         keys: &[(StorageKey, Option<Timestamp>)],
+        marked: bool,
         redestroy: bool,
         now: Timestamp,
     ) {
@@ -176,7 +178,10 @@ impl FallbackStore {
                 Some(e) => *e,
                 None => self.secondary_expiry(k, now).await,
             };
-            let mut done = self.mark(&**sec, Kind::Tombstone, k, exp, now).await;
+            let mut done = match marked {
+                true => Ok(()),
+                false => self.mark(&**sec, Kind::Tombstone, k, exp, now).await,
+            };
             if done.is_ok() && redestroy {
                 let _ = self
                     .on_primary("destroy", self.inner.primary.destroy(k))
