@@ -33,8 +33,10 @@
 //! still holds survives only in the secondary. When the primary kept its data through an outage,
 //! a process that saw no outage itself may serve a session destroyed during it for up to one
 //! `sweep_interval`. When a destroy found the secondary down and the primary loses its data
-//! before the next sweep, the pending mark is lost with it. While the primary is down, `count`
-//! includes the marks held in the secondary. Each process has its own breaker, so for up to one
+//! before the next sweep, the pending mark is lost with it. `count` includes marks: those in the
+//! secondary while the primary is down, and a failed mirror's pending marks in the primary until
+//! the next sweep. Tools that open the secondary directly (the CLI on the fallback's URL) see the
+//! marks as records without a user, or of the reserved pending user. Each process has its own breaker, so for up to one
 //! probe interval two processes may disagree on which store is current.
 
 use std::collections::HashSet;
@@ -393,18 +395,24 @@ impl SessionStore for FallbackStore {
         let now = SystemClock.now();
         if let Route::Primary = self.route() {
             // The tombstone goes down first, so a concurrent read-through (here or in another
-            // process) that copies the record back sees it and undoes its copy.
-            let copy = self.inner.secondary.load(key, now).await.ok().flatten();
+            // process) that copies the record back sees it and undoes its copy. A session the
+            // secondary is known not to hold needs one only if the primary had it (then written
+            // after, and the primary's destroy repeated): no tombstone for a session never stored.
+            let copy = self.inner.secondary.load(key, now).await;
+            let absent = matches!(copy, Ok(None));
+            let copy = copy.ok().flatten();
             let exp = self.mark_expiry(copy.as_ref().map(|r| &r.meta), now);
             let sec = &*self.inner.secondary;
-            let marked = self.mark(sec, Kind::Tombstone, key, exp, now).await.is_ok();
+            let marked = !absent && self.mark(sec, Kind::Tombstone, key, exp, now).await.is_ok();
             match self
                 .on_primary("destroy", self.inner.primary.destroy(key))
                 .await
             {
                 Ok(gone) => {
-                    self.end_in_secondary(&[(key.clone(), Some(exp))], marked, false, now)
-                        .await;
+                    if gone || !absent {
+                        let ended = [(key.clone(), Some(exp))];
+                        self.end_in_secondary(&ended, marked, !marked, now).await;
+                    }
                     return Ok(gone || copy.is_some());
                 }
                 Err(StoreError::Unavailable { .. }) => {}
@@ -450,13 +458,17 @@ impl SessionStore for FallbackStore {
                 Ok(gone) => {
                     // Tombstones for what the primary destroyed, then the secondary's own list:
                     // it may hold sessions the primary lost.
+                    let mut gone = gone;
                     let mut ended: Vec<_> = gone.iter().map(|k| (k.clone(), None)).collect();
                     match self.inner.secondary.list_user(user_id, now).await {
-                        Ok(list) => ended.extend(
-                            list.into_iter()
-                                .filter(|(k, _)| Some(k) != except && !gone.contains(k))
-                                .map(|(k, m)| (k, Some(m.absolute_expires_at))),
-                        ),
+                        Ok(list) => {
+                            for (k, m) in list {
+                                if Some(&k) != except && !gone.contains(&k) {
+                                    ended.push((k.clone(), Some(m.absolute_expires_at)));
+                                    gone.push(k);
+                                }
+                            }
+                        }
                         Err(e) => self.mirror_failed("destroy_user", &e),
                     }
                     self.end_in_secondary(&ended, false, true, now).await;
