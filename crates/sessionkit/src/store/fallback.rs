@@ -18,26 +18,30 @@
 //!   re-homed on first use.
 //! - **Ended stays ended.** Every destroy (logout, revoke, "sign out everywhere", eviction by the
 //!   per-user limit) leaves a tombstone in the secondary until the session's absolute expiry,
-//!   written before the destroy is applied. Read-through, mirror healing, log replay and loads
-//!   from the secondary check it, and check again after copying a record, so no path copies an
-//!   ended session back. A destroy one store missed leaves a pending mark in the other (in the
-//!   secondary during an outage; in the primary when the mirror failed); every process applies
-//!   them at start, on recovery and every `sweep_interval`. Marks are records under keys no
-//!   cookie maps to, skipped by `scan`; see `marks.rs`.
+//!   written before the destroy is applied (when the primary destroyed on its own, as in an
+//!   eviction, right after it, and the primary's destroy is repeated). Read-through, mirror
+//!   healing, log replay and loads from the secondary check it, and check again after copying a
+//!   record, so no path copies an ended session back. A destroy one store missed leaves a pending
+//!   mark in the other (in the secondary during an outage; in the primary when the mirror
+//!   failed); every process applies them at start, on recovery and every `sweep_interval`, and
+//!   until its first sweep a new process checks the tombstone of every session the primary
+//!   serves. Marks are records under keys no cookie maps to, skipped by `scan`; see `marks.rs`.
 //!
 //! # Limits
-//! Destroys are never dropped and survive a restart of any process, since their marks live in
-//! the stores. The log of creates and deltas lives in this process and is bounded (`max_log`
-//! entries, `max_log_bytes` bytes; the oldest entries go first): a dropped or lost entry is not
+//! Destroys are never dropped and survive the restart or death of any process, since their marks
+//! live in the stores. The log of creates and deltas lives in this process and is bounded
+//! (`max_log` entries, `max_log_bytes` bytes; the oldest go first): a dropped or lost entry is not
 //! replayed, so a created session is re-homed on first use and a delta to a session the primary
-//! still holds survives only in the secondary. When the primary kept its data through an outage,
-//! a process that saw no outage itself may serve a session destroyed during it for up to one
-//! `sweep_interval`. When a destroy found the secondary down and the primary loses its data
-//! before the next sweep, the pending mark is lost with it. `count` includes marks: those in the
-//! secondary while the primary is down, and a failed mirror's pending marks in the primary until
-//! the next sweep. Tools that open the secondary directly (the CLI on the fallback's URL) see the
-//! marks as records without a user, or of the reserved pending user. Each process has its own breaker, so for up to one
-//! probe interval two processes may disagree on which store is current.
+//! still holds survives only in the secondary. Windows of at most one `sweep_interval`: when the
+//! primary kept its data through an outage, a process that saw no outage and has swept since it
+//! started may serve a session destroyed during it until its next sweep; when a destroy found the
+//! secondary down, the secondary's stale copy goes at the next sweep, so an outage of the primary
+//! before then serves it, and a primary that loses its data before then loses the pending mark.
+//! `count` includes marks: the secondary's while the primary is down, and a failed mirror's
+//! pending marks in the primary until the next sweep. Tools that open the secondary directly (the
+//! CLI on the fallback's URL) see marks as records without a user or of the reserved pending
+//! user. Each process has its own breaker, so for up to one probe interval two processes may
+//! disagree on which store is current.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
