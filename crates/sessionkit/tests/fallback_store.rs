@@ -26,6 +26,8 @@ fn opts() -> FallbackOptions {
         primary_timeout: Duration::from_millis(200),
         probe_interval: Duration::from_millis(50),
         max_log: 10_000,
+        sweep_interval: Duration::from_millis(100),
+        ..FallbackOptions::default()
     }
 }
 

@@ -10,22 +10,42 @@
 //!   `Unavailable` error opens the breaker and the same operation is retried on the secondary
 //!   within the same request. While the breaker is open, requests go straight to the secondary and
 //!   never wait on the primary; a background probe checks the primary's health.
-//! - **Recovery.** Writes made during the outage are logged in order (creates, deltas, destroys).
-//!   When the probe finds the primary healthy, the log is replayed onto it before requests return
-//!   to it: created sessions are copied over, deltas are re-applied per key (so they merge with
-//!   whatever the primary kept), and destroys are applied, so nothing resurrects. A session the
-//!   primary no longer has (a Redis restarted without persistence) is read through from the
-//!   secondary and re-homed on first use.
+//! - **Recovery.** Creates and deltas made during the outage are logged in order. When the probe
+//!   finds the primary healthy, the destroys made during the outage are applied to it, then the
+//!   log is replayed before requests return to it: created sessions are copied over and deltas
+//!   re-applied per key (so they merge with whatever the primary kept). A session the primary no
+//!   longer has (a Redis restarted without persistence) is read through from the secondary and
+//!   re-homed on first use.
+//! - **Ended stays ended.** Every destroy (logout, revoke, "sign out everywhere", eviction by the
+//!   per-user limit) leaves a tombstone in the secondary until the session's absolute expiry,
+//!   written before the destroy is applied (when the primary destroyed on its own, as in an
+//!   eviction, right after it, and the primary's destroy is repeated). Read-through, mirror
+//!   healing, log replay and loads from the secondary check it, and check again after copying a
+//!   record, so no path copies an ended session back. A destroy one store missed leaves a pending
+//!   mark in the other (in the secondary during an outage; in the primary when the mirror
+//!   failed); every process applies them at start, on recovery and every `sweep_interval`, and
+//!   until its first sweep a new process checks the tombstone of every session the primary
+//!   serves. Marks are records under keys no cookie maps to, skipped by `scan`; see `marks.rs`.
 //!
 //! # Limits
-//! The outage log lives in this process: if the process dies during an outage, its deltas to
-//! sessions that the primary still holds are not replayed (the secondary still has them). Each
-//! process has its own breaker, so for up to one probe interval two processes may disagree on
-//! which store is current.
+//! Destroys are never dropped and survive the restart or death of any process, since their marks
+//! live in the stores. The log of creates and deltas lives in this process and is bounded
+//! (`max_log` entries, `max_log_bytes` bytes; the oldest go first): a dropped or lost entry is not
+//! replayed, so a created session is re-homed on first use and a delta to a session the primary
+//! still holds survives only in the secondary. Windows of at most one `sweep_interval`: when the
+//! primary kept its data through an outage, a process that saw no outage and has swept since it
+//! started may serve a session destroyed during it until its next sweep; when a destroy found the
+//! secondary down, the secondary's stale copy goes at the next sweep, so an outage of the primary
+//! before then serves it, and a primary that loses its data before then loses the pending mark.
+//! `count` includes marks: the secondary's while the primary is down, and a failed mirror's
+//! pending marks in the primary until the next sweep. Tools that open the secondary directly (the
+//! CLI on the fallback's URL) see marks as records without a user or of the reserved pending
+//! user. Each process has its own breaker, so for up to one probe interval two processes may
+//! disagree on which store is current.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -36,6 +56,12 @@ use crate::clock::{Clock, SystemClock};
 use crate::id::StorageKey;
 use crate::record::{Delta, Meta, Record, Timestamp};
 
+mod marks;
+mod recovery;
+
+use marks::{is_mark, Kind};
+use recovery::{probe, Op, OutageLog};
+
 /// Tuning of [`FallbackStore`].
 #[derive(Clone, Copy, Debug)]
 pub struct FallbackOptions {
@@ -43,9 +69,19 @@ pub struct FallbackOptions {
     pub primary_timeout: Duration,
     /// How often the probe checks a primary that is down. Default 250 ms.
     pub probe_interval: Duration,
-    /// Most outage writes remembered for replay; past that the oldest deltas are dropped (the
-    /// secondary still has them) and a warning is logged. Default 1,000,000.
+    /// Most outage creates and deltas remembered for replay; past that the oldest are dropped
+    /// (the secondary still has them) and a warning is logged. Destroys are not counted: they
+    /// are never dropped. Default 1,000,000.
     pub max_log: usize,
+    /// Most bytes of outage creates and deltas remembered (keys and values), with the same rule.
+    /// Default 64 MiB.
+    pub max_log_bytes: usize,
+    /// How long a tombstone lasts when the ended session's absolute expiry is unknown; set it to
+    /// the absolute timeout. Default 7 days.
+    pub tombstone_ttl: Duration,
+    /// How often the pending marks of destroys that one store missed are applied to it while
+    /// the primary is up. Default 5 s.
+    pub sweep_interval: Duration,
 }
 
 impl Default for FallbackOptions {
@@ -54,15 +90,11 @@ impl Default for FallbackOptions {
             primary_timeout: Duration::from_millis(200),
             probe_interval: Duration::from_millis(250),
             max_log: 1_000_000,
+            max_log_bytes: 64 << 20,
+            tombstone_ttl: Duration::from_secs(7 * 24 * 3600),
+            sweep_interval: Duration::from_secs(5),
         }
     }
-}
-
-#[derive(Clone, Debug)]
-enum Op {
-    Created(StorageKey),
-    Delta(StorageKey, Delta),
-    Destroyed(StorageKey),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,12 +110,16 @@ struct Inner {
     secondary: Arc<dyn SessionStore>,
     opts: FallbackOptions,
     state: Mutex<Breaker>,
-    log: Mutex<Vec<Op>>,
-    /// Destroys the mirror could not apply; read-through must not resurrect these keys.
+    log: Mutex<OutageLog>,
+    /// Destroys that neither reached the secondary nor left a mark on the primary: the last
+    /// resort, applied by the next sweep.
     unmirrored_destroys: Mutex<HashSet<StorageKey>>,
+    /// Whether the pending marks of earlier processes were applied to the primary since this
+    /// process started; until then, loads served by the primary check the tombstones too.
+    swept: AtomicBool,
     mirror_failures: AtomicU64,
     failovers: AtomicU64,
-    /// Serializes replays.
+    /// Serializes replays and sweeps.
     replay: tokio::sync::Mutex<()>,
 }
 
@@ -99,7 +135,8 @@ enum Route {
 }
 
 impl FallbackStore {
-    /// Combines two stores. Must be called inside a Tokio runtime (it starts the probe task).
+    /// Combines two stores. Must be called inside a Tokio runtime (it starts the probe task,
+    /// which first applies any pending marks left by earlier processes).
     pub fn new(
         primary: Arc<dyn SessionStore>,
         secondary: Arc<dyn SessionStore>,
@@ -110,8 +147,9 @@ impl FallbackStore {
             secondary,
             opts,
             state: Mutex::new(Breaker::Closed),
-            log: Mutex::new(Vec::new()),
+            log: Mutex::new(OutageLog::default()),
             unmirrored_destroys: Mutex::new(HashSet::new()),
+            swept: AtomicBool::new(false),
             mirror_failures: AtomicU64::new(0),
             failovers: AtomicU64::new(0),
             replay: tokio::sync::Mutex::new(()),
@@ -183,15 +221,6 @@ impl FallbackStore {
         }
     }
 
-    fn record(&self, op: Op) {
-        let mut log = self.inner.log.lock();
-        if log.len() >= self.inner.opts.max_log {
-            tracing::warn!("fallback outage log is full; dropping the oldest entry");
-            log.remove(0);
-        }
-        log.push(op);
-    }
-
     fn mirror_failed(&self, what: &str, e: &StoreError) {
         self.inner.mirror_failures.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(op = what, error = %e, "mirror write to the secondary session store failed");
@@ -205,11 +234,11 @@ impl FallbackStore {
         now: Timestamp,
     ) -> Result<CreateOutcome, StoreError> {
         let out = self.inner.secondary.create(key, record, limit, now).await?;
-        if matches!(out, CreateOutcome::Created { .. }) {
+        if let CreateOutcome::Created { evicted } = &out {
             self.record(Op::Created(key.clone()));
-            if let CreateOutcome::Created { evicted } = &out {
-                for k in evicted {
-                    self.record(Op::Destroyed(k.clone()));
+            for k in evicted {
+                if let Err(e) = self.end_on_secondary(k, None, now).await {
+                    tracing::warn!(key = k.short(), error = %e, "marking an eviction failed");
                 }
             }
         }
@@ -229,104 +258,20 @@ impl FallbackStore {
         Ok(out)
     }
 
-    async fn secondary_destroy(&self, key: &StorageKey) -> Result<bool, StoreError> {
-        let gone = self.inner.secondary.destroy(key).await?;
-        self.record(Op::Destroyed(key.clone()));
-        Ok(gone)
-    }
-}
-
-/// Probes a primary that is down and replays the outage log when it is back.
-async fn probe(weak: Weak<Inner>) {
-    loop {
-        let interval = match weak.upgrade() {
-            Some(inner) => inner.opts.probe_interval,
-            None => return,
+    async fn secondary_load(
+        &self,
+        key: &StorageKey,
+        now: Timestamp,
+    ) -> Result<Option<Record>, StoreError> {
+        let Some(r) = self.inner.secondary.load(key, now).await? else {
+            return Ok(None);
         };
-        tokio::time::sleep(interval).await;
-        let Some(inner) = weak.upgrade() else { return };
-        if *inner.state.lock() == Breaker::Closed {
-            continue;
+        // A copy whose destroy failed after its tombstone was written.
+        let t = marks::mark_key(Kind::Tombstone, key);
+        if self.inner.secondary.load(&t, now).await?.is_some() {
+            return Ok(None);
         }
-        let healthy = matches!(
-            tokio::time::timeout(inner.opts.primary_timeout, inner.primary.health()).await,
-            Ok(h) if h.ok
-        );
-        if healthy {
-            let store = FallbackStore { inner };
-            store.recover().await;
-        }
-    }
-}
-
-impl FallbackStore {
-    /// Replays the outage log onto the primary, then sends requests back to it.
-    async fn recover(&self) {
-        let _guard = self.inner.replay.lock().await;
-        *self.inner.state.lock() = Breaker::Recovering;
-        let now = SystemClock.now();
-        loop {
-            let batch: Vec<Op> = {
-                let mut log = self.inner.log.lock();
-                let n = log.len().min(1000);
-                log.drain(..n).collect()
-            };
-            if batch.is_empty() {
-                break;
-            }
-            for (i, op) in batch.iter().enumerate() {
-                if let Err(e) = self.replay_one(op, now).await {
-                    tracing::warn!(error = %e, "primary failed again during recovery; staying on the secondary");
-                    let mut log = self.inner.log.lock();
-                    let rest: Vec<Op> = batch[i..].to_vec();
-                    log.splice(0..0, rest);
-                    *self.inner.state.lock() = Breaker::Open;
-                    return;
-                }
-            }
-        }
-        *self.inner.state.lock() = Breaker::Closed;
-        tracing::info!(
-            primary = self.inner.primary.name(),
-            "primary session store is back; outage writes replayed"
-        );
-    }
-
-    async fn replay_one(&self, op: &Op, now: Timestamp) -> Result<(), StoreError> {
-        let t = self.inner.opts.primary_timeout * 5;
-        let timed = |e: tokio::time::error::Elapsed| StoreError::unavailable("replay", e);
-        let p = &self.inner.primary;
-        match op {
-            Op::Created(key) => {
-                if let Some(r) = self.inner.secondary.load(key, now).await? {
-                    let _ =
-                        tokio::time::timeout(t, p.create(key, &r, SessionLimit::UNLIMITED, now))
-                            .await
-                            .map_err(timed)??;
-                }
-            }
-            Op::Delta(key, d) => {
-                let out = tokio::time::timeout(t, p.save_delta(key, d, now))
-                    .await
-                    .map_err(timed)??;
-                if out == SaveOutcome::Missing {
-                    if let Some(r) = self.inner.secondary.load(key, now).await? {
-                        let _ = tokio::time::timeout(
-                            t,
-                            p.create(key, &r, SessionLimit::UNLIMITED, now),
-                        )
-                        .await
-                        .map_err(timed)??;
-                    }
-                }
-            }
-            Op::Destroyed(key) => {
-                tokio::time::timeout(t, p.destroy(key))
-                    .await
-                    .map_err(timed)??;
-            }
-        }
-        Ok(())
+        Ok(Some(r))
     }
 }
 
@@ -350,12 +295,8 @@ impl SessionStore for FallbackStore {
             {
                 Ok(out) => {
                     if let CreateOutcome::Created { evicted } = &out {
-                        for k in evicted {
-                            if let Err(e) = self.inner.secondary.destroy(k).await {
-                                self.mirror_failed("evict", &e);
-                                self.inner.unmirrored_destroys.lock().insert(k.clone());
-                            }
-                        }
+                        let ended: Vec<_> = evicted.iter().map(|k| (k.clone(), None)).collect();
+                        self.end_in_secondary(&ended, false, true, now).await;
                         // The primary already enforced the limit; the mirror copies the result.
                         if let Err(e) = self
                             .inner
@@ -381,39 +322,44 @@ impl SessionStore for FallbackStore {
                 .on_primary("load", self.inner.primary.load(key, now))
                 .await
             {
-                Ok(Some(r)) => return Ok(Some(r)),
-                Ok(None) => {
-                    if self.inner.unmirrored_destroys.lock().contains(key) {
+                Ok(Some(r)) => {
+                    // Just started: the primary may still hold a session an earlier process
+                    // ended during an outage, until the first sweep applies its mark.
+                    if !self.inner.swept.load(Ordering::Acquire)
+                        && matches!(self.ended(key, now).await, Ok(true))
+                    {
+                        let _ = self
+                            .on_primary("destroy", self.inner.primary.destroy(key))
+                            .await;
                         return Ok(None);
                     }
+                    return Ok(Some(r));
+                }
+                Ok(None) => {
                     // Read-through: a session the primary lost (restart without persistence)
-                    // or that was written during an outage and not yet replayed.
+                    // or that was written during an outage and not yet replayed; never one that
+                    // was ended.
                     let Some(r) = self.inner.secondary.load(key, now).await? else {
                         return Ok(None);
                     };
-                    match self
-                        .on_primary(
-                            "rehome",
-                            self.inner
-                                .primary
-                                .create(key, &r, SessionLimit::UNLIMITED, now),
-                        )
-                        .await
-                    {
-                        Ok(_) => {
-                            tracing::debug!(key = key.short(), "session re-homed on the primary")
+                    return match self.rehome(key, &r, now).await {
+                        Ok(true) => {
+                            tracing::debug!(key = key.short(), "session re-homed on the primary");
+                            Ok(Some(r))
                         }
-                        Err(e) => {
-                            tracing::warn!(key = key.short(), error = %e, "re-homing a session failed")
+                        Ok(false) => Ok(None),
+                        Err(e @ StoreError::Unavailable { .. }) => {
+                            tracing::warn!(key = key.short(), error = %e, "re-homing a session failed");
+                            self.secondary_load(key, now).await
                         }
-                    }
-                    return Ok(Some(r));
+                        Err(e) => Err(e),
+                    };
                 }
                 Err(StoreError::Unavailable { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
-        self.inner.secondary.load(key, now).await
+        self.secondary_load(key, now).await
     }
 
     async fn save_delta(
@@ -430,24 +376,7 @@ impl SessionStore for FallbackStore {
                 Ok(out @ SaveOutcome::Saved { .. }) => {
                     match self.inner.secondary.save_delta(key, delta, now).await {
                         Ok(SaveOutcome::Saved { .. }) => {}
-                        Ok(SaveOutcome::Missing) => {
-                            // Heal the mirror with the whole record.
-                            if let Ok(Ok(Some(r))) = tokio::time::timeout(
-                                self.inner.opts.primary_timeout,
-                                self.inner.primary.load(key, now),
-                            )
-                            .await
-                            {
-                                if let Err(e) = self
-                                    .inner
-                                    .secondary
-                                    .create(key, &r, SessionLimit::UNLIMITED, now)
-                                    .await
-                                {
-                                    self.mirror_failed("heal", &e);
-                                }
-                            }
-                        }
+                        Ok(SaveOutcome::Missing) => return self.heal(key, out, now).await,
                         // The mirror holds more than the primary did (a save it missed):
                         // the primary's answer stands; the mirror keeps its older copy.
                         Ok(SaveOutcome::TooLarge) => {
@@ -460,7 +389,7 @@ impl SessionStore for FallbackStore {
                 // Refused by the primary: forwarded, nothing is written anywhere.
                 Ok(SaveOutcome::TooLarge) => return Ok(SaveOutcome::TooLarge),
                 Ok(SaveOutcome::Missing) => {
-                    if self.inner.unmirrored_destroys.lock().contains(key) {
+                    if self.ended(key, now).await? {
                         return Ok(SaveOutcome::Missing);
                     }
                     // The primary lost it; the secondary may still have it (re-homed on next load).
@@ -474,27 +403,35 @@ impl SessionStore for FallbackStore {
     }
 
     async fn destroy(&self, key: &StorageKey) -> Result<bool, StoreError> {
+        let now = SystemClock.now();
         if let Route::Primary = self.route() {
+            // The tombstone goes down first, so a concurrent read-through (here or in another
+            // process) that copies the record back sees it and undoes its copy. A session the
+            // secondary is known not to hold needs one only if the primary had it (then written
+            // after, and the primary's destroy repeated): no tombstone for a session never stored.
+            let copy = self.inner.secondary.load(key, now).await;
+            let absent = matches!(copy, Ok(None));
+            let copy = copy.ok().flatten();
+            let exp = self.mark_expiry(copy.as_ref().map(|r| &r.meta), now);
+            let sec = &*self.inner.secondary;
+            let marked = !absent && self.mark(sec, Kind::Tombstone, key, exp, now).await.is_ok();
             match self
                 .on_primary("destroy", self.inner.primary.destroy(key))
                 .await
             {
                 Ok(gone) => {
-                    let mirrored = self.inner.secondary.destroy(key).await;
-                    return match mirrored {
-                        Ok(g) => Ok(gone || g),
-                        Err(e) => {
-                            self.mirror_failed("destroy", &e);
-                            self.inner.unmirrored_destroys.lock().insert(key.clone());
-                            Ok(gone)
-                        }
-                    };
+                    if gone || !absent {
+                        let ended = [(key.clone(), Some(exp))];
+                        self.end_in_secondary(&ended, marked, !marked, now).await;
+                    }
+                    return Ok(gone || copy.is_some());
                 }
                 Err(StoreError::Unavailable { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
-        self.secondary_destroy(key).await
+        self.end_on_secondary(key, None, now).await?;
+        self.inner.secondary.destroy(key).await
     }
 
     async fn list_user(
@@ -520,6 +457,7 @@ impl SessionStore for FallbackStore {
         user_id: &str,
         except: Option<&StorageKey>,
     ) -> Result<Vec<StorageKey>, StoreError> {
+        let now = SystemClock.now();
         if let Route::Primary = self.route() {
             match self
                 .on_primary(
@@ -529,22 +467,36 @@ impl SessionStore for FallbackStore {
                 .await
             {
                 Ok(gone) => {
-                    if let Err(e) = self.inner.secondary.destroy_user(user_id, except).await {
-                        self.mirror_failed("destroy_user", &e);
-                        self.inner
-                            .unmirrored_destroys
-                            .lock()
-                            .extend(gone.iter().cloned());
+                    // Tombstones for what the primary destroyed, then the secondary's own list:
+                    // it may hold sessions the primary lost.
+                    let mut gone = gone;
+                    let mut ended: Vec<_> = gone.iter().map(|k| (k.clone(), None)).collect();
+                    match self.inner.secondary.list_user(user_id, now).await {
+                        Ok(list) => {
+                            for (k, m) in list {
+                                if Some(&k) != except && !gone.contains(&k) {
+                                    ended.push((k.clone(), Some(m.absolute_expires_at)));
+                                    gone.push(k);
+                                }
+                            }
+                        }
+                        Err(e) => self.mirror_failed("destroy_user", &e),
                     }
+                    self.end_in_secondary(&ended, false, true, now).await;
                     return Ok(gone);
                 }
                 Err(StoreError::Unavailable { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
+        let live = self.inner.secondary.list_user(user_id, now).await?;
+        for (k, m) in live.iter().filter(|(k, _)| Some(k) != except) {
+            self.end_on_secondary(k, Some(m.absolute_expires_at), now)
+                .await?;
+        }
         let gone = self.inner.secondary.destroy_user(user_id, except).await?;
-        for k in &gone {
-            self.record(Op::Destroyed(k.clone()));
+        for k in gone.iter().filter(|k| !live.iter().any(|(l, _)| l == *k)) {
+            self.end_on_secondary(k, None, now).await?;
         }
         Ok(gone)
     }
@@ -574,17 +526,21 @@ impl SessionStore for FallbackStore {
     }
 
     async fn scan(&self, cursor: Option<String>, batch: usize) -> Result<ScanPage, StoreError> {
-        if let Route::Primary = self.route() {
-            match self
-                .on_primary("scan", self.inner.primary.scan(cursor.clone(), batch))
-                .await
-            {
-                Ok(p) => return Ok(p),
-                Err(StoreError::Unavailable { .. }) => {}
-                Err(e) => return Err(e),
+        let mut page = 'page: {
+            if let Route::Primary = self.route() {
+                match self
+                    .on_primary("scan", self.inner.primary.scan(cursor.clone(), batch))
+                    .await
+                {
+                    Ok(p) => break 'page p,
+                    Err(StoreError::Unavailable { .. }) => {}
+                    Err(e) => return Err(e),
+                }
             }
-        }
-        self.inner.secondary.scan(cursor, batch).await
+            self.inner.secondary.scan(cursor, batch).await?
+        };
+        page.records.retain(|(_, r)| !is_mark(r));
+        Ok(page)
     }
 
     async fn health(&self) -> Health {
@@ -612,5 +568,38 @@ impl SessionStore for FallbackStore {
                 self.mirror_failures(),
             ),
         }
+    }
+}
+
+impl FallbackStore {
+    /// The secondary lacks a record the primary just saved: copy it over, unless the session was
+    /// ended (then the primary's copy is the resurrection, and goes).
+    async fn heal(
+        &self,
+        key: &StorageKey,
+        out: SaveOutcome,
+        now: Timestamp,
+    ) -> Result<SaveOutcome, StoreError> {
+        if self.ended(key, now).await? {
+            self.on_primary("heal", self.inner.primary.destroy(key))
+                .await?;
+            return Ok(SaveOutcome::Missing);
+        }
+        let loaded = self
+            .on_primary("heal", self.inner.primary.load(key, now))
+            .await;
+        if let Ok(Some(r)) = loaded {
+            let sec = &self.inner.secondary;
+            match sec.create(key, &r, SessionLimit::UNLIMITED, now).await {
+                // A destroy that raced with the copy: its tombstone is down by now or its own
+                // destroy of the secondary comes after the copy.
+                Ok(_) if self.ended(key, now).await? => {
+                    let _ = sec.destroy(key).await?;
+                }
+                Ok(_) => {}
+                Err(e) => self.mirror_failed("heal", &e),
+            }
+        }
+        Ok(out)
     }
 }

@@ -99,7 +99,11 @@ async fn build(config: &Config, create: Create) -> Result<Arc<dyn SessionStore>,
     Ok(Arc::new(super::fallback::FallbackStore::new(
         primary,
         secondary,
-        super::fallback::FallbackOptions::default(),
+        super::fallback::FallbackOptions {
+            // Tombstones of sessions whose expiry is unknown last as long as any session can.
+            tombstone_ttl: config.absolute_timeout,
+            ..Default::default()
+        },
     )))
 }
 
