@@ -519,6 +519,24 @@ mod tests {
                 prop_assert_eq!(ok, v == good.as_bytes());
             }
 
+            /// Any character written over the signed value at any offset, the length kept at
+            /// the well-formed 66 bytes and the value valid UTF-8: where the character straddles
+            /// the end of the ID, slicing it as text panicked (issue 14).
+            #[test]
+            fn characters_over_the_value_are_refused(
+                at in 0..VALUE_LEN,
+                ch in any::<char>(),
+            ) {
+                let (_, good) = good();
+                let mut v = good.clone().into_bytes();
+                let mut buf = [0u8; 4];
+                let ch = ch.encode_utf8(&mut buf).as_bytes();
+                let end = (at + ch.len()).min(VALUE_LEN);
+                v.splice(at..end, ch[..end - at].iter().copied());
+                let ok = keys().verify(&v).is_ok();
+                prop_assert_eq!(ok, v == good.as_bytes());
+            }
+
             /// Any `Cookie` headers (several, of any valid bytes): `find` never panics, a value
             /// that verifies is exactly the signed one, and the signed value alone in every
             /// header is always found.
