@@ -101,8 +101,9 @@ impl CookieKeys {
         let (id, rest) = value
             .split_first_chunk::<ID_LEN>()
             .ok_or(Rejection::Malformed)?;
+        // `TAG_LEN` bytes remain after the dot: the total length was checked above.
         let tag = match rest.split_first() {
-            Some((b'.', tag)) if tag.len() == TAG_LEN => tag,
+            Some((b'.', tag)) => tag,
             _ => return Err(Rejection::Malformed),
         };
         let id = SessionId::parse_bytes(id).ok_or(Rejection::Malformed)?;
