@@ -39,7 +39,7 @@ fn benches(c: &mut Criterion) {
             let Presented::One(raw) = find_cookie(black_box(&headers), "__Host-session") else {
                 panic!()
             };
-            black_box(keys.verify(std::str::from_utf8(raw).unwrap()).unwrap())
+            black_box(keys.verify(raw).unwrap())
         })
     });
     for size in [200usize, 4096] {

@@ -4,7 +4,13 @@
 //! The value is `<id>.<tag>`, where `tag` is HMAC-SHA256 of the ID under the first configured key,
 //! truncated to 16 bytes, in unpadded base64url. Every configured key verifies, so keys can be
 //! rotated without signing anyone out; the tag comparison is constant-time
-//! (`Mac::verify_truncated_left`).
+//! (`Mac::verify_truncated_left`). [`CookieKeys::verify`] says which key verified, and the layer
+//! re-signs a live session's cookie that an older key verified, so an old key can be removed
+//! after one idle timeout.
+//!
+//! # Untrusted bytes
+//! Finding and verifying work on the header's bytes: nothing here assumes UTF-8 or slices text,
+//! so no byte sequence can panic a request (and a panic message can never print a cookie).
 //!
 //! # Which cookie counts
 //! The `Cookie` headers are split by hand rather than with the `cookie` crate's parser: that
@@ -81,30 +87,61 @@ impl CookieKeys {
         out
     }
 
-    /// Checks a cookie value and returns the ID it carries, or why it was refused.
-    pub fn verify(&self, value: &str) -> Result<SessionId, Rejection> {
+    /// Checks a cookie value as it came off the wire and returns the ID it carries and which key
+    /// signed it, or why it was refused.
+    ///
+    /// The value is taken as bytes, never as text: it is untrusted and may hold any byte a header
+    /// allows (multi-byte UTF-8, invalid UTF-8, control characters), and slicing it as a `str`
+    /// panics off a character boundary (issue 14: a 66-byte value with `é` at byte 42). Here
+    /// every split is a checked split of a byte slice, so no input can panic.
+    pub fn verify(&self, value: &[u8]) -> Result<Verified, Rejection> {
         if value.len() != VALUE_LEN {
             return Err(Rejection::Malformed);
         }
-        let (id, tag) = value.split_at(ID_LEN);
-        let tag = tag.strip_prefix('.').ok_or(Rejection::Malformed)?;
-        let id = SessionId::parse(id).ok_or(Rejection::Malformed)?;
+        let (id, rest) = value
+            .split_first_chunk::<ID_LEN>()
+            .ok_or(Rejection::Malformed)?;
+        // `TAG_LEN` bytes remain after the dot: the total length was checked above.
+        let tag = match rest.split_first() {
+            Some((b'.', tag)) => tag,
+            _ => return Err(Rejection::Malformed),
+        };
+        let id = SessionId::parse_bytes(id).ok_or(Rejection::Malformed)?;
+        // Canonical base64 only (the engine refuses non-zero trailing bits), so exactly one
+        // string carries a given tag.
         let mut tag_bytes = [0u8; TAG_BYTES];
         match URL_SAFE_NO_PAD.decode_slice(tag, &mut tag_bytes) {
             Ok(TAG_BYTES) => {}
             _ => return Err(Rejection::Malformed),
         }
-        let ok = self.macs.iter().any(|mac| {
-            mac.clone()
-                .chain_update(id.expose().as_bytes())
-                .verify_truncated_left(&tag_bytes)
-                .is_ok()
-        });
-        if ok {
-            Ok(id)
-        } else {
-            Err(Rejection::BadSignature)
-        }
+        self.macs
+            .iter()
+            .position(|mac| {
+                mac.clone()
+                    .chain_update(id.expose().as_bytes())
+                    .verify_truncated_left(&tag_bytes)
+                    .is_ok()
+            })
+            .map(|key| Verified { id, key })
+            .ok_or(Rejection::BadSignature)
+    }
+}
+
+/// A cookie value that verified: the ID it carries and which configured key signed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Verified {
+    /// The session ID.
+    pub id: SessionId,
+    /// Position of the verifying key in the configured list; 0 is the current (signing) key.
+    pub key: usize,
+}
+
+impl Verified {
+    /// Whether the current key signed the value. When not, the layer re-signs the cookie of a
+    /// live session with the current key, so an old key can be dropped after one idle timeout.
+    pub fn by_current_key(&self) -> bool {
+        self.key == 0
     }
 }
 
@@ -250,7 +287,9 @@ mod tests {
         let id = SessionId::generate().unwrap();
         let v = keys().sign(&id);
         assert_eq!(v.len(), VALUE_LEN);
-        assert_eq!(keys().verify(&v).unwrap(), id);
+        let ok = keys().verify(v.as_bytes()).unwrap();
+        assert_eq!(ok.id, id);
+        assert!(ok.by_current_key());
     }
 
     #[test]
@@ -262,9 +301,19 @@ mod tests {
             "old-key-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
         ]);
         let v = old.sign(&id);
-        assert_eq!(rotated.verify(&v).unwrap(), id);
-        assert_ne!(rotated.sign(&id), v);
-        assert_eq!(old.verify(&rotated.sign(&id)), Err(Rejection::BadSignature));
+        let ok = rotated.verify(v.as_bytes()).unwrap();
+        assert_eq!((ok.id.clone(), ok.key), (id.clone(), 1));
+        assert!(!ok.by_current_key());
+        let resigned = rotated.sign(&id);
+        assert_ne!(resigned, v);
+        assert!(rotated
+            .verify(resigned.as_bytes())
+            .unwrap()
+            .by_current_key());
+        assert_eq!(
+            old.verify(resigned.as_bytes()),
+            Err(Rejection::BadSignature)
+        );
     }
 
     #[test]
@@ -272,14 +321,17 @@ mod tests {
         let id = SessionId::generate().unwrap();
         let v = keys().sign(&id);
         let other = CookieKeys::new(&["other-dddddddddddddddddddddddddddddddd"]);
-        assert_eq!(other.verify(&v), Err(Rejection::BadSignature));
+        assert_eq!(other.verify(v.as_bytes()), Err(Rejection::BadSignature));
         assert_eq!(
-            keys().verify(&v[..VALUE_LEN - 1]),
+            keys().verify(&v.as_bytes()[..VALUE_LEN - 1]),
             Err(Rejection::Malformed)
         );
-        assert_eq!(keys().verify(id.expose()), Err(Rejection::Malformed));
         assert_eq!(
-            keys().verify(&format!("{}.", id.expose())),
+            keys().verify(id.expose().as_bytes()),
+            Err(Rejection::Malformed)
+        );
+        assert_eq!(
+            keys().verify(format!("{}.", id.expose()).as_bytes()),
             Err(Rejection::Malformed)
         );
         // flip every character of the tag and the id
@@ -289,8 +341,7 @@ mod tests {
             }
             let mut b = v.clone().into_bytes();
             b[i] = if b[i] == b'A' { b'B' } else { b'A' };
-            let s = String::from_utf8(b).unwrap();
-            assert!(keys().verify(&s).is_err(), "flip at {i} accepted");
+            assert!(keys().verify(&b).is_err(), "flip at {i} accepted");
         }
     }
 
@@ -345,41 +396,165 @@ mod tests {
         );
     }
 
-    /// A small deterministic fuzzer: random and mutated Cookie headers never panic, and a value
-    /// that verifies is always exactly the signed one.
+    /// Issue 14, as reported: a 66-byte value (the well-formed length) with a raw `é` at byte 42,
+    /// so byte 43, where the ID ends, falls inside the character. `str::split_at` panicked here
+    /// and printed the value.
     #[test]
-    fn random_headers_never_panic_or_match_wrongly() {
-        let k = keys();
+    fn multibyte_character_across_the_id_boundary_is_malformed_not_a_panic() {
         let id = SessionId::generate().unwrap();
-        let good = format!("__Host-session={}", k.sign(&id));
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
+        let good = keys().sign(&id).into_bytes();
+        let mut bad = good[..42].to_vec();
+        bad.extend_from_slice("é".as_bytes());
+        bad.extend_from_slice(&good[44..]);
+        assert_eq!(bad.len(), VALUE_LEN);
+        assert_eq!(keys().verify(&bad), Err(Rejection::Malformed));
+        let mut header = b"__Host-session=".to_vec();
+        header.extend_from_slice(&bad);
+        let h = headers(&[&header]);
+        let Presented::One(raw) = find(&h, "__Host-session") else {
+            panic!("the cookie is there")
         };
-        for _ in 0..50_000 {
-            let mut bytes = good.clone().into_bytes();
-            for _ in 0..(next() % 4 + 1) {
-                let i = (next() as usize) % bytes.len();
-                match next() % 4 {
-                    0 => bytes[i] = (next() & 0xff) as u8,
-                    1 => {
-                        bytes.remove(i);
-                    }
-                    2 => bytes.insert(i, (next() & 0xff) as u8),
-                    _ => bytes.insert(i, b';'),
+        assert_eq!(keys().verify(raw), Err(Rejection::Malformed));
+        // the same character at every offset, and invalid UTF-8 there too
+        for i in 0..VALUE_LEN {
+            let inserts: [&[u8]; 5] = ["é".as_bytes(), "€".as_bytes(), b"\xff", b"\xc3", b"\x01"];
+            for ins in inserts {
+                let mut v = good.clone();
+                v.splice(i..(i + ins.len()).min(VALUE_LEN), ins.iter().copied());
+                assert!(keys().verify(&v).is_err(), "splice at {i} accepted");
+            }
+        }
+    }
+
+    mod props {
+        //! Property tests over arbitrary bytes: the header and value grammar must hold for any
+        //! input, not just for mutations of a valid cookie.
+
+        use super::super::*;
+        use proptest::prelude::*;
+
+        const NAME: &str = "__Host-session";
+
+        fn config() -> ProptestConfig {
+            ProptestConfig {
+                cases: 512,
+                // Nothing written into the source tree; a failure prints its minimal input.
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            }
+        }
+
+        fn keys() -> CookieKeys {
+            CookieKeys::new(&[
+                "k1-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                "k0-old-bbbbbbbbbbbbbbbbbbbbbbbbbbbb",
+            ])
+        }
+
+        /// The one signed value every property compares against.
+        fn good() -> (SessionId, String) {
+            let id = SessionId::from_bytes([0x5a; 32]);
+            let v = keys().sign(&id);
+            (id, v)
+        }
+
+        /// Any byte a header value may hold (`HeaderValue::from_bytes`: tab, and 0x20..=0xff
+        /// but DEL): ASCII, control-free obs-text, multi-byte UTF-8 and invalid UTF-8 alike.
+        fn header_byte() -> impl Strategy<Value = u8> {
+            prop_oneof![Just(b'\t'), 0x20u8..=0x7e, 0x80u8..=0xff]
+        }
+
+        /// A header value built from pieces that matter to the parser, glued by arbitrary bytes.
+        fn header_value() -> impl Strategy<Value = Vec<u8>> {
+            let (_, good) = good();
+            let piece = prop_oneof![
+                prop::collection::vec(header_byte(), 0..40),
+                Just(format!("{NAME}=").into_bytes()),
+                Just(good.clone().into_bytes()),
+                Just(format!("{NAME}={good}").into_bytes()),
+                Just(b"; ".to_vec()),
+                Just(b";".to_vec()),
+                Just(" \t".as_bytes().to_vec()),
+                Just("é".as_bytes().to_vec()),
+                Just(b"\xff\xfe".to_vec()),
+            ];
+            prop::collection::vec(piece, 0..12).prop_map(|p| p.concat())
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            /// `verify` of any bytes: never a panic, and success only for the signed value
+            /// itself (arbitrary bytes of any length, and of exactly the well-formed length).
+            #[test]
+            fn verify_accepts_exactly_the_signed_value(
+                junk in prop_oneof![
+                    prop::collection::vec(any::<u8>(), 0..200),
+                    prop::collection::vec(any::<u8>(), VALUE_LEN),
+                ],
+            ) {
+                let (id, good) = good();
+                match keys().verify(&junk) {
+                    Ok(v) => prop_assert!(junk == good.as_bytes() && v.id == id),
+                    Err(_) => prop_assert!(junk != good.as_bytes()),
                 }
             }
-            let Ok(hv) = HeaderValue::from_bytes(&bytes) else {
-                continue;
-            };
-            let mut h = HeaderMap::new();
-            h.insert(COOKIE, hv);
-            if let Presented::One(raw) = find(&h, "__Host-session") {
-                if let Ok(Ok(found)) = std::str::from_utf8(raw).map(|v| k.verify(v)) {
-                    assert_eq!(found, id, "a mutated cookie verified as another id");
+
+            /// Arbitrary bytes spliced into the signed value at every offset (replacing,
+            /// inserting or truncating) are refused unless they reproduce it exactly.
+            #[test]
+            fn spliced_values_are_refused(
+                at in 0..=VALUE_LEN,
+                cut in 0usize..8,
+                ins in prop::collection::vec(any::<u8>(), 0..8),
+            ) {
+                let (_, good) = good();
+                let mut v = good.clone().into_bytes();
+                v.splice(at..(at + cut).min(VALUE_LEN), ins);
+                let ok = keys().verify(&v).is_ok();
+                prop_assert_eq!(ok, v == good.as_bytes());
+            }
+
+            /// Any character written over the signed value at any offset, the length kept at
+            /// the well-formed 66 bytes and the value valid UTF-8: where the character straddles
+            /// the end of the ID, slicing it as text panicked (issue 14).
+            #[test]
+            fn characters_over_the_value_are_refused(
+                at in prop_oneof![0..VALUE_LEN, ID_LEN - 4..ID_LEN],
+                ch in prop_oneof![
+                    1 => any::<char>(),
+                    3 => (0x80u32..0x11_0000).prop_filter_map("surrogate", char::from_u32),
+                ],
+            ) {
+                let (_, good) = good();
+                let mut v = good.clone().into_bytes();
+                let mut buf = [0u8; 4];
+                let ch = ch.encode_utf8(&mut buf).as_bytes();
+                let end = (at + ch.len()).min(VALUE_LEN);
+                v.splice(at..end, ch[..end - at].iter().copied());
+                let ok = keys().verify(&v).is_ok();
+                prop_assert_eq!(ok, v == good.as_bytes());
+            }
+
+            /// Any `Cookie` headers (several, of any valid bytes): `find` never panics, a value
+            /// that verifies is exactly the signed one, and the signed value alone in every
+            /// header is always found.
+            #[test]
+            fn found_values_verify_only_when_exact(
+                values in prop::collection::vec(header_value(), 1..4),
+            ) {
+                let (id, good) = good();
+                let mut h = HeaderMap::new();
+                for v in &values {
+                    if let Ok(hv) = HeaderValue::from_bytes(v) {
+                        h.append(COOKIE, hv);
+                    }
+                }
+                if let Presented::One(raw) = find(&h, NAME) {
+                    if let Ok(v) = keys().verify(raw) {
+                        prop_assert_eq!(raw, good.as_bytes());
+                        prop_assert_eq!(v.id, id);
+                    }
                 }
             }
         }

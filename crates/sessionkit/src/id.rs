@@ -48,23 +48,25 @@ impl SessionId {
     /// exactly 43 characters of the base64url alphabet, in canonical encoding (the unused low
     /// bits of the last character are zero), so one ID maps to exactly one string.
     pub fn parse(s: &str) -> Option<Self> {
-        let b = s.as_bytes();
-        if b.len() != ID_LEN
-            || !b
-                .iter()
-                .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
+        Self::parse_bytes(s.as_bytes())
+    }
+
+    /// [`SessionId::parse`] on raw bytes, as they come off the wire: no UTF-8 is assumed and
+    /// nothing is sliced, so no input can make it panic.
+    pub fn parse_bytes(b: &[u8]) -> Option<Self> {
+        // A length mismatch fails the conversion: no index below can be out of range.
+        let id: [u8; ID_LEN] = b.try_into().ok()?;
+        if !id
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
         {
             return None;
         }
         // The base64 engine rejects non-canonical trailing bits in its default configuration.
         // Decoded onto the stack: this runs on every request that carries a cookie.
         let mut decoded = [0u8; ID_BYTES];
-        match URL_SAFE_NO_PAD.decode_slice(b, &mut decoded) {
-            Ok(ID_BYTES) => {
-                let mut id = [0u8; ID_LEN];
-                id.copy_from_slice(b);
-                Some(Self(id))
-            }
+        match URL_SAFE_NO_PAD.decode_slice(id, &mut decoded) {
+            Ok(ID_BYTES) => Some(Self(id)),
             _ => None,
         }
     }

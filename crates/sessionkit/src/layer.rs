@@ -5,6 +5,11 @@
 //! touched when the handler uses the session, and written when the handler changed something.
 //! Responses that read the session get `Vary: Cookie`; responses that set or delete the cookie get
 //! `Cache-Control: no-store` too. A store failure while saving replaces the response with a 503.
+//! A cookie that an old key verified is sent again, signed with the current key, on a response
+//! that used the live session.
+//!
+//! Nothing read from the request is sliced as text: the cookie is found and verified on its
+//! bytes, and the user agent is kept as the raw header, so no input can panic the request.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -25,7 +30,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError};
 use crate::cookie::{self, CookieKeys, CookiePolicy, Presented};
 use crate::events::{EventKind, EventSink, SessionEvent, TracingSink};
-use crate::id::{IdGenerator, OsRngIds};
+use crate::id::{IdGenerator, OsRngIds, SessionId};
 use crate::session::{Client, CookieAction, Session};
 use crate::store::SessionStore;
 
@@ -216,31 +221,30 @@ where
                 .map(|c| c.0.ip()),
             user_agent: req.headers().get(USER_AGENT).cloned(),
         };
-        let presented = match cookie::find(req.headers(), &shared.policy.name) {
+        // The raw header bytes go straight to `verify`: no UTF-8 assumption, no text slicing.
+        let verified = match cookie::find(req.headers(), &shared.policy.name) {
             Presented::Absent => None,
-            Presented::One(raw) => {
-                match std::str::from_utf8(raw)
-                    .map_err(|_| cookie::Rejection::Malformed)
-                    .and_then(|v| shared.keys.verify(v))
-                {
-                    Ok(id) => Some(id),
-                    Err(why) => {
-                        reject(&shared, &client, why.as_str());
-                        None
-                    }
+            Presented::One(raw) => match shared.keys.verify(raw) {
+                Ok(v) => Some(v),
+                Err(why) => {
+                    reject(&shared, &client, why.as_str());
+                    None
                 }
-            }
+            },
             Presented::Ambiguous => {
                 reject(&shared, &client, cookie::Rejection::Ambiguous.as_str());
                 None
             }
         };
-        let session = Session::new(shared.clone(), presented, client);
+        let old_key = verified.as_ref().is_some_and(|v| !v.by_current_key());
+        let session = Session::new(shared.clone(), verified.map(|v| v.id), client);
         req.extensions_mut().insert(session.clone());
 
         Box::pin(async move {
             let Ok(mut res) = inner.call(req).await;
-            Ok(finish(&shared, &session, &mut res).await.unwrap_or(res))
+            Ok(finish(&shared, &session, old_key, &mut res)
+                .await
+                .unwrap_or(res))
         })
     }
 }
@@ -259,8 +263,13 @@ fn reject(shared: &Shared, client: &Client, reason: &'static str) {
 }
 
 /// Saves the session and decorates the response. Returns a replacement response when saving
-/// failed.
-async fn finish(shared: &Shared, session: &Session, res: &mut Response) -> Option<Response> {
+/// failed. `old_key`: the request's cookie verified under a key other than the current one.
+async fn finish(
+    shared: &Shared,
+    session: &Session,
+    old_key: bool,
+    res: &mut Response,
+) -> Option<Response> {
     let mut st = session.0.state.lock().await;
     if let Err(e) = session.commit(&mut st).await {
         let status = e.status();
@@ -278,15 +287,27 @@ async fn finish(shared: &Shared, session: &Session, res: &mut Response) -> Optio
         return Some(r);
     }
     let max_age = session.max_age(&st);
-    let headers = res.headers_mut();
     if st.accessed {
-        add_vary_cookie(headers);
+        add_vary_cookie(res.headers_mut());
     }
-    let set = match &st.cookie {
+    let mut set = match &st.cookie {
         CookieAction::None => None,
         CookieAction::Set(id) => Some(shared.policy.set(shared.keys.sign(id), max_age)),
         CookieAction::Remove => Some(shared.policy.removal()),
     };
+    // An old key verified the cookie, and the handler neither replaced nor removed it: if the
+    // session turned out live, send the same ID signed with the current key, so every active
+    // client moves off the old key within one idle timeout. Only a session the handler used
+    // (`accessed`) is looked at: its record is loaded by then, so this costs no store call
+    // (unless that load failed, when it is tried once more).
+    let resign = old_key && st.accessed && set.is_none();
+    drop(st);
+    if resign {
+        if let Some(id) = live_presented_id(session).await {
+            set = Some(shared.policy.set(shared.keys.sign(&id), max_age));
+        }
+    }
+    let headers = res.headers_mut();
     if let Some(v) = set {
         add_vary_cookie(headers);
         // Exactly one Set-Cookie for the session name: drop any the handler set itself.
@@ -305,6 +326,16 @@ async fn finish(shared: &Shared, session: &Session, res: &mut Response) -> Optio
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     None
+}
+
+/// The presented (verified) ID, if its session is stored and live as this request left it.
+async fn live_presented_id(session: &Session) -> Option<SessionId> {
+    let presented = session.0.presented.as_ref()?;
+    // `storage_key` is the stored session's key: the presented ID's when the handler loaded it
+    // and neither rotated nor ended it (a new ID would have set the cookie already). A store
+    // error here just skips the re-sign; the next request tries again.
+    let key = session.storage_key().await.ok()??;
+    (key == presented.storage_key()).then(|| presented.clone())
 }
 
 fn add_vary_cookie(headers: &mut http::HeaderMap) {

@@ -58,7 +58,7 @@ mod store;
 pub use audit::{AuditSink, AuditSinkBuilder};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{parse_duration, AppEnv, Config, ConfigError, Secret, StoreKind};
-pub use cookie::{find as find_cookie, CookieKeys, CookiePolicy, Presented, Rejection};
+pub use cookie::{find as find_cookie, CookieKeys, CookiePolicy, Presented, Rejection, Verified};
 pub use events::{EventKind, EventSink, FanoutSink, MemorySink, SessionEvent, TracingSink};
 pub use id::{IdGenerator, OsRngIds, SessionId, StorageKey, ID_BYTES, ID_LEN};
 pub use layer::{SessionLayer, SessionMissing, SessionService};

@@ -1,0 +1,474 @@
+//! The bench app's real router (session layer included) under arbitrary request bytes (issue 14,
+//! item 1): whatever the `Cookie` headers, the `User-Agent`, the path or the body hold, the
+//! answer is an HTTP status below 500, a cookie that is not exactly a signed one is anonymous,
+//! no store record appears except the fresh one an anonymous write creates, and no log line
+//! holds the cookie.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::Router;
+use http::header::{CONTENT_TYPE, COOKIE, SET_COOKIE, USER_AGENT};
+use http::{HeaderMap, HeaderValue, Request, StatusCode};
+use proptest::prelude::*;
+use proptest::test_runner::TestRunner;
+use sessionkit::{
+    find_cookie, Config, CookieKeys, FanoutSink, MemorySink, MemoryStore, Presented, SessionLayer,
+    SessionStore, TracingSink,
+};
+use tower::ServiceExt as _;
+
+const SECRET: &str = "bench-fuzz-secret-0123456789abcdefghijklmnop";
+const NAME: &str = "__Host-session";
+
+/// Every log line the app writes during a test, to search for leaked cookies.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Logs {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Fixture {
+    rt: tokio::runtime::Runtime,
+    router: Router,
+    store: Arc<MemoryStore>,
+    /// The signed cookie value of a live session of user 42.
+    good: String,
+    logs: Logs,
+    _log_guard: tracing::subscriber::DefaultGuard,
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    /// The session cookie values this answer sets (removals excluded).
+    fn session_values(&self) -> Vec<String> {
+        self.headers
+            .get_all(SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| v.split(';').next()?.strip_prefix(&format!("{NAME}=")))
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let logs = Logs::default();
+        let w = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || w.clone())
+            .finish();
+        let log_guard = tracing::subscriber::set_default(subscriber);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = Arc::new(MemoryStore::new());
+        // As main.rs builds it: the layer over the store, events to the tracing log.
+        let layer = SessionLayer::new(store.clone(), Config::new(SECRET))
+            .unwrap()
+            .with_events(Arc::new(FanoutSink(vec![
+                Arc::new(MemorySink::default()),
+                Arc::new(TracingSink),
+            ])));
+        let router = sessionkit_bench::app(layer);
+        let mut f = Self {
+            rt,
+            router,
+            store,
+            good: String::new(),
+            logs,
+            _log_guard: log_guard,
+        };
+        let r = f.send("POST", "/login", &[], None, Vec::new());
+        assert_eq!(r.status, StatusCode::OK);
+        f.good = r.session_values().pop().unwrap();
+        f
+    }
+
+    fn send(
+        &self,
+        method: &str,
+        uri: &str,
+        cookies: &[Vec<u8>],
+        user_agent: Option<&[u8]>,
+        body: Vec<u8>,
+    ) -> Answer {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::from(body))
+            .unwrap();
+        for c in cookies {
+            if let Ok(v) = HeaderValue::from_bytes(c) {
+                req.headers_mut().append(COOKIE, v);
+            }
+        }
+        if let Some(ua) = user_agent.and_then(|u| HeaderValue::from_bytes(u).ok()) {
+            req.headers_mut().insert(USER_AGENT, ua);
+        }
+        req.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        req.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from(([203, 0, 113, 9], 40000))));
+        self.rt.block_on(async {
+            let res = self.router.clone().oneshot(req).await.unwrap();
+            let status = res.status();
+            let headers = res.headers().clone();
+            let body = axum::body::to_bytes(res.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            Answer {
+                status,
+                headers,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            }
+        })
+    }
+
+    fn count(&self) -> u64 {
+        self.rt.block_on(self.store.count()).unwrap()
+    }
+
+    /// Whether these headers present exactly the signed value (what the layer would accept).
+    fn presents_good(&self, cookies: &[Vec<u8>]) -> bool {
+        let mut h = HeaderMap::new();
+        for c in cookies {
+            if let Ok(v) = HeaderValue::from_bytes(c) {
+                h.append(COOKIE, v);
+            }
+        }
+        find_cookie(&h, NAME) == Presented::One(self.good.as_bytes())
+    }
+
+    fn good_header(&self) -> Vec<Vec<u8>> {
+        vec![format!("{NAME}={}", self.good).into_bytes()]
+    }
+
+    /// The logs never held the signed value or the raw ID.
+    fn assert_no_leak(&self) {
+        let logs = String::from_utf8_lossy(&self.logs.0.lock().unwrap()).into_owned();
+        let id = &self.good[..sessionkit::ID_LEN];
+        assert!(!logs.contains(id), "a log line holds the session ID");
+    }
+}
+
+/// Any byte `HeaderValue::from_bytes` accepts: tab, printable ASCII and 0x80..=0xff (multi-byte
+/// UTF-8 and invalid UTF-8 alike); now and then a byte it refuses, to exercise the skip.
+fn header_byte() -> impl Strategy<Value = u8> {
+    prop_oneof![
+        20 => prop_oneof![Just(b'\t'), 0x20u8..=0x7e, 0x80u8..=0xff],
+        1 => any::<u8>(),
+    ]
+}
+
+/// An offset into a value of `len` bytes, often near the end of the ID (byte 43), where a
+/// character across the boundary used to panic.
+fn offset(len: usize) -> impl Strategy<Value = usize> {
+    prop_oneof![0..len, 38usize..46]
+}
+
+/// Any character, mostly multi-byte ones.
+fn character() -> impl Strategy<Value = char> {
+    prop_oneof![
+        1 => any::<char>(),
+        3 => (0x80u32..0x11_0000).prop_filter_map("surrogate", char::from_u32),
+    ]
+}
+
+/// The signed value with arbitrary bytes spliced in at any offset: either any character
+/// written over it with the length kept (valid UTF-8 of the well-formed length, the case of
+/// issue 14 when the character straddles the end of the ID), or up to 8 bytes replaced by a few
+/// arbitrary ones.
+fn spliced(good: String) -> impl Strategy<Value = Vec<u8>> {
+    let len = good.len();
+    let same_length = {
+        let good = good.clone();
+        (offset(len), character()).prop_map(move |(at, ch)| {
+            let mut v = good.clone().into_bytes();
+            let mut buf = [0u8; 4];
+            let ch = ch.encode_utf8(&mut buf).as_bytes();
+            let end = (at + ch.len()).min(len);
+            v.splice(at..end, ch[..end - at].iter().copied());
+            v
+        })
+    };
+    let any_bytes = (
+        0..=len,
+        0usize..8,
+        prop::collection::vec(
+            prop_oneof![
+                header_byte().prop_map(|b| vec![b]),
+                Just("é".as_bytes().to_vec()),
+                Just("€".as_bytes().to_vec()),
+                Just(vec![0xc3]),
+                Just(vec![0xff, 0xfe]),
+                Just(vec![0x01]),
+            ],
+            0..4,
+        ),
+    )
+        .prop_map(move |(at, cut, ins)| {
+            let mut v = good.clone().into_bytes();
+            v.splice(at..(at + cut).min(len), ins.concat());
+            v
+        });
+    prop_oneof![same_length, any_bytes]
+}
+
+/// A `Cookie` header: pieces that matter to the parser, glued by arbitrary bytes, sometimes
+/// huge (30 KB values, hundreds of cookies).
+fn cookie_header(good: String) -> impl Strategy<Value = Vec<u8>> {
+    let prefixed =
+        spliced(good.clone()).prop_map(|v| [format!("{NAME}=").into_bytes(), v].concat());
+    let piece = prop_oneof![
+        8 => prop::collection::vec(header_byte(), 0..40),
+        3 => Just(format!("{NAME}=").into_bytes()),
+        3 => Just(format!("{NAME}={good}").into_bytes()),
+        4 => prefixed,
+        2 => spliced(good.clone()),
+        4 => Just(b"; ".to_vec()),
+        1 => Just(b" \t".to_vec()),
+        1 => Just("é".as_bytes().to_vec()),
+        1 => Just(b"\xff\xfe".to_vec()),
+        1 => (30_000usize..30_800, header_byte())
+            .prop_map(|(n, b)| [format!("{NAME}=").into_bytes(), vec![b; n]].concat()),
+        1 => (100usize..500).prop_map(|n| {
+            (0..n).map(|i| format!("c{i}=v{i}; ")).collect::<String>().into_bytes()
+        }),
+    ];
+    prop::collection::vec(piece, 0..10).prop_map(|p| p.concat())
+}
+
+/// A request: method and path (arbitrary percent-encoded key bytes on /kv), Cookie headers, a
+/// User-Agent and a body.
+#[derive(Debug, Clone)]
+struct Req {
+    route: usize,
+    key: Vec<u8>,
+    cookies: Vec<Vec<u8>>,
+    user_agent: Option<Vec<u8>>,
+    body: Vec<u8>,
+}
+
+const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/read"),
+    ("GET", "/counter"),
+    ("GET", "/kv"),
+    ("GET", "/kv/"),
+    ("PUT", "/kv/"),
+    ("DELETE", "/kv/"),
+    ("GET", "/none"),
+];
+
+fn request(good: String) -> impl Strategy<Value = Req> {
+    (
+        0..ROUTES.len(),
+        prop::collection::vec(any::<u8>(), 0..12),
+        prop_oneof![
+            // Mixed headers, or just the session cookie with its value damaged.
+            prop::collection::vec(cookie_header(good.clone()), 0..4),
+            spliced(good).prop_map(|v| vec![[format!("{NAME}=").into_bytes(), v].concat()]),
+        ],
+        prop::option::of(prop_oneof![
+            prop::collection::vec(header_byte(), 0..400),
+            Just(vec![b'x'; 2000]),
+        ]),
+        prop_oneof![
+            Just(b"\"blue\"".to_vec()),
+            prop::collection::vec(any::<u8>(), 0..64),
+        ],
+    )
+        .prop_map(|(route, key, cookies, user_agent, body)| Req {
+            route,
+            key,
+            cookies,
+            user_agent,
+            body,
+        })
+}
+
+fn percent_encoded(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("%{b:02X}")).collect()
+}
+
+fn config() -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases: 384,
+        failure_persistence: None,
+        ..Default::default()
+    }
+}
+
+/// Checks one request against the properties; returns an error message instead of panicking so
+/// proptest can shrink it.
+fn check(f: &Fixture, r: &Req) -> Result<(), TestCaseError> {
+    let (method, path) = ROUTES[r.route];
+    let uri = if path.ends_with('/') {
+        format!("{path}{}", percent_encoded(&r.key))
+    } else {
+        path.to_owned()
+    };
+    let before = f.count();
+    let exact = f.presents_good(&r.cookies);
+    let a = f.send(
+        method,
+        &uri,
+        &r.cookies,
+        r.user_agent.as_deref(),
+        r.body.clone(),
+    );
+    prop_assert!(a.status.as_u16() < 500, "{method} {uri}: {}", a.status);
+    let after = f.count();
+    let set = a.session_values();
+    if exact {
+        prop_assert_eq!(after, before, "a signed session's request created a record");
+        prop_assert!(set.is_empty(), "the signed session's cookie was replaced");
+        if path == "/read" {
+            prop_assert_eq!(a.body.as_str(), "42");
+        }
+        return Ok(());
+    }
+    // Not exactly the signed value: anonymous.
+    if path == "/read" {
+        prop_assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    }
+    if set.is_empty() {
+        prop_assert_eq!(
+            after,
+            before,
+            "{} {}: a record without a cookie",
+            method,
+            uri
+        );
+    } else {
+        // Only an anonymous write creates a session, under a fresh ID, never the presented one.
+        prop_assert!(
+            path == "/counter" || method == "PUT",
+            "{method} {uri} set a cookie"
+        );
+        prop_assert_eq!(after, before + 1);
+        prop_assert_eq!(set.len(), 1);
+        let fresh = CookieKeys::new(&[SECRET])
+            .verify(set[0].as_bytes())
+            .unwrap();
+        prop_assert_ne!(&set[0], &f.good);
+        if path == "/counter" {
+            prop_assert_eq!(a.body.as_str(), "1");
+        }
+        // Keep the store at its size for the next case.
+        prop_assert!(f
+            .rt
+            .block_on(f.store.destroy(&fresh.id.storage_key()))
+            .unwrap());
+    }
+    Ok(())
+}
+
+#[test]
+fn arbitrary_requests_never_fail_or_reach_a_session() {
+    let f = Fixture::new();
+    let before = f.count();
+    let mut runner = TestRunner::new(config());
+    let result = runner.run(&request(f.good.clone()), |r| check(&f, &r));
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    // The signed session went through it all untouched.
+    let a = f.send("GET", "/read", &f.good_header(), None, Vec::new());
+    assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "42"));
+    assert_eq!(f.count(), before);
+    f.assert_no_leak();
+}
+
+/// Issue 14 as reported: a 66-byte value (the well-formed length) with a raw `é` at byte 42.
+/// Before the fix this panicked inside the layer (`str::split_at`).
+#[test]
+fn reported_case_multibyte_character_in_a_66_byte_value() {
+    let f = Fixture::new();
+    let mut bad = f.good.as_bytes()[..42].to_vec();
+    bad.extend_from_slice("é".as_bytes());
+    bad.extend_from_slice(&f.good.as_bytes()[44..]);
+    assert_eq!(bad.len(), 66);
+    let header = [format!("{NAME}=").into_bytes(), bad].concat();
+    let before = f.count();
+    for (method, path) in [("GET", "/read"), ("GET", "/kv"), ("DELETE", "/kv/x")] {
+        let a = f.send(
+            method,
+            path,
+            std::slice::from_ref(&header),
+            None,
+            Vec::new(),
+        );
+        assert!(a.status.as_u16() < 500, "{method} {path}: {}", a.status);
+        assert!(a.session_values().is_empty());
+    }
+    let a = f.send("GET", "/read", &[header], None, Vec::new());
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(f.count(), before);
+    f.assert_no_leak();
+}
+
+#[test]
+fn huge_and_many_cookies() {
+    let f = Fixture::new();
+    let good = format!("{NAME}={}", f.good);
+    let before = f.count();
+    // Hundreds of other cookies around ours, split over several headers: still found.
+    let many: String = (0..600).map(|i| format!("c{i}=v{i}; ")).collect();
+    let headers = vec![
+        many.clone().into_bytes(),
+        format!("{many}{good}; {many}").into_bytes(),
+        good.clone().into_bytes(),
+    ];
+    let a = f.send("GET", "/read", &headers, None, Vec::new());
+    assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "42"));
+    // A 30 KB value under our name beside the good one: ambiguous, anonymous.
+    let huge = format!("{NAME}={}", "é".repeat(15_000));
+    let a = f.send(
+        "GET",
+        "/read",
+        &[huge.clone().into_bytes(), good.clone().into_bytes()],
+        None,
+        Vec::new(),
+    );
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    // Alone, 30 KB of multi-byte text, of invalid UTF-8, and of plain ASCII.
+    for value in [
+        huge.into_bytes(),
+        [format!("{NAME}=").into_bytes(), vec![0xff; 30_000]].concat(),
+        [format!("{NAME}=").into_bytes(), vec![b'A'; 30_000]].concat(),
+    ] {
+        let a = f.send("GET", "/counter", &[value], Some(&[0xff; 300]), Vec::new());
+        assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "1"));
+        let set = a.session_values();
+        let fresh = CookieKeys::new(&[SECRET])
+            .verify(set[0].as_bytes())
+            .unwrap();
+        assert!(f
+            .rt
+            .block_on(f.store.destroy(&fresh.id.storage_key()))
+            .unwrap());
+    }
+    assert_eq!(f.count(), before);
+    f.assert_no_leak();
+}
