@@ -468,22 +468,28 @@ impl SessionStore for FallbackStore {
 
     async fn destroy(&self, key: &StorageKey) -> Result<bool, StoreError> {
         if let Route::Primary = self.route() {
+            // The mirror first, so that a request which finds the primary's record gone cannot
+            // read the session back through from the secondary (and re-home it). While the
+            // primary answers, its answer alone says whether this call ended the session: each
+            // store's destroy is atomic, but "either store had it" lets two racing callers both
+            // get `true` (one per store), and two rotates would then both create a successor.
+            let mirrored = self.inner.secondary.destroy(key).await;
+            if let Err(e) = &mirrored {
+                self.mirror_failed("destroy", e);
+                self.inner.unmirrored_destroys.lock().insert(key.clone());
+            }
             match self
                 .on_primary("destroy", self.inner.primary.destroy(key))
                 .await
             {
-                Ok(gone) => {
-                    let mirrored = self.inner.secondary.destroy(key).await;
-                    return match mirrored {
-                        Ok(g) => Ok(gone || g),
-                        Err(e) => {
-                            self.mirror_failed("destroy", &e);
-                            self.inner.unmirrored_destroys.lock().insert(key.clone());
-                            Ok(gone)
-                        }
-                    };
+                Ok(gone) => return Ok(gone),
+                Err(StoreError::Unavailable { .. }) => {
+                    if let Ok(gone) = mirrored {
+                        // Done on the secondary already: only log it for the replay.
+                        self.record(Op::Destroyed(key.clone()));
+                        return Ok(gone);
+                    }
                 }
-                Err(StoreError::Unavailable { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
