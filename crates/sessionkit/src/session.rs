@@ -625,7 +625,10 @@ impl Session {
         record.meta.last_seen_at = now;
         record.meta.idle_expires_at = self.idle_expiry(now, record.meta.absolute_expires_at);
         record.meta.version += 1;
-        let (new, evicted) = match self.create_fresh(&record, limit, now).await {
+        let created = self
+            .create_fresh(&record, limit, now, predecessor.as_ref())
+            .await;
+        let (new, evicted) = match created {
             Ok(created) => created,
             Err(e) => {
                 self.forget(st);
@@ -651,16 +654,22 @@ impl Session {
         Ok(())
     }
 
-    /// Draws IDs until one is free (create never overwrites), then stores the record.
+    /// Draws IDs until one is free (create never overwrites), then stores the record. Never
+    /// the ID of `predecessor`, the session it replaces, which is destroyed and so free by now.
     async fn create_fresh(
         &self,
         record: &Record,
         limit: SessionLimit,
         now: Timestamp,
+        predecessor: Option<&StorageKey>,
     ) -> Result<(Stored, Vec<StorageKey>), SessionError> {
         for _ in 0..4 {
             let id = self.0.shared.ids.generate().map_err(SessionError::Random)?;
             let stored = Stored::new(id);
+            if Some(&stored.key) == predecessor {
+                tracing::error!("the id generator repeated the replaced id; drawing again");
+                continue;
+            }
             match self
                 .0
                 .shared
@@ -747,7 +756,7 @@ impl Session {
                 };
                 record.meta.version = 1;
                 let (stored, _) = self
-                    .create_fresh(&record, SessionLimit::UNLIMITED, now)
+                    .create_fresh(&record, SessionLimit::UNLIMITED, now, None)
                     .await?;
                 self.event(
                     EventKind::Created,
