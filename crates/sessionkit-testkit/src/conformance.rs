@@ -760,9 +760,9 @@ pub async fn health_ok(store: Store) {
 }
 
 pub use crate::session_races::{
-    elevate_race_leaves_one_successor, login_keeps_only_its_own_users_data,
-    rotate_after_logout_and_revoke_brings_nothing_back, rotate_logout_race_leaves_at_most_one,
-    rotate_race_leaves_one_successor,
+    destroy_reports_the_removal_once, elevate_race_leaves_one_successor,
+    login_keeps_only_its_own_users_data, rotate_after_logout_and_revoke_brings_nothing_back,
+    rotate_logout_race_leaves_at_most_one, rotate_race_leaves_one_successor,
 };
 
 /// Declares one `#[tokio::test]` per conformance property for the store that `$factory` (an
@@ -782,7 +782,7 @@ macro_rules! store_conformance {
             // Session-level races (issue 14, item 2), in `session_races`.
             rotate_race_leaves_one_successor, rotate_logout_race_leaves_at_most_one,
             rotate_after_logout_and_revoke_brings_nothing_back, elevate_race_leaves_one_successor,
-            login_keeps_only_its_own_users_data
+            login_keeps_only_its_own_users_data, destroy_reports_the_removal_once
         );
     };
 }

@@ -375,3 +375,42 @@ pub async fn login_keeps_only_its_own_users_data(store: Store) {
     let shown = call(&app, "GET", "/show", Some(&c)).await.body;
     assert_eq!(shown, format!("|{alice}"));
 }
+
+/// `destroy` says `true` to exactly one of many concurrent callers: the replacements above rely
+/// on it to let only one request create a successor. 20 parallel destroys of one record, a few
+/// rounds.
+pub async fn destroy_reports_the_removal_once(store: Store) {
+    for _ in 0..25 {
+        let key = sessionkit::SessionId::generate()
+            .expect("rng")
+            .storage_key();
+        let user = new_user();
+        let record = crate::conformance::record_at(Some(&user), SystemClock.now());
+        let out = store
+            .create(
+                &key,
+                &record,
+                sessionkit::SessionLimit::UNLIMITED,
+                SystemClock.now(),
+            )
+            .await
+            .expect("create");
+        assert!(matches!(out, sessionkit::CreateOutcome::Created { .. }));
+        let start = Arc::new(Barrier::new(RACERS));
+        let tasks: Vec<_> = (0..RACERS)
+            .map(|_| {
+                let (store, key, start) = (store.clone(), key.clone(), start.clone());
+                tokio::spawn(async move {
+                    start.wait().await;
+                    store.destroy(&key).await.expect("destroy")
+                })
+            })
+            .collect();
+        let mut removed = 0;
+        for t in tasks {
+            removed += usize::from(t.await.expect("destroy task"));
+        }
+        assert_eq!(removed, 1, "destroys that reported the removal");
+        assert_eq!(live_sessions(&store, &user).await, 0);
+    }
+}
