@@ -4,6 +4,10 @@
 //! and nothing is written unless the handler changed something (or the throttled touch is due).
 //! It records which keys the request changed, so the layer saves a [`Delta`] instead of the whole
 //! record: two concurrent requests that change different keys both keep their changes.
+//!
+//! A new ID (login, rotate, step-up) replaces a stored session only if this request is the one
+//! that destroyed it: a session ended meanwhile (logout, revoke, expiry) stays ended, and a session
+//! has at most one successor however many requests rotate it at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
