@@ -186,7 +186,10 @@ fn header_byte() -> impl Strategy<Value = u8> {
 fn offset(len: usize) -> impl Strategy<Value = usize> {
     // Offsets near the ID/tag boundary get extra weight; a shorter value (a CSRF token) clamps
     // them to its own length.
-    prop_oneof![0..len, (38usize..46).prop_map(move |at| at.min(len.saturating_sub(1)))]
+    prop_oneof![
+        0..len,
+        (38usize..46).prop_map(move |at| at.min(len.saturating_sub(1)))
+    ]
 }
 
 /// Any character, mostly multi-byte ones.

@@ -900,6 +900,12 @@ pub async fn record_cap_holds_under_concurrency(store: Store) {
     );
 }
 
+pub use crate::session_races::{
+    destroy_reports_the_removal_once, elevate_race_leaves_one_successor,
+    login_keeps_only_its_own_users_data, rotate_after_logout_and_revoke_brings_nothing_back,
+    rotate_logout_race_leaves_at_most_one, rotate_race_leaves_one_successor,
+};
+
 /// Declares one `#[tokio::test]` per conformance property for the store that `$factory` (an
 /// async closure or fn returning a fresh, isolated `Arc<dyn SessionStore>`) builds.
 #[macro_export]
@@ -914,7 +920,11 @@ macro_rules! store_conformance {
             user_index_list_and_revoke, user_index_prunes_expired, limit_deny_is_atomic,
             limit_evict_oldest_is_atomic, limit_evict_idlest_is_atomic, cleanup_and_count,
             scan_visits_every_record, health_ok,
-            record_cap_holds_under_concurrency
+            record_cap_holds_under_concurrency,
+            // Session-level races (issue 14, item 2), in `session_races`.
+            rotate_race_leaves_one_successor, rotate_logout_race_leaves_at_most_one,
+            rotate_after_logout_and_revoke_brings_nothing_back, elevate_race_leaves_one_successor,
+            login_keeps_only_its_own_users_data, destroy_reports_the_removal_once
         );
     };
 }

@@ -6,6 +6,7 @@ pub mod conformance;
 pub mod faulty;
 pub mod postgres;
 pub mod redis;
+pub mod session_races;
 
 use std::fmt;
 

@@ -19,7 +19,10 @@ pub enum EventKind {
     Rotated,
     /// A session was ended by its own request (logout).
     Destroyed,
-    /// A session was presented after its idle or absolute expiry.
+    /// A session was presented after its idle or absolute expiry (reason `idle_timeout` or
+    /// `absolute_timeout`). Reported while the store still holds the expired record: until
+    /// cleanup on the memory, file and SQL stores; on Redis, whose TTL removes a record at its
+    /// expiry, an expired session reads as `Rejected`/`unknown_id`.
     Expired,
     /// A session was ended by someone else (revoke, sign out everywhere).
     Revoked,

@@ -4,6 +4,10 @@
 //! and nothing is written unless the handler changed something (or the throttled touch is due).
 //! It records which keys the request changed, so the layer saves a [`Delta`] instead of the whole
 //! record: two concurrent requests that change different keys both keep their changes.
+//!
+//! A new ID (login, rotate, step-up) replaces a stored session only if this request is the one
+//! that destroyed it: a session ended meanwhile (logout, revoke, expiry) stays ended, and a session
+//! has at most one successor however many requests rotate it at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -44,6 +48,10 @@ pub enum SessionError {
     /// The operating system gave no randomness for a new ID.
     #[error("no randomness available for a session id")]
     Random(#[source] getrandom::Error),
+    /// The operation needs a stored, signed-in session and this request has none (anonymous, not
+    /// stored yet, or ended meanwhile by a logout, revoke or expiry).
+    #[error("no signed-in session")]
+    NotSignedIn,
 }
 
 impl SessionError {
@@ -54,6 +62,7 @@ impl SessionError {
             Self::Store(_) => S::SERVICE_UNAVAILABLE,
             Self::TooLarge { .. } => S::PAYLOAD_TOO_LARGE,
             Self::LimitReached => S::FORBIDDEN,
+            Self::NotSignedIn => S::UNAUTHORIZED,
             Self::Value(_) | Self::Random(_) => S::INTERNAL_SERVER_ERROR,
         }
     }
@@ -69,6 +78,7 @@ impl axum::response::IntoResponse for SessionError {
             Self::Store(_) => "session store unavailable\n",
             Self::TooLarge { .. } => "session data too large\n",
             Self::LimitReached => "too many active sessions\n",
+            Self::NotSignedIn => "not signed in\n",
             Self::Value(_) | Self::Random(_) => "session error\n",
         };
         (status, body).into_response()
@@ -120,6 +130,16 @@ impl Stored {
         let key = id.storage_key();
         Self { id, key }
     }
+}
+
+/// What became of the stored session a new ID replaces.
+enum Ended {
+    /// The request had no stored session.
+    NothingStored,
+    /// This request destroyed it; its storage key.
+    Destroyed(StorageKey),
+    /// It was already gone: ended by someone else while this request ran.
+    AlreadyGone,
 }
 
 #[derive(Debug, Default)]
@@ -221,7 +241,7 @@ impl Session {
                     });
                     st.record = Some(record);
                 }
-                Ok(None) => self.event(EventKind::Rejected, Some(key), None, "unknown_id"),
+                Ok(None) => self.report_absent(key, now).await,
                 Err(StoreError::Corrupt(e)) => {
                     tracing::warn!(key = key.short(), error = %e, "corrupt session record treated as absent");
                     self.event(EventKind::Rejected, Some(key), None, "corrupt_record");
@@ -231,6 +251,32 @@ impl Session {
         }
         st.loaded = true;
         Ok(st)
+    }
+
+    /// Reports a validly signed cookie whose record `load` did not return: `Expired` when the
+    /// record is still there but past its idle or absolute expiry, else `Rejected`/`unknown_id`
+    /// (ended, cleaned up, never stored).
+    ///
+    /// `load` hides expired records, so a second `load` at the start of time (when every record
+    /// is live) tells the two apart without a store method of its own. It finds the record on
+    /// the stores that keep expired records until cleanup: memory, file, SQLite, PostgreSQL, and
+    /// a fallback's secondary. Redis drops a record by TTL at its expiry, so there an expired
+    /// session reads as `unknown_id` (telling them apart would take a grace period on the TTL,
+    /// that is memory held for ended sessions). The second read costs one round trip only for
+    /// cookies whose session is gone, which a client can only present after holding a valid one;
+    /// if it fails, the event is `unknown_id` and the request goes on anonymous as before.
+    async fn report_absent(&self, key: StorageKey, now: Timestamp) {
+        match self.0.shared.store.load(&key, Timestamp(0)).await {
+            Ok(Some(r)) if r.meta.is_expired(now) => {
+                let reason = if now >= r.meta.absolute_expires_at {
+                    "absolute_timeout"
+                } else {
+                    "idle_timeout"
+                };
+                self.event(EventKind::Expired, Some(key), r.meta.user_id, reason);
+            }
+            _ => self.event(EventKind::Rejected, Some(key), None, "unknown_id"),
+        }
     }
 
     /// The value under `key`, deserialized.
@@ -420,24 +466,57 @@ impl Session {
 
     /// Signs `user_id` in: the session gets a new ID (the old one stops working), the user and the
     /// authentication time are stamped, the session joins the user's index, and the per-user limit
-    /// is enforced. Data set before login is kept.
+    /// is enforced.
+    ///
+    /// The data of an anonymous session, or of this same user's, is kept. The data of another
+    /// user's session is not (only what this request itself set is), and neither is the data of a
+    /// session that ended (logout, revoke, expiry) while this request ran: the login then starts
+    /// from what this request set.
     ///
     /// # Errors
-    /// [`SessionError::LimitReached`] under the `deny` policy, or a store failure.
+    /// [`SessionError::LimitReached`] under the `deny` policy, or a store failure. The previous
+    /// session is ended first either way, so after an error the request is anonymous.
     pub async fn login(&self, user_id: impl Into<String>) -> Result<(), SessionError> {
         let user = user_id.into();
         let now = self.now();
         let mut st = self.state().await?;
-        let mut record = self.fresh_record(Some(user.clone()), now);
-        if let Some(old) = &st.record {
-            record.data = old.data.clone();
-        }
+        let (all, own) = match &st.record {
+            Some(old) => {
+                let own: BTreeMap<String, Value> = old
+                    .data
+                    .iter()
+                    .filter(|(k, _)| st.changes.contains(*k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let same_owner = old.meta.user_id.as_ref().is_none_or(|u| *u == user);
+                (same_owner.then(|| old.data.clone()), own)
+            }
+            None => (None, BTreeMap::new()),
+        };
+        let mut record = self.fresh_record(Some(user), now);
+        let predecessor = match self.end_predecessor(&mut st).await? {
+            Ended::Destroyed(key) => {
+                record.data = all.unwrap_or(own);
+                Some(key)
+            }
+            Ended::NothingStored => {
+                record.data = all.unwrap_or(own);
+                None
+            }
+            Ended::AlreadyGone => {
+                record.data = own;
+                None
+            }
+        };
         let limit = self.0.shared.config.limit;
-        self.replace(&mut st, record, limit, "login").await
+        self.install(&mut st, record, limit, "login", predecessor)
+            .await
     }
 
     /// Gives the session a new ID, keeping its data, user and expiry (for privilege changes).
-    /// Does nothing for a session that has not been stored yet.
+    /// Does nothing for a session that has not been stored yet. If the session ended (logout,
+    /// revoke, expiry) while this request ran, it stays ended: the request goes on anonymous and
+    /// the response deletes the cookie.
     ///
     /// # Errors
     /// A store failure.
@@ -446,50 +525,132 @@ impl Session {
         let Some(record) = st.record.clone().filter(|_| st.id.is_some()) else {
             return Ok(());
         };
-        self.replace(&mut st, record, SessionLimit::UNLIMITED, "rotate")
-            .await
+        match self.end_predecessor(&mut st).await? {
+            Ended::Destroyed(old) => {
+                self.install(
+                    &mut st,
+                    record,
+                    SessionLimit::UNLIMITED,
+                    "rotate",
+                    Some(old),
+                )
+                .await
+            }
+            Ended::NothingStored | Ended::AlreadyGone => Ok(()),
+        }
     }
 
     /// Step-up: a new ID and a fresh `auth_time`, after the user proved who they are again.
     ///
     /// # Errors
-    /// A store failure.
+    /// [`SessionError::NotSignedIn`] when the request has no stored, signed-in session (or it
+    /// ended while this request ran; the response then deletes the cookie), or a store failure.
     pub async fn elevate(&self) -> Result<(), SessionError> {
         let now = self.now();
         let mut st = self.state().await?;
-        let Some(mut record) = st.record.clone() else {
-            return Ok(());
+        let Some(mut record) = st
+            .record
+            .clone()
+            .filter(|r| st.id.is_some() && r.meta.user_id.is_some())
+        else {
+            return Err(SessionError::NotSignedIn);
         };
         record.meta.auth_time = Some(now);
-        self.replace(&mut st, record, SessionLimit::UNLIMITED, "elevate")
-            .await
+        match self.end_predecessor(&mut st).await? {
+            Ended::Destroyed(old) => {
+                self.install(
+                    &mut st,
+                    record,
+                    SessionLimit::UNLIMITED,
+                    "elevate",
+                    Some(old),
+                )
+                .await
+            }
+            Ended::NothingStored | Ended::AlreadyGone => Err(SessionError::NotSignedIn),
+        }
     }
 
-    /// Stores `record` under a new ID, then destroys the old one (new before old, so a client is
-    /// never left without a session), and schedules the new cookie.
-    async fn replace(
+    /// Destroys the stored session a new ID is about to replace, and says whether it was still
+    /// there.
+    ///
+    /// Old before new, and only if the old one was there: `destroy` reports whether it removed a
+    /// record, atomically in every store, so of any number of concurrent replacements, logouts
+    /// and revokes of one session exactly one sees `true`, and only that one creates a successor.
+    /// The other order (new record first, as the design first had it) lets a rotate that loaded
+    /// the session before a logout or revoke create a successor after it: the ended session comes
+    /// back, and parallel rotates clone it. The price of this order is a window in which neither
+    /// record exists: a concurrent request still carrying the old ID then gets an anonymous
+    /// session (never an error), and if creating the new record fails the client is signed out.
+    async fn end_predecessor(&self, st: &mut State) -> Result<Ended, SessionError> {
+        let Some(old) = &st.id else {
+            return Ok(Ended::NothingStored);
+        };
+        let existed = self.0.shared.store.destroy(&old.key).await?;
+        let Some(old) = st.id.take() else {
+            return Ok(Ended::NothingStored);
+        };
+        if existed {
+            return Ok(Ended::Destroyed(old.key));
+        }
+        tracing::debug!(
+            key = old.key.short(),
+            "not replacing a session that ended meanwhile"
+        );
+        self.forget(st);
+        Ok(Ended::AlreadyGone)
+    }
+
+    /// Leaves the request anonymous: no record, nothing to write, and the response deletes the
+    /// cookie the client sent (or the one this request was about to set).
+    fn forget(&self, st: &mut State) {
+        st.id = None;
+        st.record = None;
+        st.changes.clear();
+        st.touch_due = false;
+        st.cookie = if self.0.presented.is_some() || matches!(st.cookie, CookieAction::Set(_)) {
+            CookieAction::Remove
+        } else {
+            CookieAction::None
+        };
+    }
+
+    /// Stores `record` under a new ID (after [`Self::end_predecessor`] destroyed `predecessor`)
+    /// and schedules the new cookie. If that fails, the request is left anonymous: its old
+    /// session is already gone.
+    async fn install(
         &self,
         st: &mut State,
         mut record: Record,
         limit: SessionLimit,
         reason: &'static str,
+        predecessor: Option<StorageKey>,
     ) -> Result<(), SessionError> {
         let now = self.now();
         record.meta.last_seen_at = now;
         record.meta.idle_expires_at = self.idle_expiry(now, record.meta.absolute_expires_at);
         record.meta.version += 1;
-        let (new, evicted) = self.create_fresh(&record, limit, now).await?;
+        let created = self
+            .create_fresh(&record, limit, now, predecessor.as_ref())
+            .await;
+        let (new, evicted) = match created {
+            Ok(created) => created,
+            Err(e) => {
+                self.forget(st);
+                return Err(e);
+            }
+        };
         let user = record.meta.user_id.clone();
         for k in evicted {
             self.event(EventKind::Evicted, Some(k), user.clone(), "session_limit");
         }
-        let id = new.id.clone();
-        if let Some(old) = st.id.take() {
-            self.0.shared.store.destroy(&old.key).await?;
-            self.event(EventKind::Rotated, Some(new.key.clone()), user, reason);
+        let kind = if predecessor.is_some() {
+            EventKind::Rotated
         } else {
-            self.event(EventKind::Created, Some(new.key.clone()), user, reason);
-        }
+            EventKind::Created
+        };
+        self.event(kind, Some(new.key.clone()), user, reason);
+        let id = new.id.clone();
         st.id = Some(new);
         st.record = Some(record);
         st.changes.clear();
@@ -498,16 +659,22 @@ impl Session {
         Ok(())
     }
 
-    /// Draws IDs until one is free (create never overwrites), then stores the record.
+    /// Draws IDs until one is free (create never overwrites), then stores the record. Never
+    /// the ID of `predecessor`, the session it replaces, which is destroyed and so free by now.
     async fn create_fresh(
         &self,
         record: &Record,
         limit: SessionLimit,
         now: Timestamp,
+        predecessor: Option<&StorageKey>,
     ) -> Result<(Stored, Vec<StorageKey>), SessionError> {
         for _ in 0..4 {
             let id = self.0.shared.ids.generate().map_err(SessionError::Random)?;
             let stored = Stored::new(id);
+            if Some(&stored.key) == predecessor {
+                tracing::error!("the id generator repeated the replaced id; drawing again");
+                continue;
+            }
             match self
                 .0
                 .shared
@@ -542,14 +709,7 @@ impl Session {
             let user = st.record.as_ref().and_then(|r| r.meta.user_id.clone());
             self.event(EventKind::Destroyed, Some(key), user, "logout");
         }
-        st.record = None;
-        st.changes.clear();
-        st.touch_due = false;
-        st.cookie = if self.0.presented.is_some() || matches!(st.cookie, CookieAction::Set(_)) {
-            CookieAction::Remove
-        } else {
-            CookieAction::None
-        };
+        self.forget(&mut st);
         Ok(())
     }
 
@@ -615,7 +775,7 @@ impl Session {
                 };
                 record.meta.version = 1;
                 let (stored, _) = self
-                    .create_fresh(&record, SessionLimit::UNLIMITED, now)
+                    .create_fresh(&record, SessionLimit::UNLIMITED, now, None)
                     .await?;
                 self.event(
                     EventKind::Created,

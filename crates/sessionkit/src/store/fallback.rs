@@ -424,7 +424,11 @@ impl SessionStore for FallbackStore {
                         let ended = [(key.clone(), Some(exp))];
                         self.end_in_secondary(&ended, marked, !marked, now).await;
                     }
-                    return Ok(gone || copy.is_some());
+                    // While the primary answers, its answer alone says whether this call ended
+                    // the session: each store's destroy is atomic, but "either store had it"
+                    // would let two racing callers both get `true` (one per store), and two
+                    // rotates would then both create a successor.
+                    return Ok(gone);
                 }
                 Err(StoreError::Unavailable { .. }) => {}
                 Err(e) => return Err(e),

@@ -1,0 +1,110 @@
+//! The session-level races of the conformance suite over a `FallbackStore` whose secondary does
+//! real I/O (SQLite) and answers concurrent destroys in the reverse order of their arrival, so
+//! destroys interleave between the two stores: `destroy` must still report the removal to
+//! exactly one caller, or two rotates of one session both create a successor.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sessionkit::{
+    CreateOutcome, Delta, FallbackOptions, FallbackStore, Health, MemoryStore, Meta, Record,
+    SaveOutcome, ScanPage, SessionLimit, SessionStore, SqliteStore, StorageKey, StoreError,
+    Timestamp,
+};
+use sessionkit_testkit::conformance::{self, Store};
+
+/// Passes every call to the store it wraps; a destroy first waits 20 ms less 1 ms per destroy
+/// before it in a round of 20, so the last of 20 concurrent destroys reaches the store first.
+#[derive(Debug)]
+struct Reversed {
+    inner: Arc<dyn SessionStore>,
+    destroys: AtomicU64,
+}
+
+#[async_trait]
+impl SessionStore for Reversed {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    async fn create(
+        &self,
+        key: &StorageKey,
+        record: &Record,
+        limit: SessionLimit,
+        now: Timestamp,
+    ) -> Result<CreateOutcome, StoreError> {
+        self.inner.create(key, record, limit, now).await
+    }
+    async fn load(&self, key: &StorageKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
+        self.inner.load(key, now).await
+    }
+    async fn save_delta(
+        &self,
+        key: &StorageKey,
+        delta: &Delta,
+        now: Timestamp,
+    ) -> Result<SaveOutcome, StoreError> {
+        self.inner.save_delta(key, delta, now).await
+    }
+    async fn destroy(&self, key: &StorageKey) -> Result<bool, StoreError> {
+        let n = self.destroys.fetch_add(1, Ordering::SeqCst) % 20;
+        tokio::time::sleep(Duration::from_millis(20 - n)).await;
+        self.inner.destroy(key).await
+    }
+    async fn list_user(
+        &self,
+        user_id: &str,
+        now: Timestamp,
+    ) -> Result<Vec<(StorageKey, Meta)>, StoreError> {
+        self.inner.list_user(user_id, now).await
+    }
+    async fn destroy_user(
+        &self,
+        user_id: &str,
+        except: Option<&StorageKey>,
+    ) -> Result<Vec<StorageKey>, StoreError> {
+        self.inner.destroy_user(user_id, except).await
+    }
+    async fn count(&self) -> Result<u64, StoreError> {
+        self.inner.count().await
+    }
+    async fn cleanup_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
+        self.inner.cleanup_expired(now).await
+    }
+    async fn scan(&self, cursor: Option<String>, batch: usize) -> Result<ScanPage, StoreError> {
+        self.inner.scan(cursor, batch).await
+    }
+    async fn health(&self) -> Health {
+        self.inner.health().await
+    }
+}
+
+async fn fresh() -> Store {
+    let secondary = SqliteStore::connect("sqlite::memory:").await.unwrap();
+    Arc::new(FallbackStore::new(
+        Arc::new(MemoryStore::new()),
+        Arc::new(Reversed {
+            inner: Arc::new(secondary),
+            destroys: AtomicU64::new(0),
+        }),
+        FallbackOptions::default(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn destroy_reports_the_removal_once() {
+    conformance::destroy_reports_the_removal_once(fresh().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rotate_race_leaves_one_successor() {
+    conformance::rotate_race_leaves_one_successor(fresh().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rotate_logout_race_leaves_at_most_one() {
+    conformance::rotate_logout_race_leaves_at_most_one(fresh().await).await;
+}
