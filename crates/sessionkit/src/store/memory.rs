@@ -31,6 +31,10 @@ use crate::record::{Delta, Meta, Record, Timestamp};
 /// Most expired index entries a login removes while holding the lock.
 const PRUNE_BATCH: usize = 64;
 
+/// Most sessions one login evicts: a limit lowered far below a user's count is reached over
+/// successive logins.
+const EVICT_BATCH: usize = 64;
+
 /// Sessions in process memory. See the module documentation.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
@@ -194,7 +198,7 @@ impl MemoryStore {
                         return Step::Done(CreateOutcome::LimitReached);
                     }
                     // Every entry left is live: the victims are the first ones in order.
-                    for _ in 0..(n + 1 - max) {
+                    for _ in 0..(n + 1 - max).min(EVICT_BATCH) {
                         let Some(idx) = inner.users.get(user) else {
                             break;
                         };

@@ -3,8 +3,8 @@
 //!
 //! # Layout
 //! One table, `sessions`: the storage key as primary key (`COLLATE "C"`, so scans page in byte
-//! order), the metadata as `BIGINT`/`TEXT` columns (`user_id` indexed: it is the per-user
-//! index; `expires_at` generated as the nearer expiry and indexed, for cleanup), and the data as
+//! order), the metadata as `BIGINT`/`TEXT` columns (`user_id` indexed with expiry,
+//! creation and last sight: the per-user orders; `expires_at` generated as the nearer expiry and indexed, for cleanup), and the data as
 //! a `jsonb` object mapping each key to the JSON text of its value (see the `sql` module). The
 //! schema is created and upgraded at connect by embedded, versioned migrations recorded in
 //! `sessionkit_migrations`, under an advisory lock so that many instances may start at once.
@@ -52,6 +52,14 @@
 //! every batch, 13.4k without (median). For a flush on every save,
 //! [`PostgresStoreBuilder::with_durable_saves`].
 //!
+//! # Per-user limit
+//! A login under a limit (serialised per user by an advisory lock) does work bounded by the
+//! limit, never by the user's session count: it deletes at most a batch of the user's expired
+//! rows, counts the live ones up to `max` plus a margin over the (user, expiry) index, and
+//! evicts the first entries of the (user, created) or (user, last seen) index. An eviction
+//! first deletes the rest of the user's expired rows, each row once. Without a limit a login is
+//! one `INSERT`.
+//!
 //! # Failures
 //! Each operation has a deadline (and the server a matching `statement_timeout`); connection
 //! errors, pool timeouts and missed deadlines are [`StoreError::Unavailable`]. Everything a
@@ -70,9 +78,13 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::sql::{
     ask, deadline, delete_in_batches, encode_data, from_db, migrate_postgres, replicate,
     run_parallel, scan_page, sorted_keys, store_error, to_db, Conn, Connections, MetaRow,
-    Migration, NetChanges, Queue, Queued, CLEANUP_BATCH, META_COLUMNS,
+    Migration, NetChanges, Queue, Queued, CLEANUP_BATCH, EVICT_BATCH, META_COLUMNS, PRUNE_BATCH,
+    USER_ORDER_INDEXES,
 };
-use super::{CreateOutcome, Health, SaveOutcome, ScanPage, SessionLimit, SessionStore, StoreError};
+use super::{
+    CreateOutcome, Health, LimitPolicy, SaveOutcome, ScanPage, SessionLimit, SessionStore,
+    StoreError,
+};
 use crate::id::StorageKey;
 use crate::record::{Delta, Meta, Record, Timestamp};
 
@@ -108,6 +120,11 @@ const MIGRATIONS: &[Migration] = &[
         // then put the new row version on the same page (a HOT update): no index entries to add,
         // and pruning reclaims the old version without a vacuum.
         statements: &["ALTER TABLE sessions SET (fillfactor = 75)"],
+    },
+    Migration {
+        version: 3,
+        name: "per-user orders",
+        statements: USER_ORDER_INDEXES,
     },
 ];
 
@@ -333,28 +350,62 @@ impl PostgresStore {
         if done.rows_affected() == 0 {
             return Ok(CreateOutcome::Exists);
         }
-        let rows = sqlx::query(&format!(
-            "SELECT {META_COLUMNS} FROM sessions \
-             WHERE user_id = $1 AND expires_at > $2 AND key <> $3"
-        ))
+        // Never the user's whole index (see "Per-user limit" in the module documentation).
+        let now_at = to_db(now.0);
+        sqlx::query(
+            "DELETE FROM sessions WHERE key IN (SELECT key FROM sessions \
+             WHERE user_id = $1 AND expires_at <= $2 LIMIT $3)",
+        )
         .bind(user)
-        .bind(to_db(now.0))
-        .bind(key.as_str())
-        .fetch_all(&mut *tx)
+        .bind(now_at)
+        .bind(PRUNE_BATCH)
+        .execute(&mut *tx)
         .await
         .map_err(e)?;
-        let mut live = metas(&rows);
-        let Ok(victims) = limit.victims(&mut live) else {
-            tx.rollback().await.map_err(e)?;
-            return Ok(CreateOutcome::LimitReached);
-        };
-        if !victims.is_empty() {
-            let keys: Vec<&str> = victims.iter().map(StorageKey::as_str).collect();
-            sqlx::query("DELETE FROM sessions WHERE key = ANY($1)")
-                .bind(&keys)
+        let max = limit.max.map_or(0, i64::from);
+        // Live sessions other than the new one, counted up to a bound: a range of the (user,
+        // expiry) index, never more rows than `max` plus the most a login evicts.
+        let live: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT 1 FROM sessions \
+             WHERE user_id = $1 AND expires_at > $2 AND key <> $3 LIMIT $4) AS l",
+        )
+        .bind(user)
+        .bind(now_at)
+        .bind(key.as_str())
+        .bind(max + EVICT_BATCH)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(e)?;
+        let mut victims = Vec::new();
+        if live >= max {
+            if limit.policy == LimitPolicy::Deny {
+                tx.rollback().await.map_err(e)?;
+                return Ok(CreateOutcome::LimitReached);
+            }
+            // The order scanned below must hold live rows only: the rest of the user's expired
+            // rows go first (each row once, so amortised over the logins that made them).
+            sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND expires_at <= $2")
+                .bind(user)
+                .bind(now_at)
                 .execute(&mut *tx)
                 .await
                 .map_err(e)?;
+            let order = match limit.policy {
+                LimitPolicy::EvictIdlest => "last_seen_at",
+                _ => "created_at",
+            };
+            let keys: Vec<String> = sqlx::query_scalar(&format!(
+                "DELETE FROM sessions WHERE key IN (SELECT key FROM sessions \
+                 WHERE user_id = $1 AND key <> $2 ORDER BY {order}, key LIMIT $3) \
+                 RETURNING key"
+            ))
+            .bind(user)
+            .bind(key.as_str())
+            .bind(live + 1 - max)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(e)?;
+            victims = sorted_keys(&keys);
         }
         tx.commit().await.map_err(e)?;
         Ok(CreateOutcome::Created { evicted: victims })

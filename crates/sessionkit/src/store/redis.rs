@@ -1976,7 +1976,8 @@ if max then
     -- 'oldest' by created_at, 'idlest' by last_seen_at; ties by key (sorted-set order).
     local order = cidx
     if ARGV[8] == 'idlest' then order = lidx end
-    while n >= max do
+    -- At most 64 per login: a limit lowered far below the count is reached over several.
+    while n >= max and #victims < 64 do
       local first = redis.call('ZRANGE', order, 0, 0)[1]
       if not first then break end
       victims[#victims + 1] = first

@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! One table, `sessions`: the storage key as primary key, the metadata as columns (`user_id`
-//! indexed: it is the per-user index; `expires_at` generated as the nearer expiry and indexed,
+//! indexed with expiry, creation and last sight: the per-user orders; `expires_at` generated as the nearer expiry and indexed,
 //! for cleanup), and the data as a JSON object of JSON texts (see the `sql` module). The schema is
 //! created and upgraded at connect by embedded, versioned migrations recorded in
 //! `sessionkit_migrations`.
@@ -23,6 +23,14 @@
 //! rather than failing mid-transaction, so processes sharing a file lose no update either.
 //! Every few hundred writes the writer forces a restarting checkpoint, so the write-ahead log
 //! stays small under a steady load (SQLite's passive automatic checkpoint never catches up there).
+//!
+//! # Per-user limit
+//! A login under a limit does work bounded by the limit, never by the user's session count
+//! (which a signed-up attacker controls): it deletes at most a batch of the user's expired rows,
+//! counts the live ones up to `max` plus a margin over the (user, expiry) index, and takes its
+//! victims as the first entries of the (user, created) or (user, last seen) index. An eviction
+//! first deletes the rest of the user's expired rows, each row once. Without a limit a login is
+//! one `INSERT`.
 //!
 //! # Load cache
 //! Loaded records are kept in process and served again while the database file has seen no
@@ -52,17 +60,21 @@ use tokio::sync::{MappedMutexGuard, MutexGuard};
 use super::sql::{
     ask, deadline, delete_in_batches, encode_data, from_db, migrate_sqlite, replicate, scan_page,
     sorted_keys, store_error, to_db, Connections, MetaRow, Migration, NetChanges, Queue, Queued,
-    CLEANUP_BATCH, META_COLUMNS,
+    CLEANUP_BATCH, EVICT_BATCH, META_COLUMNS, PRUNE_BATCH, USER_ORDER_INDEXES,
 };
-use super::{CreateOutcome, Health, SaveOutcome, ScanPage, SessionLimit, SessionStore, StoreError};
+use super::{
+    CreateOutcome, Health, LimitPolicy, SaveOutcome, ScanPage, SessionLimit, SessionStore,
+    StoreError,
+};
 use crate::id::StorageKey;
 use crate::record::{Delta, Meta, Record, Timestamp};
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "sessions table",
-    statements: &[
-        "CREATE TABLE IF NOT EXISTS sessions (
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "sessions table",
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS sessions (
             key TEXT PRIMARY KEY NOT NULL,
             user_id TEXT,
             created_at INTEGER NOT NULL,
@@ -77,11 +89,35 @@ const MIGRATIONS: &[Migration] = &[Migration {
             version INTEGER NOT NULL,
             data TEXT NOT NULL
         )",
-        "CREATE INDEX IF NOT EXISTS sessions_user_id ON sessions (user_id) \
+            "CREATE INDEX IF NOT EXISTS sessions_user_id ON sessions (user_id) \
          WHERE user_id IS NOT NULL",
-        "CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions (expires_at)",
-    ],
-}];
+            "CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions (expires_at)",
+        ],
+    },
+    Migration {
+        version: 2,
+        name: "per-user orders",
+        statements: USER_ORDER_INDEXES,
+    },
+];
+
+/// At a login under a limit: removes a bounded batch of the user's expired rows (index
+/// `sessions_user_expires`).
+const PRUNE_USER: &str = "DELETE FROM sessions WHERE key IN (SELECT key FROM sessions \
+     WHERE user_id = ? AND expires_at <= ? LIMIT ?)";
+
+/// The user's live sessions other than the new one, counted up to a bound (`max` plus the most
+/// a login evicts): a range of `sessions_user_expires`, never more rows than the bound.
+const COUNT_LIVE: &str = "SELECT count(*) FROM (SELECT 1 FROM sessions \
+     WHERE user_id = ? AND expires_at > ? AND key <> ? LIMIT ?)";
+
+/// The first `?` of the user's sessions by creation (`sessions_user_created`).
+const EVICT_OLDEST: &str = "SELECT key FROM sessions WHERE user_id = ? AND key <> ? \
+     ORDER BY created_at, key LIMIT ?";
+
+/// The first `?` of the user's sessions by last sight (`sessions_user_seen`).
+const EVICT_IDLEST: &str = "SELECT key FROM sessions WHERE user_id = ? AND key <> ? \
+     ORDER BY last_seen_at, key LIMIT ?";
 
 /// Create-if-absent; an expired record under the same key (not yet cleaned up) is replaced.
 const INSERT: &str = "INSERT INTO sessions (key, user_id, created_at, last_seen_at, \
@@ -631,27 +667,57 @@ impl SqliteStore {
         if done.rows_affected() == 0 {
             return Ok(CreateOutcome::Exists);
         }
-        let rows = sqlx::query(&format!(
-            "SELECT {META_COLUMNS} FROM sessions \
-             WHERE user_id = ? AND expires_at > ? AND key <> ?"
-        ))
-        .bind(user)
-        .bind(to_db(now.0))
-        .bind(key.as_str())
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(e)?;
-        let mut live = metas(&rows);
-        let Ok(victims) = limit.victims(&mut live) else {
-            tx.rollback().await.map_err(e)?;
-            return Ok(CreateOutcome::LimitReached);
-        };
-        for v in &victims {
-            sqlx::query("DELETE FROM sessions WHERE key = ?")
-                .bind(v.as_str())
+        // Never the user's whole index (see "Per-user limit" in the module documentation).
+        let (user_at, now_at) = (user.as_str(), to_db(now.0));
+        sqlx::query(PRUNE_USER)
+            .bind(user_at)
+            .bind(now_at)
+            .bind(PRUNE_BATCH)
+            .execute(&mut *tx)
+            .await
+            .map_err(e)?;
+        let max = limit.max.map_or(0, i64::from);
+        let live: i64 = sqlx::query_scalar(COUNT_LIVE)
+            .bind(user_at)
+            .bind(now_at)
+            .bind(key.as_str())
+            .bind(max + EVICT_BATCH)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(e)?;
+        let mut victims = Vec::new();
+        if live >= max {
+            if limit.policy == LimitPolicy::Deny {
+                tx.rollback().await.map_err(e)?;
+                return Ok(CreateOutcome::LimitReached);
+            }
+            // The order scanned below must hold live rows only: the rest of the user's expired
+            // rows go first (each row once, so amortised over the logins that made them).
+            sqlx::query("DELETE FROM sessions WHERE user_id = ? AND expires_at <= ?")
+                .bind(user_at)
+                .bind(now_at)
                 .execute(&mut *tx)
                 .await
                 .map_err(e)?;
+            let order = match limit.policy {
+                LimitPolicy::EvictIdlest => EVICT_IDLEST,
+                _ => EVICT_OLDEST,
+            };
+            let keys: Vec<String> = sqlx::query_scalar(order)
+                .bind(user_at)
+                .bind(key.as_str())
+                .bind(live + 1 - max)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(e)?;
+            for v in &keys {
+                sqlx::query("DELETE FROM sessions WHERE key = ?")
+                    .bind(v)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(e)?;
+            }
+            victims = keys.iter().filter_map(|k| StorageKey::parse(k)).collect();
         }
         tx.commit().await.map_err(e)?;
         Ok(CreateOutcome::Created { evicted: victims })
