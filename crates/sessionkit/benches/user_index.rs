@@ -1,8 +1,8 @@
 //! One user with many sessions logs in again: the store-level cost of a login as the user's
 //! session count grows (issue 14, item 11). On every store (memory, file, SQLite, PostgreSQL,
 //! Redis), fills one user with N sessions, then times M more logins of that user, each mode in
-//! turn: unlimited (the default policy), `evict_oldest` at N (every login evicts one) and
-//! `deny` at N (every login is refused after counting), and prints p50/p99 per store and mode.
+//! turn: unlimited (the default policy), then `evict_oldest` at N + M (every login evicts one)
+//! and `deny` at N + M (every login is refused after counting), and prints p50/p99 per store and mode.
 //! The target is a p99 under 2 ms at N = 100,000.
 //!
 //! `cargo bench -p sessionkit --all-features --bench user_index`; `USER_INDEX_N` sets N
@@ -101,21 +101,21 @@ async fn logins(store: &Arc<dyn SessionStore>, label: &str, limit: SessionLimit,
 async fn measure(name: &str, store: Arc<dyn SessionStore>, n: u64, m: usize) {
     println!("{name}:");
     fill(&store, n).await;
-    let max = u32::try_from(n).unwrap();
     logins(&store, "unlimited", SessionLimit::UNLIMITED, m).await;
-    // Back to N live sessions for the limited modes: evict_oldest at N evicts one per login.
+    // The user now has N + M sessions: a limit there evicts one per login (or refuses).
+    let max = u32::try_from(n + m as u64).unwrap();
     let limit = |policy| SessionLimit {
         max: Some(max),
         policy,
     };
     logins(
         &store,
-        "evict_oldest at N",
+        "evict_oldest at N+M",
         limit(LimitPolicy::EvictOldest),
         m,
     )
     .await;
-    logins(&store, "deny at N", limit(LimitPolicy::Deny), m).await;
+    logins(&store, "deny at N+M", limit(LimitPolicy::Deny), m).await;
 }
 
 fn main() {

@@ -53,11 +53,12 @@
 //! [`PostgresStoreBuilder::with_durable_saves`].
 //!
 //! # Per-user limit
-//! A login under a limit (serialised per user by an advisory lock) does work bounded by the
-//! limit, never by the user's session count: it deletes at most a batch of the user's expired
-//! rows, counts the live ones up to `max` plus a margin over the (user, expiry) index, and
-//! evicts the first entries of the (user, created) or (user, last seen) index. An eviction
-//! first deletes the rest of the user's expired rows, each row once. Without a limit a login is
+//! A login under a limit (serialised per user by an advisory lock) does O(log n) work in the
+//! user's session count, never a read of the user's rows: it deletes at most a batch of the user's expired
+//! rows, reads the user's row count from `session_users` (kept by a trigger), and evicts the
+//! first entries of the (user, created) or (user, last seen) index. When the count reaches the
+//! limit, the rest of the user's expired rows are deleted first (each row once, amortised over
+//! the logins that made them) and the count read again. Without a limit a login is
 //! one `INSERT`.
 //!
 //! # Failures
@@ -79,7 +80,6 @@ use super::sql::{
     ask, deadline, delete_in_batches, encode_data, from_db, migrate_postgres, replicate,
     run_parallel, scan_page, sorted_keys, store_error, to_db, Conn, Connections, MetaRow,
     Migration, NetChanges, Queue, Queued, CLEANUP_BATCH, EVICT_BATCH, META_COLUMNS, PRUNE_BATCH,
-    USER_ORDER_INDEXES,
 };
 use super::{
     CreateOutcome, Health, LimitPolicy, SaveOutcome, ScanPage, SessionLimit, SessionStore,
@@ -123,8 +123,44 @@ const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 3,
-        name: "per-user orders",
-        statements: USER_ORDER_INDEXES,
+        name: "per-user orders and counts",
+        // A login under a limit reads these instead of the user's rows (see "Per-user limit"):
+        // live sessions are a range of (user, expiry), the victims of `evict_oldest` and
+        // `evict_idlest` the first entries of (user, created) and (user, last seen), and
+        // `session_users` counts each user's rows, kept by a trigger in the same transaction as
+        // every insert, delete and change of owner. They replace the plain user index.
+        statements: &[
+        "CREATE INDEX IF NOT EXISTS sessions_user_expires ON sessions (user_id, expires_at) \
+             WHERE user_id IS NOT NULL",
+            "CREATE INDEX IF NOT EXISTS sessions_user_created ON sessions (user_id, created_at, key) \
+             WHERE user_id IS NOT NULL",
+            "CREATE INDEX IF NOT EXISTS sessions_user_seen ON sessions (user_id, last_seen_at, key) \
+             WHERE user_id IS NOT NULL",
+            "DROP INDEX IF EXISTS sessions_user_id",
+            "CREATE TABLE IF NOT EXISTS session_users (
+                user_id TEXT PRIMARY KEY,
+                n BIGINT NOT NULL
+            )",
+            "INSERT INTO session_users (user_id, n) \
+             SELECT user_id, count(*) FROM sessions WHERE user_id IS NOT NULL GROUP BY user_id \
+             ON CONFLICT (user_id) DO UPDATE SET n = EXCLUDED.n",
+            "CREATE OR REPLACE FUNCTION sessionkit_count_users() RETURNS trigger \
+             LANGUAGE plpgsql AS $$ \
+             BEGIN \
+               IF TG_OP <> 'INSERT' AND OLD.user_id IS NOT NULL THEN \
+                 UPDATE session_users SET n = n - 1 WHERE user_id = OLD.user_id; \
+               END IF; \
+               IF TG_OP <> 'DELETE' AND NEW.user_id IS NOT NULL THEN \
+                 INSERT INTO session_users (user_id, n) VALUES (NEW.user_id, 1) \
+                   ON CONFLICT (user_id) DO UPDATE SET n = session_users.n + 1; \
+               END IF; \
+               RETURN NULL; \
+             END $$",
+            "DROP TRIGGER IF EXISTS sessions_count_users ON sessions",
+            "CREATE TRIGGER sessions_count_users \
+             AFTER INSERT OR DELETE OR UPDATE OF user_id ON sessions \
+             FOR EACH ROW EXECUTE FUNCTION sessionkit_count_users()",
+        ],
     },
 ];
 
@@ -363,33 +399,32 @@ impl PostgresStore {
         .await
         .map_err(e)?;
         let max = limit.max.map_or(0, i64::from);
-        // Live sessions other than the new one, counted up to a bound: a range of the (user,
-        // expiry) index, never more rows than `max` plus the most a login evicts.
-        let live: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM (SELECT 1 FROM sessions \
-             WHERE user_id = $1 AND expires_at > $2 AND key <> $3 LIMIT $4) AS l",
-        )
-        .bind(user)
-        .bind(now_at)
-        .bind(key.as_str())
-        .bind(max + EVICT_BATCH)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(e)?;
-        let mut victims = Vec::new();
+        // The user's rows other than the new one, from the counter row: all live unless
+        // expired rows remain beyond the batch, which go (each once) when the count matters.
+        let count = async |tx: &mut PgConnection| -> Result<i64, sqlx::Error> {
+            let n: Option<i64> =
+                sqlx::query_scalar("SELECT n FROM session_users WHERE user_id = $1")
+                    .bind(user)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            Ok(n.unwrap_or(1) - 1)
+        };
+        let mut live = count(&mut tx).await.map_err(e)?;
         if live >= max {
-            if limit.policy == LimitPolicy::Deny {
-                tx.rollback().await.map_err(e)?;
-                return Ok(CreateOutcome::LimitReached);
-            }
-            // The order scanned below must hold live rows only: the rest of the user's expired
-            // rows go first (each row once, so amortised over the logins that made them).
             sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND expires_at <= $2")
                 .bind(user)
                 .bind(now_at)
                 .execute(&mut *tx)
                 .await
                 .map_err(e)?;
+            live = count(&mut tx).await.map_err(e)?;
+        }
+        let mut victims = Vec::new();
+        if live >= max {
+            if limit.policy == LimitPolicy::Deny {
+                tx.rollback().await.map_err(e)?;
+                return Ok(CreateOutcome::LimitReached);
+            }
             let order = match limit.policy {
                 LimitPolicy::EvictIdlest => "last_seen_at",
                 _ => "created_at",
@@ -401,7 +436,7 @@ impl PostgresStore {
             ))
             .bind(user)
             .bind(key.as_str())
-            .bind(live + 1 - max)
+            .bind((live + 1 - max).min(EVICT_BATCH))
             .fetch_all(&mut *tx)
             .await
             .map_err(e)?;

@@ -43,20 +43,6 @@ pub(crate) const PRUNE_BATCH: i64 = 32;
 /// successive logins, so that no login does work in proportion to the user's sessions.
 pub(crate) const EVICT_BATCH: i64 = 64;
 
-/// The per-user indexes a login under a limit reads (same statements on SQLite and
-/// PostgreSQL): live sessions are a range of (user, expiry), the victims of `evict_oldest` and
-/// `evict_idlest` the first entries of (user, created) and (user, last seen). They replace the
-/// plain user index, a prefix of each.
-pub(crate) const USER_ORDER_INDEXES: &[&str] = &[
-    "CREATE INDEX IF NOT EXISTS sessions_user_expires ON sessions (user_id, expires_at) \
-     WHERE user_id IS NOT NULL",
-    "CREATE INDEX IF NOT EXISTS sessions_user_created ON sessions (user_id, created_at, key) \
-     WHERE user_id IS NOT NULL",
-    "CREATE INDEX IF NOT EXISTS sessions_user_seen ON sessions (user_id, last_seen_at, key) \
-     WHERE user_id IS NOT NULL",
-    "DROP INDEX IF EXISTS sessions_user_id",
-];
-
 /// One step of a component's schema.
 #[derive(Debug)]
 pub(crate) struct Migration {

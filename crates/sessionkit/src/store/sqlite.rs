@@ -25,11 +25,12 @@
 //! stays small under a steady load (SQLite's passive automatic checkpoint never catches up there).
 //!
 //! # Per-user limit
-//! A login under a limit does work bounded by the limit, never by the user's session count
-//! (which a signed-up attacker controls): it deletes at most a batch of the user's expired rows,
-//! counts the live ones up to `max` plus a margin over the (user, expiry) index, and takes its
-//! victims as the first entries of the (user, created) or (user, last seen) index. An eviction
-//! first deletes the rest of the user's expired rows, each row once. Without a limit a login is
+//! A login under a limit does O(log n) work in the user's session count (which a signed-up
+//! attacker controls), never a read of the user's rows: it deletes at most a batch of the user's
+//! expired rows, reads the user's row count from `session_users` (kept by triggers), and takes its victims as
+//! the first entries of the (user, created) or (user, last seen) index. When the count reaches
+//! the limit, the rest of the user's expired rows are deleted first (each row once, so this is
+//! amortised over the logins that made them) and the count read again. Without a limit a login is
 //! one `INSERT`.
 //!
 //! # Load cache
@@ -60,7 +61,7 @@ use tokio::sync::{MappedMutexGuard, MutexGuard};
 use super::sql::{
     ask, deadline, delete_in_batches, encode_data, from_db, migrate_sqlite, replicate, scan_page,
     sorted_keys, store_error, to_db, Connections, MetaRow, Migration, NetChanges, Queue, Queued,
-    CLEANUP_BATCH, EVICT_BATCH, META_COLUMNS, PRUNE_BATCH, USER_ORDER_INDEXES,
+    CLEANUP_BATCH, EVICT_BATCH, META_COLUMNS, PRUNE_BATCH,
 };
 use super::{
     CreateOutcome, Health, LimitPolicy, SaveOutcome, ScanPage, SessionLimit, SessionStore,
@@ -96,8 +97,46 @@ const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 2,
-        name: "per-user orders",
-        statements: USER_ORDER_INDEXES,
+        name: "per-user orders and counts",
+        // A login under a limit reads these instead of the user's rows (see "Per-user limit"):
+        // live sessions are a range of (user, expiry), the victims of `evict_oldest` and
+        // `evict_idlest` the first entries of (user, created) and (user, last seen), and
+        // `session_users` counts each user's rows, kept by triggers in the same transaction as
+        // every insert, delete and change of owner. They replace the plain user index.
+        statements: &[
+            "CREATE INDEX IF NOT EXISTS sessions_user_expires ON sessions (user_id, expires_at) \
+             WHERE user_id IS NOT NULL",
+            "CREATE INDEX IF NOT EXISTS sessions_user_created \
+             ON sessions (user_id, created_at, key) WHERE user_id IS NOT NULL",
+            "CREATE INDEX IF NOT EXISTS sessions_user_seen \
+             ON sessions (user_id, last_seen_at, key) WHERE user_id IS NOT NULL",
+            "DROP INDEX IF EXISTS sessions_user_id",
+            "CREATE TABLE IF NOT EXISTS session_users (
+                user_id TEXT PRIMARY KEY NOT NULL,
+                n INTEGER NOT NULL
+            ) WITHOUT ROWID",
+            "INSERT OR REPLACE INTO session_users (user_id, n) \
+             SELECT user_id, count(*) FROM sessions WHERE user_id IS NOT NULL GROUP BY user_id",
+            "CREATE TRIGGER IF NOT EXISTS sessions_count_insert AFTER INSERT ON sessions \
+             WHEN NEW.user_id IS NOT NULL BEGIN \
+               INSERT INTO session_users (user_id, n) VALUES (NEW.user_id, 1) \
+                 ON CONFLICT (user_id) DO UPDATE SET n = n + 1; \
+             END",
+            "CREATE TRIGGER IF NOT EXISTS sessions_count_delete AFTER DELETE ON sessions \
+             WHEN OLD.user_id IS NOT NULL BEGIN \
+               UPDATE session_users SET n = n - 1 WHERE user_id = OLD.user_id; \
+               DELETE FROM session_users WHERE user_id = OLD.user_id AND n <= 0; \
+             END",
+            "CREATE TRIGGER IF NOT EXISTS sessions_count_owner \
+             AFTER UPDATE OF user_id ON sessions \
+             WHEN OLD.user_id IS NOT NEW.user_id BEGIN \
+               UPDATE session_users SET n = n - 1 WHERE user_id = OLD.user_id; \
+               DELETE FROM session_users WHERE user_id = OLD.user_id AND n <= 0; \
+               INSERT INTO session_users (user_id, n) SELECT NEW.user_id, 1 \
+                 WHERE NEW.user_id IS NOT NULL \
+                 ON CONFLICT (user_id) DO UPDATE SET n = n + 1; \
+             END",
+        ],
     },
 ];
 
@@ -105,11 +144,6 @@ const MIGRATIONS: &[Migration] = &[
 /// `sessions_user_expires`).
 const PRUNE_USER: &str = "DELETE FROM sessions WHERE key IN (SELECT key FROM sessions \
      WHERE user_id = ? AND expires_at <= ? LIMIT ?)";
-
-/// The user's live sessions other than the new one, counted up to a bound (`max` plus the most
-/// a login evicts): a range of `sessions_user_expires`, never more rows than the bound.
-const COUNT_LIVE: &str = "SELECT count(*) FROM (SELECT 1 FROM sessions \
-     WHERE user_id = ? AND expires_at > ? AND key <> ? LIMIT ?)";
 
 /// The first `?` of the user's sessions by creation (`sessions_user_created`).
 const EVICT_OLDEST: &str = "SELECT key FROM sessions WHERE user_id = ? AND key <> ? \
@@ -677,28 +711,32 @@ impl SqliteStore {
             .await
             .map_err(e)?;
         let max = limit.max.map_or(0, i64::from);
-        let live: i64 = sqlx::query_scalar(COUNT_LIVE)
-            .bind(user_at)
-            .bind(now_at)
-            .bind(key.as_str())
-            .bind(max + EVICT_BATCH)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(e)?;
-        let mut victims = Vec::new();
+        // The user's rows other than the new one, from the counter row: all live unless
+        // expired rows remain beyond the batch, which go (each once) when the count matters.
+        let count = async |tx: &mut SqliteConnection| -> Result<i64, sqlx::Error> {
+            let n: Option<i64> =
+                sqlx::query_scalar("SELECT n FROM session_users WHERE user_id = ?")
+                    .bind(user_at)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            Ok(n.unwrap_or(1) - 1)
+        };
+        let mut live = count(&mut tx).await.map_err(e)?;
         if live >= max {
-            if limit.policy == LimitPolicy::Deny {
-                tx.rollback().await.map_err(e)?;
-                return Ok(CreateOutcome::LimitReached);
-            }
-            // The order scanned below must hold live rows only: the rest of the user's expired
-            // rows go first (each row once, so amortised over the logins that made them).
             sqlx::query("DELETE FROM sessions WHERE user_id = ? AND expires_at <= ?")
                 .bind(user_at)
                 .bind(now_at)
                 .execute(&mut *tx)
                 .await
                 .map_err(e)?;
+            live = count(&mut tx).await.map_err(e)?;
+        }
+        let mut victims = Vec::new();
+        if live >= max {
+            if limit.policy == LimitPolicy::Deny {
+                tx.rollback().await.map_err(e)?;
+                return Ok(CreateOutcome::LimitReached);
+            }
             let order = match limit.policy {
                 LimitPolicy::EvictIdlest => EVICT_IDLEST,
                 _ => EVICT_OLDEST,
@@ -706,7 +744,7 @@ impl SqliteStore {
             let keys: Vec<String> = sqlx::query_scalar(order)
                 .bind(user_at)
                 .bind(key.as_str())
-                .bind(live + 1 - max)
+                .bind((live + 1 - max).min(EVICT_BATCH))
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(e)?;
