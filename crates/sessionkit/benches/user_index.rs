@@ -10,7 +10,7 @@
 //! comma-separated subset of `memory,file,sqlite,postgres,redis`. The PostgreSQL and Redis
 //! servers are started by `sessionkit-testkit` (PostgreSQL needs `SESSIONKIT_PG_BIN` or
 //! `pg_ctl` on the path). Under `cargo test --all-targets` (no `--bench`) it runs with
-//! N = 2,000 and M = 50 as a smoke test.
+//! N = 2,000 and M = 20 as a smoke test.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::sync::Arc;
@@ -127,7 +127,7 @@ fn main() {
             .unwrap_or(default)
     };
     let n = env("USER_INDEX_N", if benching { 100_000 } else { 2_000 });
-    let m = env("USER_INDEX_M", if benching { 1_000 } else { 50 }) as usize;
+    let m = env("USER_INDEX_M", if benching { 1_000 } else { 20 }) as usize;
     let stores = std::env::var("USER_INDEX_STORES")
         .unwrap_or_else(|_| "memory,file,sqlite,postgres,redis".into());
     let want = |s: &str| stores.split(',').any(|x| x.trim() == s);
