@@ -906,6 +906,164 @@ pub use crate::session_races::{
     rotate_logout_race_leaves_at_most_one, rotate_race_leaves_one_successor,
 };
 
+/// Creates `n` sessions with `make(i)` as record, 32 at a time.
+async fn create_many(store: &Store, n: u64, make: impl Fn(u64) -> Record) {
+    let mut pending = Vec::new();
+    for i in 0..n {
+        let store = store.clone();
+        let r = make(i);
+        pending.push(tokio::spawn(async move {
+            must_create(&store, &new_key(), &r).await
+        }));
+        if pending.len() == 32 || i + 1 == n {
+            for task in pending.drain(..) {
+                task.await.expect("create task");
+            }
+        }
+    }
+}
+
+/// A user with thousands of expired index entries: successive logins (with a limit, so that
+/// every store judges the user's sessions) leave only the live ones, and the expired records
+/// are gone from the store (a load as of before their expiry finds nothing).
+pub async fn user_index_prunes_expired_over_logins(store: Store) {
+    let user = new_user();
+    let t = now();
+    let dead_at = t.add(HOUR / 2);
+    create_many(&store, 2000, |i| {
+        let mut r = record_at(Some(&user), Timestamp(t.0 - 10_000 + i));
+        r.meta.idle_expires_at = dead_at;
+        r
+    })
+    .await;
+    let later = t.add(HOUR * 3 / 4);
+    let limit = SessionLimit {
+        max: Some(100_000),
+        policy: LimitPolicy::EvictOldest,
+    };
+    let mut fresh = HashSet::new();
+    for _ in 0..100 {
+        let key = new_key();
+        let out = store
+            .create(&key, &record_at(Some(&user), later), limit, later)
+            .await
+            .expect("create");
+        assert_eq!(out, CreateOutcome::Created { evicted: vec![] });
+        fresh.insert(key);
+    }
+    let listed: HashSet<StorageKey> = store
+        .list_user(&user, later)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(listed, fresh);
+    // Nothing expired is left to clean up: the logins (or the listing) removed it all.
+    assert_eq!(store.cleanup_expired(later).await.expect("cleanup"), 0);
+}
+
+/// A user with thousands of sessions, expired ones among them: the limit counts only the live
+/// ones, and each policy picks the right live victim (never an expired session, though the
+/// expired ones are older and idler).
+pub async fn limit_picks_the_right_victim_among_thousands(store: Store) {
+    let user = new_user();
+    let t = now();
+    // 1000 expired sessions, created and seen before everything else.
+    create_many(&store, 1000, |i| {
+        let mut r = record_at(Some(&user), Timestamp(t.0 - 100_000 + i));
+        r.meta.idle_expires_at = t.add(HOUR / 4);
+        r
+    })
+    .await;
+    // 2000 live ones: created in order, seen in an order unrelated to creation.
+    let n = 2000u64;
+    let seen = |i: u64| Timestamp(t.0 + 10_000 + (i * 7919) % n);
+    create_many(&store, n, |i| {
+        let mut r = record_at(Some(&user), Timestamp(t.0 + i));
+        r.meta.last_seen_at = seen(i);
+        r
+    })
+    .await;
+    let at = t.add(HOUR / 2);
+    let live = store.list_user(&user, at).await.expect("list");
+    assert_eq!(live.len(), n as usize);
+    let by = |f: fn(&sessionkit::Meta) -> Timestamp| {
+        let mut v: Vec<(Timestamp, StorageKey)> =
+            live.iter().map(|(k, m)| (f(m), k.clone())).collect();
+        v.sort();
+        v.into_iter().map(|(_, k)| k).collect::<Vec<_>>()
+    };
+    let oldest = by(|m| m.created_at);
+    let idlest = by(|m| m.last_seen_at);
+    let login = |max: u32, policy: LimitPolicy| {
+        let store = store.clone();
+        let user = user.clone();
+        async move {
+            let limit = SessionLimit {
+                max: Some(max),
+                policy,
+            };
+            let r = record_at(Some(&user), at);
+            store
+                .create(&new_key(), &r, limit, at)
+                .await
+                .expect("create")
+        }
+    };
+    // At the limit (the expired sessions do not count), deny refuses; one above, it admits.
+    assert_eq!(
+        login(n as u32, LimitPolicy::Deny).await,
+        CreateOutcome::LimitReached
+    );
+    assert_eq!(
+        login(n as u32 + 1, LimitPolicy::Deny).await,
+        CreateOutcome::Created { evicted: vec![] }
+    );
+    // Now n + 1 live: evict_oldest at n + 1 takes the first created.
+    assert_eq!(
+        login(n as u32 + 1, LimitPolicy::EvictOldest).await,
+        CreateOutcome::Created {
+            evicted: vec![oldest[0].clone()]
+        }
+    );
+    // evict_idlest at n + 1 takes the least recently seen still there.
+    let idle_victim = idlest
+        .iter()
+        .find(|k| **k != oldest[0])
+        .expect("a victim")
+        .clone();
+    assert_eq!(
+        login(n as u32 + 1, LimitPolicy::EvictIdlest).await,
+        CreateOutcome::Created {
+            evicted: vec![idle_victim.clone()]
+        }
+    );
+    // n + 1 live; lowering the limit to n - 1 evicts three at once, oldest first.
+    let next: Vec<StorageKey> = oldest
+        .iter()
+        .filter(|k| **k != oldest[0] && **k != idle_victim)
+        .take(3)
+        .cloned()
+        .collect();
+    match login(n as u32 - 1, LimitPolicy::EvictOldest).await {
+        CreateOutcome::Created { mut evicted } => {
+            evicted.sort();
+            let mut want = next.clone();
+            want.sort();
+            assert_eq!(evicted, want);
+        }
+        other => panic!("create: {other:?}"),
+    }
+    for k in [&oldest[0], &idle_victim, &next[0], &next[1], &next[2]] {
+        assert!(store.load(k, at).await.expect("load").is_none());
+    }
+    assert_eq!(
+        store.list_user(&user, at).await.expect("list").len(),
+        n as usize - 1
+    );
+}
+
 /// Declares one `#[tokio::test]` per conformance property for the store that `$factory` (an
 /// async closure or fn returning a fresh, isolated `Arc<dyn SessionStore>`) builds.
 #[macro_export]
@@ -924,7 +1082,8 @@ macro_rules! store_conformance {
             // Session-level races (issue 14, item 2), in `session_races`.
             rotate_race_leaves_one_successor, rotate_logout_race_leaves_at_most_one,
             rotate_after_logout_and_revoke_brings_nothing_back, elevate_race_leaves_one_successor,
-            login_keeps_only_its_own_users_data, destroy_reports_the_removal_once
+            login_keeps_only_its_own_users_data, destroy_reports_the_removal_once,
+            user_index_prunes_expired_over_logins, limit_picks_the_right_victim_among_thousands
         );
     };
 }

@@ -248,21 +248,22 @@ async fn two_processes_stay_coherent() {
         )
         .await;
         let _ = a.store.save_delta(&key, &set("n", i), now()).await.unwrap();
-        // B caches it (the second load is a hit).
-        let before = b.remote_loads();
-        assert_eq!(
-            value(&b.store.load(&key, now()).await.unwrap().unwrap(), "n"),
-            i
-        );
-        assert_eq!(
-            value(&b.store.load(&key, now()).await.unwrap().unwrap(), "n"),
-            i
-        );
-        assert_eq!(
-            b.remote_loads(),
-            before + 1,
-            "round {i}: second load was not cached"
-        );
+        // B caches it (a later load is a hit). The invalidations of A's writes reach B on its
+        // tracking connection, which may lag behind the data connection on a loaded machine: one
+        // of them can still evict the first copy B cached, so a hit within three loads counts.
+        let mut hit = false;
+        for _ in 0..3 {
+            let before = b.remote_loads();
+            assert_eq!(
+                value(&b.store.load(&key, now()).await.unwrap().unwrap(), "n"),
+                i
+            );
+            if b.remote_loads() == before {
+                hit = true;
+                break;
+            }
+        }
+        assert!(hit, "round {i}: B's loads were never served from its cache");
 
         // A writes; B's next load sees it.
         let saved = a

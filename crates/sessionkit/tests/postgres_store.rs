@@ -143,7 +143,7 @@ async fn two_instances_share_one_database() {
         .unwrap();
     assert_eq!(
         migrations.trim(),
-        "2",
+        "3",
         "one row per migration of the sessions table"
     );
 }

@@ -591,3 +591,90 @@ async fn scripts_are_loaded_again_after_the_server_forgets_them() {
     })
     .await;
 }
+
+/// Commands Redis ran (scripts' inner calls included) since the last `CONFIG RESETSTAT`.
+fn commands_run(server: &RedisServer) -> u64 {
+    server
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// A login never walks the user's index (issue 14, item 11): with 3,000 sessions (1,000 of
+/// them expired) a login runs a few dozen Redis commands, in any mode; the index walk it
+/// replaces ran one `HMGET` per session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_does_not_walk_the_user_index() {
+    let server = RedisServer::start();
+    let store = Arc::new(RedisStore::connect(&server.url(), options()).await.unwrap());
+    let user = "many";
+    let t = now();
+    let mut tasks = Vec::new();
+    for i in 0..3000u64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut r = record_at(Some(user), Timestamp(t.0 + i));
+            if i < 1000 {
+                r.meta.idle_expires_at = t.add(Duration::from_secs(600));
+            }
+            must_create(&store, &new_key(), &r).await;
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let at = t.add(Duration::from_secs(1200));
+    let login = |limit: SessionLimit| {
+        let store = store.clone();
+        async move {
+            store
+                .create(&new_key(), &record_at(Some(user), at), limit, at)
+                .await
+                .unwrap()
+        }
+    };
+    let limit = |max, policy| SessionLimit {
+        max: Some(max),
+        policy,
+    };
+    use sessionkit::LimitPolicy::{Deny, EvictIdlest, EvictOldest};
+    // With 1,000 expired entries: one batch of them goes (32, six commands each).
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    let _ = login(SessionLimit::UNLIMITED).await;
+    let ran = commands_run(&server);
+    assert!(ran < 400, "a login ran {ran} Redis commands");
+    // Successive logins remove the rest, a batch each.
+    for _ in 0..40 {
+        let _ = login(SessionLimit::UNLIMITED).await;
+    }
+    let live = 2000 + 41;
+    // Then a login runs a few dozen commands in every mode.
+    for (limit, expect_evicted) in [
+        (SessionLimit::UNLIMITED, Some(0)),
+        (limit(100_000, EvictOldest), Some(0)),
+        (limit(live + 2, Deny), None),
+        (limit(live + 2, EvictOldest), Some(1)),
+        (limit(live + 2, EvictIdlest), Some(1)),
+    ] {
+        server.cli(&["CONFIG", "RESETSTAT"]);
+        let out = login(limit).await;
+        let ran = commands_run(&server);
+        match (out, expect_evicted) {
+            (CreateOutcome::Created { evicted }, Some(n)) => assert_eq!(evicted.len(), n),
+            (CreateOutcome::LimitReached, None) => {}
+            (other, _) => panic!("{limit:?}: {other:?}"),
+        }
+        assert!(ran < 80, "{limit:?}: a login ran {ran} Redis commands");
+    }
+    // Every expired entry is gone: nothing left for cleanup.
+    assert_eq!(store.cleanup_expired(at).await.unwrap(), 0);
+}

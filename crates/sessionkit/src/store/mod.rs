@@ -68,6 +68,9 @@ impl LimitPolicy {
 }
 
 /// The per-user concurrent-session limit applied by [`SessionStore::create`].
+///
+/// Stores enforce it without reading all of a user's sessions; one login evicts at most 64, so
+/// a limit lowered far below a user's count is reached over that user's next logins.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SessionLimit {
     /// Maximum live sessions per user; `None` is unlimited.

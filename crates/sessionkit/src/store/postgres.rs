@@ -3,8 +3,8 @@
 //!
 //! # Layout
 //! One table, `sessions`: the storage key as primary key (`COLLATE "C"`, so scans page in byte
-//! order), the metadata as `BIGINT`/`TEXT` columns (`user_id` indexed: it is the per-user
-//! index; `expires_at` generated as the nearer expiry and indexed, for cleanup), and the data as
+//! order), the metadata as `BIGINT`/`TEXT` columns (`user_id` indexed with expiry,
+//! creation and last sight: the per-user orders; `expires_at` generated as the nearer expiry and indexed, for cleanup), and the data as
 //! a `jsonb` object mapping each key to the JSON text of its value (see the `sql` module). The
 //! schema is created and upgraded at connect by embedded, versioned migrations recorded in
 //! `sessionkit_migrations`, under an advisory lock so that many instances may start at once.
@@ -56,6 +56,15 @@
 //! every batch, 13.4k without (median). For a flush on every save,
 //! [`PostgresStoreBuilder::with_durable_saves`].
 //!
+//! # Per-user limit
+//! A login under a limit (serialised per user by an advisory lock) does O(log n) work in the
+//! user's session count, never a read of the user's rows: it deletes at most a batch of the user's expired
+//! rows, reads the user's row count from `session_users` (kept by a trigger), and evicts the
+//! first entries of the (user, created) or (user, last seen) index. When the count reaches the
+//! limit, the rest of the user's expired rows are deleted first (each row once, amortised over
+//! the logins that made them) and the count read again. Without a limit a login is
+//! one `INSERT`.
+//!
 //! # Failures
 //! Each operation has a deadline (and the server a matching `statement_timeout`); connection
 //! errors, pool timeouts and missed deadlines are [`StoreError::Unavailable`]. Everything a
@@ -74,9 +83,12 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::sql::{
     ask, deadline, delete_in_batches, encode_data, from_db, migrate_postgres, replicate,
     run_parallel, scan_page, sorted_keys, store_error, to_db, Conn, Connections, MetaRow,
-    Migration, NetChanges, Queue, Queued, CLEANUP_BATCH, META_COLUMNS,
+    Migration, NetChanges, Queue, Queued, CLEANUP_BATCH, EVICT_BATCH, META_COLUMNS, PRUNE_BATCH,
 };
-use super::{CreateOutcome, Health, SaveOutcome, ScanPage, SessionLimit, SessionStore, StoreError};
+use super::{
+    CreateOutcome, Health, LimitPolicy, SaveOutcome, ScanPage, SessionLimit, SessionStore,
+    StoreError,
+};
 use crate::id::StorageKey;
 use crate::record::{Delta, Meta, Record, Timestamp};
 
@@ -112,6 +124,47 @@ const MIGRATIONS: &[Migration] = &[
         // then put the new row version on the same page (a HOT update): no index entries to add,
         // and pruning reclaims the old version without a vacuum.
         statements: &["ALTER TABLE sessions SET (fillfactor = 75)"],
+    },
+    Migration {
+        version: 3,
+        name: "per-user orders and counts",
+        // A login under a limit reads these instead of the user's rows (see "Per-user limit"):
+        // live sessions are a range of (user, expiry), the victims of `evict_oldest` and
+        // `evict_idlest` the first entries of (user, created) and (user, last seen), and
+        // `session_users` counts each user's rows, kept by a trigger in the same transaction as
+        // every insert, delete and change of owner. They replace the plain user index.
+        statements: &[
+        "CREATE INDEX IF NOT EXISTS sessions_user_expires ON sessions (user_id, expires_at) \
+             WHERE user_id IS NOT NULL",
+            "CREATE INDEX IF NOT EXISTS sessions_user_created ON sessions (user_id, created_at, key) \
+             WHERE user_id IS NOT NULL",
+            "CREATE INDEX IF NOT EXISTS sessions_user_seen ON sessions (user_id, last_seen_at, key) \
+             WHERE user_id IS NOT NULL",
+            "DROP INDEX IF EXISTS sessions_user_id",
+            "CREATE TABLE IF NOT EXISTS session_users (
+                user_id TEXT PRIMARY KEY,
+                n BIGINT NOT NULL
+            )",
+            "INSERT INTO session_users (user_id, n) \
+             SELECT user_id, count(*) FROM sessions WHERE user_id IS NOT NULL GROUP BY user_id \
+             ON CONFLICT (user_id) DO UPDATE SET n = EXCLUDED.n",
+            "CREATE OR REPLACE FUNCTION sessionkit_count_users() RETURNS trigger \
+             LANGUAGE plpgsql AS $$ \
+             BEGIN \
+               IF TG_OP <> 'INSERT' AND OLD.user_id IS NOT NULL THEN \
+                 UPDATE session_users SET n = n - 1 WHERE user_id = OLD.user_id; \
+               END IF; \
+               IF TG_OP <> 'DELETE' AND NEW.user_id IS NOT NULL THEN \
+                 INSERT INTO session_users (user_id, n) VALUES (NEW.user_id, 1) \
+                   ON CONFLICT (user_id) DO UPDATE SET n = session_users.n + 1; \
+               END IF; \
+               RETURN NULL; \
+             END $$",
+            "DROP TRIGGER IF EXISTS sessions_count_users ON sessions",
+            "CREATE TRIGGER sessions_count_users \
+             AFTER INSERT OR DELETE OR UPDATE OF user_id ON sessions \
+             FOR EACH ROW EXECUTE FUNCTION sessionkit_count_users()",
+        ],
     },
 ];
 
@@ -337,28 +390,61 @@ impl PostgresStore {
         if done.rows_affected() == 0 {
             return Ok(CreateOutcome::Exists);
         }
-        let rows = sqlx::query(&format!(
-            "SELECT {META_COLUMNS} FROM sessions \
-             WHERE user_id = $1 AND expires_at > $2 AND key <> $3"
-        ))
+        // Never the user's whole index (see "Per-user limit" in the module documentation).
+        let now_at = to_db(now.0);
+        sqlx::query(
+            "DELETE FROM sessions WHERE key IN (SELECT key FROM sessions \
+             WHERE user_id = $1 AND expires_at <= $2 LIMIT $3)",
+        )
         .bind(user)
-        .bind(to_db(now.0))
-        .bind(key.as_str())
-        .fetch_all(&mut *tx)
+        .bind(now_at)
+        .bind(PRUNE_BATCH)
+        .execute(&mut *tx)
         .await
         .map_err(e)?;
-        let mut live = metas(&rows);
-        let Ok(victims) = limit.victims(&mut live) else {
-            tx.rollback().await.map_err(e)?;
-            return Ok(CreateOutcome::LimitReached);
+        let max = limit.max.map_or(0, i64::from);
+        // The user's rows other than the new one, from the counter row: all live unless
+        // expired rows remain beyond the batch, which go (each once) when the count matters.
+        let count = async |tx: &mut PgConnection| -> Result<i64, sqlx::Error> {
+            let n: Option<i64> =
+                sqlx::query_scalar("SELECT n FROM session_users WHERE user_id = $1")
+                    .bind(user)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            Ok(n.unwrap_or(1) - 1)
         };
-        if !victims.is_empty() {
-            let keys: Vec<&str> = victims.iter().map(StorageKey::as_str).collect();
-            sqlx::query("DELETE FROM sessions WHERE key = ANY($1)")
-                .bind(&keys)
+        let mut live = count(&mut tx).await.map_err(e)?;
+        if live >= max {
+            sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND expires_at <= $2")
+                .bind(user)
+                .bind(now_at)
                 .execute(&mut *tx)
                 .await
                 .map_err(e)?;
+            live = count(&mut tx).await.map_err(e)?;
+        }
+        let mut victims = Vec::new();
+        if live >= max {
+            if limit.policy == LimitPolicy::Deny {
+                tx.rollback().await.map_err(e)?;
+                return Ok(CreateOutcome::LimitReached);
+            }
+            let order = match limit.policy {
+                LimitPolicy::EvictIdlest => "last_seen_at",
+                _ => "created_at",
+            };
+            let keys: Vec<String> = sqlx::query_scalar(&format!(
+                "DELETE FROM sessions WHERE key IN (SELECT key FROM sessions \
+                 WHERE user_id = $1 AND key <> $2 ORDER BY {order}, key LIMIT $3) \
+                 RETURNING key"
+            ))
+            .bind(user)
+            .bind(key.as_str())
+            .bind((live + 1 - max).min(EVICT_BATCH))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(e)?;
+            victims = sorted_keys(&keys);
         }
         tx.commit().await.map_err(e)?;
         Ok(CreateOutcome::Created { evicted: victims })

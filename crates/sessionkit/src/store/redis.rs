@@ -30,6 +30,9 @@
 //!   run in one script even on a Cluster. The pointer is what lets `load` find that record from
 //!   the storage key alone. Standalone scripts reach records from the index by computed key
 //!   names, which a standalone server allows.
+//! - `<p>{u:<user>}:c` and `<p>{u:<user>}:l`, the same members as the index scored by creation
+//!   and by last sight (ms), in the user's slot too: the orders in which `evict_oldest` and
+//!   `evict_idlest` pick victims (see "User index" below).
 //! - Standalone sessions written by earlier versions (a pointer at the head, the record next to
 //!   the index) are still read, written, listed and destroyed: `load` follows a pointer it
 //!   finds, and the scripts look for a member's record in both places.
@@ -89,6 +92,21 @@
 //! occasional metrics scrape but not a per-request call. `cleanup_expired(now)` walks the heads
 //! the same way, in batches, and removes every session expired at `now` even if its TTL has not
 //! fired, with its index entry and pointer.
+//!
+//! # User index
+//! No per-request operation walks a user's index, whose size an attacker who can sign in
+//! controls (sessions per user are unlimited by default): a login removes at most a bounded
+//! batch of expired entries (`ZRANGEBYSCORE -inf now LIMIT`), counts the live ones with one
+//! `ZCOUNT` over the scores, and evicts the first members of the `:c` or `:l` order, each step
+//! O(log n). Expiry scores cannot serve as either order (the nearest expiry is neither the
+//! creation nor the last sight), hence the two extra sorted sets: `create` adds to them,
+//! every removal takes from all three, and a touch moves the member's `:l` score. When an
+//! eviction is due while more expired entries remain than one batch, the script prunes a larger
+//! batch and answers `again`, and the client calls it once more: every expired entry goes
+//! once, so the cost is amortised O(log n) per login and Redis is never blocked for long.
+//! Users indexed by an earlier version (no orders yet) get them rebuilt once, at their first
+//! eviction. `list_user` and `destroy_user` (account pages and admin actions, not per request)
+//! read the whole index.
 //!
 //! # Not included
 //! TLS (`rediss://`) is not compiled in: it would pull a TLS stack into every build with this
@@ -1202,6 +1220,24 @@ impl RedisStore {
         self.run(CTX, call(), args).await
     }
 
+    /// Runs the `create` script of a signed-in session until it decides: it answers `again`
+    /// when the user's limit must evict but more expired index entries remain than it prunes
+    /// in one call (each call removes a bounded batch, so Redis is never blocked for long; the
+    /// decision itself is one script, so the limit stays atomic).
+    async fn run_pruning<'a>(
+        &'a self,
+        context: &'static str,
+        call: impl Fn() -> Call<'a>,
+        args: &[&[u8]],
+    ) -> Result<Reply, StoreError> {
+        loop {
+            let reply = self.run(context, call(), args).await?;
+            if reply.tag() != "again" {
+                return Ok(reply);
+            }
+        }
+    }
+
     /// Sweeps one head for `cleanup_expired`: 1 if an expired (or unreadable) record went.
     async fn sweep(&self, key: &StorageKey, now: Timestamp) -> Result<u64, StoreError> {
         let (reply, tag) = self
@@ -1272,14 +1308,15 @@ impl SessionStore for RedisStore {
                 (None, _) => self.create_head(&head, k, now, &args("anon")).await?,
                 (Some(t), false) => {
                     let (rec, idx) = (self.user_record_key(t, k), self.user_index_key(t));
-                    let call = Call {
+                    let keys = [head.as_str(), &rec, &idx];
+                    let call = || Call {
                         script: &self.scripts.create,
-                        keys: &[&head, &rec, &idx],
+                        keys: &keys,
                         mode: "f",
                         key: k,
                         now,
                     };
-                    self.run(CTX, call, &args("user")).await?
+                    self.run_pruning(CTX, call, &args("user")).await?
                 }
                 (Some(t), true) => {
                     // Step 1 on the head's slot: claim the key (create-if-absent).
@@ -1292,19 +1329,15 @@ impl SessionStore for RedisStore {
                     }
                     // Step 2 on the user's slot: limit, evictions and the record, atomically.
                     let (rec, idx) = (self.user_record_key(t, k), self.user_index_key(t));
-                    let reply = self
-                        .run(
-                            CTX,
-                            Call {
-                                script: &self.scripts.create,
-                                keys: &[&rec, &idx],
-                                mode: "r",
-                                key: k,
-                                now,
-                            },
-                            &args("user"),
-                        )
-                        .await?;
+                    let keys = [rec.as_str(), &idx];
+                    let call = || Call {
+                        script: &self.scripts.create,
+                        keys: &keys,
+                        mode: "r",
+                        key: k,
+                        now,
+                    };
+                    let reply = self.run_pruning(CTX, call, &args("user")).await?;
                     if reply.tag() == "limit" {
                         self.drop_heads(&[k.to_owned()]).await;
                     }
@@ -1647,10 +1680,31 @@ local function live(rec)
   return i ~= nil and a ~= nil and now < math.min(i, a)
 end
 
--- The index lives as long as its longest-lived entry.
+-- The two orders kept next to index idx (`<p>{u:<user>}:i`): by creation (`:c`) and by last
+-- sight (`:l`), same members, for the evictions of `evict_oldest` and `evict_idlest`.
+local function orders(idx)
+  local base = string.sub(idx, 1, -2)
+  return base .. 'c', base .. 'l'
+end
+
+-- The index (and its orders) live as long as its longest-lived entry.
 local function fix_index_ttl(idx)
   local top = redis.call('ZRANGE', idx, -1, -1, 'WITHSCORES')
-  if top[2] then redis.call('PEXPIREAT', idx, at(tonumber(top[2]))) end
+  if top[2] then
+    local t = at(tonumber(top[2]))
+    local c, l = orders(idx)
+    redis.call('PEXPIREAT', idx, t)
+    redis.call('PEXPIREAT', c, t)
+    redis.call('PEXPIREAT', l, t)
+  end
+end
+
+-- Removes member m from index idx and its orders.
+local function unindex(idx, m)
+  local c, l = orders(idx)
+  redis.call('ZREM', idx, m)
+  redis.call('ZREM', c, m)
+  redis.call('ZREM', l, m)
 end
 
 -- Deletes the head of storage key m if it still belongs to user tag u: a pointer to u, or
@@ -1678,11 +1732,20 @@ end
 local function drop_member(idx, u, m)
   local rp = ukeys(u)
   redis.call('DEL', rp .. m)
-  redis.call('ZREM', idx, m)
+  unindex(idx, m)
   drop_head(m, u)
 end
 
--- Prunes the index of user tag u at now: entries whose score (the record's nearest expiry) has
+-- Drops at most k of the index's expired entries (lowest scores first) with their records.
+-- Returns whether expired entries remain. Bounded work per call: O(k log n).
+local function prune_some(idx, u, k)
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', idx, '-inf', nowarg, 'LIMIT', 0, k)) do
+    drop_member(idx, u, m)
+  end
+  return redis.call('ZCOUNT', idx, '-inf', nowarg) > 0
+end
+
+-- Prunes the whole index of user tag u at now (list_user only: O(n)): entries whose score (the record's nearest expiry) has
 -- passed, and entries whose record is gone, expired or unreadable, go with their records.
 -- Returns the live members as {member, HMGET(record, 'i', 'a', ...)} and the dropped members.
 local function prune(idx, u, ...)
@@ -1819,6 +1882,8 @@ if ARGV[5] == '1' then
   if tonumber(ARGV[6]) > (tonumber(seen) or 0) then
     set[#set + 1] = 's'
     set[#set + 1] = ARGV[6]
+    -- The user's order by last sight (`evict_idlest`), next to the index.
+    if idx then redis.call('ZADD', string.sub(idx, 1, -2) .. 'l', 'XX', ARGV[6], ARGV[3]) end
   end
   local idle = tonumber(ARGV[7])
   if idle > i then
@@ -1852,7 +1917,10 @@ if moved then
     local t = tonumber(top[2])
     if t then
       if t > 4000000000000000 then t = 4000000000000000 end
-      redis.call('PEXPIREAT', idx, string.format('%d', t))
+      t = string.format('%d', t)
+      redis.call('PEXPIREAT', idx, t)
+      redis.call('PEXPIREAT', string.sub(idx, 1, -2) .. 'c', t)
+      redis.call('PEXPIREAT', string.sub(idx, 1, -2) .. 'l', t)
     end
   end
 end
@@ -1879,7 +1947,7 @@ local function head_free(head)
     local rp, pidx = ukeys(h[1])
     if live(rp .. skey) then return false end
     redis.call('DEL', rp .. skey)
-    redis.call('ZREM', pidx, skey)
+    unindex(pidx, skey)
     redis.call('DEL', head)
     return true
   end
@@ -1889,7 +1957,7 @@ local function head_free(head)
   redis.call('DEL', head)
   if h[4] then
     local _, oidx = ukeys(h[4])
-    redis.call('ZREM', oidx, skey)
+    unindex(oidx, skey)
   end
   return true
 end
@@ -1935,23 +2003,45 @@ if head then
   rec = head
 end
 
-local alive = prune(idx, u, 'c', 's')
+-- Never the whole index (see "User index" in the module documentation): a bounded batch of
+-- expired entries goes, live entries are counted by score, victims are the first members of
+-- the order the policy names.
+local cidx, lidx = orders(idx)
+local more = prune_some(idx, u, 32)
 local victims = {}
 local max = tonumber(ARGV[7])
-if max and #alive >= max then
-  if ARGV[8] == 'deny' then return {'limit'} end
-  -- 'oldest' orders by created_at (field 3), 'idlest' by last_seen_at (field 4); ties by key.
-  local col = 3
-  if ARGV[8] == 'idlest' then col = 4 end
-  local function rank(e) return tonumber(e[2][col]) or 0 end
-  table.sort(alive, function(x, y)
-    local rx, ry = rank(x), rank(y)
-    if rx ~= ry then return rx < ry end
-    return x[1] < y[1]
-  end)
-  for n = 1, math.min(#alive + 1 - max, #alive) do
-    victims[#victims + 1] = alive[n][1]
-    drop_member(idx, u, alive[n][1])
+if max then
+  local n = redis.call('ZCOUNT', idx, '(' .. nowarg, '+inf')
+  if n >= max then
+    if ARGV[8] == 'deny' then return {'limit'} end
+    -- The orders hold expired members too: clear them first, a batch per call.
+    if more and prune_some(idx, u, 512) then return {'again'} end
+    -- Entries written before the orders existed: rebuild them once (O(n), once per user).
+    local total = redis.call('ZCARD', idx)
+    if redis.call('ZCARD', cidx) ~= total or redis.call('ZCARD', lidx) ~= total then
+      redis.call('DEL', cidx, lidx)
+      for _, m in ipairs(redis.call('ZRANGE', idx, 0, -1)) do
+        local f = redis.call('HMGET', rec_of(u, m), 'c', 's')
+        if f[1] and f[2] then
+          redis.call('ZADD', cidx, f[1], m)
+          redis.call('ZADD', lidx, f[2], m)
+        else
+          drop_member(idx, u, m)
+        end
+      end
+      n = redis.call('ZCOUNT', idx, '(' .. nowarg, '+inf')
+    end
+    -- 'oldest' by created_at, 'idlest' by last_seen_at; ties by key (sorted-set order).
+    local order = cidx
+    if ARGV[8] == 'idlest' then order = lidx end
+    -- At most 64 per login: a limit lowered far below the count is reached over several.
+    while n >= max and #victims < 64 do
+      local first = redis.call('ZRANGE', order, 0, 0)[1]
+      if not first then break end
+      victims[#victims + 1] = first
+      drop_member(idx, u, first)
+      n = n - 1
+    end
   end
 end
 
@@ -1959,6 +2049,11 @@ write(rec)
 if head then redis.call('HSET', rec, 'u', u) end
 redis.call('PEXPIREAT', rec, ARGV[9])
 redis.call('ZADD', idx, ARGV[9], skey)
+-- The record's own fields: created (c) and last seen (s), among the first pairs.
+for n = 11, 22, 2 do
+  if ARGV[n] == 'c' then redis.call('ZADD', cidx, ARGV[n + 1], skey) end
+  if ARGV[n] == 's' then redis.call('ZADD', lidx, ARGV[n + 1], skey) end
+end
 fix_index_ttl(idx)
 return {'created', victims}
 "#;
@@ -1971,7 +2066,7 @@ if redirect then return {'redirect', redirect} end
 if ARGV[5] == 'sweep' and live(rec) then return {'live'} end
 local existed = redis.call('DEL', rec)
 if idx then
-  redis.call('ZREM', idx, skey)
+  unindex(idx, skey)
   fix_index_ttl(idx)
 end
 if head and head ~= rec then redis.call('DEL', head) end
@@ -2000,7 +2095,7 @@ local gone, seen = {}, {}
 for _, m in ipairs(redis.call('ZRANGE', idx, 0, -1)) do
   if m ~= except then
     if redis.call('DEL', rec_of(u, m)) == 1 then gone[#gone + 1] = m end
-    redis.call('ZREM', idx, m)
+    unindex(idx, m)
     drop_head(m, u)
     seen[#seen + 1] = m
   end

@@ -36,6 +36,13 @@ use crate::store::{ScanPage, StoreError};
 pub(crate) const META_COLUMNS: &str = "key, user_id, created_at, last_seen_at, idle_expires_at, \
      absolute_expires_at, auth_time, user_agent, ip, version";
 
+/// Most expired rows of a user that a login under a limit removes in its first step.
+pub(crate) const PRUNE_BATCH: i64 = 32;
+
+/// Most sessions one login evicts: a limit lowered far below a user's count is reached over
+/// successive logins, so that no login does work in proportion to the user's sessions.
+pub(crate) const EVICT_BATCH: i64 = 64;
+
 /// One step of a component's schema.
 #[derive(Debug)]
 pub(crate) struct Migration {

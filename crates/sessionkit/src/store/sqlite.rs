@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! One table, `sessions`: the storage key as primary key, the metadata as columns (`user_id`
-//! indexed: it is the per-user index; `expires_at` generated as the nearer expiry and indexed,
+//! indexed with expiry, creation and last sight: the per-user orders; `expires_at` generated as the nearer expiry and indexed,
 //! for cleanup), and the data as a JSON object of JSON texts (see the `sql` module). The schema is
 //! created and upgraded at connect by embedded, versioned migrations recorded in
 //! `sessionkit_migrations`.
@@ -25,6 +25,15 @@
 //! rather than failing mid-transaction, so processes sharing a file lose no update either.
 //! Every few hundred writes the writer forces a restarting checkpoint, so the write-ahead log
 //! stays small under a steady load (SQLite's passive automatic checkpoint never catches up there).
+//!
+//! # Per-user limit
+//! A login under a limit does O(log n) work in the user's session count (which a signed-up
+//! attacker controls), never a read of the user's rows: it deletes at most a batch of the user's
+//! expired rows, reads the user's row count from `session_users` (kept by triggers), and takes its victims as
+//! the first entries of the (user, created) or (user, last seen) index. When the count reaches
+//! the limit, the rest of the user's expired rows are deleted first (each row once, so this is
+//! amortised over the logins that made them) and the count read again. Without a limit a login is
+//! one `INSERT`.
 //!
 //! # Load cache
 //! Loaded records are kept in process and served again while the database file has seen no
@@ -54,17 +63,21 @@ use tokio::sync::{MappedMutexGuard, MutexGuard};
 use super::sql::{
     ask, deadline, delete_in_batches, encode_data, from_db, migrate_sqlite, replicate, scan_page,
     sorted_keys, store_error, to_db, Connections, MetaRow, Migration, NetChanges, Queue, Queued,
-    CLEANUP_BATCH, META_COLUMNS,
+    CLEANUP_BATCH, EVICT_BATCH, META_COLUMNS, PRUNE_BATCH,
 };
-use super::{CreateOutcome, Health, SaveOutcome, ScanPage, SessionLimit, SessionStore, StoreError};
+use super::{
+    CreateOutcome, Health, LimitPolicy, SaveOutcome, ScanPage, SessionLimit, SessionStore,
+    StoreError,
+};
 use crate::id::StorageKey;
 use crate::record::{Delta, Meta, Record, Timestamp};
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "sessions table",
-    statements: &[
-        "CREATE TABLE IF NOT EXISTS sessions (
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "sessions table",
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS sessions (
             key TEXT PRIMARY KEY NOT NULL,
             user_id TEXT,
             created_at INTEGER NOT NULL,
@@ -79,11 +92,68 @@ const MIGRATIONS: &[Migration] = &[Migration {
             version INTEGER NOT NULL,
             data TEXT NOT NULL
         )",
-        "CREATE INDEX IF NOT EXISTS sessions_user_id ON sessions (user_id) \
+            "CREATE INDEX IF NOT EXISTS sessions_user_id ON sessions (user_id) \
          WHERE user_id IS NOT NULL",
-        "CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions (expires_at)",
-    ],
-}];
+            "CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions (expires_at)",
+        ],
+    },
+    Migration {
+        version: 2,
+        name: "per-user orders and counts",
+        // A login under a limit reads these instead of the user's rows (see "Per-user limit"):
+        // live sessions are a range of (user, expiry), the victims of `evict_oldest` and
+        // `evict_idlest` the first entries of (user, created) and (user, last seen), and
+        // `session_users` counts each user's rows, kept by triggers in the same transaction as
+        // every insert, delete and change of owner. They replace the plain user index.
+        statements: &[
+            "CREATE INDEX IF NOT EXISTS sessions_user_expires ON sessions (user_id, expires_at) \
+             WHERE user_id IS NOT NULL",
+            "CREATE INDEX IF NOT EXISTS sessions_user_created \
+             ON sessions (user_id, created_at, key) WHERE user_id IS NOT NULL",
+            "CREATE INDEX IF NOT EXISTS sessions_user_seen \
+             ON sessions (user_id, last_seen_at, key) WHERE user_id IS NOT NULL",
+            "DROP INDEX IF EXISTS sessions_user_id",
+            "CREATE TABLE IF NOT EXISTS session_users (
+                user_id TEXT PRIMARY KEY NOT NULL,
+                n INTEGER NOT NULL
+            ) WITHOUT ROWID",
+            "INSERT OR REPLACE INTO session_users (user_id, n) \
+             SELECT user_id, count(*) FROM sessions WHERE user_id IS NOT NULL GROUP BY user_id",
+            "CREATE TRIGGER IF NOT EXISTS sessions_count_insert AFTER INSERT ON sessions \
+             WHEN NEW.user_id IS NOT NULL BEGIN \
+               INSERT INTO session_users (user_id, n) VALUES (NEW.user_id, 1) \
+                 ON CONFLICT (user_id) DO UPDATE SET n = n + 1; \
+             END",
+            "CREATE TRIGGER IF NOT EXISTS sessions_count_delete AFTER DELETE ON sessions \
+             WHEN OLD.user_id IS NOT NULL BEGIN \
+               UPDATE session_users SET n = n - 1 WHERE user_id = OLD.user_id; \
+               DELETE FROM session_users WHERE user_id = OLD.user_id AND n <= 0; \
+             END",
+            "CREATE TRIGGER IF NOT EXISTS sessions_count_owner \
+             AFTER UPDATE OF user_id ON sessions \
+             WHEN OLD.user_id IS NOT NEW.user_id BEGIN \
+               UPDATE session_users SET n = n - 1 WHERE user_id = OLD.user_id; \
+               DELETE FROM session_users WHERE user_id = OLD.user_id AND n <= 0; \
+               INSERT INTO session_users (user_id, n) SELECT NEW.user_id, 1 \
+                 WHERE NEW.user_id IS NOT NULL \
+                 ON CONFLICT (user_id) DO UPDATE SET n = n + 1; \
+             END",
+        ],
+    },
+];
+
+/// At a login under a limit: removes a bounded batch of the user's expired rows (index
+/// `sessions_user_expires`).
+const PRUNE_USER: &str = "DELETE FROM sessions WHERE key IN (SELECT key FROM sessions \
+     WHERE user_id = ? AND expires_at <= ? LIMIT ?)";
+
+/// The first `?` of the user's sessions by creation (`sessions_user_created`).
+const EVICT_OLDEST: &str = "SELECT key FROM sessions WHERE user_id = ? AND key <> ? \
+     ORDER BY created_at, key LIMIT ?";
+
+/// The first `?` of the user's sessions by last sight (`sessions_user_seen`).
+const EVICT_IDLEST: &str = "SELECT key FROM sessions WHERE user_id = ? AND key <> ? \
+     ORDER BY last_seen_at, key LIMIT ?";
 
 /// Create-if-absent; an expired record under the same key (not yet cleaned up) is replaced.
 const INSERT: &str = "INSERT INTO sessions (key, user_id, created_at, last_seen_at, \
@@ -706,27 +776,61 @@ impl SqliteStore {
         if done.rows_affected() == 0 {
             return Ok(CreateOutcome::Exists);
         }
-        let rows = sqlx::query(&format!(
-            "SELECT {META_COLUMNS} FROM sessions \
-             WHERE user_id = ? AND expires_at > ? AND key <> ?"
-        ))
-        .bind(user)
-        .bind(to_db(now.0))
-        .bind(key.as_str())
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(e)?;
-        let mut live = metas(&rows);
-        let Ok(victims) = limit.victims(&mut live) else {
-            tx.rollback().await.map_err(e)?;
-            return Ok(CreateOutcome::LimitReached);
+        // Never the user's whole index (see "Per-user limit" in the module documentation).
+        let (user_at, now_at) = (user.as_str(), to_db(now.0));
+        sqlx::query(PRUNE_USER)
+            .bind(user_at)
+            .bind(now_at)
+            .bind(PRUNE_BATCH)
+            .execute(&mut *tx)
+            .await
+            .map_err(e)?;
+        let max = limit.max.map_or(0, i64::from);
+        // The user's rows other than the new one, from the counter row: all live unless
+        // expired rows remain beyond the batch, which go (each once) when the count matters.
+        let count = async |tx: &mut SqliteConnection| -> Result<i64, sqlx::Error> {
+            let n: Option<i64> =
+                sqlx::query_scalar("SELECT n FROM session_users WHERE user_id = ?")
+                    .bind(user_at)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            Ok(n.unwrap_or(1) - 1)
         };
-        for v in &victims {
-            sqlx::query("DELETE FROM sessions WHERE key = ?")
-                .bind(v.as_str())
+        let mut live = count(&mut tx).await.map_err(e)?;
+        if live >= max {
+            sqlx::query("DELETE FROM sessions WHERE user_id = ? AND expires_at <= ?")
+                .bind(user_at)
+                .bind(now_at)
                 .execute(&mut *tx)
                 .await
                 .map_err(e)?;
+            live = count(&mut tx).await.map_err(e)?;
+        }
+        let mut victims = Vec::new();
+        if live >= max {
+            if limit.policy == LimitPolicy::Deny {
+                tx.rollback().await.map_err(e)?;
+                return Ok(CreateOutcome::LimitReached);
+            }
+            let order = match limit.policy {
+                LimitPolicy::EvictIdlest => EVICT_IDLEST,
+                _ => EVICT_OLDEST,
+            };
+            let keys: Vec<String> = sqlx::query_scalar(order)
+                .bind(user_at)
+                .bind(key.as_str())
+                .bind((live + 1 - max).min(EVICT_BATCH))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(e)?;
+            for v in &keys {
+                sqlx::query("DELETE FROM sessions WHERE key = ?")
+                    .bind(v)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(e)?;
+            }
+            victims = keys.iter().filter_map(|k| StorageKey::parse(k)).collect();
         }
         tx.commit().await.map_err(e)?;
         Ok(CreateOutcome::Created { evicted: victims })
