@@ -17,9 +17,10 @@ use http::{HeaderMap, HeaderValue, Request, StatusCode};
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
 use sessionkit::{
-    find_cookie, Config, CookieKeys, FanoutSink, MemorySink, MemoryStore, Presented, SessionLayer,
-    SessionStore, TracingSink,
+    Config, CookieKeys, FanoutSink, MemorySink, MemoryStore, SessionLayer, SessionStore,
+    TracingSink,
 };
+use sessionkit_testkit::fuzz::{header_byte, presents, spliced};
 use tower::ServiceExt as _;
 
 const SECRET: &str = "bench-fuzz-secret-0123456789abcdefghijklmnop";
@@ -151,13 +152,7 @@ impl Fixture {
 
     /// Whether these headers present exactly the signed value (what the layer would accept).
     fn presents_good(&self, cookies: &[Vec<u8>]) -> bool {
-        let mut h = HeaderMap::new();
-        for c in cookies {
-            if let Ok(v) = HeaderValue::from_bytes(c) {
-                h.append(COOKIE, v);
-            }
-        }
-        find_cookie(&h, NAME) == Presented::One(self.good.as_bytes())
+        presents(cookies, NAME, &self.good)
     }
 
     fn good_header(&self) -> Vec<Vec<u8>> {
@@ -170,74 +165,6 @@ impl Fixture {
         let id = &self.good[..sessionkit::ID_LEN];
         assert!(!logs.contains(id), "a log line holds the session ID");
     }
-}
-
-/// Any byte `HeaderValue::from_bytes` accepts: tab, printable ASCII and 0x80..=0xff (multi-byte
-/// UTF-8 and invalid UTF-8 alike); now and then a byte it refuses, to exercise the skip.
-fn header_byte() -> impl Strategy<Value = u8> {
-    prop_oneof![
-        20 => prop_oneof![Just(b'\t'), 0x20u8..=0x7e, 0x80u8..=0xff],
-        1 => any::<u8>(),
-    ]
-}
-
-/// An offset into a value of `len` bytes, often near the end of the ID (byte 43), where a
-/// character across the boundary used to panic.
-fn offset(len: usize) -> impl Strategy<Value = usize> {
-    // Offsets near the ID/tag boundary get extra weight; a shorter value (a CSRF token) clamps
-    // them to its own length.
-    prop_oneof![
-        0..len,
-        (38usize..46).prop_map(move |at| at.min(len.saturating_sub(1)))
-    ]
-}
-
-/// Any character, mostly multi-byte ones.
-fn character() -> impl Strategy<Value = char> {
-    prop_oneof![
-        1 => any::<char>(),
-        3 => (0x80u32..0x11_0000).prop_filter_map("surrogate", char::from_u32),
-    ]
-}
-
-/// The signed value with arbitrary bytes spliced in at any offset: either any character
-/// written over it with the length kept (valid UTF-8 of the well-formed length, the case of
-/// issue 14 when the character straddles the end of the ID), or up to 8 bytes replaced by a few
-/// arbitrary ones.
-fn spliced(good: String) -> impl Strategy<Value = Vec<u8>> {
-    let len = good.len();
-    let same_length = {
-        let good = good.clone();
-        (offset(len), character()).prop_map(move |(at, ch)| {
-            let mut v = good.clone().into_bytes();
-            let mut buf = [0u8; 4];
-            let ch = ch.encode_utf8(&mut buf).as_bytes();
-            let end = (at + ch.len()).min(len);
-            v.splice(at..end, ch[..end - at].iter().copied());
-            v
-        })
-    };
-    let any_bytes = (
-        0..=len,
-        0usize..8,
-        prop::collection::vec(
-            prop_oneof![
-                header_byte().prop_map(|b| vec![b]),
-                Just("é".as_bytes().to_vec()),
-                Just("€".as_bytes().to_vec()),
-                Just(vec![0xc3]),
-                Just(vec![0xff, 0xfe]),
-                Just(vec![0x01]),
-            ],
-            0..4,
-        ),
-    )
-        .prop_map(move |(at, cut, ins)| {
-            let mut v = good.clone().into_bytes();
-            v.splice(at..(at + cut).min(len), ins.concat());
-            v
-        });
-    prop_oneof![same_length, any_bytes]
 }
 
 /// A `Cookie` header: pieces that matter to the parser, glued by arbitrary bytes, sometimes

@@ -18,11 +18,12 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
 use sessionkit::prometheus_client::registry::Registry;
 use sessionkit::{
-    find_cookie, Clock as _, Config, CookieKeys, CreateOutcome, FanoutSink, MemoryStore, Meta,
-    Presented, Record, SessionId, SessionLayer, SessionLimit, SessionMetrics, SessionStore,
-    SystemClock, TracingSink, Value,
+    Clock as _, Config, CookieKeys, CreateOutcome, FanoutSink, MemoryStore, Meta, Record,
+    SessionId, SessionLayer, SessionLimit, SessionMetrics, SessionStore, SystemClock, TracingSink,
+    Value,
 };
 use sessionkit_demo::{app, AppState, Users};
+use sessionkit_testkit::fuzz::{header_byte, presents, spliced};
 use tower::ServiceExt as _;
 
 const SECRET: &str = "a-fuzz-secret-that-is-long-enough-for-the-demo";
@@ -145,70 +146,12 @@ impl Fixture {
     }
 
     fn presents_good(&self, cookies: &[Vec<u8>]) -> bool {
-        let mut h = HeaderMap::new();
-        for c in cookies {
-            if let Ok(v) = HeaderValue::from_bytes(c) {
-                h.append(COOKIE, v);
-            }
-        }
-        find_cookie(&h, SESSION) == Presented::One(self.good.as_bytes())
+        presents(cookies, SESSION, &self.good)
     }
 }
 
-/// Any byte `HeaderValue::from_bytes` accepts, now and then one it refuses (then the header is
-/// left out, as a server would refuse the request).
-fn header_byte() -> impl Strategy<Value = u8> {
-    prop_oneof![
-        20 => prop_oneof![Just(b'\t'), 0x20u8..=0x7e, 0x80u8..=0xff],
-        1 => any::<u8>(),
-    ]
-}
-
-/// An offset into a value of `len` bytes, often near the end of the ID (byte 43), where a
-/// character across the boundary used to panic.
-fn offset(len: usize) -> impl Strategy<Value = usize> {
-    // Offsets near the ID/tag boundary get extra weight; a shorter value (a CSRF token) clamps
-    // them to its own length.
-    prop_oneof![
-        0..len,
-        (38usize..46).prop_map(move |at| at.min(len.saturating_sub(1)))
-    ]
-}
-
-/// Any character, mostly multi-byte ones.
-fn character() -> impl Strategy<Value = char> {
-    prop_oneof![
-        1 => any::<char>(),
-        3 => (0x80u32..0x11_0000).prop_filter_map("surrogate", char::from_u32),
-    ]
-}
-
-/// The signed value with any character written over it (length kept) or a few arbitrary bytes
-/// spliced in, at any offset.
-fn spliced(good: String) -> impl Strategy<Value = Vec<u8>> {
-    let len = good.len();
-    let g = good.clone();
-    let same_length = (offset(len), character()).prop_map(move |(at, ch)| {
-        let mut v = g.clone().into_bytes();
-        let mut buf = [0u8; 4];
-        let ch = ch.encode_utf8(&mut buf).as_bytes();
-        let end = (at + ch.len()).min(len);
-        v.splice(at..end, ch[..end - at].iter().copied());
-        v
-    });
-    let any_bytes = (
-        0..=len,
-        0usize..8,
-        prop::collection::vec(header_byte(), 0..8),
-    )
-        .prop_map(move |(at, cut, ins)| {
-            let mut v = good.clone().into_bytes();
-            v.splice(at..(at + cut).min(len), ins);
-            v
-        });
-    prop_oneof![same_length, any_bytes]
-}
-
+/// A `Cookie` header: the session and sign-in CSRF cookies, damaged or whole, among arbitrary
+/// bytes.
 fn cookie_header(good: String) -> impl Strategy<Value = Vec<u8>> {
     let prefixed =
         spliced(good.clone()).prop_map(|v| [format!("{SESSION}=").into_bytes(), v].concat());

@@ -4,6 +4,7 @@
 
 pub mod conformance;
 pub mod faulty;
+pub mod fuzz;
 pub mod postgres;
 pub mod redis;
 pub mod session_races;

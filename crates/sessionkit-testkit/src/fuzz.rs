@@ -1,0 +1,87 @@
+//! Generators for the property tests that drive the real routers with untrusted bytes: bytes a
+//! header may carry, offsets near the ID/tag boundary of a signed cookie value, mostly multi-byte
+//! characters, and a signed value with such bytes spliced in. The bench app's and the demo's
+//! fuzz tests share them, so both attack the cookie the same way.
+
+use http::header::{HeaderMap, HeaderValue, COOKIE};
+use proptest::prelude::*;
+use sessionkit::{find_cookie, Presented};
+
+/// Any byte `HeaderValue::from_bytes` accepts: tab, printable ASCII and 0x80..=0xff (multi-byte
+/// UTF-8 and invalid UTF-8 alike); now and then a byte it refuses, so that callers exercise the
+/// path that leaves such a header out, as a server refuses the request.
+pub fn header_byte() -> impl Strategy<Value = u8> {
+    prop_oneof![
+        20 => prop_oneof![Just(b'\t'), 0x20u8..=0x7e, 0x80u8..=0xff],
+        1 => any::<u8>(),
+    ]
+}
+
+/// An offset into a value of `len` (> 0) bytes, often near the end of the ID (byte 43), where a
+/// character across the boundary used to panic; a shorter value (a CSRF token) clamps those
+/// offsets to its own length.
+pub fn offset(len: usize) -> impl Strategy<Value = usize> {
+    prop_oneof![
+        0..len,
+        (38usize..46).prop_map(move |at| at.min(len.saturating_sub(1)))
+    ]
+}
+
+/// Any character, mostly multi-byte ones.
+pub fn character() -> impl Strategy<Value = char> {
+    prop_oneof![
+        1 => any::<char>(),
+        3 => (0x80u32..0x11_0000).prop_filter_map("surrogate", char::from_u32),
+    ]
+}
+
+/// `good` with arbitrary bytes spliced in at any offset: either any character written over it
+/// with the length kept (valid UTF-8 of the well-formed length: the case of issue 14 when the
+/// character straddles the end of the ID), or up to 8 bytes replaced by a few arbitrary ones.
+pub fn spliced(good: String) -> impl Strategy<Value = Vec<u8>> {
+    let len = good.len();
+    let same_length = {
+        let good = good.clone();
+        (offset(len), character()).prop_map(move |(at, ch)| {
+            let mut v = good.clone().into_bytes();
+            let mut buf = [0u8; 4];
+            let ch = ch.encode_utf8(&mut buf).as_bytes();
+            let end = (at + ch.len()).min(len);
+            v.splice(at..end, ch[..end - at].iter().copied());
+            v
+        })
+    };
+    let any_bytes = (
+        0..=len,
+        0usize..8,
+        prop::collection::vec(
+            prop_oneof![
+                header_byte().prop_map(|b| vec![b]),
+                Just("é".as_bytes().to_vec()),
+                Just("€".as_bytes().to_vec()),
+                Just(vec![0xc3]),
+                Just(vec![0xff, 0xfe]),
+                Just(vec![0x01]),
+            ],
+            0..4,
+        ),
+    )
+        .prop_map(move |(at, cut, ins)| {
+            let mut v = good.clone().into_bytes();
+            v.splice(at..(at + cut).min(len), ins.concat());
+            v
+        });
+    prop_oneof![same_length, any_bytes]
+}
+
+/// Whether `Cookie` headers of these bytes present exactly `good` under `name`: what the layer
+/// would accept. Headers `HeaderValue` refuses are left out, as the router never sees them.
+pub fn presents(cookies: &[Vec<u8>], name: &str, good: &str) -> bool {
+    let mut h = HeaderMap::new();
+    for c in cookies {
+        if let Ok(v) = HeaderValue::from_bytes(c) {
+            h.append(COOKIE, v);
+        }
+    }
+    find_cookie(&h, name) == Presented::One(good.as_bytes())
+}
