@@ -230,7 +230,7 @@ fn set_cookies(answers: &[Answer]) -> Vec<String> {
 const RACERS: usize = 20;
 
 /// 20 parallel rotates of one signed-in session leave exactly one live successor; the old ID
-/// is dead, and the requests that lost the race end anonymous and delete their cookie.
+/// is dead, and the requests that lost the race get a 401 and delete their cookie.
 pub async fn rotate_race_leaves_one_successor(store: Store) {
     let (app, gates) = app(&store, RACERS);
     let user = new_user();
@@ -243,8 +243,11 @@ pub async fn rotate_race_leaves_one_successor(store: Store) {
     assert_eq!(live.len(), 1, "live successors: {}", live.len());
     assert_eq!(live_sessions(&store, &user).await, 1);
     assert!(signed_in_as(&app, &[c0], &user).await.is_empty());
-    let anonymous = answers.iter().filter(|a| a.body == "-").count();
-    assert_eq!(anonymous, RACERS - 1, "the losers end anonymous");
+    let ended = answers
+        .iter()
+        .filter(|a| a.status == StatusCode::UNAUTHORIZED)
+        .count();
+    assert_eq!(ended, RACERS - 1, "the losers are told the session ended");
     assert_eq!(
         answers
             .iter()

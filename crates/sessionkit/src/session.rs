@@ -519,7 +519,8 @@ impl Session {
     /// the response deletes the cookie.
     ///
     /// # Errors
-    /// A store failure.
+    /// [`SessionError::NotSignedIn`] when the session ended while this request ran, or a store
+    /// failure.
     pub async fn rotate(&self) -> Result<(), SessionError> {
         let mut st = self.state().await?;
         let Some(record) = st.record.clone().filter(|_| st.id.is_some()) else {
@@ -536,7 +537,10 @@ impl Session {
                 )
                 .await
             }
-            Ended::NothingStored | Ended::AlreadyGone => Ok(()),
+            Ended::NothingStored => Ok(()),
+            // Ended meanwhile (logout, revoke, expiry): the caller must not go on as if the
+            // session had a new ID; the response deletes the dead cookie.
+            Ended::AlreadyGone => Err(SessionError::NotSignedIn),
         }
     }
 

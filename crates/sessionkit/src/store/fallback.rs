@@ -463,6 +463,30 @@ impl SessionStore for FallbackStore {
     ) -> Result<Vec<StorageKey>, StoreError> {
         let now = SystemClock.now();
         if let Route::Primary = self.route() {
+            // The secondary's copies are tombstoned before the primary destroys anything, as
+            // `destroy` does: between the two, a request would otherwise read a session through
+            // from its untombstoned copy, re-home it and rotate it into a successor that this
+            // sign-out never sees. The secondary may also hold sessions the primary lost.
+            let copies: Vec<(StorageKey, Timestamp)> =
+                match self.inner.secondary.list_user(user_id, now).await {
+                    Ok(list) => list
+                        .into_iter()
+                        .filter(|(k, _)| Some(k) != except)
+                        .map(|(k, m)| (k, m.absolute_expires_at))
+                        .collect(),
+                    Err(e) => {
+                        self.mirror_failed("destroy_user", &e);
+                        Vec::new()
+                    }
+                };
+            let (mut marked, mut unmarked) = (Vec::new(), Vec::new());
+            for (k, exp) in &copies {
+                let sec = &*self.inner.secondary;
+                match self.mark(sec, Kind::Tombstone, k, *exp, now).await {
+                    Ok(()) => marked.push((k.clone(), Some(*exp))),
+                    Err(_) => unmarked.push((k.clone(), Some(*exp))),
+                }
+            }
             match self
                 .on_primary(
                     "destroy_user",
@@ -470,23 +494,17 @@ impl SessionStore for FallbackStore {
                 )
                 .await
             {
-                Ok(gone) => {
-                    // Tombstones for what the primary destroyed, then the secondary's own list:
-                    // it may hold sessions the primary lost.
-                    let mut gone = gone;
-                    let mut ended: Vec<_> = gone.iter().map(|k| (k.clone(), None)).collect();
-                    match self.inner.secondary.list_user(user_id, now).await {
-                        Ok(list) => {
-                            for (k, m) in list {
-                                if Some(&k) != except && !gone.contains(&k) {
-                                    ended.push((k.clone(), Some(m.absolute_expires_at)));
-                                    gone.push(k);
-                                }
-                            }
-                        }
-                        Err(e) => self.mirror_failed("destroy_user", &e),
+                Ok(mut gone) => {
+                    for k in gone.iter().filter(|k| !copies.iter().any(|(c, _)| c == *k)) {
+                        unmarked.push((k.clone(), None));
                     }
-                    self.end_in_secondary(&ended, false, true, now).await;
+                    for (k, _) in &copies {
+                        if !gone.contains(k) {
+                            gone.push(k.clone());
+                        }
+                    }
+                    self.end_in_secondary(&marked, true, true, now).await;
+                    self.end_in_secondary(&unmarked, false, true, now).await;
                     return Ok(gone);
                 }
                 Err(StoreError::Unavailable { .. }) => {}
