@@ -61,14 +61,14 @@ mod throttle;
 mod users;
 mod views;
 
-pub use throttle::{Limit, LoginLimits, Throttle};
+pub use throttle::{Limit, LoginLimits, Throttle, Throttled};
 pub use users::{
     hash_password, Busy, HashLimits, User, Users, DEMO_USERS, MAX_M_COST_KIB, MAX_P_COST,
     MAX_T_COST,
 };
 
 /// Largest sign-in form body read (a name and a password fit many times over).
-const LOGIN_BODY_LIMIT: usize = 16 * 1024;
+const LOGIN_BODY_LIMIT: usize = 32 * 1024;
 
 /// What every handler shares: the session layer (and through it the store) and the users.
 #[derive(Clone, Debug)]

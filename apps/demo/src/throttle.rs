@@ -165,9 +165,9 @@ fn make_room(map: &mut HashMap<u64, Instant>, max: usize, now: Instant) {
 
 /// Why a sign-in was refused before its password was checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Throttled {
+pub struct Throttled {
     /// How long until one more attempt is allowed.
-    pub(crate) retry_after: Duration,
+    pub retry_after: Duration,
 }
 
 /// The per-account and per-address limiter of the sign-in form. Shared by all requests.
@@ -206,7 +206,10 @@ impl Throttle {
 
     /// Counts a sign-in attempt for `name` from `ip` (address first, so a refused address never
     /// touches the account table), or refuses it.
-    pub(crate) fn attempt(&self, name: &str, ip: Option<IpAddr>) -> Result<(), Throttled> {
+    ///
+    /// # Errors
+    /// [`Throttled`] when the address or the account is over its limit; nothing is counted then.
+    pub fn attempt(&self, name: &str, ip: Option<IpAddr>) -> Result<(), Throttled> {
         let now = Instant::now();
         let refused = |retry_after| Throttled { retry_after };
         if let Some(ip) = ip {
@@ -220,7 +223,7 @@ impl Throttle {
     }
 
     /// A sign-in succeeded: its attempt does not count.
-    pub(crate) fn succeeded(&self, name: &str, ip: Option<IpAddr>) {
+    pub fn succeeded(&self, name: &str, ip: Option<IpAddr>) {
         let now = Instant::now();
         if let Some(ip) = ip {
             self.addresses.refund(self.address_key(ip), now);

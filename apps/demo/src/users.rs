@@ -21,13 +21,14 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use sessionkit::AppEnv;
+use subtle::ConstantTimeEq as _;
 use tokio::sync::Semaphore;
 
 /// The demo accounts: name, password, administrator. Printed at start-up outside production.
@@ -82,7 +83,7 @@ impl fmt::Display for Busy {
 
 impl std::error::Error for Busy {}
 
-/// The semaphores in front of Argon2.
+/// The semaphores in front of Argon2, and its working memory.
 #[derive(Debug)]
 struct HashGate {
     /// Held while a hash runs.
@@ -90,6 +91,37 @@ struct HashGate {
     /// Held from admission to the end of the hash: bounds running plus waiting.
     admitted: Arc<Semaphore>,
     wait: Duration,
+    memory: Arc<Memory>,
+}
+
+/// Argon2 working memory, one buffer per running hash, kept and reused. A fresh `m`-KiB
+/// allocation per hash is not freed back in practice: glibc keeps it in the allocating thread's
+/// arena and cannot reuse it for the next (64-byte aligned) request, so each blocking thread
+/// ends up holding about three buffers (20 hashes under a flood left 358 MB with 2 permits).
+/// At most `permits` buffers exist, each as large as the costliest hash checked.
+#[derive(Debug, Default)]
+struct Memory(Mutex<Vec<Vec<Block>>>);
+
+impl Memory {
+    fn take(&self, blocks: usize) -> Vec<Block> {
+        let mut buf = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+            .unwrap_or_default();
+        if buf.len() < blocks {
+            buf.resize(blocks, Block::default());
+        }
+        buf
+    }
+
+    fn put(&self, buf: Vec<Block>) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(buf);
+    }
 }
 
 impl HashGate {
@@ -99,11 +131,15 @@ impl HashGate {
             running: Arc::new(Semaphore::new(permits)),
             admitted: Arc::new(Semaphore::new(permits + limits.queue)),
             wait: limits.wait,
+            memory: Arc::default(),
         }
     }
 
     /// Runs `check` on the blocking pool once a permit is free, or refuses.
-    async fn run(&self, check: impl FnOnce() -> bool + Send + 'static) -> Result<bool, Busy> {
+    async fn run(
+        &self,
+        check: impl FnOnce(&Memory) -> bool + Send + 'static,
+    ) -> Result<bool, Busy> {
         let admitted = self
             .admitted
             .clone()
@@ -115,9 +151,10 @@ impl HashGate {
             .map_err(|_| Busy)?;
         // The permits move into the blocking task: a client that hangs up does not stop the
         // hash, so the permits must live as long as the hash does, not as long as the request.
+        let memory = self.memory.clone();
         let ok = tokio::task::spawn_blocking(move || {
             let _permits = (admitted, running);
-            check()
+            check(&memory)
         })
         .await
         .unwrap_or(false);
@@ -321,7 +358,7 @@ impl Users {
         let password = password.to_owned();
         let ok = self
             .gate
-            .run(move || password.len() <= MAX_PASSWORD && verify(&hash, &password))
+            .run(move |memory| password.len() <= MAX_PASSWORD && verify(&hash, &password, memory))
             .await?;
         Ok(user.filter(|_| ok))
     }
@@ -338,7 +375,8 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
 
 /// The parameters of `phc` when it is an Argon2id PHC string within the cost maximums.
 fn check_phc(phc: &str) -> anyhow::Result<Params> {
-    let parsed = PasswordHash::new(phc).map_err(|e| anyhow::anyhow!("not a PHC string: {e}"))?;
+    let parsed =
+        PasswordHash::new(phc).map_err(|e| anyhow::anyhow!("not an argon2id PHC string: {e}"))?;
     if parsed.algorithm != argon2::ARGON2ID_IDENT {
         bail!(
             "the hash is {}, only argon2id is accepted",
@@ -378,10 +416,37 @@ fn hash_with(params: Params, password: &str) -> anyhow::Result<String> {
     Ok(phc.to_string())
 }
 
-fn verify(phc: &str, password: &str) -> bool {
-    PasswordHash::new(phc).is_ok_and(|h| {
-        Argon2::default()
-            .verify_password(password.as_bytes(), &h)
-            .is_ok()
-    })
+/// What `PasswordVerifier::verify_password` does, with working memory from `memory`.
+fn verify(phc: &str, password: &str, memory: &Memory) -> bool {
+    let Ok(hash) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (hash.salt, hash.hash) else {
+        return false;
+    };
+    let (Ok(algorithm), Ok(params)) =
+        (Algorithm::try_from(hash.algorithm), Params::try_from(&hash))
+    else {
+        return false;
+    };
+    let Ok(version) = hash
+        .version
+        .map_or(Ok(Version::default()), Version::try_from)
+    else {
+        return false;
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let mut out = vec![0u8; expected.len()];
+    let mut blocks = memory.take(params.block_count());
+    let hashed = Argon2::new(algorithm, version, params).hash_password_into_with_memory(
+        password.as_bytes(),
+        salt,
+        &mut out,
+        &mut blocks[..],
+    );
+    memory.put(blocks);
+    hashed.is_ok() && bool::from(out.ct_eq(expected.as_bytes()))
 }
