@@ -148,6 +148,28 @@ fn demo_command(dir: &Path, env: &[(&str, &str)]) -> Command {
     cmd
 }
 
+/// Runs the binary to its exit; a binary that is still running after 30 s (it started instead
+/// of refusing) is killed and the test fails, rather than hanging.
+fn run_to_exit(mut cmd: Command) -> std::process::Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..300 {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    panic!(
+        "the demo kept running: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 /// Starts the binary on a free port and waits until it listens.
 fn start_demo(dir: &Path, env: &[(&str, &str)]) -> Demo {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -242,16 +264,14 @@ fn users_file(dir: &Path) -> std::path::PathBuf {
 fn production_refuses_the_built_in_accounts() {
     let dir = tempfile::tempdir().unwrap();
     let secret = production_secret();
-    let out = demo_command(
+    let out = run_to_exit(demo_command(
         dir.path(),
         &[
             ("APP_ENV", "production"),
             ("SECRET_KEY", &secret),
             ("PORT", "0"),
         ],
-    )
-    .output()
-    .unwrap();
+    ));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "started: {stdout}");
@@ -376,30 +396,28 @@ fn a_bad_users_file_is_refused_at_start_up() {
         format!("ok:user:{good}\nbad:user:$2b$12$abcdefghij\n"),
     )
     .unwrap();
-    let out = demo_command(
+    let out = run_to_exit(demo_command(
         dir.path(),
         &[
             ("SECRET_KEY", SECRET),
             ("DEMO_USERS_FILE", path.to_str().unwrap()),
+            ("PORT", "0"),
         ],
-    )
-    .output()
-    .unwrap();
+    ));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
         stderr.contains("DEMO_USERS_FILE") && stderr.contains("line 2"),
         "{stderr}"
     );
-    let missing = demo_command(
+    let missing = run_to_exit(demo_command(
         dir.path(),
         &[
             ("SECRET_KEY", SECRET),
             ("DEMO_USERS_FILE", "/nonexistent/users"),
+            ("PORT", "0"),
         ],
-    )
-    .output()
-    .unwrap();
+    ));
     assert!(!missing.status.success());
     // A well-formed file works in development too, and the built-in accounts are then gone.
     let users = Users::parse(&format!("# c\nok:admin:{good}\n")).unwrap();
