@@ -16,6 +16,17 @@
 //! | `GET /healthz` | the store's health as JSON: 200 when it answers, 503 when not |
 //! | `GET /metrics` | Prometheus metrics (session events, store operations), when enabled |
 //!
+//! Accounts: outside production, the built-in [`DEMO_USERS`] (printed at start-up); with
+//! `APP_ENV=production` the demo refuses to start on them and reads `DEMO_USERS_FILE`, one
+//! `name:role:phc` line per account (role `user` or `admin`, phc an Argon2id PHC string as printed
+//! by `sessionkit-demo hash-password`; see [`Users::parse`]), which development may use too.
+//!
+//! Sign-in is throttled per submitted user name and per client address ([`LoginLimits`]: by
+//! default 5 failures per 15 minutes and 20 per minute), answering 429 with `Retry-After`; the
+//! client address comes from `ConnectInfo<SocketAddr>`, so serve the router with
+//! `into_make_service_with_connect_info::<SocketAddr>()`. Password checks run behind a small
+//! semaphore ([`HashLimits`]) and a sign-in that finds it full is a 503 with `Retry-After`.
+//!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
 //! use std::sync::Arc;
@@ -25,12 +36,14 @@
 //! let layer = SessionLayer::new(Arc::new(MemoryStore::new()), Config::from_env()?)?;
 //! let router = app(AppState::new(layer, Users::demo()?));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-//! axum::serve(listener, router).await?;
+//! let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+//! axum::serve(listener, service).await?;
 //! # Ok(()) }
 //! ```
 
 use std::sync::Arc;
 
+use axum::extract::DefaultBodyLimit;
 use axum::http::header::{
     CACHE_CONTROL, CONTENT_SECURITY_POLICY, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS,
     X_FRAME_OPTIONS,
@@ -45,10 +58,18 @@ use sessionkit::{AppEnv, Config, SessionLayer, SessionStore};
 
 mod csrf;
 mod routes;
+mod throttle;
 mod users;
 mod views;
 
-pub use users::{User, Users, DEMO_USERS};
+pub use throttle::{Limit, LoginLimits, Throttle, Throttled};
+pub use users::{
+    hash_password, Busy, HashLimits, User, Users, DEMO_USERS, MAX_M_COST_KIB, MAX_P_COST,
+    MAX_T_COST,
+};
+
+/// Largest sign-in form body read (a name and a password fit many times over).
+const LOGIN_BODY_LIMIT: usize = 32 * 1024;
 
 /// What every handler shares: the session layer, the admin handle on its store (every
 /// revocation and store query goes through it, so the audit trail and metrics see them) and the
@@ -59,6 +80,7 @@ pub struct AppState {
     admin: Sessions,
     users: Users,
     metrics: Option<Arc<Registry>>,
+    throttle: Arc<Throttle>,
 }
 
 impl AppState {
@@ -69,7 +91,20 @@ impl AppState {
             sessions,
             users,
             metrics: None,
+            throttle: Arc::new(Throttle::new(LoginLimits::default())),
         }
+    }
+
+    /// Throttles sign-ins with `limits` instead of [`LoginLimits::default`].
+    #[must_use]
+    pub fn with_login_limits(mut self, limits: LoginLimits) -> Self {
+        self.throttle = Arc::new(Throttle::new(limits));
+        self
+    }
+
+    /// The sign-in limiter.
+    pub fn throttle(&self) -> &Throttle {
+        &self.throttle
     }
 
     /// Serves `registry` on `GET /metrics` (without it, that route is a 404).
@@ -123,12 +158,18 @@ pub fn development_notice(config: &Config) -> Option<String> {
     Some(s)
 }
 
-/// The demo's router, with the session layer applied.
+/// The demo's router, with the session layer applied inside the security headers, so that the
+/// layer's own answers (a 503 when the store is down) carry them too.
 pub fn app(state: AppState) -> Router {
     let sessions = state.sessions.clone();
     Router::new()
         .route("/", get(routes::index))
-        .route("/login", get(routes::login_page).post(routes::login))
+        .route(
+            "/login",
+            get(routes::login_page)
+                .post(routes::login)
+                .layer(DefaultBodyLimit::max(LOGIN_BODY_LIMIT)),
+        )
         .route("/logout", post(routes::logout))
         .route("/dashboard", get(routes::dashboard))
         .route("/rotate", post(routes::rotate))
@@ -140,8 +181,8 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(routes::healthz))
         .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)
-        .layer(axum::middleware::map_response(security_headers))
         .layer(sessions)
+        .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }
 

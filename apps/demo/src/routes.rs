@@ -3,8 +3,8 @@
 
 use axum::extract::rejection::FormRejection;
 use axum::extract::{RawQuery, State};
-use axum::http::header::{self, SET_COOKIE};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::header::{self, RETRY_AFTER, SET_COOKIE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Form, Json};
 use serde::Deserialize;
@@ -12,6 +12,7 @@ use sessionkit::admin::Revocation;
 use sessionkit::{Session, SessionError, StorageKey};
 
 use crate::csrf::{self, CsrfForm};
+use crate::throttle::ClientAddr;
 use crate::users::User;
 use crate::views::{self, Device, Nav, Tab, UserRow};
 use crate::AppState;
@@ -118,10 +119,35 @@ pub(crate) struct LoginForm {
     csrf: String,
 }
 
+/// The sign-in form again with `status`, `message` and a `Retry-After` of `after` (whole seconds,
+/// at least one).
+fn retry_later(
+    state: &AppState,
+    form: &LoginForm,
+    status: StatusCode,
+    message: &str,
+    after: std::time::Duration,
+) -> Response {
+    let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+    let secs = secs.max(1);
+    let mut res = login_form(
+        state,
+        status,
+        &form.csrf,
+        form.username.trim(),
+        Some(&message.replace("{secs}", &secs.to_string())),
+        None,
+    );
+    res.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(secs));
+    res
+}
+
 pub(crate) async fn login(
     State(state): State<AppState>,
     session: Session,
     headers: HeaderMap,
+    ClientAddr(ip): ClientAddr,
     form: Result<Form<LoginForm>, FormRejection>,
 ) -> Result<Response> {
     let cookie = state.login_cookie();
@@ -132,7 +158,40 @@ pub(crate) async fn login(
         return Ok(views::forbidden());
     }
     let name = form.username.trim();
-    let Some(user) = state.users.authenticate(name, &form.password).await else {
+    if !state.development() && state.users.is_builtin() {
+        // `main` refuses to start this way; this covers a router built by other code.
+        tracing::error!("sign-in refused: the built-in demo accounts are disabled in production");
+        return Ok(login_form(
+            &state,
+            StatusCode::SERVICE_UNAVAILABLE,
+            &form.csrf,
+            name,
+            Some("Sign-in is disabled: this server has no accounts."),
+            None,
+        ));
+    }
+    // Counted before the password is checked, refunded on success: see throttle.rs.
+    if let Err(t) = state.throttle.attempt(name, ip) {
+        tracing::info!("sign-in refused: too many failed attempts");
+        return Ok(retry_later(
+            &state,
+            &form,
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many failed sign-ins. Try again in {secs} seconds.",
+            t.retry_after,
+        ));
+    }
+    let Ok(checked) = state.users.authenticate(name, &form.password).await else {
+        tracing::warn!("sign-in refused: password checks saturated");
+        return Ok(retry_later(
+            &state,
+            &form,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The server is busy. Try again in {secs} seconds.",
+            std::time::Duration::from_secs(1),
+        ));
+    };
+    let Some(user) = checked else {
         tracing::info!("sign-in refused: wrong user name or password");
         return Ok(login_form(
             &state,
@@ -143,6 +202,7 @@ pub(crate) async fn login(
             None,
         ));
     };
+    state.throttle.succeeded(name, ip);
     if session.user_id().await?.is_some() {
         // Someone else (or the same user) was signed in on this browser: end that session
         // rather than carry its data over to the new one.
@@ -188,7 +248,11 @@ pub(crate) async fn rotate(
     if signed_in(&state, &session).await?.is_none() {
         return Ok(to_login());
     }
-    session.rotate().await?;
+    match session.rotate().await {
+        // Signed out elsewhere while this request ran: the response deletes the dead cookie.
+        Err(SessionError::NotSignedIn) => return Ok(to_login()),
+        done => done?,
+    }
     set_flash(
         &session,
         "This browser has a new session ID; the old one no longer works.",
