@@ -630,3 +630,45 @@ async fn a_store_outage_503_carries_the_security_headers() {
     }
     assert!(r.headers.get(header::SET_COOKIE).is_none());
 }
+
+/// `DEMO_USERS_FILE` is read at start-up: whatever bytes it holds, parsing answers (accounts or a
+/// clear error) and never panics, and an error names a line or the file's emptiness, never a
+/// hash from it.
+#[test]
+fn any_users_file_parses_or_is_refused_without_a_panic() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config as RunnerConfig, TestRunner};
+    let phc_like = prop_oneof![
+        any::<String>(),
+        (
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+            "[A-Za-z0-9+/=$,]{0,40}"
+        )
+            .prop_map(|(m, t, p, rest)| format!("$argon2id$v=19$m={m},t={t},p={p}${rest}")),
+        Just("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$".to_owned()),
+    ];
+    let line = prop_oneof![
+        any::<String>(),
+        ("[^:\n]{0,80}", "user|admin|[^:\n]{0,8}", phc_like)
+            .prop_map(|(n, r, h)| format!("{n}:{r}:{h}")),
+        Just("# a comment".to_owned()),
+    ];
+    let file = prop::collection::vec(line, 0..6).prop_map(|l| l.join("\n"));
+    let mut runner = TestRunner::new(RunnerConfig {
+        cases: 256,
+        failure_persistence: None,
+        ..RunnerConfig::default()
+    });
+    runner
+        .run(&file, |text| {
+            if let Err(e) = Users::parse(&text) {
+                let msg = format!("{e:#}");
+                prop_assert!(msg.contains("line ") || msg.contains("no account"), "{msg}");
+                prop_assert!(!msg.contains("$argon2id$v=19$m=19456"), "{msg}");
+            }
+            Ok(())
+        })
+        .unwrap();
+}
