@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::Router;
-use http::header::{CONTENT_TYPE, COOKIE, SET_COOKIE, USER_AGENT};
+use http::header::{CONTENT_TYPE, COOKIE, USER_AGENT};
 use http::{HeaderMap, HeaderValue, Request, StatusCode};
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
@@ -20,7 +20,7 @@ use sessionkit::{
     Config, CookieKeys, FanoutSink, MemorySink, MemoryStore, SessionLayer, SessionStore,
     TracingSink,
 };
-use sessionkit_testkit::fuzz::{header_byte, presents, spliced};
+use sessionkit_testkit::fuzz::{header_byte, presents, set_cookie_values, spliced};
 use tower::ServiceExt as _;
 
 const SECRET: &str = "bench-fuzz-secret-0123456789abcdefghijklmnop";
@@ -59,14 +59,7 @@ struct Answer {
 impl Answer {
     /// The session cookie values this answer sets (removals excluded).
     fn session_values(&self) -> Vec<String> {
-        self.headers
-            .get_all(SET_COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .filter_map(|v| v.split(';').next()?.strip_prefix(&format!("{NAME}=")))
-            .filter(|v| !v.is_empty())
-            .map(str::to_owned)
-            .collect()
+        set_cookie_values(&self.headers, NAME)
     }
 }
 

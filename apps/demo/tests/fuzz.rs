@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::header::{CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE, USER_AGENT};
+use axum::http::header::{CONTENT_TYPE, COOKIE, LOCATION, USER_AGENT};
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode};
 use axum::Router;
 use proptest::prelude::*;
@@ -23,7 +23,7 @@ use sessionkit::{
     Value,
 };
 use sessionkit_demo::{app, AppState, Users};
-use sessionkit_testkit::fuzz::{header_byte, presents, spliced};
+use sessionkit_testkit::fuzz::{header_byte, presents, set_cookie_values, spliced};
 use tower::ServiceExt as _;
 
 const SECRET: &str = "a-fuzz-secret-that-is-long-enough-for-the-demo";
@@ -55,14 +55,7 @@ struct Answer {
 impl Answer {
     /// Session cookie values set (removals excluded).
     fn session_values(&self) -> Vec<String> {
-        self.headers
-            .get_all(SET_COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .filter_map(|v| v.split(';').next()?.strip_prefix(&format!("{SESSION}=")))
-            .filter(|v| !v.is_empty())
-            .map(str::to_owned)
-            .collect()
+        set_cookie_values(&self.headers, SESSION)
     }
 }
 

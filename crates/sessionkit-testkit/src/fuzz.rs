@@ -85,3 +85,16 @@ pub fn presents(cookies: &[Vec<u8>], name: &str, good: &str) -> bool {
     }
     find_cookie(&h, name) == Presented::One(good.as_bytes())
 }
+
+/// The values an answer's `Set-Cookie` headers give the cookie `name` (removals excluded).
+pub fn set_cookie_values(headers: &HeaderMap, name: &str) -> Vec<String> {
+    let prefix = format!("{name}=");
+    headers
+        .get_all(http::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next()?.strip_prefix(prefix.as_str()))
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
