@@ -938,4 +938,44 @@ mod tests {
         assert!(msg.contains("symbolic link"), "{msg}");
         assert!(!target.exists(), "the key was written through the link");
     }
+
+    /// The development key file is read at start-up: whatever bytes it holds (invalid UTF-8,
+    /// controls, more than the 4 KiB read), it yields exactly its trimmed text when that is a
+    /// key of at least 32 bytes, and a clear refusal or error otherwise, never a panic.
+    #[test]
+    fn any_key_file_content_is_a_key_or_a_refusal() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config as RunnerConfig, TestRunner};
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".secret_key");
+        let bytes = prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..80),
+            prop::collection::vec(any::<u8>(), 4000..4200),
+            "[ -~\\t\\n]{0,100}".prop_map(String::into_bytes),
+        ];
+        let mut runner = TestRunner::new(RunnerConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..RunnerConfig::default()
+        });
+        runner
+            .run(&bytes, |b| {
+                std::fs::write(&path, &b).unwrap();
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+                let text = std::str::from_utf8(&b[..b.len().min(KEY_FILE_MAX as usize)]);
+                match read_key(&path) {
+                    Ok(Some(k)) => {
+                        prop_assert!(k.len() >= 32);
+                        prop_assert_eq!(Some(k.as_str()), text.ok().map(str::trim));
+                    }
+                    Ok(None) => prop_assert!(false, "an existing file read as absent"),
+                    Err(KeyRead::Refused(_) | KeyRead::Io(_)) => {
+                        prop_assert!(text.map_or(true, |t| t.trim().len() < 32));
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
 }
