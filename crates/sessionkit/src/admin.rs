@@ -273,7 +273,7 @@ pub async fn open_existing_url(
     url: &str,
     config: &Config,
 ) -> Result<Arc<dyn SessionStore>, StoreError> {
-    crate::store::select::open_existing_url(url, config).await
+    crate::stores::select::open_existing_url(url, config).await
 }
 
 /// The store `config` names (as [`build_store`](crate::build_store) builds it), without creating
@@ -282,7 +282,7 @@ pub async fn open_existing_url(
 /// # Errors
 /// As [`build_store`](crate::build_store), and a missing store.
 pub async fn build_existing_store(config: &Config) -> Result<Arc<dyn SessionStore>, StoreError> {
-    crate::store::select::build_existing_store(config).await
+    crate::stores::select::build_existing_store(config).await
 }
 
 #[cfg(test)]
@@ -290,8 +290,8 @@ mod tests {
     use super::*;
     use crate::events::MemorySink;
     use crate::id::SessionId;
-    use crate::store::memory::MemoryStore;
     use crate::store::{CreateOutcome, SessionLimit};
+    use crate::stores::memory::MemoryStore;
 
     async fn add(store: &MemoryStore, user: Option<&str>) -> StorageKey {
         let now = SystemClock.now();
@@ -401,7 +401,11 @@ mod tests {
             assert!(matches!(e, StoreError::Unavailable { .. }), "{url}: {e:?}");
             assert!(!path.exists(), "{url}");
             // Created by the app's opening, the same URL then opens for administration.
-            drop(crate::store::select::open_url(&url, &config).await.unwrap());
+            drop(
+                crate::stores::select::open_url(&url, &config)
+                    .await
+                    .unwrap(),
+            );
             assert!(open_existing_url(&url, &config).await.is_ok(), "{url}");
         }
     }

@@ -42,8 +42,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::events::{EventSink, SessionEvent};
-use crate::store::sql::{deadline, migrate_postgres, store_error, to_db, Migration};
 use crate::store::StoreError;
+use crate::stores::sql::{deadline, migrate_postgres, store_error, to_db, Migration};
 
 /// Who ended a revoked session ([`SessionEvent::actor`]); the same statement in both dialects.
 const ADD_ACTOR: Migration = Migration {
@@ -264,7 +264,7 @@ impl AuditSinkBuilder {
                     .acquire()
                     .await
                     .map_err(|e| store_error("opening the audit database", e))?;
-                crate::store::sql::migrate_sqlite(&mut conn, "audit", SQLITE_MIGRATIONS).await
+                crate::stores::sql::migrate_sqlite(&mut conn, "audit", SQLITE_MIGRATIONS).await
             },
         )
         .await?;

@@ -52,7 +52,8 @@ mod layer;
 mod metrics;
 mod record;
 mod session;
-mod store;
+pub mod store;
+pub mod stores;
 
 #[cfg(feature = "audit")]
 pub use audit::{AuditSink, AuditSinkBuilder};
@@ -69,28 +70,28 @@ pub use metrics::{render_metrics, SessionMetrics, METRICS_CONTENT_TYPE};
 pub use prometheus_client;
 pub use record::{Data, DecodeError, Delta, Meta, Record, Timestamp, Touch, Value, DECODE_CEILING};
 pub use session::{Session, SessionError};
-#[cfg(feature = "redis")]
-pub use store::cached::RedisInvalidation;
-pub use store::cached::{
-    CacheInvalidator, CacheOptions, CacheStats, CachedStore, InvalidationSource, SingleWriter,
-};
-pub use store::fallback::{FallbackOptions, FallbackStore};
-#[cfg(all(feature = "file", unix))]
-pub use store::file::{FileOptions, FileStore};
-pub use store::memory::MemoryStore;
-#[cfg(feature = "postgres")]
-pub use store::postgres::{PostgresStore, PostgresStoreBuilder};
-#[cfg(feature = "redis")]
-pub use store::redis::{RedisOptions, RedisStore};
-pub use store::select::{
-    build_event_sink, build_store, open_url as open_store_url, resolve as resolve_store,
-};
-#[cfg(feature = "sqlite")]
-pub use store::sqlite::{SqliteStore, SqliteStoreBuilder};
 pub use store::{
     CreateOutcome, Health, LimitPolicy, SaveOutcome, ScanPage, SessionLimit, SessionStore,
     StoreError,
 };
+#[cfg(feature = "redis")]
+pub use stores::cached::RedisInvalidation;
+pub use stores::cached::{
+    CacheInvalidator, CacheOptions, CacheStats, CachedStore, InvalidationSource, SingleWriter,
+};
+pub use stores::fallback::{FallbackOptions, FallbackStore};
+#[cfg(all(feature = "file", unix))]
+pub use stores::file::{FileOptions, FileStore};
+pub use stores::memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use stores::postgres::{PostgresStore, PostgresStoreBuilder};
+#[cfg(feature = "redis")]
+pub use stores::redis::{RedisOptions, RedisStore};
+pub use stores::select::{
+    build_event_sink, build_store, open_url as open_store_url, resolve as resolve_store,
+};
+#[cfg(feature = "sqlite")]
+pub use stores::sqlite::{SqliteStore, SqliteStoreBuilder};
 
 /// The `SameSite` attribute values, re-exported from the `cookie` crate.
 pub use ::cookie::SameSite;

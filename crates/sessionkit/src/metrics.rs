@@ -281,7 +281,7 @@ impl SessionStore for MeteredStore {
 mod tests {
     use super::*;
     use crate::events::EventKind;
-    use crate::store::memory::MemoryStore;
+    use crate::stores::memory::MemoryStore;
 
     #[tokio::test]
     async fn operations_and_events_show_in_the_text_format() {

@@ -15,7 +15,7 @@
 //!   stored data over [`Delta::max_size`], measured as [`Record::data_size`] counts it, so
 //!   concurrent writers cannot together grow a record past the cap.
 //! - [`load`](SessionStore::load) of a record whose data is over
-//!   [`DECODE_CEILING`](crate::DECODE_CEILING) is [`StoreError::Corrupt`], never an unbounded
+//!   [`DECODE_CEILING`] is [`StoreError::Corrupt`], never an unbounded
 //!   allocation.
 //! - [`destroy`](SessionStore::destroy) is final and also removes the key from its user's index.
 //! - The per-user index heals itself: expired entries are pruned on read and by cleanup.
@@ -24,23 +24,10 @@ use std::fmt;
 
 use async_trait::async_trait;
 
-use crate::id::StorageKey;
-use crate::record::{Delta, Meta, Record, Timestamp};
-
-pub(crate) mod cached;
-pub(crate) mod fallback;
-#[cfg(all(feature = "file", unix))]
-pub(crate) mod file;
-pub(crate) mod memory;
-#[cfg(feature = "postgres")]
-pub(crate) mod postgres;
-#[cfg(feature = "redis")]
-pub(crate) mod redis;
-pub(crate) mod select;
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) mod sql;
-#[cfg(feature = "sqlite")]
-pub(crate) mod sqlite;
+pub use crate::id::StorageKey;
+pub use crate::record::{
+    Data, DecodeError, Delta, Meta, Record, Timestamp, Touch, Value, DECODE_CEILING,
+};
 
 /// What to do when a user already has the maximum number of live sessions at login.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use super::{SessionStore, StoreError};
 use crate::config::{Config, StoreKind};
+use crate::store::{SessionStore, StoreError};
 
 /// Builds the store `config` asks for (`SESSION_TYPE`, default `auto`) and logs the choice once,
 /// without secrets.

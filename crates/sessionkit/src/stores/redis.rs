@@ -126,12 +126,12 @@ use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Script, ServerErr
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{
+use crate::id::StorageKey;
+use crate::record::{DecodeError, Delta, Meta, Record, Timestamp, Value, DECODE_CEILING};
+use crate::store::{
     CreateOutcome, Health, LimitPolicy, SaveOutcome, ScanPage, SessionLimit, SessionStore,
     StoreError,
 };
-use crate::id::StorageKey;
-use crate::record::{DecodeError, Delta, Meta, Record, Timestamp, Value, DECODE_CEILING};
 
 /// Options of [`RedisStore::connect`].
 #[derive(Clone, Debug)]

@@ -129,9 +129,11 @@ use rustix::fs::{self as rfs, AtFlags, Dir, FileType, FlockOperation, Mode, OFla
 use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 
-use super::{CreateOutcome, Health, SaveOutcome, ScanPage, SessionLimit, SessionStore, StoreError};
 use crate::id::StorageKey;
 use crate::record::{DecodeError, Delta, Meta, Record, Timestamp, DECODE_CEILING};
+use crate::store::{
+    CreateOutcome, Health, SaveOutcome, ScanPage, SessionLimit, SessionStore, StoreError,
+};
 
 const VERSION_FILE: &str = "VERSION";
 const VERSION_TEXT: &str = "sessionkit-file 3\n";

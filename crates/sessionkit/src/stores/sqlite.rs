@@ -18,7 +18,7 @@
 //! the single writer keep up under load); SQLite takes the write lock before the statement
 //! reads the rows, so concurrent deltas on one session each apply to the latest row, in the
 //! order they were made, and `WHERE expires_at > now` keeps a destroyed session destroyed.
-//! The size cap is part of the same `WHERE` (see [`SAVE`]), so concurrent deltas cannot
+//! The size cap is part of the same `WHERE` (see `SAVE`), so concurrent deltas cannot
 //! together grow a record past it; loads select `NULL` for data over `DECODE_CEILING`.
 //! Logins under a per-user limit run as `BEGIN IMMEDIATE` transactions, which
 //! take the write lock up front. Another process writing the same file waits (busy timeout)
@@ -65,12 +65,12 @@ use super::sql::{
     sorted_keys, store_error, to_db, Connections, MetaRow, Migration, NetChanges, Queue, Queued,
     CLEANUP_BATCH, EVICT_BATCH, META_COLUMNS, PRUNE_BATCH,
 };
-use super::{
+use crate::id::StorageKey;
+use crate::record::{Delta, Meta, Record, Timestamp};
+use crate::store::{
     CreateOutcome, Health, LimitPolicy, SaveOutcome, ScanPage, SessionLimit, SessionStore,
     StoreError,
 };
-use crate::id::StorageKey;
-use crate::record::{Delta, Meta, Record, Timestamp};
 
 const MIGRATIONS: &[Migration] = &[
     Migration {

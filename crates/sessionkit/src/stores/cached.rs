@@ -62,9 +62,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::{CreateOutcome, Health, SaveOutcome, ScanPage, SessionLimit, SessionStore, StoreError};
 use crate::id::StorageKey;
 use crate::record::{Delta, Meta, Record, Timestamp, Touch};
+use crate::store::{
+    CreateOutcome, Health, SaveOutcome, ScanPage, SessionLimit, SessionStore, StoreError,
+};
 
 const SHARDS: usize = 16;
 

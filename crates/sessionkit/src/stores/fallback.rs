@@ -51,10 +51,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::{CreateOutcome, Health, SaveOutcome, ScanPage, SessionLimit, SessionStore, StoreError};
 use crate::clock::{Clock, SystemClock};
 use crate::id::StorageKey;
 use crate::record::{Delta, Meta, Record, Timestamp};
+use crate::store::{
+    CreateOutcome, Health, SaveOutcome, ScanPage, SessionLimit, SessionStore, StoreError,
+};
 
 mod marks;
 mod recovery;

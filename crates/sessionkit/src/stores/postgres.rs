@@ -37,7 +37,7 @@
 //!   it never overwrites a live record (an expired one not yet cleaned up is replaced).
 //! - The size cap ([`Delta::max_size`]) is part of each row's `WHERE`, so it is checked against
 //!   the latest row under its lock: concurrent deltas cannot together grow a record past it, and
-//!   a batch refuses only the rows that would exceed it (see [`UPDATE`]). Loads select `NULL`
+//!   a batch refuses only the rows that would exceed it (see `UPDATE`). Loads select `NULL`
 //!   for data over `DECODE_CEILING`, read as a corrupt record.
 //!
 //! # Durability
@@ -85,12 +85,12 @@ use super::sql::{
     run_parallel, scan_page, sorted_keys, store_error, to_db, Conn, Connections, MetaRow,
     Migration, NetChanges, Queue, Queued, CLEANUP_BATCH, EVICT_BATCH, META_COLUMNS, PRUNE_BATCH,
 };
-use super::{
+use crate::id::StorageKey;
+use crate::record::{Delta, Meta, Record, Timestamp};
+use crate::store::{
     CreateOutcome, Health, LimitPolicy, SaveOutcome, ScanPage, SessionLimit, SessionStore,
     StoreError,
 };
-use crate::id::StorageKey;
-use crate::record::{Delta, Meta, Record, Timestamp};
 
 const MIGRATIONS: &[Migration] = &[
     Migration {

@@ -8,7 +8,7 @@
 //! # Cost under the lock
 //! No request holds the mutex for work that grows with a user's session count: each user's
 //! index is three ordered sets (by expiry, by creation, by last sight), so a login prunes a
-//! bounded batch of the user's expired sessions ([`PRUNE_BATCH`]), counts with a length, and
+//! bounded batch of the user's expired sessions (`PRUNE_BATCH`), counts with a length, and
 //! finds a victim of `evict_oldest` / `evict_idlest` as the first entry of a set, each in
 //! O(log n). When the limit must be judged while more expired entries remain than one batch,
 //! the lock is released between batches and the login starts over; the decision itself is
@@ -21,12 +21,12 @@ use std::collections::{BTreeSet, HashMap};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::{
+use crate::id::StorageKey;
+use crate::record::{Delta, Meta, Record, Timestamp};
+use crate::store::{
     CreateOutcome, Health, LimitPolicy, SaveOutcome, ScanPage, SessionLimit, SessionStore,
     StoreError,
 };
-use crate::id::StorageKey;
-use crate::record::{Delta, Meta, Record, Timestamp};
 
 /// Most expired index entries a login removes while holding the lock.
 const PRUNE_BATCH: usize = 64;

@@ -209,8 +209,8 @@ mod tests {
     use super::super::FallbackOptions;
     use super::*;
     use crate::record::Value;
-    use crate::store::memory::MemoryStore;
     use crate::store::SessionStore;
+    use crate::stores::memory::MemoryStore;
 
     #[tokio::test]
     async fn the_outage_log_is_bounded_in_bytes_and_entries() {

@@ -1,0 +1,20 @@
+//! The stores: one module per backend, each behind its own feature (as sqlx has its drivers).
+//!
+//! Every store implements [`SessionStore`](crate::store::SessionStore) and passes the same
+//! conformance suite (`sessionkit-testkit`). Pick one from the environment with
+//! [`build_store`](crate::build_store), or construct it directly from its module.
+
+pub mod cached;
+pub mod fallback;
+#[cfg(all(feature = "file", unix))]
+pub mod file;
+pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis;
+pub(crate) mod select;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) mod sql;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
