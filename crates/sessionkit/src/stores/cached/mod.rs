@@ -146,14 +146,19 @@ impl CachedStore {
 
     /// Waits until the cache is coherent, at most `timeout`; returns whether it is.
     pub async fn wait_coherent(&self, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while !self.is_coherent() {
-            if tokio::time::Instant::now() >= deadline {
-                return false;
+        let coherent = async {
+            loop {
+                // Registered before the check, so that a change between the two still wakes us.
+                let changed = self.core.coherence_changed.notified();
+                let mut changed = std::pin::pin!(changed);
+                changed.as_mut().enable();
+                if self.is_coherent() {
+                    return;
+                }
+                changed.await;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        true
+        };
+        tokio::time::timeout(timeout, coherent).await.is_ok()
     }
 
     /// Hit, miss and eviction counters.
@@ -349,4 +354,59 @@ pub(crate) async fn wrap_cached(
         "SESSION_CACHE=on ignored: only the Redis store has an invalidation channel; sessions are not cached"
     );
     store
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use parking_lot::Mutex;
+
+    use super::*;
+    use crate::stores::memory::MemoryStore;
+
+    /// Hands the invalidator to the test, which then plays the invalidation channel.
+    #[derive(Debug)]
+    struct Handover(Arc<Mutex<Option<CacheInvalidator>>>);
+
+    impl InvalidationSource for Handover {
+        fn start(self: Box<Self>, invalidator: CacheInvalidator) {
+            *self.0.lock() = Some(invalidator);
+        }
+    }
+
+    /// `wait_coherent` is woken by the change itself: on a single-threaded runtime the waiter
+    /// finishes within a few scheduler passes of `set_coherent`, with no timer to fire (a
+    /// polling loop would still be asleep).
+    #[tokio::test(flavor = "current_thread")]
+    async fn wait_coherent_wakes_on_the_change() {
+        let slot = Arc::new(Mutex::new(None));
+        let store = Arc::new(CachedStore::new(
+            Arc::new(MemoryStore::new()),
+            Handover(slot.clone()),
+            CacheOptions::new(),
+        ));
+        let waiter = tokio::spawn({
+            let store = store.clone();
+            async move { store.wait_coherent(Duration::from_secs(600)).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "returned while incoherent");
+        let invalidator = slot.lock().clone().unwrap();
+        invalidator.set_coherent(true, "test");
+        for _ in 0..3 {
+            if waiter.is_finished() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(waiter.is_finished(), "not woken by the change");
+        assert!(waiter.await.unwrap());
+
+        invalidator.set_coherent(false, "test");
+        let late = tokio::spawn({
+            let store = store.clone();
+            async move { store.wait_coherent(Duration::from_millis(1)).await }
+        });
+        assert!(!late.await.unwrap(), "coherent reported while bypassed");
+    }
 }

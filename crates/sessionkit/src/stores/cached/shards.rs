@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 use super::CacheOptions;
 use crate::id::StorageKey;
@@ -76,6 +77,8 @@ pub(super) struct Core {
     pub(super) shard_cap: usize,
     pub(super) ttl: Duration,
     pub(super) coherent: AtomicBool,
+    /// Woken whenever `coherent` is set, for [`CachedStore::wait_coherent`](super::CachedStore::wait_coherent).
+    pub(super) coherence_changed: Notify,
     /// Why the cache is (in)coherent, for health and logs.
     pub(super) status: Mutex<String>,
     pub(super) hits: AtomicU64,
@@ -95,6 +98,7 @@ impl Core {
             shard_cap: options.max_entries.div_ceil(SHARDS),
             ttl: options.ttl,
             coherent: AtomicBool::new(false),
+            coherence_changed: Notify::new(),
             status: Mutex::new("waiting for the invalidation channel".into()),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -201,6 +205,7 @@ impl Core {
             was
         };
         *self.status.lock() = why.to_owned();
+        self.coherence_changed.notify_waiters();
         if was != coherent {
             if coherent {
                 tracing::info!(
