@@ -16,7 +16,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,9 +40,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// backoff (50 ms doubling to 2 s). Needs Redis 6 or later, a `redis://` TCP URL; against a
 /// Cluster it stays incoherent (the cache is bypassed).
 ///
-/// The connection is a plain socket with a minimal RESP3 reader rather than a `redis`
-/// crate connection, because that crate reads pushes in its own task, which cannot be
-/// asked to "apply what has arrived" synchronously before a hit.
+/// The RESP3 decoding is redis-rs's own ([`redis::Parser`], kept across reads so that a value
+/// cut between two reads is finished later); the socket is a plain one rather than a redis-rs
+/// connection, because such a connection reads pushes in its own task (they reach the app
+/// through a channel only once that task has run), which cannot be asked to "apply what has
+/// arrived" synchronously before a hit.
 pub struct RedisInvalidation {
     url: String,
     prefix: String,
@@ -80,93 +82,74 @@ enum Failure {
     Broken,
 }
 
-/// One RESP3 value, as far as tracking needs it.
-#[derive(Debug)]
-enum Frame {
-    Push(Vec<Frame>),
-    Array(Vec<Frame>),
-    Bulk(Vec<u8>),
-    Error(String),
-    Null,
-    Other,
+/// A reader that tells "nothing more has arrived" (the socket would block) apart from a closed
+/// or failed connection, which `redis::Parser` reports alike as an I/O error.
+struct Ready<R> {
+    inner: R,
+    idle: bool,
 }
 
-fn line(buf: &[u8], from: usize) -> Option<(&[u8], usize)> {
-    let rest = buf.get(from..)?;
-    let at = rest.windows(2).position(|w| w == b"\r\n")?;
-    Some((&rest[..at], from + at + 2))
-}
-
-/// Parses one frame at `pos`: `Ok(None)` if incomplete, `Err` if malformed.
-fn parse(buf: &[u8], pos: usize) -> Result<Option<(Frame, usize)>, ()> {
-    let Some(&kind) = buf.get(pos) else {
-        return Ok(None);
-    };
-    let Some((head, mut next)) = line(buf, pos + 1) else {
-        return Ok(None);
-    };
-    let head = std::str::from_utf8(head).map_err(|_| ())?;
-    let frame = match kind {
-        b'+' | b':' | b',' | b'#' | b'(' => Frame::Other,
-        b'-' => Frame::Error(head.to_owned()),
-        b'_' => Frame::Null,
-        b'$' | b'=' | b'!' => {
-            let n: i64 = head.parse().map_err(|_| ())?;
-            if n < 0 {
-                Frame::Null
-            } else {
-                let end = next + usize::try_from(n).map_err(|_| ())?;
-                if buf.len() < end + 2 {
-                    return Ok(None);
+impl<R: Read> Read for Ready<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.inner.read(buf) {
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.idle = true;
+                    return Err(e);
                 }
-                let data = buf[next..end].to_vec();
-                next = end + 2;
-                match kind {
-                    b'!' => Frame::Error(String::from_utf8_lossy(&data).into_owned()),
-                    b'=' => Frame::Bulk(data.get(4..).unwrap_or_default().to_vec()),
-                    _ => Frame::Bulk(data),
-                }
+                r => return r,
             }
         }
-        b'*' | b'~' | b'>' | b'%' | b'|' => {
-            let n: i64 = head.parse().map_err(|_| ())?;
-            if n < 0 {
-                Frame::Null
-            } else {
-                let n = usize::try_from(n).map_err(|_| ())?;
-                let count = if matches!(kind, b'%' | b'|') {
-                    2 * n
-                } else {
-                    n
-                };
-                let mut items = Vec::with_capacity(count.min(1024));
-                for _ in 0..count {
-                    match parse(buf, next)? {
-                        Some((f, after)) => {
-                            items.push(f);
-                            next = after;
-                        }
-                        None => return Ok(None),
-                    }
-                }
-                match kind {
-                    b'>' => Frame::Push(items),
-                    // Attributes annotate the frame that follows: return that one.
-                    b'|' => return parse(buf, next),
-                    _ => Frame::Array(items),
-                }
-            }
-        }
-        _ => return Err(()),
-    };
-    Ok(Some((frame, next)))
+    }
 }
 
-#[derive(Default)]
+/// Decodes every complete RESP3 value that `src` has ready into `out`, with redis-rs's own
+/// parser (incremental: a value cut between two reads is finished by a later call with the
+/// same `parser`). `Err` once the connection is closed or sends something that is not RESP.
+fn decode_ready(
+    parser: &mut redis::Parser,
+    src: impl Read,
+    out: &mut Vec<redis::Value>,
+) -> Result<(), ()> {
+    let mut src = Ready {
+        inner: src,
+        idle: false,
+    };
+    loop {
+        match parser.parse_value(&mut src) {
+            Ok(v) => out.push(v),
+            Err(_) if src.idle => return Ok(()),
+            Err(_) => return Err(()),
+        }
+    }
+}
+
+/// The text of a bulk, simple or verbatim string reply.
+fn reply_text(v: &redis::Value) -> Option<String> {
+    match v {
+        redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        redis::Value::SimpleString(s) | redis::Value::VerbatimString { text: s, .. } => {
+            Some(s.clone())
+        }
+        redis::Value::Attribute { data, .. } => reply_text(data),
+        _ => None,
+    }
+}
+
 struct ReadState {
-    buf: Vec<u8>,
-    replies: VecDeque<Frame>,
+    parser: redis::Parser,
+    replies: VecDeque<redis::Value>,
     broken: bool,
+}
+
+/// `&TcpStream` as a non-blocking `Read`.
+struct Socket<'a>(&'a TcpStream);
+
+impl Read for Socket<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.try_read(buf)
+    }
 }
 
 /// The live tracking connection, shared by its task and the cache's pre-hit hook.
@@ -186,37 +169,16 @@ impl Tracker {
         if st.broken {
             return false;
         }
-        let mut chunk = [0u8; 8192];
-        loop {
-            match self.stream.try_read(&mut chunk) {
-                Ok(0) => {
-                    st.broken = true;
-                    break;
-                }
-                Ok(n) => st.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => {
-                    st.broken = true;
-                    break;
-                }
+        let mut values = Vec::new();
+        if decode_ready(&mut st.parser, Socket(&self.stream), &mut values).is_err() {
+            st.broken = true;
+        }
+        for v in values {
+            match v {
+                redis::Value::Push { kind, data } => self.on_push(&kind, data),
+                reply => st.replies.push_back(reply),
             }
         }
-        let mut used = 0;
-        while !st.broken {
-            match parse(&st.buf, used) {
-                Ok(Some((frame, next))) => {
-                    used = next;
-                    match frame {
-                        Frame::Push(items) => self.on_push(items),
-                        reply => st.replies.push_back(reply),
-                    }
-                }
-                Ok(None) => break,
-                Err(()) => st.broken = true,
-            }
-        }
-        st.buf.drain(..used);
         let ok = !st.broken;
         drop(st);
         if !ok && self.live.load(std::sync::atomic::Ordering::Acquire) {
@@ -227,16 +189,15 @@ impl Tracker {
         ok
     }
 
-    fn on_push(&self, items: Vec<Frame>) {
-        let mut items = items.into_iter();
-        if !matches!(items.next(), Some(Frame::Bulk(k)) if k == b"invalidate") {
+    fn on_push(&self, kind: &redis::PushKind, data: Vec<redis::Value>) {
+        if *kind != redis::PushKind::Invalidate {
             return;
         }
-        match items.next() {
-            Some(Frame::Array(keys)) => {
+        match data.into_iter().next() {
+            Some(redis::Value::Array(keys)) => {
                 for k in keys {
                     match k {
-                        Frame::Bulk(b) => {
+                        redis::Value::BulkString(b) => {
                             if let Some(key) = storage_key_of(&b) {
                                 self.invalidator.invalidate(&key);
                             }
@@ -265,12 +226,12 @@ impl Tracker {
     }
 
     /// Sends `cmd` and waits for its reply (set-up only: nothing else is in flight).
-    async fn request(&self, cmd: &redis::Cmd) -> Result<Frame, Failure> {
+    async fn request(&self, cmd: &redis::Cmd) -> Result<redis::Value, Failure> {
         self.send(cmd).await?;
         loop {
             if let Some(reply) = self.state.lock().replies.pop_front() {
                 return match reply {
-                    Frame::Error(e) => Err(Failure::Refused(e)),
+                    redis::Value::ServerError(e) => Err(Failure::Refused(e.to_string())),
                     other => Ok(other),
                 };
             }
@@ -320,7 +281,11 @@ impl RedisInvalidation {
         stream.set_nodelay(true)?;
         let tracker = Arc::new(Tracker {
             stream,
-            state: Mutex::new(ReadState::default()),
+            state: Mutex::new(ReadState {
+                parser: redis::Parser::new(),
+                replies: VecDeque::new(),
+                broken: false,
+            }),
             invalidator: invalidator.clone(),
             lost: Notify::new(),
             live: std::sync::atomic::AtomicBool::new(false),
@@ -335,10 +300,8 @@ impl RedisInvalidation {
                 .arg(pw);
         }
         tracker.request(&hello).await?;
-        let info = match tracker.request(redis::cmd("INFO").arg("cluster")).await? {
-            Frame::Bulk(b) => String::from_utf8_lossy(&b).into_owned(),
-            _ => String::new(),
-        };
+        let info = reply_text(&tracker.request(redis::cmd("INFO").arg("cluster")).await?)
+            .unwrap_or_default();
         if info.contains("cluster_enabled:1") {
             return Err(Failure::Cluster);
         }
@@ -470,29 +433,54 @@ mod tests {
         assert!(storage_key_of(b"short").is_none());
     }
 
-    #[test]
-    fn parses_resp3_pushes_incrementally() {
-        let msg = b">2\r\n$10\r\ninvalidate\r\n*2\r\n$3\r\nk:1\r\n$3\r\nk:2\r\n";
-        for cut in 0..msg.len() {
-            assert!(matches!(parse(&msg[..cut], 0), Ok(None)), "cut {cut}");
+    /// `bytes`, then "would block".
+    fn feed(parser: &mut redis::Parser, bytes: &[u8]) -> Result<Vec<redis::Value>, ()> {
+        struct Blocked;
+        impl Read for Blocked {
+            fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+                Err(ErrorKind::WouldBlock.into())
+            }
         }
-        let Ok(Some((Frame::Push(items), used))) = parse(msg, 0) else {
-            panic!("not a push");
-        };
-        assert_eq!(used, msg.len());
-        assert!(matches!(&items[1], Frame::Array(keys) if keys.len() == 2));
-        assert!(matches!(
-            parse(b">2\r\n$10\r\ninvalidate\r\n_\r\n", 0),
-            Ok(Some((Frame::Push(_), _)))
-        ));
-        assert!(matches!(
-            parse(b"%1\r\n+a\r\n*1\r\n:1\r\n", 0),
-            Ok(Some((Frame::Array(_), _)))
-        ));
-        assert!(matches!(
-            parse(b"-ERR x\r\n", 0),
-            Ok(Some((Frame::Error(_), _)))
-        ));
-        assert!(parse(b"?\r\n", 0).is_err());
+        let mut out = Vec::new();
+        decode_ready(parser, bytes.chain(Blocked), &mut out).map(|()| out)
+    }
+
+    fn is_invalidation(v: &redis::Value, n: usize) -> bool {
+        matches!(v, redis::Value::Push { kind: redis::PushKind::Invalidate, data }
+            if matches!(&data[..], [redis::Value::Array(keys)] if keys.len() == n))
+    }
+
+    #[test]
+    fn decodes_pushes_and_replies_cut_anywhere() {
+        let msg = b">2\r\n$10\r\ninvalidate\r\n*2\r\n$3\r\nk:1\r\n$3\r\nk:2\r\n+PONG\r\n";
+        for cut in 0..=msg.len() {
+            let mut parser = redis::Parser::new();
+            let mut got = feed(&mut parser, &msg[..cut]).unwrap();
+            got.extend(feed(&mut parser, &msg[cut..]).unwrap());
+            assert_eq!(got.len(), 2, "cut {cut}: {got:?}");
+            assert!(is_invalidation(&got[0], 2), "cut {cut}: {got:?}");
+            assert!(matches!(&got[1], redis::Value::SimpleString(s) if s == "PONG"));
+        }
+        // After FLUSHALL / FLUSHDB the invalidation is null: the tracker flushes on it.
+        let got = feed(
+            &mut redis::Parser::new(),
+            b">2\r\n$10\r\ninvalidate\r\n_\r\n%1\r\n+a\r\n:1\r\n-ERR x\r\n",
+        )
+        .unwrap();
+        assert!(
+            matches!(&got[0], redis::Value::Push { kind: redis::PushKind::Invalidate, data }
+            if matches!(&data[..], [redis::Value::Nil]))
+        );
+        assert!(matches!(&got[1], redis::Value::Map(m) if m.len() == 1));
+        assert!(matches!(&got[2], redis::Value::ServerError(_)));
+    }
+
+    #[test]
+    fn garbage_or_a_closed_socket_breaks_the_connection() {
+        assert!(feed(&mut redis::Parser::new(), b"?\r\n").is_err());
+        assert!(feed(&mut redis::Parser::new(), b"*1\r\n$x\r\n").is_err());
+        // The socket ends (read returns 0) in the middle of a value.
+        let mut out = Vec::new();
+        assert!(decode_ready(&mut redis::Parser::new(), &b"$5\r\nab"[..], &mut out).is_err());
     }
 }
