@@ -8,6 +8,31 @@ use serde::{Deserialize, Serialize};
 use super::scripts::lua;
 use crate::record::{DecodeError, Meta, Record, Timestamp, Value, DECODE_CEILING};
 
+/// The hash fields of a record (and of a head), named once: the scripts get the same names
+/// from the header `scripts.rs` generates.
+pub(super) mod field {
+    /// Version, bumped by every save.
+    pub(crate) const VERSION: &str = "v";
+    /// Creation time, ms.
+    pub(crate) const CREATED: &str = "c";
+    /// Last sight, ms.
+    pub(crate) const SEEN: &str = "s";
+    /// Idle expiry, ms.
+    pub(crate) const IDLE: &str = "i";
+    /// Absolute expiry, ms.
+    pub(crate) const ABSOLUTE: &str = "a";
+    /// The rest of the metadata (MessagePack), which no script reads.
+    pub(crate) const META: &str = "m";
+    /// Data size as the size cap counts it, kept by the save scripts.
+    pub(crate) const SIZE: &str = "z";
+    /// Standalone head that is the record of a signed-in session: its user's tag.
+    pub(crate) const USER: &str = "u";
+    /// Head that is a pointer (Cluster, or an earlier layout): the user's tag.
+    pub(crate) const POINTER: &str = "p";
+    /// Prefix of the field of each session value (`d:<name>`).
+    pub(crate) const DATA: &str = "d:";
+}
+
 pub(super) fn malformed(what: impl Into<String>) -> DecodeError {
     DecodeError::Malformed(rmp_serde::decode::Error::Uncategorized(what.into()))
 }
@@ -41,22 +66,22 @@ pub(super) fn encode_fields(r: &Record) -> Vec<Vec<u8>> {
     let m = rmp_serde::to_vec_named(&m).unwrap_or_default();
     let mut out = Vec::with_capacity(12 + 2 * r.data.len());
     for (f, v) in [
-        ("v", r.meta.version),
-        ("c", r.meta.created_at.0),
-        ("s", r.meta.last_seen_at.0),
-        ("i", r.meta.idle_expires_at.0),
-        ("a", r.meta.absolute_expires_at.0),
+        (field::VERSION, r.meta.version),
+        (field::CREATED, r.meta.created_at.0),
+        (field::SEEN, r.meta.last_seen_at.0),
+        (field::IDLE, r.meta.idle_expires_at.0),
+        (field::ABSOLUTE, r.meta.absolute_expires_at.0),
     ] {
         out.push(f.as_bytes().to_vec());
         out.push(v.to_string().into_bytes());
     }
-    out.push(b"m".to_vec());
+    out.push(field::META.as_bytes().to_vec());
     out.push(m);
     // The data size the save scripts keep up to date and check against the cap.
-    out.push(b"z".to_vec());
+    out.push(field::SIZE.as_bytes().to_vec());
     out.push(r.data_size().to_string().into_bytes());
     for (k, v) in &r.data {
-        out.push(format!("d:{k}").into_bytes());
+        out.push(format!("{}{k}", field::DATA).into_bytes());
         out.push(v.as_json().as_bytes().to_vec());
     }
     out
@@ -88,14 +113,14 @@ pub(super) fn meta_from(
     let sm = static_meta(m)?;
     Ok(Meta {
         user_id: sm.user_id,
-        created_at: Timestamp(num("c", c)?),
-        last_seen_at: Timestamp(num("s", s)?),
-        idle_expires_at: Timestamp(num("i", i)?),
-        absolute_expires_at: Timestamp(num("a", a)?),
+        created_at: Timestamp(num(field::CREATED, c)?),
+        last_seen_at: Timestamp(num(field::SEEN, s)?),
+        idle_expires_at: Timestamp(num(field::IDLE, i)?),
+        absolute_expires_at: Timestamp(num(field::ABSOLUTE, a)?),
         user_agent: sm.user_agent,
         ip: sm.ip,
         auth_time: sm.auth_time,
-        version: num("v", v)?,
+        version: num(field::VERSION, v)?,
     })
 }
 
@@ -116,24 +141,25 @@ pub(super) fn decode_fields(flat: &[redis::Value]) -> Result<Record, DecodeError
         let (Some(f), Some(val)) = (bytes(f), bytes(val)) else {
             return Err(malformed("hash field is not a string"));
         };
-        match f {
-            b"v" => v = Some(val),
-            b"c" => c = Some(val),
-            b"s" => s = Some(val),
-            b"i" => i = Some(val),
-            b"a" => a = Some(val),
-            b"m" => m = Some(val),
-            _ => {
-                if let Some(name) = f.strip_prefix(b"d:") {
-                    let name = std::str::from_utf8(name)
-                        .map_err(|_| malformed("value name is not UTF-8"))?;
-                    let text =
-                        std::str::from_utf8(val).map_err(|_| malformed("value is not UTF-8"))?;
-                    let value =
-                        Value::from_json_text(text).map_err(|_| malformed("value is not JSON"))?;
-                    data.insert(name.to_owned(), value);
-                }
-            }
+        let is = |name: &str| f == name.as_bytes();
+        if is(field::VERSION) {
+            v = Some(val);
+        } else if is(field::CREATED) {
+            c = Some(val);
+        } else if is(field::SEEN) {
+            s = Some(val);
+        } else if is(field::IDLE) {
+            i = Some(val);
+        } else if is(field::ABSOLUTE) {
+            a = Some(val);
+        } else if is(field::META) {
+            m = Some(val);
+        } else if let Some(name) = f.strip_prefix(field::DATA.as_bytes()) {
+            let name =
+                std::str::from_utf8(name).map_err(|_| malformed("value name is not UTF-8"))?;
+            let text = std::str::from_utf8(val).map_err(|_| malformed("value is not UTF-8"))?;
+            let value = Value::from_json_text(text).map_err(|_| malformed("value is not JSON"))?;
+            data.insert(name.to_owned(), value);
         }
     }
     Ok(Record {

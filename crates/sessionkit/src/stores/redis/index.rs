@@ -22,6 +22,14 @@ use crate::id::StorageKey;
 use crate::record::{Meta, Record, Timestamp};
 use crate::store::{CreateOutcome, LimitPolicy, SessionLimit, StoreError};
 
+/// Expired index entries a login removes before counting (bounded work per login).
+pub(super) const PRUNE_BATCH: usize = 32;
+/// Expired entries removed per call while an eviction waits for them (the script then answers
+/// `again` and the client calls once more).
+pub(super) const PRUNE_CATCH_UP: usize = 512;
+/// Most sessions one login evicts: a limit lowered far below the count is reached over several.
+pub(super) const MAX_EVICTIONS: usize = 64;
+
 pub(super) fn policy_arg(p: LimitPolicy) -> &'static str {
     match p {
         LimitPolicy::Deny => "deny",

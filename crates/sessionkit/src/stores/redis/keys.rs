@@ -36,6 +36,21 @@
 //!   longest-lived entry. TTLs only reclaim memory: expiry is always judged by the `now` the
 //!   caller passes.
 
+/// The parts of key names, written once: the scripts get the same from the header
+/// `scripts.rs` generates. With `<p>` the prefix, `<t>` a user tag and `<k>` a storage key:
+/// `<p>` SESSION `<k>` (head), `<p>` TAG_OPEN `<t>` TAG_CLOSE then SESSION `<k>` (a user's
+/// record) or INDEX, BY_CREATION, BY_SIGHT (the user's index and its two orders, which end like
+/// the index but for its last part).
+pub(super) mod part {
+    pub(crate) const SESSION: &str = "s:";
+    pub(crate) const TAG_OPEN: &str = "{u:";
+    pub(crate) const TAG_CLOSE: &str = "}:";
+    pub(crate) const INDEX: &str = "i";
+    pub(crate) const BY_CREATION: &str = "c";
+    pub(crate) const BY_SIGHT: &str = "l";
+}
+
+use self::part::{INDEX, SESSION, TAG_CLOSE, TAG_OPEN};
 use super::RedisStore;
 use crate::id::StorageKey;
 
@@ -68,25 +83,25 @@ pub(super) fn glob_escape(s: &str) -> String {
 
 impl RedisStore {
     pub(super) fn head_key(&self, key: &str) -> String {
-        format!("{}s:{key}", self.prefix)
+        format!("{}{SESSION}{key}", self.prefix)
     }
 
     pub(super) fn user_record_key(&self, tag: &str, key: &str) -> String {
-        format!("{}{{u:{tag}}}:s:{key}", self.prefix)
+        format!("{}{TAG_OPEN}{tag}{TAG_CLOSE}{SESSION}{key}", self.prefix)
     }
 
     pub(super) fn user_index_key(&self, tag: &str) -> String {
-        format!("{}{{u:{tag}}}:i", self.prefix)
+        format!("{}{TAG_OPEN}{tag}{TAG_CLOSE}{INDEX}", self.prefix)
     }
 
     pub(super) fn head_pattern(&self) -> String {
-        format!("{}s:*", glob_escape(&self.prefix))
+        format!("{}{SESSION}*", glob_escape(&self.prefix))
     }
 
     /// The storage key of a head key found by `SCAN` (foreign keys are skipped).
     pub(super) fn key_of_head(&self, head: &str) -> Option<StorageKey> {
         head.strip_prefix(&self.prefix)
-            .and_then(|r| r.strip_prefix("s:"))
+            .and_then(|r| r.strip_prefix(SESSION))
             .and_then(StorageKey::parse)
     }
 }

@@ -5,7 +5,7 @@
 //! `destroy` removes record, index entry and head in one script. On a Cluster a signed-in
 //! session takes two steps (head, then the user's slot), see the store's documentation.
 
-use super::codec::{bytes, decode_fields, int};
+use super::codec::{bytes, decode_fields, field, int};
 use super::connection::Invalid;
 use super::scripts::{unexpected, Call};
 use super::RedisStore;
@@ -38,7 +38,7 @@ impl RedisStore {
             // A pointer left by the earlier layout (record next to the user's index): follow it.
             let pointer = flat
                 .chunks(2)
-                .any(|p| p.first().and_then(bytes) == Some(b"p"));
+                .any(|p| p.first().and_then(bytes) == Some(field::POINTER.as_bytes()));
             if !pointer {
                 return decode_fields(&flat).map(Some).map_err(StoreError::Corrupt);
             }
@@ -90,7 +90,7 @@ impl RedisStore {
             // The changes reduced to the last per name: the set fields with their values, then
             // the removed ones (see `lua::SAVE`).
             let (set, removed) = delta.net();
-            let field = |name: &str| [b"d:", name.as_bytes()].concat();
+            let field = |name: &str| [field::DATA.as_bytes(), name.as_bytes()].concat();
             let set: Vec<(Vec<u8>, &Value)> = set.into_iter().map(|(k, v)| (field(k), v)).collect();
             let removed: Vec<Vec<u8>> = removed.into_iter().map(field).collect();
             let n = set.len().to_string();

@@ -20,7 +20,7 @@ if #ARGV > 9 then
   if not z then
     z = 0
     for _, fld in ipairs(redis.call('HKEYS', rec)) do
-      if string.sub(fld, 1, 2) == 'd:' then
+      if string.sub(fld, 1, #F_DATA) == F_DATA then
         z = z + #fld + 2 + redis.call('HSTRLEN', rec, fld)
       end
     end
@@ -41,43 +41,43 @@ if #ARGV > 9 then
   if cap and n > cap and n > z then return {'too_large', n} end
   newsize = string.format('%d', n)
 end
-for k = last + 1, #ARGV, 200 do
-  redis.call('HDEL', rec, unpack(ARGV, k, math.min(k + 199, #ARGV)))
+for k = last + 1, #ARGV, CHUNK do
+  redis.call('HDEL', rec, unpack(ARGV, k, math.min(k + CHUNK - 1, #ARGV)))
 end
 local v = (tonumber(ver) or 0) + 1
-local set = {'v', string.format('%d', v)}
+local set = {F_VERSION, string.format('%d', v)}
 local moved = false
 if ARGV[5] == '1' then
   if tonumber(ARGV[6]) > (tonumber(seen) or 0) then
-    set[#set + 1] = 's'
+    set[#set + 1] = F_SEEN
     set[#set + 1] = ARGV[6]
     -- The user's order by last sight (`evict_idlest`), next to the index.
-    if idx then redis.call('ZADD', string.sub(idx, 1, -2) .. 'l', 'XX', ARGV[6], ARGV[3]) end
+    if idx then redis.call('ZADD', string.sub(idx, 1, -1 - #K_INDEX) .. K_BY_SIGHT, 'XX', ARGV[6], ARGV[3]) end
   end
   local idle = tonumber(ARGV[7])
   if idle > i then
-    set[#set + 1] = 'i'
+    set[#set + 1] = F_IDLE
     set[#set + 1] = ARGV[7]
     i = idle
     moved = true
   end
 end
 if newsize then
-  set[#set + 1] = 'z'
+  set[#set + 1] = F_SIZE
   set[#set + 1] = newsize
 end
 local k = 10
-while k <= last and #set < 200 do
+while k <= last and #set < CHUNK do
   set[#set + 1] = ARGV[k]
   k = k + 1
 end
 redis.call('HSET', rec, unpack(set))
-for j = k, last, 200 do
-  redis.call('HSET', rec, unpack(ARGV, j, math.min(j + 199, last)))
+for j = k, last, CHUNK do
+  redis.call('HSET', rec, unpack(ARGV, j, math.min(j + CHUNK - 1, last)))
 end
 if moved then
   local exp = math.min(i, a)
-  if exp > 4000000000000000 then exp = 4000000000000000 end
+  if exp > CAP then exp = CAP end
   exp = string.format('%d', exp)
   redis.call('PEXPIREAT', rec, exp)
   if idx then
@@ -85,11 +85,12 @@ if moved then
     local top = redis.call('ZRANGE', idx, -1, -1, 'WITHSCORES')
     local t = tonumber(top[2])
     if t then
-      if t > 4000000000000000 then t = 4000000000000000 end
+      if t > CAP then t = CAP end
       t = string.format('%d', t)
       redis.call('PEXPIREAT', idx, t)
-      redis.call('PEXPIREAT', string.sub(idx, 1, -2) .. 'c', t)
-      redis.call('PEXPIREAT', string.sub(idx, 1, -2) .. 'l', t)
+      local base = string.sub(idx, 1, -1 - #K_INDEX)
+      redis.call('PEXPIREAT', base .. K_BY_CREATION, t)
+      redis.call('PEXPIREAT', base .. K_BY_SIGHT, t)
     end
   end
 end

@@ -12,7 +12,7 @@ local kind, u = ARGV[5], ARGV[6]
 -- pointer in Cluster mode counts as taken (its record is in another slot) and is returned so
 -- that the client can check that record and clear the head if it is dead.
 local function head_free(head)
-  local h = redis.call('HMGET', head, 'p', 'i', 'a', 'u')
+  local h = redis.call('HMGET', head, F_POINTER, F_IDLE, F_ABSOLUTE, F_USER)
   if h[1] then
     if mode ~= 'f' then return false, h[1] end
     local rp, pidx = ukeys(h[1])
@@ -38,7 +38,7 @@ local function write(key)
   local batch = {}
   for n = 11, #ARGV do
     batch[#batch + 1] = ARGV[n]
-    if #batch == 200 then
+    if #batch == CHUNK then
       redis.call('HSET', key, unpack(batch))
       batch = {}
     end
@@ -51,7 +51,7 @@ if kind ~= 'user' then
   local free, ptr = head_free(head)
   if not free then return {'exists', ptr or ''} end
   if kind == 'ptr' then
-    redis.call('HSET', head, 'p', u)
+    redis.call('HSET', head, F_POINTER, u)
     redis.call('PEXPIREAT', head, ARGV[10])
   else
     write(head)
@@ -78,7 +78,7 @@ end
 -- expired entries goes, live entries are counted by score, victims are the first members of
 -- the order the policy names.
 local cidx, lidx = orders(idx)
-local more = prune_some(idx, u, 32)
+local more = prune_some(idx, u, PRUNE_BATCH)
 local victims = {}
 local max = tonumber(ARGV[7])
 if max then
@@ -86,13 +86,13 @@ if max then
   if n >= max then
     if ARGV[8] == 'deny' then return {'limit'} end
     -- The orders hold expired members too: clear them first, a batch per call.
-    if more and prune_some(idx, u, 512) then return {'again'} end
+    if more and prune_some(idx, u, PRUNE_CATCH_UP) then return {'again'} end
     -- Entries written before the orders existed: rebuild them once (O(n), once per user).
     local total = redis.call('ZCARD', idx)
     if redis.call('ZCARD', cidx) ~= total or redis.call('ZCARD', lidx) ~= total then
       redis.call('DEL', cidx, lidx)
       for _, m in ipairs(redis.call('ZRANGE', idx, 0, -1)) do
-        local f = redis.call('HMGET', rec_of(u, m), 'c', 's')
+        local f = redis.call('HMGET', rec_of(u, m), F_CREATED, F_SEEN)
         if f[1] and f[2] then
           redis.call('ZADD', cidx, f[1], m)
           redis.call('ZADD', lidx, f[2], m)
@@ -105,8 +105,9 @@ if max then
     -- 'oldest' by created_at, 'idlest' by last_seen_at; ties by key (sorted-set order).
     local order = cidx
     if ARGV[8] == 'idlest' then order = lidx end
-    -- At most 64 per login: a limit lowered far below the count is reached over several.
-    while n >= max and #victims < 64 do
+    -- At most MAX_EVICTIONS per login: a limit lowered far below the count is reached over
+    -- several.
+    while n >= max and #victims < MAX_EVICTIONS do
       local first = redis.call('ZRANGE', order, 0, 0)[1]
       if not first then break end
       victims[#victims + 1] = first
@@ -117,13 +118,13 @@ if max then
 end
 
 write(rec)
-if head then redis.call('HSET', rec, 'u', u) end
+if head then redis.call('HSET', rec, F_USER, u) end
 redis.call('PEXPIREAT', rec, ARGV[9])
 redis.call('ZADD', idx, ARGV[9], skey)
 -- The record's own fields: created (c) and last seen (s), among the first pairs.
 for n = 11, 22, 2 do
-  if ARGV[n] == 'c' then redis.call('ZADD', cidx, ARGV[n + 1], skey) end
-  if ARGV[n] == 's' then redis.call('ZADD', lidx, ARGV[n + 1], skey) end
+  if ARGV[n] == F_CREATED then redis.call('ZADD', cidx, ARGV[n + 1], skey) end
+  if ARGV[n] == F_SEEN then redis.call('ZADD', lidx, ARGV[n + 1], skey) end
 end
 fix_index_ttl(idx)
 return {'created', victims}

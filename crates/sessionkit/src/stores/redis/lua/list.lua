@@ -2,7 +2,7 @@
 -- `{'list', {{member, i, a, v, c, s, m}...}, {dropped...}}`.
 
 local idx, u = KEYS[1], ARGV[5]
-local alive, dropped = prune(idx, u, 'v', 'c', 's', 'm')
+local alive, dropped = prune(idx, u, F_VERSION, F_CREATED, F_SEEN, F_META)
 local out = {}
 for _, e in ipairs(alive) do
   local f = e[2]

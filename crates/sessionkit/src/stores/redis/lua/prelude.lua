@@ -17,19 +17,19 @@ local mode, prefix, skey, nowarg = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now = tonumber(nowarg)
 
 local function at(x)
-  if x > 4000000000000000 then x = 4000000000000000 end
+  if x > CAP then x = CAP end
   return string.format('%d', x)
 end
 
 -- Key of user tag u's records (append the storage key) and of its index.
 local function ukeys(u)
-  local base = prefix .. '{u:' .. u .. '}:'
-  return base .. 's:', base .. 'i'
+  local base = prefix .. K_TAG_OPEN .. u .. K_TAG_CLOSE
+  return base .. K_SESSION, base .. K_INDEX
 end
 
 -- A record is live while now < min(idle, absolute); an unreadable one is not live.
 local function live(rec)
-  local f = redis.call('HMGET', rec, 'i', 'a')
+  local f = redis.call('HMGET', rec, F_IDLE, F_ABSOLUTE)
   local i, a = tonumber(f[1]), tonumber(f[2])
   return i ~= nil and a ~= nil and now < math.min(i, a)
 end
@@ -37,8 +37,8 @@ end
 -- The two orders kept next to index idx (`<p>{u:<user>}:i`): by creation (`:c`) and by last
 -- sight (`:l`), same members, for the evictions of `evict_oldest` and `evict_idlest`.
 local function orders(idx)
-  local base = string.sub(idx, 1, -2)
-  return base .. 'c', base .. 'l'
+  local base = string.sub(idx, 1, -1 - #K_INDEX)
+  return base .. K_BY_CREATION, base .. K_BY_SIGHT
 end
 
 -- The index (and its orders) live as long as its longest-lived entry.
@@ -66,8 +66,8 @@ end
 -- the client deletes it afterwards.
 local function drop_head(m, u)
   if mode ~= 'f' then return end
-  local h = prefix .. 's:' .. m
-  local f = redis.call('HMGET', h, 'p', 'u')
+  local h = prefix .. K_SESSION .. m
+  local f = redis.call('HMGET', h, F_POINTER, F_USER)
   if f[1] == u or f[2] == u then redis.call('DEL', h) end
 end
 
@@ -77,8 +77,8 @@ end
 local function rec_of(u, m)
   local rp = ukeys(u)
   if mode ~= 'f' then return rp .. m end
-  local h = prefix .. 's:' .. m
-  if redis.call('HGET', h, 'u') == u then return h end
+  local h = prefix .. K_SESSION .. m
+  if redis.call('HGET', h, F_USER) == u then return h end
   return rp .. m
 end
 
@@ -110,7 +110,7 @@ local function prune(idx, u, ...)
   end
   local alive = {}
   for _, m in ipairs(redis.call('ZRANGE', idx, 0, -1)) do
-    local f = redis.call('HMGET', rec_of(u, m), 'i', 'a', ...)
+    local f = redis.call('HMGET', rec_of(u, m), F_IDLE, F_ABSOLUTE, ...)
     local i, a = tonumber(f[1]), tonumber(f[2])
     if i and a and now < math.min(i, a) then
       alive[#alive + 1] = {m, f}
@@ -128,7 +128,7 @@ end
 local function resolve()
   if mode == 'r' then return KEYS[1], KEYS[2], false, nil end
   local head = KEYS[1]
-  local h = redis.call('HMGET', head, 'p', 'u')
+  local h = redis.call('HMGET', head, F_POINTER, F_USER)
   local u = h[1]
   if not u then
     if h[2] and mode == 'f' then

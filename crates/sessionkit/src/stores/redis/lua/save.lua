@@ -7,7 +7,7 @@
 
 local rec, idx, _, redirect = resolve()
 if redirect then return {'redirect', redirect} end
-local f = redis.call('HMGET', rec, 'i', 'a', 's', 'v', 'z')
+local f = redis.call('HMGET', rec, F_IDLE, F_ABSOLUTE, F_SEEN, F_VERSION, F_SIZE)
 local i, a = tonumber(f[1]), tonumber(f[2])
 if not i or not a or now >= math.min(i, a) then return {'missing'} end
 local seen, ver, size = f[3], f[4], f[5]

@@ -4,10 +4,10 @@
 -- client runs `save.lua`.
 
 local rec = KEYS[1]
-local h = redis.call('HMGET', rec, 'p', 'u', 'i', 'a', 's', 'v', 'z')
+local h = redis.call('HMGET', rec, F_POINTER, F_USER, F_IDLE, F_ABSOLUTE, F_SEEN, F_VERSION, F_SIZE)
 if h[1] then return {'pointer'} end
 local idx = false
-if h[2] then idx = ARGV[2] .. '{u:' .. h[2] .. '}:i' end
+if h[2] then idx = ARGV[2] .. K_TAG_OPEN .. h[2] .. K_TAG_CLOSE .. K_INDEX end
 local i, a = tonumber(h[3]), tonumber(h[4])
 if not i or not a or tonumber(ARGV[4]) >= math.min(i, a) then return {'missing'} end
 local seen, ver, size = h[5], h[6], h[7]
