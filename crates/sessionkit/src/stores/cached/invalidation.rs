@@ -5,6 +5,8 @@ use std::fmt;
 use std::sync::{Arc, Weak};
 
 use super::shards::Core;
+#[cfg(doc)]
+use super::CachedStore;
 use crate::id::StorageKey;
 
 /// A handle through which an [`InvalidationSource`] tells a [`CachedStore`] what changed.

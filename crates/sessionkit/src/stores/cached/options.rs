@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+#[cfg(doc)]
+use super::CachedStore;
+
 /// Size and lifetime of the entries of a [`CachedStore`].
 #[derive(Clone, Copy, Debug)]
 pub struct CacheOptions {

@@ -3,6 +3,11 @@
 
 use std::time::Duration;
 
+#[cfg(doc)]
+use super::RedisStore;
+#[cfg(doc)]
+use crate::store::StoreError;
+
 /// Options of [`RedisStore::connect`].
 #[derive(Clone, Debug)]
 pub struct RedisOptions {
