@@ -74,7 +74,7 @@ if head then
   rec = head
 end
 
--- Never the whole index (see "User index" in the module documentation): a bounded batch of
+-- Never the whole index (see the doc of index.rs): a bounded batch of
 -- expired entries goes, live entries are counted by score, victims are the first members of
 -- the order the policy names.
 local cidx, lidx = orders(idx)
