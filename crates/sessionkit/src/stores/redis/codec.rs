@@ -34,7 +34,8 @@ pub(super) mod field {
 }
 
 pub(super) fn malformed(what: impl Into<String>) -> DecodeError {
-    DecodeError::Malformed(rmp_serde::decode::Error::Uncategorized(what.into()))
+    let what: String = what.into();
+    DecodeError::Malformed(what.into())
 }
 
 /// The parts of [`Meta`] no script reads, in the `m` field.
@@ -99,7 +100,7 @@ pub(super) fn num(field: &str, v: Option<&[u8]>) -> Result<u64, DecodeError> {
 
 pub(super) fn static_meta(v: Option<&[u8]>) -> Result<StaticMeta, DecodeError> {
     rmp_serde::from_slice(v.ok_or_else(|| malformed("redis hash field `m` is missing"))?)
-        .map_err(DecodeError::Malformed)
+        .map_err(|e| DecodeError::Malformed(e.into()))
 }
 
 pub(super) fn meta_from(

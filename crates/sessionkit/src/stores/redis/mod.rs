@@ -88,8 +88,9 @@ use self::scripts::Scripts;
 /// leave a harmless pointer to nothing, which cleanup removes.
 ///
 /// ```no_run
-/// # async fn demo() -> Result<(), sessionkit::StoreError> {
-/// use sessionkit::{RedisOptions, RedisStore, SessionStore};
+/// # async fn demo() -> Result<(), sessionkit::store::StoreError> {
+/// use sessionkit::store::SessionStore;
+/// use sessionkit::stores::redis::{RedisOptions, RedisStore};
 ///
 /// // One URL: standalone or Cluster, detected. Several comma-separated URLs: Cluster seeds.
 /// let store = RedisStore::connect(
