@@ -16,7 +16,7 @@ use sessionkit::clock::{Clock, SystemClock};
 use sessionkit::id::SessionId;
 use sessionkit::store::{
     CreateOutcome, Delta, SaveOutcome, SessionLimit, SessionStore, StorageKey, StoreError,
-    StoreWrapper, Timestamp, Touch, Value,
+    Timestamp, Touch, Value,
 };
 use sessionkit::stores::cached::{CacheOptions, CachedStore, RedisInvalidation, SingleWriter};
 use sessionkit::stores::memory::MemoryStore;
@@ -60,7 +60,7 @@ struct CountingStore {
 }
 
 #[async_trait]
-impl StoreWrapper for CountingStore {
+impl sessionkit::store::StoreWrapper for CountingStore {
     type Inner = dyn SessionStore;
 
     fn inner(&self) -> &Self::Inner {

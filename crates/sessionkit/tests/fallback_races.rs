@@ -12,8 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sessionkit::clock::Clock as _;
 use sessionkit::store::{
-    CreateOutcome, Meta, SessionLimit, SessionStore, StorageKey, StoreError, StoreWrapper,
-    Timestamp,
+    CreateOutcome, Meta, SessionLimit, SessionStore, StorageKey, StoreError, Timestamp,
 };
 use sessionkit::stores::fallback::{FallbackOptions, FallbackStore};
 use sessionkit::stores::memory::MemoryStore;
@@ -31,7 +30,7 @@ struct Reversed {
 }
 
 #[async_trait]
-impl StoreWrapper for Reversed {
+impl sessionkit::store::StoreWrapper for Reversed {
     type Inner = dyn SessionStore;
 
     fn inner(&self) -> &Self::Inner {

@@ -7,9 +7,13 @@
 //! suite's `forwarding` check drives every method through each wrapper and asserts that the inner
 //! store saw it.
 //!
+//! A wrapper type has each operation under both traits, so name `StoreWrapper` by its path in
+//! the `impl` (as below) rather than importing it where stores are also called: a scope that
+//! imports both traits must call a concrete wrapper's methods as `SessionStore::load(&store, …)`.
+//!
 //! ```
 //! use std::sync::Arc;
-//! use sessionkit::store::{SessionStore, StorageKey, StoreError, StoreWrapper};
+//! use sessionkit::store::{SessionStore, StorageKey, StoreError};
 //!
 //! /// Counts destroys; everything else passes through.
 //! #[derive(Debug)]
@@ -19,7 +23,7 @@
 //! }
 //!
 //! #[async_trait::async_trait]
-//! impl StoreWrapper for CountingDestroys {
+//! impl sessionkit::store::StoreWrapper for CountingDestroys {
 //!     type Inner = dyn SessionStore;
 //!     fn inner(&self) -> &Self::Inner {
 //!         &*self.inner

@@ -17,7 +17,7 @@ use sessionkit::events::{FanoutSink, MemorySink, SessionEvent, TracingSink};
 use sessionkit::id::SessionId;
 use sessionkit::store::{
     CreateOutcome, DecodeError, Delta, Record, SaveOutcome, SessionLimit, SessionStore, StorageKey,
-    StoreError, StoreWrapper, Timestamp,
+    StoreError, Timestamp,
 };
 use sessionkit::stores::memory::MemoryStore;
 use sessionkit::test_util::CookieKeys;
@@ -65,7 +65,7 @@ impl RecordingStore {
 }
 
 #[async_trait]
-impl StoreWrapper for RecordingStore {
+impl sessionkit::store::StoreWrapper for RecordingStore {
     type Inner = MemoryStore;
 
     fn inner(&self) -> &Self::Inner {

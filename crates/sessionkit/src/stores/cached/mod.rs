@@ -65,7 +65,7 @@ use self::shards::Core;
 use crate::id::StorageKey;
 use crate::record::{Delta, Meta, Record, Timestamp, Touch};
 use crate::store::{
-    CreateOutcome, Health, SaveOutcome, ScanPage, SessionLimit, SessionStore, StoreError,
+    CreateOutcome, Health, SaveOutcome, SessionLimit, SessionStore, StoreError, StoreWrapper,
 };
 
 /// Counters of a [`CachedStore`].
@@ -180,9 +180,11 @@ impl CachedStore {
 }
 
 #[async_trait]
-impl SessionStore for CachedStore {
-    fn name(&self) -> &'static str {
-        self.inner.name()
+impl StoreWrapper for CachedStore {
+    type Inner = dyn SessionStore;
+
+    fn inner(&self) -> &Self::Inner {
+        &*self.inner
     }
 
     async fn create(
@@ -282,19 +284,11 @@ impl SessionStore for CachedStore {
         out
     }
 
-    async fn count(&self) -> Result<u64, StoreError> {
-        self.inner.count().await
-    }
-
     async fn cleanup_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
         // Which keys went is not reported; cleanup is rare, so start afresh.
         let out = self.inner.cleanup_expired(now).await;
         self.core.flush();
         out
-    }
-
-    async fn scan(&self, cursor: Option<String>, batch: usize) -> Result<ScanPage, StoreError> {
-        self.inner.scan(cursor, batch).await
     }
 
     async fn health(&self) -> Health {
