@@ -5,7 +5,7 @@
 //!
 //! # Layout
 //! ```text
-//! <dir>/VERSION                     "sessionkit-file 3"
+//! <dir>/VERSION                     "sessionkit-file 4"
 //! <dir>/count                       approximate record count, written by cleanup
 //! <dir>/generations                 change counters shared by every process (see Cache),
 //!                                   then a trailer that marks sessionkit's file
@@ -15,6 +15,7 @@
 //! <dir>/sessions/ab/cd/.tmp.<rand>  a write in progress (or left by a crash; cleanup removes it)
 //! <dir>/users/ef/gh/<uh>.<key>      empty marker: session <key> belongs to the user whose
 //!                                   SHA-256(user_id) hex is <uh> = "efgh…"
+//! <dir>/users/ef/gh/<uh>.idx        the user's index: count and orders (see User index)
 //! ```
 //! The shard folders `sessions/ab/cd` and `users/ef/gh` are also the locks (`flock`) of the
 //! writers of their records and of their users' index.
@@ -52,9 +53,35 @@
 //!   as other processes, and the kernel drops them when a process dies. They are not reliable on
 //!   network file systems; keep the directory on a local disk.
 //! - The user index is changed under the user shard's lock. `create` with a user holds it
-//!   across "list the user's live sessions, evict per the limit, add the marker, link the
-//!   record", so the per-user limit is atomic across processes. Lock order is always user shard
-//!   then session shard, and no path holds two session shards, so there is no deadlock.
+//!   across "count the user's live sessions, evict per the limit, add the marker and the index
+//!   entry, link the record", so the per-user limit is atomic across processes. Lock order is
+//!   always user shard then session shard, and no path holds two session shards, so there is
+//!   no deadlock.
+//!
+//! # User index
+//! The markers are the index `destroy_user` and `list_user` walk. A login must not: its cost
+//! would grow with the user's session count (hundreds of milliseconds at 100,000 sessions). So
+//! each user also has `<uh>.idx`, a log of fixed-size operations ("key K filed with created,
+//! last seen and expiry", "key K gone"), appended under the user shard's lock. Each process
+//! keeps the indexes it read in memory (in three ordered sets, as the memory store does;
+//! bounded to 2^18 entries in all) and, under the lock, reads only what other processes
+//! appended since; a file holding more than twice its entries is rewritten whole under a new
+//! nonce (amortised O(1) per operation), which other processes notice and read whole once.
+//! A login then costs O(log n) plus amortised bounded work in the user's session count:
+//! - it judges a bounded batch (64) of entries whose expiry has passed — removing the expired
+//!   records, dropping entries whose record is gone — and, only when the user is at the limit,
+//!   every such entry (each is judged once);
+//! - it counts with the number of entries, and finds the victim of `evict_oldest` /
+//!   `evict_idlest` as the first entry by creation / last sight.
+//!
+//! Saves move a record's last sight and expiry forward without the user lock, so an entry
+//! holds lower bounds of its record's values. Before an entry is trusted it is checked against
+//! its record: an entry whose record was seen since is re-filed with the record's values and
+//! the search goes on. Each save moves an entry at most once, so this lazy re-check is
+//! amortised bounded too, and the idlest victim is the one with the oldest real last sight.
+//! A `destroy` appends the removal under the user lock without reading the index. Rebuilding
+//! an index from the markers (reading each record) happens only when its file is missing or
+//! damaged: once per user after an upgrade from layout 3, or after a torn append.
 //!
 //! # Cache
 //! Each store keeps the records it read last in memory ([`FileOptions::cache_entries`]), and a
@@ -85,17 +112,21 @@
 //! local ext4, XFS, btrfs or tmpfs file system.
 //!
 //! A cache is only as good as the counters, so every process on the directory must count its
-//! changes, and every process must lock the same objects: all must run this layout
-//! (`VERSION` 3), so stop processes of an older sessionkit
-//! before starting newer ones on their directory. A record file changed by hand is not seen by
+//! changes, and every process must lock the same objects and keep the user indexes: all must
+//! run this layout (`VERSION` 4; older sessionkits refuse to open it), so stop processes of an
+//! older sessionkit before starting newer ones on their directory. Nothing else is needed: the
+//! first opening upgrades the directory and each user's index is built at its next login. A record file changed by hand is not seen by
 //! processes that cached it until the record's next change.
 //!
 //! # Crashes
 //! - A process killed at any point leaves every record either absent or complete; at worst a
 //!   temp file (removed by cleanup after a minute), a half-written spare (rewritten whole by
 //!   the next save before it is used) or an index marker whose record is absent
-//!   (pruned on read and by cleanup). The marker is written before its record and removed after
-//!   it, so a record of a user is always in that user's index: `destroy_user` cannot miss one.
+//!   (pruned on read and by cleanup). The marker and the index entry are written before their
+//!   record and removed after it, so a record of a user is always in that user's index:
+//!   `destroy_user` cannot miss one, and the limit counts it. A crash between a removal and
+//!   its index entry leaves an entry without a record, counted until its expiry passes or it
+//!   comes first in an order (then it is dropped).
 //! - With [`FileOptions::fsync`] off (the default) an operating-system crash or power loss can
 //!   lose the writes of the last few seconds (the kernel's writeback delay, typically up to 30 s):
 //!   such a session comes back older, absent, or as an empty file that loads as corrupt, which
@@ -132,14 +163,20 @@ use sha2::{Digest, Sha256};
 use crate::id::StorageKey;
 use crate::record::{DecodeError, Delta, Meta, Record, Timestamp, DECODE_CEILING};
 use crate::store::{
-    CreateOutcome, Health, SaveOutcome, ScanPage, SessionLimit, SessionStore, StoreError,
+    CreateOutcome, Health, LimitPolicy, SaveOutcome, ScanPage, SessionLimit, SessionStore,
+    StoreError,
 };
 
 const VERSION_FILE: &str = "VERSION";
-const VERSION_TEXT: &str = "sessionkit-file 3\n";
+const VERSION_TEXT: &str = "sessionkit-file 4\n";
 /// Older layouts, which opening a directory upgrades: 1 lacks the generations file, 1 and 2
-/// lock a `.lock` file in each shard folder instead of the folder.
-const OLD_VERSION_TEXTS: [&str; 2] = ["sessionkit-file 1\n", "sessionkit-file 2\n"];
+/// lock a `.lock` file in each shard folder instead of the folder, 1 to 3 lack the user index
+/// files (each is built from the markers at the user's next login).
+const OLD_VERSION_TEXTS: [&str; 3] = [
+    "sessionkit-file 1\n",
+    "sessionkit-file 2\n",
+    "sessionkit-file 3\n",
+];
 const GENERATIONS_FILE: &str = "generations";
 /// Groups of keys with a change counter each: the first 20 bits of the key.
 const GENERATION_SLOTS: u64 = 1 << 20;
@@ -323,6 +360,8 @@ struct Inner {
     full_refusals: AtomicU64,
     generations: Generations,
     cache: RecordCache,
+    /// The user indexes this process read last (see "User index" in the module documentation).
+    indexes: IndexCache,
 }
 
 impl FileStore {
@@ -364,6 +403,7 @@ impl FileStore {
             full_refusals: AtomicU64::new(0),
             generations,
             cache,
+            indexes: IndexCache::default(),
         };
         // Exact at start (names only, no reads); then kept up to date in memory.
         let n = inner.count_records()?;
@@ -550,28 +590,53 @@ impl Inner {
         };
         let uh = user_hash(user);
         let uleaf = self.user_leaf(&uh, true)?.ok_or_else(missing_dir)?;
-        let _user_lock = lock_shard(uleaf.as_fd())?;
+        let uleaf = uleaf.as_fd();
+        let _user_lock = lock_shard(uleaf)?;
+        let (index_fd, mut ix) = self.index_open(uleaf, &uh, user)?;
+        // A bounded batch of expired entries goes at every login; at the limit, all of them
+        // (each entry is judged once, so this is amortised), so that only live ones count.
+        let mut more = self.index_prune(&mut ix, uleaf, &uh, user, now, PRUNE_BATCH)?;
         let mut evicted = Vec::new();
-        if limit.max.is_some() {
-            let mut live = self.live_of(uleaf.as_fd(), &uh, user, now)?;
-            let Ok(victims) = limit.victims(&mut live) else {
+        if let Some(max) = limit.max.map(|m| m as usize) {
+            while more && ix.len() >= max {
+                more = self.index_prune(&mut ix, uleaf, &uh, user, now, PRUNE_BATCH)?;
+            }
+            if ix.len() >= max && limit.policy == LimitPolicy::Deny {
+                self.index_close(uleaf, &uh, &index_fd, ix)?;
                 return Ok(CreateOutcome::LimitReached);
-            };
-            for v in victims {
-                self.remove_record(&v, &Cond::Any)?;
-                remove_entry(uleaf.as_fd(), &marker_name(&uh, &v))?;
-                evicted.push(v);
+            }
+            while ix.len() >= max && evicted.len() < EVICT_BATCH {
+                let Some(v) = self.index_victim(&mut ix, uleaf, &uh, user, limit.policy, now)?
+                else {
+                    break;
+                };
+                let gone = matches!(self.remove_record(&v, &Cond::Any)?, Removed::Gone { .. });
+                remove_entry(uleaf, &marker_name(&uh, &v))?;
+                ix.del(&v);
+                // Destroyed meanwhile by someone else: not ours to report.
+                if gone {
+                    evicted.push(v);
+                }
             }
         }
-        // The marker goes first: a crash between the two leaves a marker without a record
-        // (pruned later), never a record missing from its user's index.
+        // The marker and the index entry go first: a crash before the link leaves them
+        // without a record (pruned later), never a record missing from its user's index.
         let marker = marker_name(&uh, key);
-        let new_marker = self.create_marker(uleaf.as_fd(), &marker)?;
+        let new_marker = self.create_marker(uleaf, &marker)?;
+        let before = ix.slots.get(key).copied();
+        ix.put(key, Slots::of(&record.meta));
+        self.index_commit(&index_fd, &mut ix)?;
         if self.link_new(leaf.as_fd(), &temp, key, now)? {
+            self.index_close(uleaf, &uh, &index_fd, ix)?;
             Ok(CreateOutcome::Created { evicted })
         } else {
+            match before {
+                Some(s) => ix.put(key, s),
+                None => ix.del(key),
+            }
+            self.index_close(uleaf, &uh, &index_fd, ix)?;
             if new_marker {
-                remove_entry(uleaf.as_fd(), &marker)?;
+                remove_entry(uleaf, &marker)?;
             }
             Ok(CreateOutcome::Exists)
         }
@@ -794,7 +859,11 @@ impl Inner {
                 if let Some(user) = user {
                     let uh = user_hash(&user);
                     if let Some(uleaf) = self.user_leaf(&uh, false)? {
-                        remove_entry(uleaf.as_fd(), &marker_name(&uh, key))?;
+                        let uleaf = uleaf.as_fd();
+                        let _user_lock = lock_shard(uleaf)?;
+                        remove_entry(uleaf, &marker_name(&uh, key))?;
+                        // Appended unread: the next login of the user applies it.
+                        self.index_append_del(uleaf, &uh, key)?;
                     }
                 }
                 Ok(true)
@@ -839,6 +908,16 @@ impl Inner {
             }
             remove_entry(uleaf, &marker_name(&uh, &key))?;
         }
+        // The index now holds at most the session kept: rewritten whole.
+        drop(self.indexes.take(&uh));
+        let mut ix = UserIndex::new([0; 8]);
+        if let Some(key) = except {
+            if let Entry::Live(meta) = self.index_check(key, user, Timestamp(0))? {
+                ix.apply_put(key, Slots::of(&meta));
+            }
+        }
+        let fd = self.index_rewrite(uleaf, &uh, &mut ix)?;
+        self.index_close(uleaf, &uh, &fd, ix)?;
         gone.sort();
         Ok(gone)
     }
@@ -998,7 +1077,7 @@ impl Inner {
         });
         // Second, so the markers of the records just removed go too.
         for_each_leaf_parallel(self.users.as_fd(), threads, |uleaf| {
-            if let Err(e) = self.clean_user_leaf(uleaf) {
+            if let Err(e) = self.clean_user_leaf(uleaf, wall_now) {
                 skip(e);
             }
         });
@@ -1134,7 +1213,11 @@ impl Inner {
         Ok((removed, kept))
     }
 
-    fn clean_user_leaf(&self, uleaf: BorrowedFd<'_>) -> Result<(), StoreError> {
+    fn clean_user_leaf(
+        &self,
+        uleaf: BorrowedFd<'_>,
+        wall_now: SystemTime,
+    ) -> Result<(), StoreError> {
         let mut lock = None;
         let mut dir = Dir::read_from(uleaf).map_err(|e| fail("listing a user folder", e))?;
         while let Some(entry) = dir.read() {
@@ -1142,6 +1225,11 @@ impl Inner {
             let Ok(name) = entry.file_name().to_str() else {
                 continue;
             };
+            // Left by a crash while an index was rewritten.
+            if name.starts_with(TEMP_PREFIX) {
+                remove_stale_temp(uleaf, name, wall_now)?;
+                continue;
+            }
             let Some(key) = parse_marker(name) else {
                 continue;
             };
@@ -2092,6 +2180,8 @@ fn read_record(
     dir: BorrowedFd<'_>,
     name: &str,
 ) -> Result<Option<Result<Record, DecodeError>>, StoreError> {
+    #[cfg(test)]
+    tests::count(&tests::RECORDS_READ);
     let mut attempt = 1;
     loop {
         let Some(bytes) = read_small(dir, name, DECODE_CEILING + FRAME_HEADER)? else {
@@ -2263,6 +2353,8 @@ fn keys_in(leaf: BorrowedFd<'_>) -> Result<Vec<StorageKey>, StoreError> {
 
 /// The keys the user with hash `uh` has markers for in its shard folder.
 fn markers_of(uleaf: BorrowedFd<'_>, uh: &str) -> Result<Vec<StorageKey>, StoreError> {
+    #[cfg(test)]
+    tests::count(&tests::MARKER_LISTINGS);
     let mut out = Vec::new();
     let mut d = Dir::read_from(uleaf).map_err(|e| fail("listing a user folder", e))?;
     while let Some(e) = d.read() {
@@ -2486,9 +2578,674 @@ fn write_version(root: BorrowedFd<'_>, fsync: bool) -> Result<(), StoreError> {
     Ok(())
 }
 
+// ---- per-user index -----------------------------------------------------------------------
+
+/// `<uh>.idx` in the user's shard folder: the user's index file.
+const INDEX_SUFFIX: &str = ".idx";
+/// First bytes of an index file; a random nonce follows, new at each rewrite, so that a
+/// process can tell the file it read from a later rewrite under the same name.
+const INDEX_MAGIC: &[u8; 8] = b"skidx 1\n";
+const INDEX_HEADER: usize = 16;
+/// One operation: tag, the storage key (64 hex digits), then created, last seen and expiry
+/// (u64 LE milliseconds; zeros for a removal).
+const INDEX_OP: usize = 1 + StorageKey::LEN + 24;
+const OP_PUT: u8 = b'+';
+const OP_DEL: u8 = b'-';
+/// A file holding more than twice its live entries plus this many operations is rewritten.
+const INDEX_COMPACT_SLACK: u64 = 64;
+/// Most expired entries a login judges before it looks at the limit (more only when the user
+/// is at the limit, each entry once).
+const PRUNE_BATCH: usize = 64;
+/// Most sessions one login evicts: a limit lowered far below a user's count is reached over
+/// successive logins.
+const EVICT_BATCH: usize = 64;
+/// Index entries the process keeps in memory across requests, all users together.
+const INDEX_CACHE_ENTRIES: usize = 1 << 18;
+
+/// Where a record sits in its user's index. Saves only move `seen` and `expiry` forward, so
+/// the values an entry holds are lower bounds of the record's own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Slots {
+    created: Timestamp,
+    seen: Timestamp,
+    expiry: Timestamp,
+}
+
+impl Slots {
+    fn of(m: &Meta) -> Self {
+        Self {
+            created: m.created_at,
+            seen: m.last_seen_at,
+            expiry: m.expires_at(),
+        }
+    }
+}
+
+/// One user's index as read from its file, ordered three ways, with the operations applied
+/// since and not yet appended.
+struct UserIndex {
+    nonce: [u8; 8],
+    /// Bytes of the file applied, header included.
+    read_to: u64,
+    /// Operations in the file.
+    ops: u64,
+    slots: std::collections::HashMap<StorageKey, Slots>,
+    by_expiry: std::collections::BTreeSet<(Timestamp, StorageKey)>,
+    by_created: std::collections::BTreeSet<(Timestamp, StorageKey)>,
+    by_seen: std::collections::BTreeSet<(Timestamp, StorageKey)>,
+    pending: Vec<u8>,
+    pending_ops: u64,
+}
+
+impl UserIndex {
+    fn new(nonce: [u8; 8]) -> Self {
+        Self {
+            nonce,
+            read_to: INDEX_HEADER as u64,
+            ops: 0,
+            slots: std::collections::HashMap::new(),
+            by_expiry: std::collections::BTreeSet::new(),
+            by_created: std::collections::BTreeSet::new(),
+            by_seen: std::collections::BTreeSet::new(),
+            pending: Vec::new(),
+            pending_ops: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn apply_put(&mut self, key: &StorageKey, s: Slots) {
+        self.apply_del(key);
+        self.by_expiry.insert((s.expiry, key.clone()));
+        self.by_created.insert((s.created, key.clone()));
+        self.by_seen.insert((s.seen, key.clone()));
+        self.slots.insert(key.clone(), s);
+    }
+
+    fn apply_del(&mut self, key: &StorageKey) -> Option<Slots> {
+        let s = self.slots.remove(key)?;
+        self.by_expiry.remove(&(s.expiry, key.clone()));
+        self.by_created.remove(&(s.created, key.clone()));
+        self.by_seen.remove(&(s.seen, key.clone()));
+        Some(s)
+    }
+
+    /// Sets the entry of `key`, to be appended to the file.
+    fn put(&mut self, key: &StorageKey, s: Slots) {
+        self.apply_put(key, s);
+        encode_op(&mut self.pending, OP_PUT, key, Some(s));
+        self.pending_ops += 1;
+    }
+
+    /// Removes the entry of `key`, to be appended to the file.
+    fn del(&mut self, key: &StorageKey) {
+        if self.apply_del(key).is_some() {
+            encode_op(&mut self.pending, OP_DEL, key, None);
+            self.pending_ops += 1;
+        }
+    }
+
+    /// Applies operations read from the file; `Err` when they are not whole operations of
+    /// this format (a torn append, a foreign file): the index is then rebuilt.
+    fn apply_file(&mut self, bytes: &[u8]) -> Result<(), ()> {
+        if !bytes.len().is_multiple_of(INDEX_OP) {
+            return Err(());
+        }
+        for op in bytes.chunks_exact(INDEX_OP) {
+            let key = std::str::from_utf8(&op[1..=StorageKey::LEN])
+                .ok()
+                .and_then(StorageKey::parse)
+                .ok_or(())?;
+            let at = |i: usize| {
+                let start = 1 + StorageKey::LEN + 8 * i;
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&op[start..start + 8]);
+                Timestamp(u64::from_le_bytes(b))
+            };
+            match op[0] {
+                OP_PUT => self.apply_put(
+                    &key,
+                    Slots {
+                        created: at(0),
+                        seen: at(1),
+                        expiry: at(2),
+                    },
+                ),
+                OP_DEL => {
+                    self.apply_del(&key);
+                }
+                _ => return Err(()),
+            }
+            self.ops += 1;
+        }
+        Ok(())
+    }
+
+    /// The whole index as a new file's bytes.
+    fn encode_whole(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(INDEX_HEADER + self.len() * INDEX_OP);
+        out.extend_from_slice(INDEX_MAGIC);
+        out.extend_from_slice(&self.nonce);
+        for (key, s) in &self.slots {
+            encode_op(&mut out, OP_PUT, key, Some(*s));
+        }
+        out
+    }
+
+    /// The entry first expired at `now`, if any.
+    fn first_expired(&self, now: Timestamp) -> Option<StorageKey> {
+        self.by_expiry
+            .first()
+            .filter(|(exp, _)| now >= *exp)
+            .map(|(_, k)| k.clone())
+    }
+}
+
+fn encode_op(out: &mut Vec<u8>, tag: u8, key: &StorageKey, s: Option<Slots>) {
+    out.push(tag);
+    out.extend_from_slice(key.as_str().as_bytes());
+    let s = s.unwrap_or(Slots {
+        created: Timestamp(0),
+        seen: Timestamp(0),
+        expiry: Timestamp(0),
+    });
+    for t in [s.created, s.seen, s.expiry] {
+        out.extend_from_slice(&t.0.to_le_bytes());
+    }
+}
+
+fn index_name(uh: &str) -> String {
+    format!("{uh}{INDEX_SUFFIX}")
+}
+
+/// The indexes this process read, by user hash, so that a request reads only the operations
+/// other processes appended since (usually none) instead of the whole file. Bounded by
+/// [`INDEX_CACHE_ENTRIES`] entries; a user's index is taken out while a request works on it
+/// (under the user shard's lock), so the mutex is held for map operations only.
+#[derive(Default)]
+struct IndexCache {
+    inner: Mutex<(std::collections::HashMap<String, UserIndex>, usize)>,
+}
+
+impl IndexCache {
+    fn take(&self, uh: &str) -> Option<UserIndex> {
+        let mut guard = self.inner.lock();
+        let (map, total) = &mut *guard;
+        let ix = map.remove(uh)?;
+        *total -= ix.len();
+        Some(ix)
+    }
+
+    fn put(&self, uh: &str, ix: UserIndex) {
+        let mut guard = self.inner.lock();
+        let (map, total) = &mut *guard;
+        *total += ix.len();
+        if let Some(old) = map.insert(uh.to_owned(), ix) {
+            *total -= old.len();
+        }
+        // Over the bound: drop other users' indexes (an arbitrary few), never this one.
+        while *total > INDEX_CACHE_ENTRIES && map.len() > 1 {
+            let Some(victim) = map.keys().find(|k| k.as_str() != uh).cloned() else {
+                break;
+            };
+            if let Some(v) = map.remove(&victim) {
+                *total -= v.len();
+            }
+        }
+    }
+}
+
+/// What the record behind an index entry says.
+enum Entry {
+    /// A live record of the user, with its meta.
+    Live(Meta),
+    /// No record of the user (absent, another user's, damaged, or expired and now removed):
+    /// the entry and the marker go.
+    Dead,
+    /// Not for this index to judge (written by a newer sessionkit, or changed meanwhile): the
+    /// entry goes, the marker stays.
+    Skip,
+}
+
+/// Opens `name` in a user folder for reading and appending, without following a link;
+/// `None` when absent.
+fn open_index_file(uleaf: BorrowedFd<'_>, name: &str) -> Result<Option<OwnedFd>, StoreError> {
+    const CONTEXT: &str = "opening a user index";
+    let flags =
+        OFlags::RDWR | OFlags::APPEND | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = match rfs::openat(uleaf, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(fail(CONTEXT, e)),
+    };
+    let st = rfs::fstat(&fd).map_err(|e| fail(CONTEXT, e))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(StoreError::backend(
+            CONTEXT,
+            io::Error::new(io::ErrorKind::InvalidData, "not a regular file"),
+        ));
+    }
+    Ok(Some(fd))
+}
+
+/// Reads `len` bytes at `offset` (fewer if the file is shorter).
+fn pread_exact(fd: &OwnedFd, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
+    let mut buf = vec![0u8; len];
+    let mut n = 0;
+    while n < len {
+        match rustix::io::pread(fd, &mut buf[n..], offset + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(fail("reading a user index", e)),
+        }
+    }
+    buf.truncate(n);
+    Ok(buf)
+}
+
+fn random_nonce() -> Result<[u8; 8], StoreError> {
+    let mut b = [0u8; 8];
+    getrandom::getrandom(&mut b).map_err(|e| {
+        StoreError::backend("writing a user index", io::Error::other(e.to_string()))
+    })?;
+    Ok(b)
+}
+
+impl Inner {
+    /// The user's index, current with its file, and the file opened for appending. The caller
+    /// holds the user shard's lock. A missing or damaged file is rebuilt from the markers
+    /// (reading each record: once per user after an upgrade from layout 3).
+    fn index_open(
+        &self,
+        uleaf: BorrowedFd<'_>,
+        uh: &str,
+        user: &str,
+    ) -> Result<(OwnedFd, UserIndex), StoreError> {
+        let name = index_name(uh);
+        let Some(fd) = open_index_file(uleaf, &name)? else {
+            return self.index_rebuild(uleaf, uh, user);
+        };
+        let size = rfs::fstat(&fd)
+            .map_err(|e| fail("reading a user index", e))
+            .map(|st| u64::try_from(st.st_size).unwrap_or(0))?;
+        let header = pread_exact(&fd, 0, INDEX_HEADER)?;
+        if header.len() < INDEX_HEADER || &header[..8] != INDEX_MAGIC {
+            tracing::warn!("file store: rebuilding a user index that is not in this format");
+            return self.index_rebuild(uleaf, uh, user);
+        }
+        let mut nonce = [0u8; 8];
+        nonce.copy_from_slice(&header[8..]);
+        let mut ix = match self.indexes.take(uh) {
+            Some(ix) if ix.nonce == nonce && ix.read_to <= size => ix,
+            _ => UserIndex::new(nonce),
+        };
+        if size > ix.read_to {
+            let len = usize::try_from(size - ix.read_to)
+                .map_err(|e| StoreError::backend("reading a user index", e))?;
+            let tail = pread_exact(&fd, ix.read_to, len)?;
+            if tail.len() != len || ix.apply_file(&tail).is_err() {
+                tracing::warn!("file store: rebuilding a damaged user index");
+                return self.index_rebuild(uleaf, uh, user);
+            }
+            ix.read_to = size;
+        }
+        Ok((fd, ix))
+    }
+
+    /// Builds the user's index from its markers and writes it.
+    fn index_rebuild(
+        &self,
+        uleaf: BorrowedFd<'_>,
+        uh: &str,
+        user: &str,
+    ) -> Result<(OwnedFd, UserIndex), StoreError> {
+        let mut ix = UserIndex::new(random_nonce()?);
+        for key in markers_of(uleaf, uh)? {
+            let Some(leaf) = self.session_leaf(&key)? else {
+                continue;
+            };
+            if let Some(Ok(r)) = read_record(leaf.as_fd(), key.as_str())? {
+                if r.meta.user_id.as_deref() == Some(user) {
+                    ix.apply_put(&key, Slots::of(&r.meta));
+                }
+            }
+        }
+        let fd = self.index_rewrite(uleaf, uh, &mut ix)?;
+        Ok((fd, ix))
+    }
+
+    /// Writes the whole index as a new file (temp file, then `rename`) with a new nonce;
+    /// returns it opened for appending.
+    fn index_rewrite(
+        &self,
+        uleaf: BorrowedFd<'_>,
+        uh: &str,
+        ix: &mut UserIndex,
+    ) -> Result<OwnedFd, StoreError> {
+        ix.nonce = random_nonce()?;
+        ix.pending.clear();
+        ix.pending_ops = 0;
+        let bytes = ix.encode_whole();
+        let name = index_name(uh);
+        let temp = write_temp(uleaf, &bytes, self.opts.fsync, None)?;
+        rfs::renameat(uleaf, temp.name(), uleaf, name.as_str())
+            .map_err(|e| fail("writing a user index", e))?;
+        temp.consumed();
+        self.sync_dir(uleaf)?;
+        ix.read_to = bytes.len() as u64;
+        ix.ops = ix.len() as u64;
+        open_index_file(uleaf, &name)?.ok_or_else(missing_dir)
+    }
+
+    /// Appends the operations applied since the index was opened.
+    fn index_commit(&self, fd: &OwnedFd, ix: &mut UserIndex) -> Result<(), StoreError> {
+        if ix.pending.is_empty() {
+            return Ok(());
+        }
+        write_all(fd, &ix.pending).map_err(|e| fail("writing a user index", e))?;
+        if self.opts.fsync {
+            rfs::fdatasync(fd).map_err(|e| fail("flushing a user index", e))?;
+        }
+        ix.read_to += ix.pending.len() as u64;
+        ix.ops += ix.pending_ops;
+        ix.pending.clear();
+        ix.pending_ops = 0;
+        Ok(())
+    }
+
+    /// Commits, rewrites the file when it holds more than twice its entries (each operation
+    /// is rewritten at most once: amortised O(1)), and keeps the index for the next request.
+    fn index_close(
+        &self,
+        uleaf: BorrowedFd<'_>,
+        uh: &str,
+        fd: &OwnedFd,
+        mut ix: UserIndex,
+    ) -> Result<(), StoreError> {
+        self.index_commit(fd, &mut ix)?;
+        if ix.ops > 2 * ix.len() as u64 + INDEX_COMPACT_SLACK {
+            self.index_rewrite(uleaf, uh, &mut ix)?;
+        }
+        self.indexes.put(uh, ix);
+        Ok(())
+    }
+
+    /// Appends the removal of `key` to the user's index without reading it (a destroy).
+    fn index_append_del(
+        &self,
+        uleaf: BorrowedFd<'_>,
+        uh: &str,
+        key: &StorageKey,
+    ) -> Result<(), StoreError> {
+        let Some(fd) = open_index_file(uleaf, &index_name(uh))? else {
+            return Ok(());
+        };
+        let mut op = Vec::with_capacity(INDEX_OP);
+        encode_op(&mut op, OP_DEL, key, None);
+        write_all(&fd, &op).map_err(|e| fail("writing a user index", e))?;
+        if self.opts.fsync {
+            rfs::fdatasync(&fd).map_err(|e| fail("flushing a user index", e))?;
+        }
+        Ok(())
+    }
+
+    /// Reads the record behind an index entry; removes it if it expired.
+    fn index_check(
+        &self,
+        key: &StorageKey,
+        user: &str,
+        now: Timestamp,
+    ) -> Result<Entry, StoreError> {
+        for _ in 0..READ_ATTEMPTS {
+            let record = match self.session_leaf(key)? {
+                Some(leaf) => read_record(leaf.as_fd(), key.as_str())?,
+                None => None,
+            };
+            return match record {
+                Some(Ok(r)) if r.meta.user_id.as_deref() == Some(user) => {
+                    if !r.meta.is_expired(now) {
+                        return Ok(Entry::Live(r.meta));
+                    }
+                    match self.remove_record(key, &Cond::ExpiredAt(now))? {
+                        // A save extended it between the read and the lock: read it again.
+                        Removed::Kept => continue,
+                        Removed::Absent | Removed::Gone { .. } => Ok(Entry::Dead),
+                    }
+                }
+                Some(Err(DecodeError::UnknownFormat(_))) => Ok(Entry::Skip),
+                _ => Ok(Entry::Dead),
+            };
+        }
+        Ok(Entry::Skip)
+    }
+
+    /// Drops an entry whose record is not the user's live session; with `marker`, its marker
+    /// too.
+    fn index_drop(
+        &self,
+        ix: &mut UserIndex,
+        uleaf: BorrowedFd<'_>,
+        uh: &str,
+        key: &StorageKey,
+        marker: bool,
+    ) -> Result<(), StoreError> {
+        ix.del(key);
+        if marker {
+            remove_entry(uleaf, &marker_name(uh, key))?;
+        }
+        Ok(())
+    }
+
+    /// Judges up to `batch` entries whose (lower-bound) expiry has passed: removes the expired
+    /// records, re-files the ones a save kept alive. Whether such entries remain.
+    fn index_prune(
+        &self,
+        ix: &mut UserIndex,
+        uleaf: BorrowedFd<'_>,
+        uh: &str,
+        user: &str,
+        now: Timestamp,
+        batch: usize,
+    ) -> Result<bool, StoreError> {
+        for _ in 0..batch {
+            let Some(key) = ix.first_expired(now) else {
+                return Ok(false);
+            };
+            match self.index_check(&key, user, now)? {
+                Entry::Live(meta) => ix.put(&key, Slots::of(&meta)),
+                Entry::Dead => self.index_drop(ix, uleaf, uh, &key, true)?,
+                Entry::Skip => self.index_drop(ix, uleaf, uh, &key, false)?,
+            }
+        }
+        Ok(ix.first_expired(now).is_some())
+    }
+
+    /// The live session the policy evicts first: the first entry in creation (or last-seen)
+    /// order whose record agrees with it. An entry whose record was seen since it was filed
+    /// is re-filed with the record's values and the search goes on; each save moves an entry
+    /// at most once, so this is amortised O(log n).
+    fn index_victim(
+        &self,
+        ix: &mut UserIndex,
+        uleaf: BorrowedFd<'_>,
+        uh: &str,
+        user: &str,
+        policy: LimitPolicy,
+        now: Timestamp,
+    ) -> Result<Option<StorageKey>, StoreError> {
+        loop {
+            let first = match policy {
+                LimitPolicy::EvictIdlest => ix.by_seen.first(),
+                _ => ix.by_created.first(),
+            };
+            let Some((_, key)) = first.cloned() else {
+                return Ok(None);
+            };
+            let filed = ix.slots.get(&key).copied();
+            match self.index_check(&key, user, now)? {
+                Entry::Live(meta) => {
+                    let real = Slots::of(&meta);
+                    let agrees = filed.is_some_and(|f| match policy {
+                        LimitPolicy::EvictIdlest => f.seen == real.seen,
+                        _ => f.created == real.created,
+                    });
+                    if agrees {
+                        return Ok(Some(key));
+                    }
+                    ix.put(&key, real);
+                }
+                Entry::Dead => self.index_drop(ix, uleaf, uh, &key, true)?,
+                Entry::Skip => self.index_drop(ix, uleaf, uh, &key, false)?,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::Touch;
+    use std::cell::Cell;
+    use std::thread::LocalKey;
+
+    thread_local! {
+        /// Record files read by this thread (`read_record`).
+        pub(super) static RECORDS_READ: Cell<u64> = const { Cell::new(0) };
+        /// Listings of a user folder for one user's markers (`markers_of`).
+        pub(super) static MARKER_LISTINGS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    pub(super) fn count(c: &'static LocalKey<Cell<u64>>) {
+        c.with(|c| c.set(c.get() + 1));
+    }
+
+    fn key_of(i: u64) -> StorageKey {
+        StorageKey::parse(&user_hash(&format!("key {i}"))).unwrap()
+    }
+
+    fn session(user: &str, created: Timestamp, seen: Timestamp, expiry: Timestamp) -> Record {
+        let mut r = Record::default();
+        r.meta.user_id = Some(user.into());
+        r.meta.created_at = created;
+        r.meta.last_seen_at = seen;
+        r.meta.idle_expires_at = expiry;
+        r.meta.absolute_expires_at = expiry.add(Duration::from_secs(3600));
+        r
+    }
+
+    fn reads() -> (u64, u64) {
+        (
+            RECORDS_READ.with(Cell::get),
+            MARKER_LISTINGS.with(Cell::get),
+        )
+    }
+
+    /// Records read and marker listings of `f`, run on this thread.
+    fn cost<T>(f: impl FnOnce() -> T) -> (T, u64, u64) {
+        let (r0, m0) = reads();
+        let out = f();
+        let (r1, m1) = reads();
+        (out, r1 - r0, m1 - m0)
+    }
+
+    /// A login of a user with many sessions reads a bounded number of records and never lists
+    /// the user's markers: expired ones are judged once (over the logins that need them), the
+    /// victim is the first entry of an order, and an entry whose record was seen since it was
+    /// filed is re-filed, not evicted. The code before the index read every record of the user
+    /// at each login with a limit (here 1,000 per login).
+    #[test]
+    fn logins_read_a_bounded_number_of_records_whatever_the_users_session_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(
+            dir.path().join("s"),
+            FileOptions::default().with_max_sessions(None),
+        )
+        .unwrap();
+        let inner = &*store.inner;
+        let user = "many";
+        let t = Timestamp(wall_millis());
+        let hour = Duration::from_secs(3600);
+        let (live, dead) = (700u64, 300u64);
+        // Dead ones expire at t + 30 min; live ones are created in order and seen in another.
+        for i in 0..dead {
+            let at = Timestamp(t.0 + i);
+            let r = session(user, at, at, t.add(hour / 2));
+            let out = inner.create(&key_of(i), &r, SessionLimit::UNLIMITED, t);
+            assert!(matches!(out, Ok(CreateOutcome::Created { .. })));
+        }
+        let seen = |i: u64| Timestamp(t.0 + 10_000 + (i * 7919) % live);
+        for i in 0..live {
+            let r = session(user, Timestamp(t.0 + 1000 + i), seen(i), t.add(2 * hour));
+            let out = inner.create(&key_of(dead + i), &r, SessionLimit::UNLIMITED, t);
+            assert!(matches!(out, Ok(CreateOutcome::Created { .. })));
+        }
+        let at = t.add(hour);
+        let limit = |max: u64, policy| SessionLimit {
+            max: Some(u32::try_from(max).unwrap()),
+            policy,
+        };
+        let login = |i: u64, l: SessionLimit| {
+            let r = session(user, at, at, at.add(hour));
+            inner.create(&key_of(10_000 + i), &r, l, at).unwrap()
+        };
+        // At the limit: the 300 dead entries are judged once, then the oldest live one goes.
+        let (out, read, listed) = cost(|| login(0, limit(live, LimitPolicy::EvictOldest)));
+        assert_eq!(
+            out,
+            CreateOutcome::Created {
+                evicted: vec![key_of(dead)]
+            }
+        );
+        // Each dead one: read, then read again under its shard lock and removed.
+        assert!(read <= 2 * dead + 4, "{read} records read");
+        assert_eq!(listed, 0);
+        // From now on every login reads a handful of records, whatever the policy.
+        for i in 1..=20 {
+            let (out, read, listed) = cost(|| login(i, limit(live, LimitPolicy::EvictOldest)));
+            assert_eq!(
+                out,
+                CreateOutcome::Created {
+                    evicted: vec![key_of(dead + i)]
+                }
+            );
+            assert!(read <= 4, "{read} records read");
+            assert_eq!(listed, 0);
+        }
+        for i in 21..=40 {
+            let (out, read, listed) = cost(|| login(i, limit(live, LimitPolicy::Deny)));
+            assert_eq!(out, CreateOutcome::LimitReached);
+            assert!(read <= 4 && listed == 0, "{read} read, {listed} listings");
+        }
+        // The idlest session left is seen again: the next evict_idlest re-files it (one more
+        // read) and takes the next idlest instead.
+        let mut by_seen: Vec<(Timestamp, u64)> = (21..live).map(|i| (seen(i), i)).collect();
+        by_seen.sort();
+        let (idlest, next) = (key_of(dead + by_seen[0].1), key_of(dead + by_seen[1].1));
+        let touch = Delta {
+            touch: Some(Touch {
+                last_seen_at: at,
+                idle_expires_at: at.add(hour),
+            }),
+            ..Delta::default()
+        };
+        assert!(matches!(
+            inner.save_delta(&idlest, &touch, at),
+            Ok(SaveOutcome::Saved { .. })
+        ));
+        let (out, read, listed) = cost(|| login(41, limit(live, LimitPolicy::EvictIdlest)));
+        assert_eq!(
+            out,
+            CreateOutcome::Created {
+                evicted: vec![next]
+            }
+        );
+        assert!(read <= 5 && listed == 0, "{read} read, {listed} listings");
+        // Every live session is still listed (the markers stay the whole index).
+        assert_eq!(inner.list_user(user, at).unwrap().len(), live as usize);
+    }
 
     #[test]
     fn marker_names_round_trip() {
