@@ -33,9 +33,9 @@ impl Inner {
     /// per worker in memory: removes expired and undecodable records, leftover temp files and
     /// index markers whose record is gone; then records the count of what is left.
     ///
-    /// [`FileOptions::cleanup_threads`] workers take the 256 top-level folders in turn: on
-    /// file systems where freeing a file's blocks waits for the journal (online `discard`),
-    /// removals overlap instead of queueing one by one.
+    /// [`FileOptions::cleanup_threads`](super::FileOptions::cleanup_threads) workers take the
+    /// 256 top-level folders in turn: on file systems where freeing a file's blocks waits for
+    /// the journal (online `discard`), removals overlap instead of queueing one by one.
     pub(super) fn cleanup(&self, now: Timestamp) -> Result<u64, StoreError> {
         let wall_now = SystemTime::now();
         let removed = AtomicU64::new(0);
