@@ -230,6 +230,43 @@ async fn symlinks_planted_inside_the_directory_are_never_followed() {
     assert!(canary.exists());
 }
 
+/// A user's index file replaced by a link to a file outside: logins, destroys and the revoke of
+/// every session of the user never write through it (they fail, or replace the link).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_index_planted_as_a_link_is_never_followed() {
+    let outside_guard = fresh_dir();
+    let canary = outside_guard.path().join("canary");
+    // A valid index header: an index opened through the link would be appended to.
+    let canary_bytes = b"skidx 1\n12345678".to_vec();
+    std::fs::write(&canary, &canary_bytes).unwrap();
+    let guard = fresh_dir();
+    let dir = guard.path().to_path_buf();
+    let store = open(&dir);
+    let t = now();
+    let limit = SessionLimit {
+        max: Some(3),
+        policy: LimitPolicy::EvictOldest,
+    };
+    let first = new_key();
+    let out = store
+        .create(&first, &record_at(Some("ivy"), t), limit, t)
+        .await
+        .unwrap();
+    assert!(matches!(out, CreateOutcome::Created { .. }));
+    let files = index_files(&dir);
+    assert_eq!(files.len(), 1);
+    std::fs::remove_file(&files[0]).unwrap();
+    symlink(&canary, &files[0]).unwrap();
+    let login = store
+        .create(&new_key(), &record_at(Some("ivy"), t), limit, t)
+        .await;
+    assert!(login.is_err(), "{login:?}");
+    let _ = store.destroy(&first).await;
+    let _ = store.destroy_user("ivy", None).await;
+    assert_eq!(std::fs::read(&canary).unwrap(), canary_bytes);
+    assert!(std::fs::symlink_metadata(&canary).unwrap().is_file());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_stores_on_one_directory_keep_every_write() {
     let guard = fresh_dir();
