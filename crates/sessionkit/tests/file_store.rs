@@ -655,6 +655,35 @@ async fn cleanup_removes_old_temp_files_and_stale_index_entries() {
     assert_eq!(markers(&dir), 0);
 }
 
+/// Cleanup removes the index file of a user whose sessions are all gone (one per user who ever
+/// signed in would stay forever) and keeps the index of a user with a live session; a later
+/// login of the first user starts a new index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_removes_the_index_files_of_users_without_sessions() {
+    let guard = fresh_dir();
+    let dir = guard.path().to_path_buf();
+    let store = open(&dir);
+    let t = now();
+    create(&store, &new_key(), &record_at(Some("gone"), t)).await;
+    create(&store, &new_key(), &record_at(Some("kept"), t.add(HOUR))).await;
+    assert_eq!(index_files(&dir).len(), 2);
+    let later = t.add(HOUR * 3 / 2);
+    assert_eq!(store.cleanup_expired(later).await.unwrap(), 1);
+    assert_eq!(index_files(&dir).len(), 1);
+    let one = SessionLimit {
+        max: Some(1),
+        policy: LimitPolicy::Deny,
+    };
+    for (user, want_created) in [("gone", true), ("kept", false)] {
+        let out = store
+            .create(&new_key(), &record_at(Some(user), later), one, later)
+            .await
+            .unwrap();
+        assert_eq!(matches!(out, CreateOutcome::Created { .. }), want_created);
+    }
+    assert_eq!(index_files(&dir).len(), 2);
+}
+
 // ---- crash test -------------------------------------------------------------------------
 
 const CHILD_ENV: &str = "SESSIONKIT_FILE_CRASH_CHILD_DIR";

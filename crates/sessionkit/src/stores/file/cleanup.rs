@@ -6,9 +6,11 @@
 //!   than one folder listing per worker, and takes the same locks as the writers, so it can run
 //!   while the app serves.
 //! - It removes expired and undecodable records (never one written by a newer sessionkit), spares
-//!   whose record is gone, temp files over a minute old and markers whose record is gone; a folder
-//!   that cannot be cleaned (a planted link) is logged and skipped.
+//!   whose record is gone, temp files over a minute old, markers whose record is gone and the
+//!   index files of users with no marker left; a folder that cannot be cleaned (a planted link) is
+//!   logged and skipped.
 
+use std::collections::HashSet;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -26,6 +28,7 @@ use super::layout::{
     fail, for_each_leaf_parallel, keys_in, open_dir, parse_marker, shard_names, skip_bad_folder,
     spare_name, SPARE_PREFIX,
 };
+use super::user_index::{index_name, index_owner};
 use super::Inner;
 
 impl Inner {
@@ -196,12 +199,18 @@ impl Inner {
         Ok((removed, kept))
     }
 
+    /// Cleans one user folder: markers whose record is gone, temp files left by a crash, and
+    /// the index files of users with no marker left (each user who ever signed in would
+    /// otherwise keep one forever).
     pub(super) fn clean_user_leaf(
         &self,
         uleaf: BorrowedFd<'_>,
         wall_now: SystemTime,
     ) -> Result<(), StoreError> {
         let mut lock = None;
+        // Users with a marker left, and users with an index file.
+        let mut with_markers = HashSet::new();
+        let mut indexed = Vec::new();
         let mut dir = Dir::read_from(uleaf).map_err(|e| fail("listing a user folder", e))?;
         while let Some(entry) = dir.read() {
             let entry = entry.map_err(|e| fail("listing a user folder", e))?;
@@ -213,10 +222,16 @@ impl Inner {
                 remove_stale_temp(uleaf, name, wall_now)?;
                 continue;
             }
+            if let Some(uh) = index_owner(name) {
+                indexed.push(uh.to_owned());
+                continue;
+            }
             let Some(key) = parse_marker(name) else {
                 continue;
             };
+            let uh = name.split_once('.').map_or("", |(uh, _)| uh);
             if self.record_exists(&key)? {
+                with_markers.insert(uh.to_owned());
                 continue;
             }
             // A `create` holds this lock from writing the marker to linking the record: once
@@ -224,10 +239,37 @@ impl Inner {
             if lock.is_none() {
                 lock = Some(lock_shard(uleaf)?);
             }
-            if !self.record_exists(&key)? {
+            if self.record_exists(&key)? {
+                with_markers.insert(uh.to_owned());
+            } else {
                 remove_entry(uleaf, name)?;
             }
         }
+        drop(dir);
+        indexed.retain(|uh| !with_markers.contains(uh));
+        if indexed.is_empty() {
+            return Ok(());
+        }
+        // A `create` adds its marker under this lock: listed again under it, a user without a
+        // marker has no record, and its index can go (it is rebuilt, empty, if needed).
+        if lock.is_none() {
+            lock = Some(lock_shard(uleaf)?);
+        }
+        let mut dir = Dir::read_from(uleaf).map_err(|e| fail("listing a user folder", e))?;
+        while let Some(entry) = dir.read() {
+            let entry = entry.map_err(|e| fail("listing a user folder", e))?;
+            if let Ok(name) = entry.file_name().to_str() {
+                if parse_marker(name).is_some() {
+                    let uh = name.split_once('.').map_or("", |(uh, _)| uh);
+                    indexed.retain(|u| u != uh);
+                }
+            }
+        }
+        for uh in indexed {
+            drop(self.indexes.take(&uh));
+            remove_entry(uleaf, &index_name(&uh))?;
+        }
+        drop(lock);
         Ok(())
     }
 

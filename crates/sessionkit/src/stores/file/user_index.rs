@@ -218,6 +218,12 @@ pub(super) fn index_name(uh: &str) -> String {
     format!("{uh}{INDEX_SUFFIX}")
 }
 
+/// The user hash of an index file's name `<64 hex>.idx`.
+pub(super) fn index_owner(name: &str) -> Option<&str> {
+    name.strip_suffix(INDEX_SUFFIX)
+        .filter(|uh| StorageKey::parse(uh).is_some())
+}
+
 /// The indexes this process read, by user hash, so that a request reads only the operations
 /// other processes appended since (usually none) instead of the whole file. Bounded by
 /// [`INDEX_CACHE_ENTRIES`] entries; a user's index is taken out while a request works on it
