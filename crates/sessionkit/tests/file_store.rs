@@ -233,6 +233,43 @@ async fn symlinks_planted_inside_the_directory_are_never_followed() {
     assert!(canary.exists());
 }
 
+/// A user's index file replaced by a link to a file outside: logins, destroys and the revoke of
+/// every session of the user never write through it (they fail, or replace the link).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_index_planted_as_a_link_is_never_followed() {
+    let outside_guard = fresh_dir();
+    let canary = outside_guard.path().join("canary");
+    // A valid index header: an index opened through the link would be appended to.
+    let canary_bytes = b"skidx 1\n12345678".to_vec();
+    std::fs::write(&canary, &canary_bytes).unwrap();
+    let guard = fresh_dir();
+    let dir = guard.path().to_path_buf();
+    let store = open(&dir);
+    let t = now();
+    let limit = SessionLimit {
+        max: Some(3),
+        policy: LimitPolicy::EvictOldest,
+    };
+    let first = new_key();
+    let out = store
+        .create(&first, &record_at(Some("ivy"), t), limit, t)
+        .await
+        .unwrap();
+    assert!(matches!(out, CreateOutcome::Created { .. }));
+    let files = index_files(&dir);
+    assert_eq!(files.len(), 1);
+    std::fs::remove_file(&files[0]).unwrap();
+    symlink(&canary, &files[0]).unwrap();
+    let login = store
+        .create(&new_key(), &record_at(Some("ivy"), t), limit, t)
+        .await;
+    assert!(login.is_err(), "{login:?}");
+    let _ = store.destroy(&first).await;
+    let _ = store.destroy_user("ivy", None).await;
+    assert_eq!(std::fs::read(&canary).unwrap(), canary_bytes);
+    assert!(std::fs::symlink_metadata(&canary).unwrap().is_file());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_stores_on_one_directory_keep_every_write() {
     let guard = fresh_dir();
@@ -294,6 +331,85 @@ async fn the_per_user_limit_holds_across_stores_on_one_directory() {
     }
     assert_eq!(created, 3);
     assert_eq!(stores[1].list_user("bob", now()).await.unwrap().len(), 3);
+}
+
+/// The user index files (`users/ef/gh/<uh>.idx`) under `dir`.
+fn index_files(dir: &Path) -> Vec<PathBuf> {
+    let mut all = Vec::new();
+    walk(&dir.join("users"), &mut all);
+    all.retain(|p| p.extension().is_some_and(|e| e == "idx"));
+    all
+}
+
+/// Two stores (as two processes) take turns logging one user in at the limit, so that each
+/// reads what the other appended to the user's index and both see its rewrites; an index
+/// deleted (a directory of layout 3) or torn (a crash mid-append) is rebuilt from the markers:
+/// the limit still counts every live session and evicts the oldest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_user_index_is_shared_by_stores_and_rebuilt_when_missing_or_torn() {
+    let guard = fresh_dir();
+    let dir = guard.path().to_path_buf();
+    let stores = [open(&dir), open(&dir)];
+    let t = now();
+    let evict = SessionLimit {
+        max: Some(5),
+        policy: LimitPolicy::EvictOldest,
+    };
+    let deny = SessionLimit {
+        max: Some(5),
+        policy: LimitPolicy::Deny,
+    };
+    // 300 logins at a limit of 5: enough appended removals to rewrite the index several times.
+    let mut keys: Vec<StorageKey> = Vec::new();
+    for i in 0..300u64 {
+        let key = new_key();
+        let at = Timestamp(t.0 + i);
+        let out = stores[(i % 2) as usize]
+            .create(&key, &record_at(Some("ivy"), at), evict, at)
+            .await
+            .unwrap();
+        let want: Vec<StorageKey> = if i >= 5 {
+            vec![keys[(i - 5) as usize].clone()]
+        } else {
+            vec![]
+        };
+        assert_eq!(out, CreateOutcome::Created { evicted: want }, "login {i}");
+        keys.push(key);
+    }
+    let last5 = &keys[295..];
+    let at = Timestamp(t.0 + 1000);
+    let login = |i: usize, limit| {
+        let store = stores[i].clone();
+        async move {
+            store
+                .create(&new_key(), &record_at(Some("ivy"), at), limit, at)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(login(0, deny).await, CreateOutcome::LimitReached);
+    assert_eq!(login(1, deny).await, CreateOutcome::LimitReached);
+    let files = index_files(&dir);
+    assert_eq!(files.len(), 1);
+    // Torn: half an operation at the end.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&files[0])
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"+0123").unwrap();
+    drop(f);
+    assert_eq!(login(1, deny).await, CreateOutcome::LimitReached);
+    // Missing.
+    std::fs::remove_file(&files[0]).unwrap();
+    assert_eq!(login(0, deny).await, CreateOutcome::LimitReached);
+    assert_eq!(
+        login(1, evict).await,
+        CreateOutcome::Created {
+            evicted: vec![last5[0].clone()]
+        }
+    );
+    assert_eq!(stores[0].list_user("ivy", at).await.unwrap().len(), 5);
+    assert_eq!(mode(&index_files(&dir)[0]), 0o600);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -378,7 +494,11 @@ async fn directories_of_older_layouts_are_upgraded_and_unknown_ones_refused() {
     let key = new_key();
     create(&open(&dir), &key, &record_at(Some("erin"), now())).await;
     let current = std::fs::read_to_string(dir.join("VERSION")).unwrap();
-    for old in ["sessionkit-file 1\n", "sessionkit-file 2\n"] {
+    for old in [
+        "sessionkit-file 1\n",
+        "sessionkit-file 2\n",
+        "sessionkit-file 3\n",
+    ] {
         std::fs::write(dir.join("VERSION"), old).unwrap();
         let store = open(&dir);
         assert_eq!(
@@ -526,6 +646,8 @@ async fn cleanup_removes_old_temp_files_and_stale_index_entries() {
         walk(&dir.join("users"), &mut all);
         all.iter()
             .filter(|p| p.is_file() && !p.ends_with(".lock"))
+            // The user's index file is not a marker.
+            .filter(|p| p.extension().is_none_or(|e| e != "idx"))
             .count()
     };
     assert_eq!(markers(&dir), 1);
@@ -534,6 +656,35 @@ async fn cleanup_removes_old_temp_files_and_stale_index_entries() {
     assert!(!old_temp.exists());
     assert!(young_temp.exists());
     assert_eq!(markers(&dir), 0);
+}
+
+/// Cleanup removes the index file of a user whose sessions are all gone (one per user who ever
+/// signed in would stay forever) and keeps the index of a user with a live session; a later
+/// login of the first user starts a new index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_removes_the_index_files_of_users_without_sessions() {
+    let guard = fresh_dir();
+    let dir = guard.path().to_path_buf();
+    let store = open(&dir);
+    let t = now();
+    create(&store, &new_key(), &record_at(Some("gone"), t)).await;
+    create(&store, &new_key(), &record_at(Some("kept"), t.add(HOUR))).await;
+    assert_eq!(index_files(&dir).len(), 2);
+    let later = t.add(HOUR * 3 / 2);
+    assert_eq!(store.cleanup_expired(later).await.unwrap(), 1);
+    assert_eq!(index_files(&dir).len(), 1);
+    let one = SessionLimit {
+        max: Some(1),
+        policy: LimitPolicy::Deny,
+    };
+    for (user, want_created) in [("gone", true), ("kept", false)] {
+        let out = store
+            .create(&new_key(), &record_at(Some(user), later), one, later)
+            .await
+            .unwrap();
+        assert_eq!(matches!(out, CreateOutcome::Created { .. }), want_created);
+    }
+    assert_eq!(index_files(&dir).len(), 2);
 }
 
 // ---- crash test -------------------------------------------------------------------------
