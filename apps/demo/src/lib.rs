@@ -35,7 +35,8 @@
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
 //! use std::sync::Arc;
-//! use sessionkit::{Config, MemoryStore, SessionLayer};
+//! use sessionkit::{Config, SessionLayer};
+//! use sessionkit::stores::memory::MemoryStore;
 //! use sessionkit_demo::{app, AppState, Users};
 //!
 //! let layer = SessionLayer::new(Arc::new(MemoryStore::new()), Config::from_env()?)?;
@@ -56,8 +57,10 @@ use axum::http::HeaderValue;
 use axum::response::Response;
 use axum::Router;
 use sessionkit::admin::Sessions;
-use sessionkit::prometheus_client::registry::Registry;
-use sessionkit::{AppEnv, Config, SessionLayer, SessionStore};
+use sessionkit::config::AppEnv;
+use sessionkit::metrics::prometheus_client::registry::Registry;
+use sessionkit::store::SessionStore;
+use sessionkit::{Config, SessionLayer};
 
 mod csrf;
 mod error;

@@ -227,7 +227,7 @@ fn trim_ows(mut b: &[u8]) -> &[u8] {
 
 /// The attributes every session `Set-Cookie` carries.
 #[derive(Clone, Debug)]
-pub struct CookiePolicy {
+pub(crate) struct CookiePolicy {
     /// Cookie name.
     pub name: String,
     /// `Secure` attribute.
@@ -247,7 +247,7 @@ impl CookiePolicy {
     }
 
     /// The header that stores `value`; `max_age` only for permanent sessions.
-    pub fn set(&self, value: String, max_age: Option<Duration>) -> HeaderValue {
+    pub(crate) fn set(&self, value: String, max_age: Option<Duration>) -> HeaderValue {
         let mut c = self.base(value);
         if let Some(age) = max_age {
             c.set_max_age(cookie::time::Duration::seconds(
@@ -260,7 +260,7 @@ impl CookiePolicy {
     /// The header that deletes the cookie: same name and attributes, empty value, `Max-Age=0`
     /// and an `Expires` in the past. A `__Host-` cookie keeps `Secure`, or browsers would ignore
     /// the deletion (the tower-sessions lesson).
-    pub fn removal(&self) -> HeaderValue {
+    pub(crate) fn removal(&self) -> HeaderValue {
         let mut c = self.base(String::new());
         c.make_removal();
         header(&c)

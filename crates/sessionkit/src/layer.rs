@@ -65,7 +65,8 @@ impl fmt::Debug for Shared {
 /// ```
 /// use std::sync::Arc;
 /// use axum::{routing::get, Router};
-/// use sessionkit::{Config, MemoryStore, Session, SessionError, SessionLayer};
+/// use sessionkit::{Config, Session, SessionError, SessionLayer};
+/// use sessionkit::stores::memory::MemoryStore;
 ///
 /// async fn hello(session: Session) -> Result<String, SessionError> {
 ///     let visits: u32 = session.get("visits").await?.unwrap_or(0) + 1;

@@ -20,8 +20,11 @@ use tokio::sync::Mutex;
 use crate::events::{EventKind, SessionEvent};
 use crate::id::{SessionId, StorageKey};
 use crate::layer::Shared;
-use crate::record::{Delta, Meta, Record, Timestamp, Touch, Value};
+use crate::record::{Delta, Record, Touch};
 use crate::store::{CreateOutcome, SessionLimit, StoreError};
+
+pub use crate::layer::SessionMissing;
+pub use crate::record::{Meta, Timestamp, Value};
 
 /// An error a handler gets from the session. It converts into a response with
 /// [`SessionError::status`] and a short body, so handlers can use `?`.
@@ -47,7 +50,7 @@ pub enum SessionError {
     Value(#[source] serde_json::Error),
     /// The operating system gave no randomness for a new ID.
     #[error("no randomness available for a session id")]
-    Random(#[source] getrandom::Error),
+    Random(#[source] crate::id::RandomError),
     /// The operation needs a stored, signed-in session and this request has none (anonymous, not
     /// stored yet, or ended meanwhile by a logout, revoke or expiry).
     #[error("no signed-in session")]

@@ -11,7 +11,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 use sessionkit::admin::Revocation;
-use sessionkit::{Session, SessionError, StorageKey};
+use sessionkit::store::StorageKey;
+use sessionkit::{Session, SessionError};
 
 use super::{nav, set_flash, take_flash, NoFields, Result};
 use crate::csrf::{self, CsrfForm};

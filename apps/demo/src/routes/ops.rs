@@ -29,8 +29,11 @@ async fn healthz(State(state): State<AppState>) -> Response {
 async fn metrics(State(state): State<AppState>) -> Response {
     match state.metrics() {
         Some(registry) => (
-            [(header::CONTENT_TYPE, sessionkit::METRICS_CONTENT_TYPE)],
-            sessionkit::render_metrics(registry),
+            [(
+                header::CONTENT_TYPE,
+                sessionkit::metrics::METRICS_CONTENT_TYPE,
+            )],
+            sessionkit::metrics::render_metrics(registry),
         )
             .into_response(),
         None => not_found().await,

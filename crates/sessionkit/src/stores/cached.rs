@@ -408,9 +408,10 @@ pub struct CacheStats {
 ///
 /// ```no_run
 /// # #[cfg(feature = "redis")]
-/// # async fn demo() -> Result<(), sessionkit::StoreError> {
+/// # async fn demo() -> Result<(), sessionkit::store::StoreError> {
 /// use std::sync::Arc;
-/// use sessionkit::{CacheOptions, CachedStore, RedisInvalidation, RedisOptions, RedisStore};
+/// use sessionkit::stores::cached::{CacheOptions, CachedStore, RedisInvalidation};
+/// use sessionkit::stores::redis::{RedisOptions, RedisStore};
 ///
 /// let url = "redis://127.0.0.1:6379";
 /// let redis = RedisStore::connect(url, RedisOptions::new().with_key_prefix("sk:")).await?;

@@ -379,8 +379,9 @@ impl Scripts {
 /// leave a harmless pointer to nothing, which cleanup removes.
 ///
 /// ```no_run
-/// # async fn demo() -> Result<(), sessionkit::StoreError> {
-/// use sessionkit::{RedisOptions, RedisStore, SessionStore};
+/// # async fn demo() -> Result<(), sessionkit::store::StoreError> {
+/// use sessionkit::store::SessionStore;
+/// use sessionkit::stores::redis::{RedisOptions, RedisStore};
 ///
 /// // One URL: standalone or Cluster, detected. Several comma-separated URLs: Cluster seeds.
 /// let store = RedisStore::connect(
@@ -458,7 +459,7 @@ struct TimedOut(Duration);
 struct Invalid(String);
 
 fn malformed(what: impl Into<String>) -> DecodeError {
-    DecodeError::Malformed(rmp_serde::decode::Error::Uncategorized(what.into()))
+    DecodeError::Malformed(Box::new(Invalid(what.into())))
 }
 
 /// Percent-escapes the characters that would break a hash tag (and `%` itself), so distinct
@@ -550,7 +551,7 @@ fn num(field: &str, v: Option<&[u8]>) -> Result<u64, DecodeError> {
 
 fn static_meta(v: Option<&[u8]>) -> Result<StaticMeta, DecodeError> {
     rmp_serde::from_slice(v.ok_or_else(|| malformed("redis hash field `m` is missing"))?)
-        .map_err(DecodeError::Malformed)
+        .map_err(|e| DecodeError::Malformed(e.into()))
 }
 
 fn meta_from(
