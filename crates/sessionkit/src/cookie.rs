@@ -28,7 +28,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use cookie::{Cookie, SameSite};
 use hmac::{Hmac, Mac};
-use http::header::{HeaderMap, HeaderValue, COOKIE};
+use http::header::{HeaderMap, HeaderValue, COOKIE, SET_COOKIE};
 use sha2::Sha256;
 
 use crate::id::{SessionId, ID_LEN};
@@ -265,6 +265,23 @@ impl CookiePolicy {
         c.make_removal();
         header(&c)
     }
+}
+
+/// Sets `value` as the response's only `Set-Cookie` for the cookie `name`, dropping any the
+/// handler set for that name itself.
+pub(crate) fn replace_set_cookie(headers: &mut HeaderMap, name: &str, value: HeaderValue) {
+    let prefix = format!("{name}=");
+    let others: Vec<HeaderValue> = headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter(|h| !h.as_bytes().starts_with(prefix.as_bytes()))
+        .cloned()
+        .collect();
+    headers.remove(SET_COOKIE);
+    for h in others {
+        headers.append(SET_COOKIE, h);
+    }
+    headers.append(SET_COOKIE, value);
 }
 
 fn header(c: &Cookie<'_>) -> HeaderValue {
