@@ -6,28 +6,39 @@
 //! would let anyone fill the store with anonymous records, so it uses a double-submit cookie
 //! instead: a random token in a `SameSite=Strict`, `HttpOnly` cookie (`__Host-csrf` when cookies
 //! are Secure) that the form must repeat. Either way, a POST without a matching token is a 403.
+//!
+//! Only the handler author's API of sessionkit is used (`Session`'s get and insert): the cookie is
+//! read with the `cookie` crate, and the token drawn with `getrandom`.
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::header::COOKIE;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Form;
+use base64::Engine as _;
+use cookie::{Cookie, CookieBuilder, SameSite};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use sessionkit::id::SessionId;
 use sessionkit::{Session, SessionError};
 use subtle::ConstantTimeEq as _;
 
+use crate::error::AppError;
 use crate::views;
 
 /// The form field that carries the token.
 pub(crate) const FIELD: &str = "csrf";
 /// The session key that holds a signed-in session's token.
 const SESSION_KEY: &str = "_csrf";
-/// 256 bits from the operating system's CSPRNG as 43 characters of base64url: drawn the way a
-/// session ID is, which is exactly what a token needs.
-fn random_token() -> Result<String, SessionError> {
-    let id = SessionId::generate().map_err(SessionError::Random)?;
-    Ok(id.expose().to_owned())
+/// Random bytes per token (base64url without padding: 43 characters).
+const TOKEN_BYTES: usize = 32;
+
+/// Length of a token as sent: base64url without padding.
+const TOKEN_LEN: usize = (TOKEN_BYTES * 4).div_ceil(3);
+
+fn random_token() -> Result<String, AppError> {
+    let mut b = [0u8; TOKEN_BYTES];
+    getrandom::getrandom(&mut b).map_err(AppError::Random)?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
 }
 
 fn same(a: &str, b: &str) -> bool {
@@ -37,12 +48,12 @@ fn same(a: &str, b: &str) -> bool {
 /// The session's token, created if it has none yet.
 ///
 /// # Errors
-/// A store failure.
-pub(crate) async fn session_token(session: &Session) -> Result<String, SessionError> {
+/// A store failure, or no randomness.
+pub(crate) async fn session_token(session: &Session) -> Result<String, AppError> {
     match session.get::<String>(SESSION_KEY).await {
         Ok(Some(t)) => return Ok(t),
         Ok(None) | Err(SessionError::Value(_)) => {}
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     }
     renew_session_token(session).await
 }
@@ -50,8 +61,8 @@ pub(crate) async fn session_token(session: &Session) -> Result<String, SessionEr
 /// Gives the session a fresh token (at sign-in, so a token seen before it is worthless after).
 ///
 /// # Errors
-/// A store failure.
-pub(crate) async fn renew_session_token(session: &Session) -> Result<String, SessionError> {
+/// A store failure, or no randomness.
+pub(crate) async fn renew_session_token(session: &Session) -> Result<String, AppError> {
     let t = random_token()?;
     session.insert(SESSION_KEY, &t).await?;
     Ok(t)
@@ -122,23 +133,28 @@ impl LoginCookie {
         }
     }
 
-    /// The token cookie, if the request carries exactly one well-formed one. Parsed by the
-    /// `cookie` crate from each header that is text; a second cookie of the name (a sibling
-    /// subdomain can plant one) makes it ambiguous, so none.
+    /// The token the browser's cookie holds: `None` when it has none, one of the wrong shape, or
+    /// several different ones (a sibling subdomain may have planted one; no guessing which).
     fn presented(self, headers: &HeaderMap) -> Option<String> {
-        let mut found = headers
-            .get_all(header::COOKIE)
+        let mut found: Option<String> = None;
+        let pairs = headers
+            .get_all(COOKIE)
             .iter()
             .filter_map(|h| h.to_str().ok())
-            .flat_map(cookie::Cookie::split_parse)
-            .filter_map(Result::ok)
-            .filter(|c| c.name() == self.name());
-        let token = found.next()?.value().to_owned();
-        let well_formed = token.len() == 43
-            && token
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        (well_formed && found.next().is_none()).then_some(token)
+            .flat_map(Cookie::split_parse)
+            .filter_map(Result::ok);
+        for c in pairs.filter(|c| c.name() == self.name()) {
+            match &found {
+                Some(v) if v != c.value() => return None,
+                Some(_) => {}
+                None => found = Some(c.value().to_owned()),
+            }
+        }
+        found.filter(|v| {
+            v.len() == TOKEN_LEN
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
     }
 
     /// The token to put in the form, and the `Set-Cookie` to send when the browser has none yet.
@@ -148,12 +164,12 @@ impl LoginCookie {
     pub(crate) fn token(
         self,
         headers: &HeaderMap,
-    ) -> Result<(String, Option<HeaderValue>), SessionError> {
+    ) -> Result<(String, Option<HeaderValue>), AppError> {
         if let Some(t) = self.presented(headers) {
             return Ok((t, None));
         }
         let t = random_token()?;
-        let c = self.build(cookie::Cookie::build((self.name(), t.clone())));
+        let c = self.build(Cookie::build((self.name(), t.clone())));
         Ok((t, HeaderValue::from_str(&c.to_string()).ok()))
     }
 
@@ -165,7 +181,7 @@ impl LoginCookie {
     /// The `Set-Cookie` that deletes the cookie after sign-in.
     pub(crate) fn removal(self) -> HeaderValue {
         let c = self.build(
-            cookie::Cookie::build((self.name(), ""))
+            Cookie::build((self.name(), ""))
                 .max_age(time::Duration::ZERO)
                 .expires(time::OffsetDateTime::UNIX_EPOCH),
         );
@@ -173,11 +189,11 @@ impl LoginCookie {
             .unwrap_or(HeaderValue::from_static("csrf=; Max-Age=0"))
     }
 
-    fn build(self, b: cookie::CookieBuilder<'static>) -> cookie::Cookie<'static> {
+    fn build(self, b: CookieBuilder<'static>) -> Cookie<'static> {
         b.path("/")
             .http_only(true)
             .secure(self.secure)
-            .same_site(cookie::SameSite::Strict)
+            .same_site(SameSite::Strict)
             .build()
     }
 }

@@ -21,6 +21,11 @@
 //! `name:role:phc` line per account (role `user` or `admin`, phc an Argon2id PHC string as printed
 //! by `sessionkit-demo hash-password`; see [`Users::parse`]), which development may use too.
 //!
+//! The handlers are in `routes/`, one module per area (`auth`, `devices`, `admin`, `ops`), each
+//! with its paths. Who may call a handler is in its signature: the `CurrentUser` and `Admin`
+//! extractors (`extract.rs`) turn away everyone else, and every form posted from a signed-in page
+//! is a `CsrfForm` (`csrf.rs`, which uses only `Session`'s public API).
+//!
 //! Sign-in is throttled per submitted user name and per client address ([`LoginLimits`]: by
 //! default 5 failures per 15 minutes and 20 per minute), answering 429 with `Retry-After`; the
 //! client address comes from `ConnectInfo<SocketAddr>`, so serve the router with
@@ -44,14 +49,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
 use axum::http::header::{
     CACHE_CONTROL, CONTENT_SECURITY_POLICY, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS,
     X_FRAME_OPTIONS,
 };
 use axum::http::HeaderValue;
 use axum::response::Response;
-use axum::routing::{get, post};
 use axum::Router;
 use sessionkit::admin::Sessions;
 use sessionkit::config::AppEnv;
@@ -60,6 +63,8 @@ use sessionkit::store::SessionStore;
 use sessionkit::{Config, SessionLayer};
 
 mod csrf;
+mod error;
+mod extract;
 mod routes;
 mod throttle;
 mod users;
@@ -70,9 +75,6 @@ pub use users::{
     hash_password, Busy, HashLimits, User, Users, DEMO_USERS, MAX_M_COST_KIB, MAX_P_COST,
     MAX_T_COST,
 };
-
-/// Largest sign-in form body read (a name and a password fit many times over).
-const LOGIN_BODY_LIMIT: usize = 32 * 1024;
 
 /// What every handler shares: the session layer, the admin handle on its store (every
 /// revocation and store query goes through it, so the audit trail and metrics see them) and the
@@ -115,6 +117,10 @@ impl AppState {
     pub fn with_metrics(mut self, registry: Arc<Registry>) -> Self {
         self.metrics = Some(registry);
         self
+    }
+
+    fn metrics(&self) -> Option<&Registry> {
+        self.metrics.as_deref()
     }
 
     /// The session store.
@@ -166,24 +172,11 @@ pub fn development_notice(config: &Config) -> Option<String> {
 pub fn app(state: AppState) -> Router {
     let sessions = state.sessions.clone();
     Router::new()
-        .route("/", get(routes::index))
-        .route(
-            "/login",
-            get(routes::login_page)
-                .post(routes::login)
-                .layer(DefaultBodyLimit::max(LOGIN_BODY_LIMIT)),
-        )
-        .route("/logout", post(routes::logout))
-        .route("/dashboard", get(routes::dashboard))
-        .route("/rotate", post(routes::rotate))
-        .route("/devices", get(routes::devices))
-        .route("/devices/revoke", post(routes::revoke))
-        .route("/devices/revoke-others", post(routes::revoke_others))
-        .route("/admin", get(routes::admin))
-        .route("/admin/revoke-user", post(routes::admin_revoke_user))
-        .route("/healthz", get(routes::healthz))
-        .route("/metrics", get(routes::metrics))
-        .fallback(routes::not_found)
+        .merge(routes::auth::routes())
+        .merge(routes::devices::routes())
+        .merge(routes::admin::routes())
+        .merge(routes::ops::routes())
+        .fallback(routes::ops::not_found)
         .layer(sessions)
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)

@@ -457,7 +457,19 @@ async fn failed_sign_ins_are_throttled_per_account() {
 
 #[tokio::test]
 async fn failed_sign_ins_are_throttled_per_address() {
-    let app = demo_with(users(), Config::new(SECRET));
+    // The default's 20 failures, but one given back per minute instead of every 3 s: on a loaded
+    // machine, 20 Argon2 checks may take longer than 3 s, and a refill would let the checks below
+    // through.
+    let limits = LoginLimits {
+        per_address: Limit {
+            failures: 20,
+            per: Duration::from_secs(20 * 60),
+        },
+        ..LoginLimits::default()
+    };
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let layer = SessionLayer::new(store, Config::new(SECRET)).unwrap();
+    let app = sessionkit_demo::app(AppState::new(layer, users()).with_login_limits(limits));
     for i in 0..20 {
         let r = sign_in(&app, "198.51.100.7", &format!("user{i}"), "guess").await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "attempt {i}");
