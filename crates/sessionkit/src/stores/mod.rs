@@ -10,11 +10,11 @@ pub mod fallback;
 pub mod file;
 pub mod memory;
 #[cfg(feature = "postgres")]
-pub mod postgres;
+pub use sql::postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub(crate) mod select;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) mod sql;
 #[cfg(feature = "sqlite")]
-pub mod sqlite;
+pub use sql::sqlite;

@@ -142,10 +142,10 @@ pub(crate) async fn run_parallel<R, F>(
     while in_flight.next().await.is_some() {}
 }
 
-#[cfg(all(test, feature = "postgres"))]
+#[cfg(test)]
+#[cfg(feature = "postgres")]
 mod tests {
     use super::*;
-
 
     struct Req(StorageKey, u32);
 

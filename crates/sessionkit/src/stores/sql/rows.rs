@@ -78,7 +78,9 @@ impl NetChanges {
     }
 }
 
-/// The metadata columns of a row, as selected by [`META_COLUMNS`].
+/// The metadata columns of a row, as every session statement selects them by name (`key`,
+/// `user_id`, `created_at`, `last_seen_at`, `idle_expires_at`, `absolute_expires_at`,
+/// `auth_time`, `user_agent`, `ip`, `version`).
 #[derive(Debug)]
 pub(crate) struct MetaRow {
     pub(crate) key: String,
@@ -116,7 +118,7 @@ impl MetaRow {
         })
     }
 
-    /// The record in a row of `SELECT {META_COLUMNS}, <data as JSON text> AS data`.
+    /// The record in a row of `SELECT <metadata columns>, <data as JSON text> AS data`.
     pub(crate) fn record<'r, R>(row: &'r R, context: &'static str) -> Result<Record, StoreError>
     where
         R: sqlx::Row,
@@ -138,7 +140,7 @@ impl MetaRow {
     }
 }
 
-/// A scan page from rows of `SELECT {META_COLUMNS}, <data as JSON text> AS data … ORDER BY
+/// A scan page from rows of `SELECT <metadata columns>, <data as JSON text> AS data … ORDER BY
 /// key LIMIT batch`; rows that do not decode are skipped, but the cursor still moves past them.
 pub(crate) fn scan_page<'r, R>(rows: &'r [R], batch: usize) -> ScanPage
 where
@@ -226,4 +228,6 @@ mod tests {
         assert_eq!(net.set.len(), 1);
         assert_eq!(net.set[0].0, "b");
         #[cfg(feature = "postgres")]
+        assert_eq!(net.patch_object(), r#"{"a":null,"b":"2"}"#);
+    }
 }

@@ -18,7 +18,8 @@ pub(crate) struct Migration {
     pub(crate) version: i64,
     /// A few words for the `sessionkit_migrations` table.
     pub(crate) name: &'static str,
-    /// Statements run in order, inside the migration transaction.
+    /// Statements run in order, inside the migration transaction; each may hold several,
+    /// separated by `;` (a migration's `.sql` file).
     pub(crate) statements: &'static [&'static str],
 }
 
@@ -40,22 +41,15 @@ pub(crate) async fn migrate_postgres(
     const LOCK: i64 = 0x5e55_1014_0000_0001;
     let e = |e| store_error(MIGRATING, e);
     let mut tx = conn.begin().await.map_err(e)?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+    sqlx::query(include_str!("postgres/migrations_lock.sql"))
         .bind(LOCK)
         .execute(&mut *tx)
         .await
         .map_err(e)?;
     let sql = RunnerSql {
-        create: "CREATE TABLE IF NOT EXISTS sessionkit_migrations (
-            component TEXT NOT NULL,
-            version BIGINT NOT NULL,
-            name TEXT NOT NULL,
-            applied_at BIGINT NOT NULL,
-            PRIMARY KEY (component, version)
-        )",
-        current: "SELECT MAX(version) FROM sessionkit_migrations WHERE component = $1",
-        record: "INSERT INTO sessionkit_migrations (component, version, name, applied_at) \
-             VALUES ($1, $2, $3, $4)",
+        create: include_str!("postgres/migrations_table.sql"),
+        current: include_str!("postgres/migrations_current.sql"),
+        record: include_str!("postgres/migrations_record.sql"),
     };
     apply_missing::<sqlx::Postgres>(&mut tx, component, migrations, &sql).await?;
     tx.commit().await.map_err(e)
@@ -73,16 +67,9 @@ pub(crate) async fn migrate_sqlite(
     let e = |e| store_error(MIGRATING, e);
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(e)?;
     let sql = RunnerSql {
-        create: "CREATE TABLE IF NOT EXISTS sessionkit_migrations (
-            component TEXT NOT NULL,
-            version INTEGER NOT NULL,
-            name TEXT NOT NULL,
-            applied_at INTEGER NOT NULL,
-            PRIMARY KEY (component, version)
-        )",
-        current: "SELECT MAX(version) FROM sessionkit_migrations WHERE component = ?",
-        record: "INSERT INTO sessionkit_migrations (component, version, name, applied_at) \
-             VALUES (?, ?, ?, ?)",
+        create: include_str!("sqlite/migrations_table.sql"),
+        current: include_str!("sqlite/migrations_current.sql"),
+        record: include_str!("sqlite/migrations_record.sql"),
     };
     apply_missing::<sqlx::Sqlite>(&mut tx, component, migrations, &sql).await?;
     tx.commit().await.map_err(e)
@@ -129,8 +116,9 @@ where
     let current = current.unwrap_or(0);
     warn_if_newer(component, current, migrations);
     for m in migrations.iter().filter(|m| m.version > current) {
+        // A statement may be a whole `.sql` file of several, run in order.
         for s in m.statements {
-            sqlx::query(s).execute(&mut **tx).await.map_err(e)?;
+            sqlx::raw_sql(s).execute(&mut **tx).await.map_err(e)?;
         }
         sqlx::query(sql.record)
             .bind(component.to_owned())

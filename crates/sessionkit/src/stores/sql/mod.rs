@@ -31,7 +31,9 @@ pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
-pub(crate) use connections::{Conn, Connections};
+#[cfg(feature = "postgres")]
+pub(crate) use connections::Conn;
+pub(crate) use connections::Connections;
 #[cfg(feature = "postgres")]
 pub(crate) use migrate::migrate_postgres;
 #[cfg(feature = "sqlite")]

@@ -1,0 +1,2 @@
+-- The first `?` of the user's sessions by last sight (sessions_user_seen).
+SELECT key FROM sessions WHERE user_id = ? AND key <> ? ORDER BY last_seen_at, key LIMIT ?

@@ -1,0 +1,2 @@
+-- The first `?` of the user's sessions by creation (sessions_user_created).
+SELECT key FROM sessions WHERE user_id = ? AND key <> ? ORDER BY created_at, key LIMIT ?
