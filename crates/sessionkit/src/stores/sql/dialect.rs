@@ -8,10 +8,10 @@
 
 use crate::id::StorageKey;
 use crate::record::{Meta, Record, Timestamp};
-use crate::store::ScanPage;
+use crate::store::{LimitPolicy, ScanPage, SessionLimit};
 
-use super::rows::{encode_data, metas, scan_page};
-use super::{sorted_keys, to_db, CLEANUP_BATCH};
+use super::rows::{encode_data, metas, scan_page, SessionRow};
+use super::{sorted_keys, to_db, CLEANUP_BATCH, EVICT_BATCH, PRUNE_BATCH};
 
 /// A database the SQL stores run on, with its statements. The operations are provided once for
 /// both; the bounds say what sqlx must offer for them.
@@ -24,14 +24,9 @@ where
     for<'q> String: sqlx::Encode<'q, Self> + sqlx::Type<Self>,
     for<'q> i64: sqlx::Encode<'q, Self> + sqlx::Type<Self>,
     for<'q> Option<i64>: sqlx::Encode<'q, Self> + sqlx::Type<Self>,
-    for<'r> i64: sqlx::Decode<'r, Self>,
-    for<'r> Option<i64>: sqlx::Decode<'r, Self>,
-    for<'r> String: sqlx::Decode<'r, Self>,
-    for<'r> Option<String>: sqlx::Decode<'r, Self>,
+    Self::Row: SessionRow,
     (i64,): for<'r> sqlx::FromRow<'r, Self::Row>,
     (String,): for<'r> sqlx::FromRow<'r, Self::Row>,
-    &'static str: sqlx::ColumnIndex<Self::Row>,
-    usize: sqlx::ColumnIndex<Self::Row>,
 {
     /// The store's name in health reports.
     const NAME: &'static str;
@@ -48,6 +43,17 @@ where
     const CLEANUP: &'static str;
     /// A user's sessions but one (or none), returning their keys: user, key kept.
     const DESTROY_USER: &'static str;
+    /// At most a batch of a user's expired sessions: user, now, batch.
+    const PRUNE_USER: &'static str;
+    /// A user's sessions, from the counter row: user.
+    const USER_COUNT: &'static str;
+    /// Every expired session of a user: user, now.
+    const DELETE_USER_EXPIRED: &'static str;
+    /// Deletes the oldest of a user's sessions but one, returning their keys: user, key kept,
+    /// how many.
+    const EVICT_OLDEST: &'static str;
+    /// The same, by last sight.
+    const EVICT_IDLEST: &'static str;
 
     /// Rows an `INSERT`, `UPDATE` or `DELETE` changed (sqlx has no trait for it).
     fn affected(done: &Self::QueryResult) -> u64;
@@ -76,6 +82,69 @@ where
             .execute(c)
             .await?;
         Ok(Self::affected(&done) > 0)
+    }
+
+    /// A login's per-user limit, inside the transaction that inserted its session `key` and
+    /// that keeps other logins of `user` out until it ends (SQLite: `BEGIN IMMEDIATE`;
+    /// PostgreSQL: the user's advisory lock): the sessions it evicts, or `None` when the limit
+    /// denies the login (the caller rolls back).
+    ///
+    /// O(log n) in the user's session count, never a read of the user's rows: it deletes at most
+    /// a batch of the user's expired rows, reads the count kept by triggers, and evicts the first
+    /// entries of the (user, created) or (user, last seen) index. When the count reaches the
+    /// limit, the rest of the user's expired rows go first (each row once, amortised over the
+    /// logins that made them) and the count is read again.
+    async fn enforce_limit(
+        c: &mut Self::Connection,
+        user: &str,
+        key: &StorageKey,
+        limit: SessionLimit,
+        now: Timestamp,
+    ) -> Result<Option<Vec<StorageKey>>, sqlx::Error> {
+        let now_at = to_db(now.0);
+        sqlx::query(Self::PRUNE_USER)
+            .bind(user)
+            .bind(now_at)
+            .bind(PRUNE_BATCH)
+            .execute(&mut *c)
+            .await?;
+        let max = limit.max.map_or(0, i64::from);
+        // The user's rows other than the new one, from the counter row: all live unless
+        // expired rows remain beyond the batch, which go (each once) when the count matters.
+        let mut live = Self::user_count(c, user).await?;
+        if live >= max {
+            sqlx::query(Self::DELETE_USER_EXPIRED)
+                .bind(user)
+                .bind(now_at)
+                .execute(&mut *c)
+                .await?;
+            live = Self::user_count(c, user).await?;
+        }
+        if live < max {
+            return Ok(Some(Vec::new()));
+        }
+        let evict = match limit.policy {
+            LimitPolicy::Deny => return Ok(None),
+            LimitPolicy::EvictIdlest => Self::EVICT_IDLEST,
+            LimitPolicy::EvictOldest => Self::EVICT_OLDEST,
+        };
+        let keys: Vec<(String,)> = sqlx::query_as(evict)
+            .bind(user)
+            .bind(key.as_str())
+            .bind((live + 1 - max).min(EVICT_BATCH))
+            .fetch_all(c)
+            .await?;
+        let keys: Vec<String> = keys.into_iter().map(|(k,)| k).collect();
+        Ok(Some(sorted_keys(&keys)))
+    }
+
+    /// The user's sessions other than the one just inserted, from the counter row.
+    async fn user_count(c: &mut Self::Connection, user: &str) -> Result<i64, sqlx::Error> {
+        let n: Option<(i64,)> = sqlx::query_as(Self::USER_COUNT)
+            .bind(user)
+            .fetch_optional(c)
+            .await?;
+        Ok(n.map_or(1, |(n,)| n) - 1)
     }
 
     /// A user's live sessions, oldest first.

@@ -78,6 +78,38 @@ impl NetChanges {
     }
 }
 
+/// A row of the sessions table from either database: the four column types decoding needs,
+/// with the bounds sqlx asks for said once.
+pub(crate) trait SessionRow {
+    fn int(&self, column: &'static str) -> Result<i64, sqlx::Error>;
+    fn maybe_int(&self, column: &'static str) -> Result<Option<i64>, sqlx::Error>;
+    fn text(&self, column: &'static str) -> Result<String, sqlx::Error>;
+    fn maybe_text(&self, column: &'static str) -> Result<Option<String>, sqlx::Error>;
+}
+
+impl<R> SessionRow for R
+where
+    R: sqlx::Row,
+    &'static str: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn int(&self, column: &'static str) -> Result<i64, sqlx::Error> {
+        self.try_get(column)
+    }
+    fn maybe_int(&self, column: &'static str) -> Result<Option<i64>, sqlx::Error> {
+        self.try_get(column)
+    }
+    fn text(&self, column: &'static str) -> Result<String, sqlx::Error> {
+        self.try_get(column)
+    }
+    fn maybe_text(&self, column: &'static str) -> Result<Option<String>, sqlx::Error> {
+        self.try_get(column)
+    }
+}
+
 /// The metadata columns of a row, as every session statement selects them by name (`key`,
 /// `user_id`, `created_at`, `last_seen_at`, `idle_expires_at`, `absolute_expires_at`,
 /// `auth_time`, `user_agent`, `ip`, `version`).
@@ -88,50 +120,35 @@ pub(crate) struct MetaRow {
 }
 
 impl MetaRow {
-    pub(crate) fn from_row<'r, R>(row: &'r R) -> Result<Self, sqlx::Error>
-    where
-        R: sqlx::Row,
-        &'static str: sqlx::ColumnIndex<R>,
-        i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-        Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-        String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-        Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    {
+    pub(crate) fn from_row(row: &impl SessionRow) -> Result<Self, sqlx::Error> {
         let ts = |c: &'static str| -> Result<Timestamp, sqlx::Error> {
-            Ok(Timestamp(from_db(row.try_get::<i64, _>(c)?)))
+            Ok(Timestamp(from_db(row.int(c)?)))
         };
         Ok(Self {
-            key: row.try_get("key")?,
+            key: row.text("key")?,
             meta: Meta {
-                user_id: row.try_get("user_id")?,
+                user_id: row.maybe_text("user_id")?,
                 created_at: ts("created_at")?,
                 last_seen_at: ts("last_seen_at")?,
                 idle_expires_at: ts("idle_expires_at")?,
                 absolute_expires_at: ts("absolute_expires_at")?,
-                user_agent: row.try_get("user_agent")?,
-                ip: row.try_get("ip")?,
-                auth_time: row
-                    .try_get::<Option<i64>, _>("auth_time")?
-                    .map(|v| Timestamp(from_db(v))),
-                version: from_db(row.try_get("version")?),
+                user_agent: row.maybe_text("user_agent")?,
+                ip: row.maybe_text("ip")?,
+                auth_time: row.maybe_int("auth_time")?.map(|v| Timestamp(from_db(v))),
+                version: from_db(row.int("version")?),
             },
         })
     }
 
     /// The record in a row of `SELECT <metadata columns>, <data as JSON text> AS data`.
-    pub(crate) fn record<'r, R>(row: &'r R, context: &'static str) -> Result<Record, StoreError>
-    where
-        R: sqlx::Row,
-        &'static str: sqlx::ColumnIndex<R>,
-        i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-        Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-        String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-        Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    {
+    pub(crate) fn record(
+        row: &impl SessionRow,
+        context: &'static str,
+    ) -> Result<Record, StoreError> {
         let e = |e| store_error(context, e);
         let meta = Self::from_row(row).map_err(e)?.meta;
         // Loads select `NULL` for data over the decoder's ceiling (its size is not read).
-        let text: Option<String> = row.try_get("data").map_err(e)?;
+        let text = row.maybe_text("data").map_err(e)?;
         let text = text.ok_or(StoreError::Corrupt(DecodeError::TooLarge(
             crate::record::DECODE_CEILING + 1,
         )))?;
@@ -142,19 +159,11 @@ impl MetaRow {
 
 /// A scan page from rows of `SELECT <metadata columns>, <data as JSON text> AS data … ORDER BY
 /// key LIMIT batch`; rows that do not decode are skipped, but the cursor still moves past them.
-pub(crate) fn scan_page<'r, R>(rows: &'r [R], batch: usize) -> ScanPage
-where
-    R: sqlx::Row,
-    &'static str: sqlx::ColumnIndex<R>,
-    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
+pub(crate) fn scan_page(rows: &[impl SessionRow], batch: usize) -> ScanPage {
     let mut records = Vec::with_capacity(rows.len());
     let mut last = None;
     for row in rows {
-        if let Ok(k) = row.try_get::<String, _>("key") {
+        if let Ok(k) = row.text("key") {
             last = Some(k);
         }
         let Ok(m) = MetaRow::from_row(row) else {
@@ -163,10 +172,7 @@ where
         let Some(key) = StorageKey::parse(&m.key) else {
             continue;
         };
-        let data = row
-            .try_get::<String, _>("data")
-            .ok()
-            .and_then(|t| decode_data(&t).ok());
+        let data = row.text("data").ok().and_then(|t| decode_data(&t).ok());
         if let Some(data) = data {
             records.push((key, Record { data, meta: m.meta }));
         }
@@ -176,15 +182,7 @@ where
 }
 
 /// Metadata of rows with a valid key; rows that do not decode are skipped.
-pub(crate) fn metas<'r, R>(rows: &'r [R]) -> Vec<(StorageKey, Meta)>
-where
-    R: sqlx::Row,
-    &'static str: sqlx::ColumnIndex<R>,
-    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
+pub(crate) fn metas(rows: &[impl SessionRow]) -> Vec<(StorageKey, Meta)> {
     rows.iter()
         .filter_map(|r| MetaRow::from_row(r).ok())
         .filter_map(|m| StorageKey::parse(&m.key).map(|k| (k, m.meta)))

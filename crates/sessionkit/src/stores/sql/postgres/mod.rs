@@ -79,15 +79,11 @@ use sqlx::Connection as _;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::dialect::Dialect;
-use super::{
-    ask, deadline, delete_in_batches, sorted_keys, store_error, to_db, Connections, Migration,
-    EVICT_BATCH, PRUNE_BATCH,
-};
+use super::{ask, deadline, delete_in_batches, store_error, Connections, Migration};
 use crate::id::StorageKey;
 use crate::record::{Delta, Meta, Record, Timestamp};
 use crate::store::{
-    CreateOutcome, Health, LimitPolicy, SaveOutcome, ScanPage, SessionLimit, SessionStore,
-    StoreError,
+    CreateOutcome, Health, SaveOutcome, ScanPage, SessionLimit, SessionStore, StoreError,
 };
 
 mod batch;
@@ -123,6 +119,11 @@ impl Dialect for sqlx::Postgres {
     const DESTROY: &'static str = include_str!("destroy.sql");
     const CLEANUP: &'static str = include_str!("cleanup.sql");
     const DESTROY_USER: &'static str = include_str!("destroy_user.sql");
+    const PRUNE_USER: &'static str = include_str!("prune_user.sql");
+    const USER_COUNT: &'static str = include_str!("user_count.sql");
+    const DELETE_USER_EXPIRED: &'static str = include_str!("delete_user_expired.sql");
+    const EVICT_OLDEST: &'static str = include_str!("evict_oldest.sql");
+    const EVICT_IDLEST: &'static str = include_str!("evict_idlest.sql");
 
     fn affected(done: &PgQueryResult) -> u64 {
         done.rows_affected()
@@ -211,53 +212,13 @@ impl PostgresStore {
             return Ok(CreateOutcome::Exists);
         }
         // Never the user's whole index (see "Per-user limit" in the module documentation).
-        let now_at = to_db(now.0);
-        sqlx::query(include_str!("prune_user.sql"))
-            .bind(user)
-            .bind(now_at)
-            .bind(PRUNE_BATCH)
-            .execute(&mut *tx)
+        let Some(victims) = sqlx::Postgres::enforce_limit(&mut tx, user, key, limit, now)
             .await
-            .map_err(e)?;
-        let max = limit.max.map_or(0, i64::from);
-        // The user's rows other than the new one, from the counter row: all live unless
-        // expired rows remain beyond the batch, which go (each once) when the count matters.
-        let count = async |tx: &mut PgConnection| -> Result<i64, sqlx::Error> {
-            let n: Option<i64> = sqlx::query_scalar(include_str!("user_count.sql"))
-                .bind(user)
-                .fetch_optional(&mut *tx)
-                .await?;
-            Ok(n.unwrap_or(1) - 1)
+            .map_err(e)?
+        else {
+            tx.rollback().await.map_err(e)?;
+            return Ok(CreateOutcome::LimitReached);
         };
-        let mut live = count(&mut tx).await.map_err(e)?;
-        if live >= max {
-            sqlx::query(include_str!("delete_user_expired.sql"))
-                .bind(user)
-                .bind(now_at)
-                .execute(&mut *tx)
-                .await
-                .map_err(e)?;
-            live = count(&mut tx).await.map_err(e)?;
-        }
-        let mut victims = Vec::new();
-        if live >= max {
-            if limit.policy == LimitPolicy::Deny {
-                tx.rollback().await.map_err(e)?;
-                return Ok(CreateOutcome::LimitReached);
-            }
-            let evict = match limit.policy {
-                LimitPolicy::EvictIdlest => include_str!("evict_idlest.sql"),
-                _ => include_str!("evict_oldest.sql"),
-            };
-            let keys: Vec<String> = sqlx::query_scalar(evict)
-                .bind(user)
-                .bind(key.as_str())
-                .bind((live + 1 - max).min(EVICT_BATCH))
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(e)?;
-            victims = sorted_keys(&keys);
-        }
         tx.commit().await.map_err(e)?;
         Ok(CreateOutcome::Created { evicted: victims })
     }
