@@ -3,11 +3,15 @@
 //!
 //! # Layout
 //! One table, `sessions`: the storage key as primary key (`COLLATE "C"`, so scans page in byte
-//! order), the metadata as `BIGINT`/`TEXT` columns (`user_id` indexed with expiry,
-//! creation and last sight: the per-user orders; `expires_at` generated as the nearer expiry and indexed, for cleanup), and the data as
-//! a `jsonb` object mapping each key to the JSON text of its value (see the `sql` module). The
-//! schema is created and upgraded at connect by embedded, versioned migrations recorded in
-//! `sessionkit_migrations`, under an advisory lock so that many instances may start at once.
+//! order), the metadata as `BIGINT`/`TEXT` columns (`user_id` indexed with expiry, creation and
+//! last sight: the per-user orders; `expires_at` generated as the nearer expiry and indexed, for
+//! cleanup), and the data as a `jsonb` object mapping each key to the JSON text of its value
+//! (see `sql::rows`). The schema is created and upgraded at connect by embedded, versioned
+//! migrations (`migrations/*.sql`) recorded in `sessionkit_migrations`, under an advisory lock
+//! so that many instances may start at once. A save without a touch leaves every indexed value
+//! as it was, so PostgreSQL updates the row in place (HOT) without touching an index (unlike
+//! SQLite, which rewrites the entries of every index on a column the `SET` names, whatever the
+//! value: measured, 51,200 of 51,200 such updates HOT).
 //!
 //! # Batches
 //! Loads and saves are batched: they wait in one queue that a batcher task drains, serving
@@ -37,7 +41,7 @@
 //!   it never overwrites a live record (an expired one not yet cleaned up is replaced).
 //! - The size cap ([`Delta::max_size`]) is part of each row's `WHERE`, so it is checked against
 //!   the latest row under its lock: concurrent deltas cannot together grow a record past it, and
-//!   a batch refuses only the rows that would exceed it (see `UPDATE`). Loads select `NULL`
+//!   a batch refuses only the rows that would exceed it (see `batch.rs` and `update.sql`). Loads select `NULL`
 //!   for data over `DECODE_CEILING`, read as a corrupt record.
 //!
 //! # Durability

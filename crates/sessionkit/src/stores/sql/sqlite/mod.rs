@@ -3,10 +3,10 @@
 //!
 //! # Layout
 //! One table, `sessions`: the storage key as primary key, the metadata as columns (`user_id`
-//! indexed with expiry, creation and last sight: the per-user orders; `expires_at` generated as the nearer expiry and indexed,
-//! for cleanup), and the data as a JSON object of JSON texts (see the `sql` module). The schema is
-//! created and upgraded at connect by embedded, versioned migrations recorded in
-//! `sessionkit_migrations`.
+//! indexed with expiry, creation and last sight: the per-user orders; `expires_at` generated as
+//! the nearer expiry and indexed, for cleanup), and the data as a JSON object of JSON texts (see
+//! `sql::rows`). The schema is created and upgraded at connect by embedded, versioned
+//! migrations (`migrations/*.sql`) recorded in `sessionkit_migrations`.
 //!
 //! # Concurrency
 //! The database runs in WAL mode with `synchronous = NORMAL` and a busy timeout. Every write goes
@@ -14,12 +14,13 @@
 //! (FIFO) instead of fighting over SQLite's lock; reads use a separate pool and, in WAL mode,
 //! never wait for writers. Deltas queue for one task that applies all those waiting, at most one
 //! per session, as one `UPDATE ... FROM json_each(?)` that merges each patch into the stored
-//! object with `json_patch` (one statement and one commit for the batch, which is what lets
-//! the single writer keep up under load); SQLite takes the write lock before the statement
-//! reads the rows, so concurrent deltas on one session each apply to the latest row, in the
-//! order they were made, and `WHERE expires_at > now` keeps a destroyed session destroyed.
-//! The size cap is part of the same `WHERE` (see `SAVE`), so concurrent deltas cannot
-//! together grow a record past it; loads select `NULL` for data over `DECODE_CEILING`.
+//! object with `json_patch` (two in one transaction when the batch mixes saves with and without
+//! a touch; one commit per batch, which is what lets the single writer keep up under load);
+//! SQLite takes the write lock before the statement reads the rows, so concurrent deltas on one
+//! session each apply to the latest row, in the order they were made, and
+//! `WHERE expires_at > now` keeps a destroyed session destroyed. The size cap is part of the
+//! same `WHERE` (see `saves.rs` and `save.sql`), so concurrent deltas cannot together grow a
+//! record past it; loads select `NULL` for data over `DECODE_CEILING`.
 //! Logins under a per-user limit run as `BEGIN IMMEDIATE` transactions, which
 //! take the write lock up front. Another process writing the same file waits (busy timeout)
 //! rather than failing mid-transaction, so processes sharing a file lose no update either.
