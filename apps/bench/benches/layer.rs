@@ -15,7 +15,8 @@ use axum::Router;
 use criterion::{black_box, criterion_group, Criterion};
 use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderValue, Request, StatusCode};
-use sessionkit::{Config, MemoryStore, SessionLayer};
+use sessionkit::stores::memory::MemoryStore;
+use sessionkit::{Config, SessionLayer};
 use tower::ServiceExt;
 
 fn request(path: &str, cookie: Option<&HeaderValue>) -> Request<axum::body::Body> {

@@ -5,7 +5,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use sessionkit::{Session, SessionError, SessionLayer, Value};
+use sessionkit::store::Value;
+use sessionkit::{Session, SessionError, SessionLayer};
 
 /// The router, below `layer`.
 pub fn app(layer: SessionLayer) -> Router {

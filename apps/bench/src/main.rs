@@ -3,7 +3,8 @@
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
-use sessionkit::{build_event_sink, build_store, Config, SessionLayer};
+use sessionkit::stores::build_event_sink;
+use sessionkit::{build_store, Config, SessionLayer};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -67,7 +67,10 @@ fn a_logout_during_a_redis_stall_stays_ended_across_processes() {
 
 /// The live sessions of user 42 (the bench app's only user) in each store, read directly.
 fn sessions_of_42(redis_url: &str, db: &std::path::Path) -> (usize, usize) {
-    use sessionkit::{Clock, RedisOptions, RedisStore, SessionStore, SqliteStore, SystemClock};
+    use sessionkit::clock::{Clock, SystemClock};
+    use sessionkit::store::SessionStore;
+    use sessionkit::stores::redis::{RedisOptions, RedisStore};
+    use sessionkit::stores::sqlite::SqliteStore;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -16,10 +16,11 @@ use http::header::{CONTENT_TYPE, COOKIE, USER_AGENT};
 use http::{HeaderMap, HeaderValue, Request, StatusCode};
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
-use sessionkit::{
-    Config, CookieKeys, FanoutSink, MemorySink, MemoryStore, SessionLayer, SessionStore,
-    TracingSink,
-};
+use sessionkit::events::{FanoutSink, MemorySink, TracingSink};
+use sessionkit::store::SessionStore;
+use sessionkit::stores::memory::MemoryStore;
+use sessionkit::test_util::CookieKeys;
+use sessionkit::{Config, SessionLayer};
 use sessionkit_testkit::fuzz::{header_byte, presents, set_cookie_values, spliced};
 use tower::ServiceExt as _;
 
@@ -155,7 +156,7 @@ impl Fixture {
     /// The logs never held the signed value or the raw ID.
     fn assert_no_leak(&self) {
         let logs = String::from_utf8_lossy(&self.logs.0.lock().unwrap()).into_owned();
-        let id = &self.good[..sessionkit::ID_LEN];
+        let id = &self.good[..sessionkit::id::ID_LEN];
         assert!(!logs.contains(id), "a log line holds the session ID");
     }
 }

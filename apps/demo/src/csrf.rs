@@ -8,13 +8,13 @@
 //! are Secure) that the form must repeat. Either way, a POST without a matching token is a 403.
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Form;
-use base64::Engine as _;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use sessionkit::{Presented, Session, SessionError};
+use sessionkit::id::SessionId;
+use sessionkit::{Session, SessionError};
 use subtle::ConstantTimeEq as _;
 
 use crate::views;
@@ -23,13 +23,11 @@ use crate::views;
 pub(crate) const FIELD: &str = "csrf";
 /// The session key that holds a signed-in session's token.
 const SESSION_KEY: &str = "_csrf";
-/// Random bytes per token (base64url without padding: 43 characters).
-const TOKEN_BYTES: usize = 32;
-
+/// 256 bits from the operating system's CSPRNG as 43 characters of base64url: drawn the way a
+/// session ID is, which is exactly what a token needs.
 fn random_token() -> Result<String, SessionError> {
-    let mut b = [0u8; TOKEN_BYTES];
-    getrandom::getrandom(&mut b).map_err(SessionError::Random)?;
-    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
+    let id = SessionId::generate().map_err(SessionError::Random)?;
+    Ok(id.expose().to_owned())
 }
 
 fn same(a: &str, b: &str) -> bool {
@@ -124,15 +122,23 @@ impl LoginCookie {
         }
     }
 
-    fn presented(self, headers: &HeaderMap) -> Option<&str> {
-        match sessionkit::find_cookie(headers, self.name()) {
-            Presented::One(v) => std::str::from_utf8(v).ok().filter(|v| {
-                v.len() == 43
-                    && v.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            }),
-            Presented::Absent | Presented::Ambiguous => None,
-        }
+    /// The token cookie, if the request carries exactly one well-formed one. Parsed by the
+    /// `cookie` crate from each header that is text; a second cookie of the name (a sibling
+    /// subdomain can plant one) makes it ambiguous, so none.
+    fn presented(self, headers: &HeaderMap) -> Option<String> {
+        let mut found = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|h| h.to_str().ok())
+            .flat_map(cookie::Cookie::split_parse)
+            .filter_map(Result::ok)
+            .filter(|c| c.name() == self.name());
+        let token = found.next()?.value().to_owned();
+        let well_formed = token.len() == 43
+            && token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        (well_formed && found.next().is_none()).then_some(token)
     }
 
     /// The token to put in the form, and the `Set-Cookie` to send when the browser has none yet.
@@ -144,7 +150,7 @@ impl LoginCookie {
         headers: &HeaderMap,
     ) -> Result<(String, Option<HeaderValue>), SessionError> {
         if let Some(t) = self.presented(headers) {
-            return Ok((t.to_owned(), None));
+            return Ok((t, None));
         }
         let t = random_token()?;
         let c = self.build(cookie::Cookie::build((self.name(), t.clone())));
@@ -153,7 +159,7 @@ impl LoginCookie {
 
     /// Whether the form's token repeats the cookie.
     pub(crate) fn verify(self, headers: &HeaderMap, presented: &str) -> bool {
-        self.presented(headers).is_some_and(|c| same(c, presented))
+        self.presented(headers).is_some_and(|c| same(&c, presented))
     }
 
     /// The `Set-Cookie` that deletes the cookie after sign-in.

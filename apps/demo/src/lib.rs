@@ -30,7 +30,8 @@
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
 //! use std::sync::Arc;
-//! use sessionkit::{Config, MemoryStore, SessionLayer};
+//! use sessionkit::{Config, SessionLayer};
+//! use sessionkit::stores::memory::MemoryStore;
 //! use sessionkit_demo::{app, AppState, Users};
 //!
 //! let layer = SessionLayer::new(Arc::new(MemoryStore::new()), Config::from_env()?)?;
@@ -53,8 +54,10 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use sessionkit::admin::Sessions;
-use sessionkit::prometheus_client::registry::Registry;
-use sessionkit::{AppEnv, Config, SessionLayer, SessionStore};
+use sessionkit::config::AppEnv;
+use sessionkit::metrics::prometheus_client::registry::Registry;
+use sessionkit::store::SessionStore;
+use sessionkit::{Config, SessionLayer};
 
 mod csrf;
 mod routes;

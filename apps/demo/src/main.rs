@@ -12,8 +12,11 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use sessionkit::prometheus_client::registry::Registry;
-use sessionkit::{build_event_sink, build_store, Config, FanoutSink, SessionLayer, SessionMetrics};
+use sessionkit::events::FanoutSink;
+use sessionkit::metrics::prometheus_client::registry::Registry;
+use sessionkit::metrics::SessionMetrics;
+use sessionkit::stores::build_event_sink;
+use sessionkit::{build_store, Config, SessionLayer};
 use sessionkit_demo::{app, development_notice, AppState, Users};
 
 #[tokio::main]

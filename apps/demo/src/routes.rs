@@ -9,7 +9,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Form, Json};
 use serde::Deserialize;
 use sessionkit::admin::Revocation;
-use sessionkit::{Session, SessionError, StorageKey};
+use sessionkit::store::StorageKey;
+use sessionkit::{Session, SessionError};
 
 use crate::csrf::{self, CsrfForm};
 use crate::throttle::ClientAddr;
@@ -466,8 +467,11 @@ pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     match &state.metrics {
         Some(registry) => (
-            [(header::CONTENT_TYPE, sessionkit::METRICS_CONTENT_TYPE)],
-            sessionkit::render_metrics(registry),
+            [(
+                header::CONTENT_TYPE,
+                sessionkit::metrics::METRICS_CONTENT_TYPE,
+            )],
+            sessionkit::metrics::render_metrics(registry),
         )
             .into_response(),
         None => not_found().await,

@@ -27,7 +27,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
-use sessionkit::AppEnv;
+use sessionkit::config::AppEnv;
 use subtle::ConstantTimeEq as _;
 use tokio::sync::Semaphore;
 

@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
-use sessionkit::{Health, Meta, StorageKey, Timestamp};
+use sessionkit::store::{Health, Meta, StorageKey, Timestamp};
 
 use crate::csrf::FIELD;
 

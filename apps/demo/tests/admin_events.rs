@@ -12,11 +12,13 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
-use sessionkit::prometheus_client::registry::Registry;
-use sessionkit::{
-    AuditSink, Config, EventKind, FanoutSink, MemorySink, MemoryStore, SessionLayer,
-    SessionMetrics, SessionStore, StorageKey,
-};
+use sessionkit::audit::AuditSink;
+use sessionkit::events::{EventKind, FanoutSink, MemorySink};
+use sessionkit::metrics::prometheus_client::registry::Registry;
+use sessionkit::metrics::SessionMetrics;
+use sessionkit::store::{SessionStore, StorageKey};
+use sessionkit::stores::memory::MemoryStore;
+use sessionkit::{Config, SessionLayer};
 use sessionkit_demo::{app, AppState, Users};
 use tower::ServiceExt as _;
 
@@ -107,7 +109,7 @@ impl Browser {
 }
 
 async fn keys(store: &Arc<dyn SessionStore>, user: &str) -> Vec<StorageKey> {
-    let now = sessionkit::Timestamp(0);
+    let now = sessionkit::store::Timestamp(0);
     let mut keys: Vec<StorageKey> = store
         .list_user(user, now)
         .await

@@ -9,7 +9,9 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::Router;
-use sessionkit::{Config, MemoryStore, SessionLayer, SessionStore};
+use sessionkit::store::SessionStore;
+use sessionkit::stores::memory::MemoryStore;
+use sessionkit::{Config, SessionLayer};
 use sessionkit_demo::{app, AppState, Users};
 use tower::ServiceExt as _;
 
@@ -263,7 +265,7 @@ async fn login_flow() {
     assert!(dash.body.contains(" UTC"), "timestamps are human-readable");
     assert!(dash.body.contains(&std::process::id().to_string()));
     let key = &store
-        .list_user("alice", sessionkit::Timestamp(0))
+        .list_user("alice", sessionkit::store::Timestamp(0))
         .await
         .unwrap()[0]
         .0;
@@ -411,7 +413,7 @@ async fn devices_lists_and_revokes_only_the_users_own_sessions() {
     assert_eq!(keys.len(), 1, "one revoke button: the other device");
     let phone_key = keys[0].clone();
     let alice: Vec<String> = store
-        .list_user("alice", sessionkit::Timestamp(0))
+        .list_user("alice", sessionkit::store::Timestamp(0))
         .await
         .unwrap()
         .into_iter()
@@ -495,7 +497,7 @@ async fn logout_clears_the_session() {
         .contains("You have signed out."));
     assert_eq!(
         store
-            .list_user("alice", sessionkit::Timestamp(0))
+            .list_user("alice", sessionkit::store::Timestamp(0))
             .await
             .unwrap()
             .len(),
@@ -654,14 +656,14 @@ fn demo_passwords_are_printed_outside_production_only() {
     let dev = Config::new(SECRET);
     let notice = sessionkit_demo::development_notice(&dev).unwrap();
     assert!(notice.contains("alice") && notice.contains("wonderland"));
-    let prod = Config::new(SECRET).with_app_env(sessionkit::AppEnv::Production);
+    let prod = Config::new(SECRET).with_app_env(sessionkit::config::AppEnv::Production);
     assert_eq!(sessionkit_demo::development_notice(&prod), None);
 }
 
 #[tokio::test]
 async fn metrics_count_events_and_store_operations() {
-    use sessionkit::prometheus_client::registry::Registry;
-    use sessionkit::SessionMetrics;
+    use sessionkit::metrics::prometheus_client::registry::Registry;
+    use sessionkit::metrics::SessionMetrics;
 
     let mut registry = Registry::default();
     let metrics = SessionMetrics::register(&mut registry);

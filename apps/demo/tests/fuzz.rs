@@ -16,12 +16,15 @@ use axum::http::{HeaderMap, HeaderValue, Request, StatusCode};
 use axum::Router;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
-use sessionkit::prometheus_client::registry::Registry;
-use sessionkit::{
-    Clock as _, Config, CookieKeys, CreateOutcome, FanoutSink, MemoryStore, Meta, Record,
-    SessionId, SessionLayer, SessionLimit, SessionMetrics, SessionStore, SystemClock, TracingSink,
-    Value,
-};
+use sessionkit::clock::{Clock as _, SystemClock};
+use sessionkit::events::{FanoutSink, TracingSink};
+use sessionkit::id::SessionId;
+use sessionkit::metrics::prometheus_client::registry::Registry;
+use sessionkit::metrics::SessionMetrics;
+use sessionkit::store::{CreateOutcome, Meta, Record, SessionLimit, SessionStore, Value};
+use sessionkit::stores::memory::MemoryStore;
+use sessionkit::test_util::CookieKeys;
+use sessionkit::{Config, SessionLayer};
 use sessionkit_demo::{app, AppState, Users};
 use sessionkit_testkit::fuzz::{header_byte, presents, set_cookie_values, spliced};
 use tower::ServiceExt as _;

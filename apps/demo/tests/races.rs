@@ -10,7 +10,9 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
-use sessionkit::{Config, SessionLayer, SessionStore, SqliteStore, Timestamp};
+use sessionkit::store::{SessionStore, Timestamp};
+use sessionkit::stores::sqlite::SqliteStore;
+use sessionkit::{Config, SessionLayer};
 use sessionkit_demo::{app, AppState, Users};
 use tower::ServiceExt as _;
 

@@ -16,10 +16,12 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sessionkit::admin::{self, Revocation, Sessions};
-use sessionkit::{
-    open_store_url, AuditSink, Config, EventSink, FanoutSink, Meta, SessionId, SessionLimit,
-    SessionStore, StorageKey, StoreError, Timestamp, TracingSink,
-};
+use sessionkit::audit::AuditSink;
+use sessionkit::events::{EventSink, FanoutSink, TracingSink};
+use sessionkit::id::SessionId;
+use sessionkit::store::{Meta, SessionLimit, SessionStore, StorageKey, StoreError, Timestamp};
+use sessionkit::stores::open_url;
+use sessionkit::Config;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -350,7 +352,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let src = admin::open_existing_url(from, &config)
                 .await
                 .context("opening --from")?;
-            let dst = open_store_url(to, &config).await.context("opening --to")?;
+            let dst = open_url(to, &config).await.context("opening --to")?;
             migrate(&Sessions::new(src), &*dst, *batch).await?;
         }
     }
@@ -376,7 +378,7 @@ async fn migrate(src: &Sessions, dst: &dyn SessionStore, batch: usize) -> anyhow
                 continue;
             }
             match dst.create(k, r, SessionLimit::UNLIMITED, now).await? {
-                sessionkit::CreateOutcome::Created { .. } => copied += 1,
+                sessionkit::store::CreateOutcome::Created { .. } => copied += 1,
                 _ => existing += 1,
             }
         }

@@ -5,10 +5,10 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use sessionkit::{
-    Clock, FileOptions, FileStore, Record, SessionId, SessionLimit, SessionStore, StorageKey,
-    SystemClock, Value,
-};
+use sessionkit::clock::{Clock, SystemClock};
+use sessionkit::id::SessionId;
+use sessionkit::store::{Record, SessionLimit, SessionStore, StorageKey, Value};
+use sessionkit::stores::file::{FileOptions, FileStore};
 
 fn cli(store: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sessionkit"))
@@ -44,7 +44,10 @@ async fn add(store: &FileStore, user: Option<&str>, ttl: Duration) -> StorageKey
         .create(&key, &r, SessionLimit::UNLIMITED, now)
         .await
         .unwrap();
-    assert!(matches!(out, sessionkit::CreateOutcome::Created { .. }));
+    assert!(matches!(
+        out,
+        sessionkit::store::CreateOutcome::Created { .. }
+    ));
     key
 }
 

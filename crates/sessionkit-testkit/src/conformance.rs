@@ -9,9 +9,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sessionkit::{
-    Clock, CreateOutcome, Delta, LimitPolicy, Record, SaveOutcome, SessionId, SessionLimit,
-    SessionStore, StorageKey, SystemClock, Timestamp, Touch, Value,
+use sessionkit::clock::{Clock, SystemClock};
+use sessionkit::id::SessionId;
+use sessionkit::store::{
+    CreateOutcome, Delta, LimitPolicy, Record, SaveOutcome, SessionLimit, SessionStore, StorageKey,
+    Timestamp, Touch, Value,
 };
 
 /// The store type the suite runs against.
@@ -52,7 +54,7 @@ fn set(k: &str, v: impl serde_json_like::ToJson) -> (String, Option<Value>) {
 
 /// Tiny shim so the suite reads naturally without depending on serde_json directly.
 mod serde_json_like {
-    use sessionkit::Value;
+    use sessionkit::store::Value;
     pub(super) trait ToJson {
         fn to_value(&self) -> Value;
     }
@@ -988,7 +990,7 @@ pub async fn limit_picks_the_right_victim_among_thousands(store: Store) {
     let at = t.add(HOUR / 2);
     let live = store.list_user(&user, at).await.expect("list");
     assert_eq!(live.len(), n as usize);
-    let by = |f: fn(&sessionkit::Meta) -> Timestamp| {
+    let by = |f: fn(&sessionkit::store::Meta) -> Timestamp| {
         let mut v: Vec<(Timestamp, StorageKey)> =
             live.iter().map(|(k, m)| (f(m), k.clone())).collect();
         v.sort();

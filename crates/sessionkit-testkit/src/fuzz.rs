@@ -5,7 +5,7 @@
 
 use http::header::{HeaderMap, HeaderValue, COOKIE};
 use proptest::prelude::*;
-use sessionkit::{find_cookie, Presented};
+use sessionkit::test_util::{find_cookie, Presented};
 
 /// Any byte `HeaderValue::from_bytes` accepts: tab, printable ASCII and 0x80..=0xff (multi-byte
 /// UTF-8 and invalid UTF-8 alike); now and then a byte it refuses, so that callers exercise the

@@ -4,6 +4,7 @@
 
 pub mod conformance;
 pub mod faulty;
+pub mod forwarding;
 pub mod fuzz;
 pub mod postgres;
 pub mod redis;
@@ -11,10 +12,7 @@ pub mod session_races;
 
 use std::fmt;
 
-use sessionkit::{
-    CreateOutcome, Delta, Health, Meta, Record, SaveOutcome, ScanPage, SessionLimit, SessionStore,
-    StorageKey, StoreError, Timestamp,
-};
+use sessionkit::store::{SessionStore, StoreWrapper};
 
 /// A store that keeps something alive as long as it lives (a temp dir holding its files, a
 /// server), so a conformance factory can hand out a plain `Arc<dyn SessionStore>`.
@@ -29,66 +27,9 @@ impl<S: fmt::Debug, G> fmt::Debug for Holding<S, G> {
     }
 }
 
-#[async_trait::async_trait]
-impl<S: SessionStore, G: Send + Sync + 'static> SessionStore for Holding<S, G> {
-    fn name(&self) -> &'static str {
-        self.store.name()
-    }
-    async fn create(
-        &self,
-        key: &StorageKey,
-        record: &Record,
-        limit: SessionLimit,
-        now: Timestamp,
-    ) -> Result<CreateOutcome, StoreError> {
-        self.store.create(key, record, limit, now).await
-    }
-    async fn load(&self, key: &StorageKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
-        self.store.load(key, now).await
-    }
-    async fn save_delta(
-        &self,
-        key: &StorageKey,
-        delta: &Delta,
-        now: Timestamp,
-    ) -> Result<SaveOutcome, StoreError> {
-        self.store.save_delta(key, delta, now).await
-    }
-    async fn destroy(&self, key: &StorageKey) -> Result<bool, StoreError> {
-        self.store.destroy(key).await
-    }
-    async fn list_user(
-        &self,
-        user_id: &str,
-        now: Timestamp,
-    ) -> Result<Vec<(StorageKey, Meta)>, StoreError> {
-        self.store.list_user(user_id, now).await
-    }
-    async fn destroy_user(
-        &self,
-        user_id: &str,
-        except: Option<&StorageKey>,
-    ) -> Result<Vec<StorageKey>, StoreError> {
-        self.store.destroy_user(user_id, except).await
-    }
-    async fn count(&self) -> Result<u64, StoreError> {
-        self.store.count().await
-    }
-    async fn cleanup_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
-        self.store.cleanup_expired(now).await
-    }
-    async fn scan(&self, cursor: Option<String>, batch: usize) -> Result<ScanPage, StoreError> {
-        self.store.scan(cursor, batch).await
-    }
-    async fn health(&self) -> Health {
-        self.store.health().await
-    }
-    async fn touch(
-        &self,
-        key: &StorageKey,
-        touch: sessionkit::Touch,
-        now: Timestamp,
-    ) -> Result<SaveOutcome, StoreError> {
-        self.store.touch(key, touch, now).await
+impl<S: SessionStore, G: Send + Sync + 'static> StoreWrapper for Holding<S, G> {
+    type Inner = S;
+    fn inner(&self) -> &S {
+        &self.store
     }
 }

@@ -15,7 +15,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use http::header::{COOKIE, SET_COOKIE};
 use http::{Request, StatusCode};
-use sessionkit::{Clock, Config, Session, SessionError, SessionLayer, SystemClock};
+use sessionkit::clock::{Clock, SystemClock};
+use sessionkit::{Config, Session, SessionError, SessionLayer};
 use tokio::sync::{Barrier, OwnedRwLockWriteGuard, RwLock};
 use tower::ServiceExt;
 
@@ -145,7 +146,7 @@ async fn call(app: &Router, method: &str, uri: &str, cookie: Option<&str>) -> An
 
 /// A unique user name, so stores shared between tests never mix users.
 fn new_user() -> String {
-    let key = sessionkit::SessionId::generate()
+    let key = sessionkit::id::SessionId::generate()
         .expect("rng")
         .storage_key();
     format!("race-{}", &key.as_str()[..16])
@@ -367,7 +368,7 @@ pub async fn login_keeps_only_its_own_users_data(store: Store) {
     let anon = call(&app, "POST", "/put?k=cart&v=2", None).await;
     let anon = anon.cookie.expect("anonymous session stored");
     let key = call(&app, "GET", "/key", Some(&anon)).await.body;
-    let key = sessionkit::StorageKey::parse(&key).expect("storage key");
+    let key = sessionkit::store::StorageKey::parse(&key).expect("storage key");
     let op = format!("op=login&user={alice}");
     let (tasks, hold) = start_gated(&app, &gates, &[op.as_str()], &anon).await;
     assert!(store.destroy(&key).await.expect("destroy"));
@@ -384,7 +385,7 @@ pub async fn login_keeps_only_its_own_users_data(store: Store) {
 /// rounds.
 pub async fn destroy_reports_the_removal_once(store: Store) {
     for _ in 0..25 {
-        let key = sessionkit::SessionId::generate()
+        let key = sessionkit::id::SessionId::generate()
             .expect("rng")
             .storage_key();
         let user = new_user();
@@ -393,12 +394,15 @@ pub async fn destroy_reports_the_removal_once(store: Store) {
             .create(
                 &key,
                 &record,
-                sessionkit::SessionLimit::UNLIMITED,
+                sessionkit::store::SessionLimit::UNLIMITED,
                 SystemClock.now(),
             )
             .await
             .expect("create");
-        assert!(matches!(out, sessionkit::CreateOutcome::Created { .. }));
+        assert!(matches!(
+            out,
+            sessionkit::store::CreateOutcome::Created { .. }
+        ));
         let start = Arc::new(Barrier::new(RACERS));
         let tasks: Vec<_> = (0..RACERS)
             .map(|_| {

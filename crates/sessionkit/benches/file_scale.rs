@@ -25,10 +25,13 @@ mod unix {
     use std::path::Path;
     use std::time::{Duration, Instant};
 
-    use sessionkit::{
-        Clock, CreateOutcome, Delta, FileOptions, FileStore, Record, SaveOutcome, SessionId,
-        SessionLimit, SessionStore, StorageKey, SystemClock, Timestamp, Value,
+    use sessionkit::clock::{Clock, SystemClock};
+    use sessionkit::id::SessionId;
+    use sessionkit::store::{
+        CreateOutcome, Delta, Record, SaveOutcome, SessionLimit, SessionStore, StorageKey,
+        Timestamp, Value,
     };
+    use sessionkit::stores::file::{FileOptions, FileStore};
 
     const HOUR: Duration = Duration::from_secs(3600);
     const MAX_OPS: u64 = 10_000;

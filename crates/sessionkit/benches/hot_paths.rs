@@ -3,7 +3,9 @@
 #![allow(missing_docs, clippy::unwrap_used)]
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::header::{HeaderMap, HeaderValue, COOKIE};
-use sessionkit::{find_cookie, CookieKeys, Presented, Record, SessionId, Value};
+use sessionkit::id::SessionId;
+use sessionkit::store::{Record, Value};
+use sessionkit::test_util::{find_cookie, CookieKeys, Presented};
 
 fn record_of(bytes: usize) -> Record {
     let mut r = Record::default();

@@ -9,10 +9,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sessionkit::{
-    Clock, Delta, PostgresStore, Record, SessionId, SessionLimit, SessionStore, StorageKey,
-    SystemClock, Value,
-};
+use sessionkit::clock::{Clock, SystemClock};
+use sessionkit::id::SessionId;
+use sessionkit::store::{Delta, Record, SessionLimit, SessionStore, StorageKey, Value};
+use sessionkit::stores::postgres::PostgresStore;
 use sessionkit_testkit::postgres::PostgresServer;
 use sqlx::Row as _;
 

@@ -9,10 +9,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sessionkit::{
-    Clock, Delta, Record, SaveOutcome, SessionId, SessionLimit, SessionStore, SqliteStore,
-    StorageKey, SystemClock, Value,
+use sessionkit::clock::{Clock, SystemClock};
+use sessionkit::id::SessionId;
+use sessionkit::store::{
+    Delta, Record, SaveOutcome, SessionLimit, SessionStore, StorageKey, Value,
 };
+use sessionkit::stores::sqlite::SqliteStore;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)

@@ -16,11 +16,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sessionkit::{
-    Clock, CreateOutcome, FileOptions, FileStore, LimitPolicy, PostgresStore, Record, RedisOptions,
-    RedisStore, SessionId, SessionLimit, SessionStore, SqliteStore, StorageKey, SystemClock,
-    Timestamp,
+use sessionkit::clock::{Clock, SystemClock};
+use sessionkit::id::SessionId;
+use sessionkit::store::{
+    CreateOutcome, LimitPolicy, Record, SessionLimit, SessionStore, StorageKey, Timestamp,
 };
+use sessionkit::stores::file::{FileOptions, FileStore};
+use sessionkit::stores::postgres::PostgresStore;
+use sessionkit::stores::redis::{RedisOptions, RedisStore};
+use sessionkit::stores::sqlite::SqliteStore;
 use sessionkit_testkit::postgres::PostgresServer;
 use sessionkit_testkit::redis::RedisServer;
 
@@ -139,7 +143,13 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         if want("memory") {
-            measure("memory", Arc::new(sessionkit::MemoryStore::new()), n, m).await;
+            measure(
+                "memory",
+                Arc::new(sessionkit::stores::memory::MemoryStore::new()),
+                n,
+                m,
+            )
+            .await;
         }
         if want("file") {
             let dir = tempfile::tempdir().unwrap();

@@ -5,9 +5,10 @@
 //! ```
 //! use std::sync::Arc;
 //! use sessionkit::admin::{Revocation, Sessions};
-//! use sessionkit::{Config, MemoryStore, SessionLayer};
+//! use sessionkit::{Config, SessionLayer};
+//! use sessionkit::stores::memory::MemoryStore;
 //!
-//! # async fn demo() -> Result<(), sessionkit::StoreError> {
+//! # async fn demo() -> Result<(), sessionkit::store::StoreError> {
 //! let layer = SessionLayer::new(
 //!     Arc::new(MemoryStore::new()),
 //!     Config::new("a-long-random-secret-from-the-environment!!"),
@@ -263,12 +264,12 @@ impl Sessions {
     }
 }
 
-/// Opens the store at `url` (as [`open_store_url`](crate::open_store_url) does) for
+/// Opens the store at `url` (as [`open_store_url`](crate::stores::open_url) does) for
 /// administration, without creating it: a file store folder or SQLite file that does not exist
 /// is [`StoreError::Unavailable`] instead of a new empty store.
 ///
 /// # Errors
-/// As [`open_store_url`](crate::open_store_url), and a missing store.
+/// As [`open_store_url`](crate::stores::open_url), and a missing store.
 pub async fn open_existing_url(
     url: &str,
     config: &Config,

@@ -3,9 +3,10 @@
 //! (`SESSION_AUDIT_URL`), independently of the store that holds the sessions.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), sessionkit::StoreError> {
+//! # async fn demo() -> Result<(), sessionkit::store::StoreError> {
 //! use std::sync::Arc;
-//! use sessionkit::{AuditSink, EventSink, FanoutSink, TracingSink};
+//! use sessionkit::audit::AuditSink;
+//! use sessionkit::events::{EventSink, FanoutSink, TracingSink};
 //!
 //! if let Some(audit) = AuditSink::from_env().await? {
 //!     let audit = Arc::new(audit);

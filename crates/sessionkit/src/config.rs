@@ -14,7 +14,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cookie::SameSite;
+/// The `SameSite` attribute values, re-exported from the `cookie` crate.
+pub use cookie::SameSite;
 
 use crate::store::{LimitPolicy, SessionLimit};
 
@@ -119,7 +120,7 @@ pub struct Config {
     /// `SESSION_MAX_PER_USER` and `SESSION_LIMIT_POLICY`.
     pub limit: SessionLimit,
     /// `SESSION_MAX_SIZE`: the largest session data, in bytes (1 KiB to 4 MiB), as
-    /// [`Record::data_size`](crate::Record::data_size) counts it; every store enforces it.
+    /// [`Record::data_size`](crate::store::Record::data_size) counts it; every store enforces it.
     pub max_record_size: usize,
     /// `SESSION_TOUCH_INTERVAL`: how old `last_seen_at` must be before a request moves it and the
     /// idle expiry: a read-only request writes nothing before then, and a write leaves both as

@@ -28,7 +28,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use cookie::{Cookie, SameSite};
 use hmac::{Hmac, Mac};
-use http::header::{HeaderMap, HeaderValue, COOKIE};
+use http::header::{HeaderMap, HeaderValue, COOKIE, SET_COOKIE};
 use sha2::Sha256;
 
 use crate::id::{SessionId, ID_LEN};
@@ -227,7 +227,7 @@ fn trim_ows(mut b: &[u8]) -> &[u8] {
 
 /// The attributes every session `Set-Cookie` carries.
 #[derive(Clone, Debug)]
-pub struct CookiePolicy {
+pub(crate) struct CookiePolicy {
     /// Cookie name.
     pub name: String,
     /// `Secure` attribute.
@@ -247,7 +247,7 @@ impl CookiePolicy {
     }
 
     /// The header that stores `value`; `max_age` only for permanent sessions.
-    pub fn set(&self, value: String, max_age: Option<Duration>) -> HeaderValue {
+    pub(crate) fn set(&self, value: String, max_age: Option<Duration>) -> HeaderValue {
         let mut c = self.base(value);
         if let Some(age) = max_age {
             c.set_max_age(cookie::time::Duration::seconds(
@@ -260,11 +260,28 @@ impl CookiePolicy {
     /// The header that deletes the cookie: same name and attributes, empty value, `Max-Age=0`
     /// and an `Expires` in the past. A `__Host-` cookie keeps `Secure`, or browsers would ignore
     /// the deletion (the tower-sessions lesson).
-    pub fn removal(&self) -> HeaderValue {
+    pub(crate) fn removal(&self) -> HeaderValue {
         let mut c = self.base(String::new());
         c.make_removal();
         header(&c)
     }
+}
+
+/// Sets `value` as the response's only `Set-Cookie` for the cookie `name`, dropping any the
+/// handler set for that name itself.
+pub(crate) fn replace_set_cookie(headers: &mut HeaderMap, name: &str, value: HeaderValue) {
+    let prefix = format!("{name}=");
+    let others: Vec<HeaderValue> = headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter(|h| !h.as_bytes().starts_with(prefix.as_bytes()))
+        .cloned()
+        .collect();
+    headers.remove(SET_COOKIE);
+    for h in others {
+        headers.append(SET_COOKIE, h);
+    }
+    headers.append(SET_COOKIE, value);
 }
 
 fn header(c: &Cookie<'_>) -> HeaderValue {

@@ -16,6 +16,11 @@ pub const ID_BYTES: usize = 32;
 /// Length of the encoded ID: 32 bytes as unpadded base64url.
 pub const ID_LEN: usize = 43;
 
+/// The operating system gave no randomness for a new ID.
+#[derive(Debug, thiserror::Error)]
+#[error("the operating system gave no randomness: {0}")]
+pub struct RandomError(getrandom::Error);
+
 /// A session ID: 256 random bits, as carried in the cookie.
 ///
 /// `Debug` and `Display` print `SessionId(REDACTED)`: the raw value leaves the process only
@@ -28,9 +33,9 @@ impl SessionId {
     ///
     /// # Errors
     /// Fails only if the operating system cannot provide randomness.
-    pub fn generate() -> Result<Self, getrandom::Error> {
+    pub fn generate() -> Result<Self, RandomError> {
         let mut bytes = [0u8; ID_BYTES];
-        getrandom::getrandom(&mut bytes)?;
+        getrandom::getrandom(&mut bytes).map_err(RandomError)?;
         Ok(Self::from_bytes(bytes))
     }
 
@@ -108,7 +113,7 @@ pub trait IdGenerator: Send + Sync + fmt::Debug + 'static {
     ///
     /// # Errors
     /// When no randomness is available.
-    fn generate(&self) -> Result<SessionId, getrandom::Error>;
+    fn generate(&self) -> Result<SessionId, RandomError>;
 }
 
 /// The default [`IdGenerator`]: [`SessionId::generate`].
@@ -116,7 +121,7 @@ pub trait IdGenerator: Send + Sync + fmt::Debug + 'static {
 pub struct OsRngIds;
 
 impl IdGenerator for OsRngIds {
-    fn generate(&self) -> Result<SessionId, getrandom::Error> {
+    fn generate(&self) -> Result<SessionId, RandomError> {
         SessionId::generate()
     }
 }

@@ -19,10 +19,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::ConnectInfo;
 use axum::response::{IntoResponse, Response};
-use http::header::{CACHE_CONTROL, SET_COOKIE, USER_AGENT, VARY};
-use http::request::Parts;
+use http::header::{CACHE_CONTROL, USER_AGENT, VARY};
 use http::{HeaderValue, Request, StatusCode};
 use tower::{Layer, Service};
 
@@ -30,42 +29,17 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError};
 use crate::cookie::{self, CookieKeys, CookiePolicy, Presented};
 use crate::events::{EventKind, EventSink, SessionEvent, TracingSink};
-use crate::id::{IdGenerator, OsRngIds, SessionId};
-use crate::session::{Client, CookieAction, Session};
+use crate::id::{IdGenerator, OsRngIds};
+use crate::session::{Client, Outcome, Session, SessionError, Shared};
 use crate::store::SessionStore;
-
-/// State shared by every request of one layer.
-pub(crate) struct Shared {
-    pub(crate) store: Arc<dyn SessionStore>,
-    pub(crate) config: Config,
-    pub(crate) keys: CookieKeys,
-    pub(crate) policy: CookiePolicy,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) ids: Arc<dyn IdGenerator>,
-    pub(crate) events: Arc<dyn EventSink>,
-}
-
-impl Shared {
-    pub(crate) fn emit(&self, e: SessionEvent) {
-        self.events.emit(&e);
-    }
-}
-
-impl fmt::Debug for Shared {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Shared")
-            .field("store", &self.store.name())
-            .field("cookie", &self.policy.name)
-            .finish_non_exhaustive()
-    }
-}
 
 /// The session middleware. Wrap a router with it and take [`Session`] in handlers.
 ///
 /// ```
 /// use std::sync::Arc;
 /// use axum::{routing::get, Router};
-/// use sessionkit::{Config, MemoryStore, Session, SessionError, SessionLayer};
+/// use sessionkit::{Config, Session, SessionError, SessionLayer};
+/// use sessionkit::stores::memory::MemoryStore;
 ///
 /// async fn hello(session: Session) -> Result<String, SessionError> {
 ///     let visits: u32 = session.get("visits").await?.unwrap_or(0) + 1;
@@ -203,7 +177,7 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -240,13 +214,64 @@ where
         let session = Session::new(shared.clone(), verified.map(|v| v.id), client);
         req.extensions_mut().insert(session.clone());
 
-        Box::pin(async move {
-            let Ok(mut res) = inner.call(req).await;
-            Ok(finish(&shared, &session, old_key, &mut res)
-                .await
-                .unwrap_or(res))
-        })
+        ResponseFuture(Box::pin(async move {
+            let Ok(res) = inner.call(req).await;
+            Ok(match session.finish(old_key).await {
+                Ok(outcome) => decorate(&shared, res, outcome),
+                Err(e) => save_failed(e),
+            })
+        }))
     }
+}
+
+/// The future [`SessionService`] returns: the inner service's response, with the session
+/// written and its cookie headers set.
+pub struct ResponseFuture(Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>);
+
+impl Future for ResponseFuture {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+/// Adds what the written session asks of the response: `Vary: Cookie` when the session was
+/// used, and the session's `Set-Cookie` (the only one of its name) with `Cache-Control:
+/// no-store`.
+fn decorate(shared: &Shared, mut res: Response, outcome: Outcome) -> Response {
+    let headers = res.headers_mut();
+    if outcome.accessed || outcome.set_cookie.is_some() {
+        add_vary_cookie(headers);
+    }
+    if let Some(v) = outcome.set_cookie {
+        cookie::replace_set_cookie(headers, &shared.policy.name, v);
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    res
+}
+
+/// The response that replaces the handler's when the session could not be saved.
+fn save_failed(e: SessionError) -> Response {
+    let status = e.status();
+    if status.is_server_error() {
+        tracing::error!(error = %e, cause = ?std::error::Error::source(&e), "saving the session failed");
+    } else {
+        // A refusal (the record would exceed the size cap): the client's doing, not ours.
+        tracing::debug!(error = %e, "saving the session refused");
+    }
+    let mut r = e.into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    r
 }
 
 fn reject(shared: &Shared, client: &Client, reason: &'static str) {
@@ -262,82 +287,6 @@ fn reject(shared: &Shared, client: &Client, reason: &'static str) {
     });
 }
 
-/// Saves the session and decorates the response. Returns a replacement response when saving
-/// failed. `old_key`: the request's cookie verified under a key other than the current one.
-async fn finish(
-    shared: &Shared,
-    session: &Session,
-    old_key: bool,
-    res: &mut Response,
-) -> Option<Response> {
-    let mut st = session.0.state.lock().await;
-    if let Err(e) = session.commit(&mut st).await {
-        let status = e.status();
-        if status.is_server_error() {
-            tracing::error!(error = %e, cause = ?std::error::Error::source(&e), "saving the session failed");
-        } else {
-            // A refusal (the record would exceed the size cap): the client's doing, not ours.
-            tracing::debug!(error = %e, "saving the session refused");
-        }
-        let mut r = e.into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            r.headers_mut()
-                .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        }
-        return Some(r);
-    }
-    let max_age = session.max_age(&st);
-    if st.accessed {
-        add_vary_cookie(res.headers_mut());
-    }
-    let mut set = match &st.cookie {
-        CookieAction::None => None,
-        CookieAction::Set(id) => Some(shared.policy.set(shared.keys.sign(id), max_age)),
-        CookieAction::Remove => Some(shared.policy.removal()),
-    };
-    // An old key verified the cookie, and the handler neither replaced nor removed it: if the
-    // session turned out live, send the same ID signed with the current key, so every active
-    // client moves off the old key within one idle timeout. Only a session the handler used
-    // (`accessed`) is looked at: its record is loaded by then, so this costs no store call
-    // (unless that load failed, when it is tried once more).
-    let resign = old_key && st.accessed && set.is_none();
-    drop(st);
-    if resign {
-        if let Some(id) = live_presented_id(session).await {
-            set = Some(shared.policy.set(shared.keys.sign(&id), max_age));
-        }
-    }
-    let headers = res.headers_mut();
-    if let Some(v) = set {
-        add_vary_cookie(headers);
-        // Exactly one Set-Cookie for the session name: drop any the handler set itself.
-        let prefix = format!("{}=", shared.policy.name);
-        let others: Vec<HeaderValue> = headers
-            .get_all(SET_COOKIE)
-            .iter()
-            .filter(|h| !h.as_bytes().starts_with(prefix.as_bytes()))
-            .cloned()
-            .collect();
-        headers.remove(SET_COOKIE);
-        for h in others {
-            headers.append(SET_COOKIE, h);
-        }
-        headers.append(SET_COOKIE, v);
-        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    }
-    None
-}
-
-/// The presented (verified) ID, if its session is stored and live as this request left it.
-async fn live_presented_id(session: &Session) -> Option<SessionId> {
-    let presented = session.0.presented.as_ref()?;
-    // `storage_key` is the stored session's key: the presented ID's when the handler loaded it
-    // and neither rotated nor ended it (a new ID would have set the cookie already). A store
-    // error here just skips the re-sign; the next request tries again.
-    let key = session.storage_key().await.ok()??;
-    (key == presented.storage_key()).then(|| presented.clone())
-}
-
 fn add_vary_cookie(headers: &mut http::HeaderMap) {
     let has = headers.get_all(VARY).iter().any(|v| {
         v.to_str().is_ok_and(|s| {
@@ -347,37 +296,5 @@ fn add_vary_cookie(headers: &mut http::HeaderMap) {
     });
     if !has {
         headers.append(VARY, HeaderValue::from_static("Cookie"));
-    }
-}
-
-/// The [`Session`] extractor failed: the route is not below a [`SessionLayer`]. A programming
-/// error, answered with a 500.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("no SessionLayer in front of this handler")]
-pub struct SessionMissing;
-
-impl SessionMissing {
-    /// Always 500.
-    pub fn status(&self) -> StatusCode {
-        StatusCode::INTERNAL_SERVER_ERROR
-    }
-}
-
-impl IntoResponse for SessionMissing {
-    fn into_response(self) -> Response {
-        tracing::error!("{self}");
-        (self.status(), "session layer missing\n").into_response()
-    }
-}
-
-impl<St: Send + Sync> FromRequestParts<St> for Session {
-    type Rejection = SessionMissing;
-
-    async fn from_request_parts(parts: &mut Parts, _: &St) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<Session>()
-            .cloned()
-            .ok_or(SessionMissing)
     }
 }

@@ -8,7 +8,8 @@
 //! ```
 //! use std::sync::Arc;
 //! use axum::{routing::{get, post}, Router};
-//! use sessionkit::{Config, MemoryStore, Session, SessionError, SessionLayer};
+//! use sessionkit::stores::memory::MemoryStore;
+//! use sessionkit::{Config, Session, SessionError, SessionLayer};
 //!
 //! async fn login(session: Session) -> Result<&'static str, SessionError> {
 //!     // after checking the password:
@@ -37,61 +38,38 @@
 //!     .layer(layer);
 //! ```
 //!
-//! In a real service, build the configuration with [`Config::from_env`].
+//! In a real service, build the configuration with [`Config::from_env`] and the store with
+//! [`build_store`].
+//!
+//! # Where things are
+//! - **Handler authors** need only the crate root: [`Session`], [`SessionLayer`],
+//!   [`SessionError`], [`Config`] and [`build_store`].
+//! - **Store implementors** find the [`SessionStore`](store::SessionStore) trait and the record
+//!   types in [`store`]; the stores themselves live in [`stores`], one feature-gated module each.
+//! - **Operators** find the admin handle in [`admin`], metrics in `metrics` (feature `metrics`),
+//!   security events in [`events`] and the audit trail in `audit` (feature `audit`).
 
 pub mod admin;
 #[cfg(feature = "audit")]
-mod audit;
-mod clock;
-mod config;
+pub mod audit;
+pub mod clock;
+pub mod config;
+// Public items inside are reachable only through `test_util`.
+#[cfg_attr(not(feature = "test-util"), allow(unreachable_pub))]
 mod cookie;
-mod events;
-mod id;
-mod layer;
+pub mod events;
+pub mod id;
+pub mod layer;
 #[cfg(feature = "metrics")]
-mod metrics;
+pub mod metrics;
 mod record;
-mod session;
+pub mod session;
 pub mod store;
 pub mod stores;
+#[cfg(feature = "test-util")]
+pub mod test_util;
 
-#[cfg(feature = "audit")]
-pub use audit::{AuditSink, AuditSinkBuilder};
-pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{parse_duration, AppEnv, Config, ConfigError, Secret, StoreKind};
-pub use cookie::{find as find_cookie, CookieKeys, CookiePolicy, Presented, Rejection, Verified};
-pub use events::{EventKind, EventSink, FanoutSink, MemorySink, SessionEvent, TracingSink};
-pub use id::{IdGenerator, OsRngIds, SessionId, StorageKey, ID_BYTES, ID_LEN};
-pub use layer::{SessionLayer, SessionMissing, SessionService};
-#[cfg(feature = "metrics")]
-pub use metrics::{render_metrics, SessionMetrics, METRICS_CONTENT_TYPE};
-/// The Prometheus client that [`SessionMetrics`] registers in (feature `metrics`).
-#[cfg(feature = "metrics")]
-pub use prometheus_client;
-pub use record::{Data, DecodeError, Delta, Meta, Record, Timestamp, Touch, Value, DECODE_CEILING};
+pub use config::{Config, ConfigError};
+pub use layer::SessionLayer;
 pub use session::{Session, SessionError};
-pub use store::{
-    CreateOutcome, Health, LimitPolicy, SaveOutcome, ScanPage, SessionLimit, SessionStore,
-    StoreError,
-};
-#[cfg(feature = "redis")]
-pub use stores::cached::RedisInvalidation;
-pub use stores::cached::{
-    CacheInvalidator, CacheOptions, CacheStats, CachedStore, InvalidationSource, SingleWriter,
-};
-pub use stores::fallback::{FallbackOptions, FallbackStore};
-#[cfg(all(feature = "file", unix))]
-pub use stores::file::{FileOptions, FileStore};
-pub use stores::memory::MemoryStore;
-#[cfg(feature = "postgres")]
-pub use stores::postgres::{PostgresStore, PostgresStoreBuilder};
-#[cfg(feature = "redis")]
-pub use stores::redis::{RedisOptions, RedisStore};
-pub use stores::select::{
-    build_event_sink, build_store, open_url as open_store_url, resolve as resolve_store,
-};
-#[cfg(feature = "sqlite")]
-pub use stores::sqlite::{SqliteStore, SqliteStoreBuilder};
-
-/// The `SameSite` attribute values, re-exported from the `cookie` crate.
-pub use ::cookie::SameSite;
+pub use stores::build_store;

@@ -3,16 +3,19 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use sessionkit::{Config, FanoutSink, MemoryStore, SessionLayer, SessionMetrics, TracingSink};
+//! use sessionkit::{Config, SessionLayer};
+//! use sessionkit::events::{FanoutSink, TracingSink};
+//! use sessionkit::metrics::SessionMetrics;
+//! use sessionkit::stores::memory::MemoryStore;
 //!
-//! let mut registry = sessionkit::prometheus_client::registry::Registry::default();
+//! let mut registry = sessionkit::metrics::prometheus_client::registry::Registry::default();
 //! let metrics = SessionMetrics::register(&mut registry);
 //! let store = metrics.instrument(Arc::new(MemoryStore::new()));
 //! let layer = SessionLayer::new(store, Config::new("a-long-random-secret-from-the-environment!!"))
 //!     .unwrap()
 //!     .with_events(Arc::new(FanoutSink(vec![Arc::new(TracingSink), metrics.clone()])));
-//! // Serve this on GET /metrics, with the content type `sessionkit::METRICS_CONTENT_TYPE`:
-//! let text = sessionkit::render_metrics(&registry);
+//! // Serve this on GET /metrics, with the content type `sessionkit::metrics::METRICS_CONTENT_TYPE`:
+//! let text = sessionkit::metrics::render_metrics(&registry);
 //! # let _ = (layer, text);
 //! ```
 //!
@@ -41,9 +44,10 @@ use prometheus_client::registry::Registry;
 
 use crate::events::{EventSink, SessionEvent};
 use crate::id::StorageKey;
-use crate::record::{Delta, Meta, Record, Timestamp};
+use crate::record::{Delta, Meta, Record, Timestamp, Touch};
 use crate::store::{
     CreateOutcome, Health, SaveOutcome, ScanPage, SessionLimit, SessionStore, StoreError,
+    StoreWrapper,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -69,6 +73,9 @@ struct LatencyLabels {
 struct StoreLabels {
     store: &'static str,
 }
+
+/// The Prometheus client that [`SessionMetrics`] registers in.
+pub use prometheus_client;
 
 /// The metric families of sessionkit, registered in a [`Registry`]. It is an [`EventSink`]
 /// (counting events) and wraps stores with [`SessionMetrics::instrument`].
@@ -200,10 +207,14 @@ impl MeteredStore {
     }
 }
 
+// Every operation is timed, `touch` under `save` (it is a save with no changes); the name
+// forwards.
 #[async_trait]
-impl SessionStore for MeteredStore {
-    fn name(&self) -> &'static str {
-        self.inner.name()
+impl StoreWrapper for MeteredStore {
+    type Inner = dyn SessionStore;
+
+    fn inner(&self) -> &Self::Inner {
+        &*self.inner
     }
 
     async fn create(
@@ -274,6 +285,15 @@ impl SessionStore for MeteredStore {
             })
             .set(i64::from(health.ok));
         health
+    }
+
+    async fn touch(
+        &self,
+        key: &StorageKey,
+        touch: Touch,
+        now: Timestamp,
+    ) -> Result<SaveOutcome, StoreError> {
+        self.timed("save", self.inner.touch(key, touch, now)).await
     }
 }
 

@@ -152,7 +152,7 @@ pub enum DecodeError {
     UnknownFormat(u8),
     /// The payload is not a valid record.
     #[error("malformed record")]
-    Malformed(#[source] rmp_serde::decode::Error),
+    Malformed(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Over the configured maximum size.
     #[error("record of {0} bytes is over the limit")]
     TooLarge(usize),
@@ -206,7 +206,7 @@ impl Record {
             return Err(DecodeError::TooLarge(bytes.len()));
         }
         match tag {
-            FORMAT_V1 => rmp_serde::from_slice(body).map_err(DecodeError::Malformed),
+            FORMAT_V1 => rmp_serde::from_slice(body).map_err(|e| DecodeError::Malformed(e.into())),
             other => Err(DecodeError::UnknownFormat(other)),
         }
     }
@@ -264,7 +264,7 @@ pub struct Delta {
     /// Extend the idle expiry (never shortens it).
     pub touch: Option<Touch>,
     /// The size cap (`SESSION_MAX_SIZE`), if any: the store refuses the delta
-    /// ([`SaveOutcome::TooLarge`](crate::SaveOutcome::TooLarge)) when the stored data, as
+    /// ([`SaveOutcome::TooLarge`](crate::store::SaveOutcome::TooLarge)) when the stored data, as
     /// [`Record::data_size`] counts it, would end up larger than this and larger than it was
     /// (a record already over a lowered cap may still shrink or be touched). Checked atomically
     /// with the write, so concurrent requests cannot together grow a record past the cap.

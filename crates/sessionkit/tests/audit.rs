@@ -6,10 +6,10 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use sessionkit::{
-    AuditSink, Clock, EventKind, EventSink, FanoutSink, MemorySink, SessionEvent, SessionId,
-    SystemClock,
-};
+use sessionkit::audit::AuditSink;
+use sessionkit::clock::{Clock, SystemClock};
+use sessionkit::events::{EventKind, EventSink, FanoutSink, MemorySink, SessionEvent};
+use sessionkit::id::SessionId;
 use sessionkit_testkit::postgres::PostgresServer;
 
 fn server() -> &'static PostgresServer {
@@ -227,8 +227,10 @@ async fn bad_urls_are_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_revocations_reach_the_audit_trail_and_the_metrics() {
     use sessionkit::admin::{Revocation, Sessions};
-    use sessionkit::prometheus_client::registry::Registry;
-    use sessionkit::{MemoryStore, Record, SessionLimit, SessionMetrics, SessionStore, StorageKey};
+    use sessionkit::metrics::prometheus_client::registry::Registry;
+    use sessionkit::metrics::SessionMetrics;
+    use sessionkit::store::{Record, SessionLimit, SessionStore, StorageKey};
+    use sessionkit::stores::memory::MemoryStore;
 
     let (url, db) = fresh_db().await;
     let audit = Arc::new(AuditSink::connect(&url).await.unwrap());
@@ -305,7 +307,7 @@ async fn admin_revocations_reach_the_audit_trail_and_the_metrics() {
         ]
     );
 
-    let text = sessionkit::render_metrics(&registry);
+    let text = sessionkit::metrics::render_metrics(&registry);
     for line in [
         r#"sessionkit_events_total{kind="revoked",reason="device_revoke"} 1"#,
         r#"sessionkit_events_total{kind="revoked",reason="sign_out_everywhere"} 2"#,

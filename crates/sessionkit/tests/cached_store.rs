@@ -12,11 +12,15 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use sessionkit::{
-    CacheOptions, CachedStore, Clock, CreateOutcome, Delta, Health, MemoryStore, Meta,
-    RedisInvalidation, RedisOptions, RedisStore, SaveOutcome, ScanPage, SessionId, SessionLimit,
-    SessionStore, SingleWriter, StorageKey, StoreError, SystemClock, Timestamp, Touch, Value,
+use sessionkit::clock::{Clock, SystemClock};
+use sessionkit::id::SessionId;
+use sessionkit::store::{
+    CreateOutcome, Delta, SaveOutcome, SessionLimit, SessionStore, StorageKey, StoreError,
+    StoreWrapper, Timestamp, Touch, Value,
 };
+use sessionkit::stores::cached::{CacheOptions, CachedStore, RedisInvalidation, SingleWriter};
+use sessionkit::stores::memory::MemoryStore;
+use sessionkit::stores::redis::{RedisOptions, RedisStore};
 use sessionkit_testkit::conformance::record_at;
 use sessionkit_testkit::redis::RedisServer;
 
@@ -56,63 +60,20 @@ struct CountingStore {
 }
 
 #[async_trait]
-impl SessionStore for CountingStore {
-    fn name(&self) -> &'static str {
-        self.inner.name()
+impl StoreWrapper for CountingStore {
+    type Inner = dyn SessionStore;
+
+    fn inner(&self) -> &Self::Inner {
+        &*self.inner
     }
-    async fn create(
-        &self,
-        key: &StorageKey,
-        record: &sessionkit::Record,
-        limit: SessionLimit,
-        now: Timestamp,
-    ) -> Result<CreateOutcome, StoreError> {
-        self.inner.create(key, record, limit, now).await
-    }
+
     async fn load(
         &self,
         key: &StorageKey,
         now: Timestamp,
-    ) -> Result<Option<sessionkit::Record>, StoreError> {
+    ) -> Result<Option<sessionkit::store::Record>, StoreError> {
         self.loads.fetch_add(1, Ordering::SeqCst);
         self.inner.load(key, now).await
-    }
-    async fn save_delta(
-        &self,
-        key: &StorageKey,
-        delta: &Delta,
-        now: Timestamp,
-    ) -> Result<SaveOutcome, StoreError> {
-        self.inner.save_delta(key, delta, now).await
-    }
-    async fn destroy(&self, key: &StorageKey) -> Result<bool, StoreError> {
-        self.inner.destroy(key).await
-    }
-    async fn list_user(
-        &self,
-        user_id: &str,
-        now: Timestamp,
-    ) -> Result<Vec<(StorageKey, Meta)>, StoreError> {
-        self.inner.list_user(user_id, now).await
-    }
-    async fn destroy_user(
-        &self,
-        user_id: &str,
-        except: Option<&StorageKey>,
-    ) -> Result<Vec<StorageKey>, StoreError> {
-        self.inner.destroy_user(user_id, except).await
-    }
-    async fn count(&self) -> Result<u64, StoreError> {
-        self.inner.count().await
-    }
-    async fn cleanup_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
-        self.inner.cleanup_expired(now).await
-    }
-    async fn scan(&self, cursor: Option<String>, batch: usize) -> Result<ScanPage, StoreError> {
-        self.inner.scan(cursor, batch).await
-    }
-    async fn health(&self) -> Health {
-        self.inner.health().await
     }
 }
 
@@ -158,11 +119,11 @@ fn set(name: &str, v: u64) -> Delta {
     }
 }
 
-fn value(r: &sessionkit::Record, name: &str) -> u64 {
+fn value(r: &sessionkit::store::Record, name: &str) -> u64 {
     r.data[name].parse().unwrap()
 }
 
-async fn must_create(store: &dyn SessionStore, key: &StorageKey, r: &sessionkit::Record) {
+async fn must_create(store: &dyn SessionStore, key: &StorageKey, r: &sessionkit::store::Record) {
     let out = store
         .create(key, r, SessionLimit::UNLIMITED, now())
         .await
@@ -441,8 +402,8 @@ async fn flushall_flushes_the_cache() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_cache_setting_wraps_redis_only() {
     let mut config = sessionkit::Config::new("k".repeat(40));
-    config.store = sessionkit::StoreKind::Redis;
-    config.redis_url = Some(sessionkit::Secret::new(shared_server().url()));
+    config.store = sessionkit::config::StoreKind::Redis;
+    config.redis_url = Some(sessionkit::config::Secret::new(shared_server().url()));
     config.key_prefix = unique_prefix();
     config.cache = true;
     let store = sessionkit::build_store(&config).await.unwrap();
@@ -457,7 +418,7 @@ async fn session_cache_setting_wraps_redis_only() {
     assert!(!store.health().await.detail.contains("cache"));
 
     config.cache = true;
-    config.store = sessionkit::StoreKind::Memory;
+    config.store = sessionkit::config::StoreKind::Memory;
     let store = sessionkit::build_store(&config).await.unwrap();
     assert!(!store.health().await.detail.contains("cache"));
 }

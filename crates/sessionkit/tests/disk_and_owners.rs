@@ -13,10 +13,12 @@ use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sessionkit::{
-    Clock, CreateOutcome, Delta, FileOptions, FileStore, SessionId, SessionLimit, SessionStore,
-    StorageKey, StoreError, SystemClock, Timestamp, Value,
+use sessionkit::clock::{Clock, SystemClock};
+use sessionkit::id::SessionId;
+use sessionkit::store::{
+    CreateOutcome, Delta, SessionLimit, SessionStore, StorageKey, StoreError, Timestamp, Value,
 };
+use sessionkit::stores::file::{FileOptions, FileStore};
 use sessionkit_testkit::conformance::record_at;
 
 /// Set in the child process that [`a_full_disk_is_a_store_error_never_a_signal`] runs its
@@ -514,7 +516,7 @@ async fn start_up_refuses_a_store_folder_of_another_user() {
 #[cfg(feature = "sqlite")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sqlite_database_or_folder_of_another_user_or_writable_by_others_is_refused() {
-    use sessionkit::SqliteStore;
+    use sessionkit::stores::sqlite::SqliteStore;
     assert_root();
     let fresh = || {
         let dir = fresh_dir();

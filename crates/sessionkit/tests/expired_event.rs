@@ -12,10 +12,11 @@ use axum::routing::{get, post};
 use axum::Router;
 use http::header::{COOKIE, SET_COOKIE};
 use http::Request;
-use sessionkit::{
-    Config, EventKind, ManualClock, MemorySink, MemoryStore, Session, SessionError, SessionLayer,
-    SessionStore,
-};
+use sessionkit::clock::ManualClock;
+use sessionkit::events::{EventKind, MemorySink};
+use sessionkit::store::SessionStore;
+use sessionkit::stores::memory::MemoryStore;
+use sessionkit::{Config, Session, SessionError, SessionLayer};
 use tower::ServiceExt;
 
 fn app(store: Arc<dyn SessionStore>, clock: &ManualClock, sink: &Arc<MemorySink>) -> Router {
@@ -123,15 +124,18 @@ async fn file_store_reports_expired_sessions() {
         .prefix("expired-event-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .unwrap();
-    let store =
-        sessionkit::FileStore::open(dir.path(), sessionkit::FileOptions::default()).unwrap();
+    let store = sessionkit::stores::file::FileStore::open(
+        dir.path(),
+        sessionkit::stores::file::FileOptions::default(),
+    )
+    .unwrap();
     expired_session_emits_expired(Arc::new(store)).await;
 }
 
 #[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn sqlite_store_reports_expired_sessions() {
-    let store = sessionkit::SqliteStore::connect("sqlite::memory:")
+    let store = sessionkit::stores::sqlite::SqliteStore::connect("sqlite::memory:")
         .await
         .unwrap();
     expired_session_emits_expired(Arc::new(store)).await;

@@ -10,12 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sessionkit::Clock as _;
-use sessionkit::{
-    CreateOutcome, Delta, FallbackOptions, FallbackStore, Health, MemoryStore, Meta, Record,
-    SaveOutcome, ScanPage, SessionLimit, SessionStore, SqliteStore, StorageKey, StoreError,
+use sessionkit::clock::Clock as _;
+use sessionkit::store::{
+    CreateOutcome, Meta, SessionLimit, SessionStore, StorageKey, StoreError, StoreWrapper,
     Timestamp,
 };
+use sessionkit::stores::fallback::{FallbackOptions, FallbackStore};
+use sessionkit::stores::memory::MemoryStore;
+use sessionkit::stores::sqlite::SqliteStore;
 use sessionkit_testkit::conformance::{self, Store};
 
 /// Passes every call to the store it wraps; a destroy first waits 20 ms less 1 ms per destroy
@@ -29,35 +31,19 @@ struct Reversed {
 }
 
 #[async_trait]
-impl SessionStore for Reversed {
-    fn name(&self) -> &'static str {
-        self.inner.name()
+impl StoreWrapper for Reversed {
+    type Inner = dyn SessionStore;
+
+    fn inner(&self) -> &Self::Inner {
+        &*self.inner
     }
-    async fn create(
-        &self,
-        key: &StorageKey,
-        record: &Record,
-        limit: SessionLimit,
-        now: Timestamp,
-    ) -> Result<CreateOutcome, StoreError> {
-        self.inner.create(key, record, limit, now).await
-    }
-    async fn load(&self, key: &StorageKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
-        self.inner.load(key, now).await
-    }
-    async fn save_delta(
-        &self,
-        key: &StorageKey,
-        delta: &Delta,
-        now: Timestamp,
-    ) -> Result<SaveOutcome, StoreError> {
-        self.inner.save_delta(key, delta, now).await
-    }
+
     async fn destroy(&self, key: &StorageKey) -> Result<bool, StoreError> {
         let n = self.destroys.fetch_add(1, Ordering::SeqCst) % 20;
         tokio::time::sleep(Duration::from_millis(20 - n)).await;
         self.inner.destroy(key).await
     }
+
     async fn list_user(
         &self,
         user_id: &str,
@@ -66,25 +52,6 @@ impl SessionStore for Reversed {
         let list = self.inner.list_user(user_id, now).await;
         tokio::time::sleep(self.linger).await;
         list
-    }
-    async fn destroy_user(
-        &self,
-        user_id: &str,
-        except: Option<&StorageKey>,
-    ) -> Result<Vec<StorageKey>, StoreError> {
-        self.inner.destroy_user(user_id, except).await
-    }
-    async fn count(&self) -> Result<u64, StoreError> {
-        self.inner.count().await
-    }
-    async fn cleanup_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
-        self.inner.cleanup_expired(now).await
-    }
-    async fn scan(&self, cursor: Option<String>, batch: usize) -> Result<ScanPage, StoreError> {
-        self.inner.scan(cursor, batch).await
-    }
-    async fn health(&self) -> Health {
-        self.inner.health().await
     }
 }
 
@@ -133,9 +100,9 @@ async fn sign_out_everywhere_racing_a_rotate_leaves_nothing() {
         secondary,
         FallbackOptions::default(),
     ));
-    let now = sessionkit::SystemClock.now();
+    let now = sessionkit::clock::SystemClock.now();
     let user = "racer";
-    let k = sessionkit::SessionId::generate().unwrap().storage_key();
+    let k = sessionkit::id::SessionId::generate().unwrap().storage_key();
     let record = conformance::record_at(Some(user), now);
     let out = store
         .create(&k, &record, SessionLimit::UNLIMITED, now)
@@ -150,7 +117,7 @@ async fn sign_out_everywhere_racing_a_rotate_leaves_nothing() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut successor = None;
     if store.load(&k, now).await.unwrap().is_some() && store.destroy(&k).await.unwrap() {
-        let k2 = sessionkit::SessionId::generate().unwrap().storage_key();
+        let k2 = sessionkit::id::SessionId::generate().unwrap().storage_key();
         let out = store
             .create(&k2, &record, SessionLimit::UNLIMITED, now)
             .await;

@@ -11,11 +11,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sessionkit::{
-    Clock, CreateOutcome, Delta, FallbackOptions, FallbackStore, RedisOptions, RedisStore,
-    SaveOutcome, SessionId, SessionLimit, SessionStore, SqliteStore, StorageKey, SystemClock,
-    Timestamp, Value,
+use sessionkit::clock::{Clock, SystemClock};
+use sessionkit::id::SessionId;
+use sessionkit::store::{
+    CreateOutcome, Delta, SaveOutcome, SessionLimit, SessionStore, StorageKey, Timestamp, Value,
 };
+use sessionkit::stores::fallback::{FallbackOptions, FallbackStore};
+use sessionkit::stores::redis::{RedisOptions, RedisStore};
+use sessionkit::stores::sqlite::SqliteStore;
 use sessionkit_testkit::conformance::record_at;
 use sessionkit_testkit::faulty::{FaultyStore, Mode};
 use sessionkit_testkit::redis::RedisServer;

@@ -5,10 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sessionkit::{
-    Clock, CreateOutcome, Delta, FallbackOptions, FallbackStore, MemoryStore, SaveOutcome,
-    SessionId, SessionLimit, SessionStore, SystemClock, Value,
-};
+use sessionkit::clock::{Clock, SystemClock};
+use sessionkit::id::SessionId;
+use sessionkit::store::{CreateOutcome, Delta, SaveOutcome, SessionLimit, SessionStore, Value};
+use sessionkit::stores::fallback::{FallbackOptions, FallbackStore};
+use sessionkit::stores::memory::MemoryStore;
 use sessionkit_testkit::conformance::record_at;
 use sessionkit_testkit::faulty::{FaultyStore, Mode};
 use sessionkit_testkit::store_conformance;
@@ -151,7 +152,8 @@ async fn a_hanging_primary_costs_at_most_the_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_that_lost_its_data_is_refilled_from_the_secondary() {
-    let primary = Arc::new(FaultyStore::new(Arc::new(MemoryStore::new())));
+    let primary_data: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let primary = Arc::new(FaultyStore::new(primary_data.clone()));
     let store = FallbackStore::new(primary.clone(), Arc::new(MemoryStore::new()), opts());
     let now = SystemClock.now();
     let k = SessionId::generate().unwrap().storage_key();
@@ -166,8 +168,8 @@ async fn a_primary_that_lost_its_data_is_refilled_from_the_secondary() {
         .unwrap();
     let _ = store.save_delta(&k, &set("n", 7), now).await.unwrap();
     // the primary restarts empty (Redis without persistence)
-    let fresh: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
-    primary.replace(fresh.clone());
+    assert!(primary_data.destroy(&k).await.unwrap());
+    let fresh = primary_data;
     let r = store.load(&k, now).await.unwrap().expect("read through");
     assert_eq!(r.data["n"].as_json(), "7");
     assert!(

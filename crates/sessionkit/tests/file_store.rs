@@ -12,10 +12,13 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use sessionkit::{
-    Clock, CreateOutcome, Delta, FileOptions, FileStore, LimitPolicy, Record, SaveOutcome,
-    SessionId, SessionLimit, SessionStore, StorageKey, StoreError, SystemClock, Timestamp, Value,
+use sessionkit::clock::{Clock, SystemClock};
+use sessionkit::id::SessionId;
+use sessionkit::store::{
+    CreateOutcome, Delta, LimitPolicy, Record, SaveOutcome, SessionLimit, SessionStore, StorageKey,
+    StoreError, Timestamp, Value,
 };
+use sessionkit::stores::file::{FileOptions, FileStore};
 use sessionkit_testkit::conformance::record_at;
 use sessionkit_testkit::store_conformance;
 
@@ -749,7 +752,7 @@ async fn file_urls_open_the_file_store() {
     })
     .unwrap();
     let url = format!("file://{}", dir.display());
-    let store = sessionkit::open_store_url(&url, &config).await.unwrap();
+    let store = sessionkit::stores::open_url(&url, &config).await.unwrap();
     assert_eq!(store.name(), "file");
     let key = new_key();
     let out = store
@@ -840,17 +843,21 @@ async fn a_record_failing_its_checksum_loads_as_corrupt_and_cleanup_removes_it()
     let store = open(&dir);
     assert!(matches!(
         FileStore::decode_file(&bytes),
-        Err(sessionkit::DecodeError::Checksum)
+        Err(sessionkit::store::DecodeError::Checksum)
     ));
     assert!(matches!(
         store.load(&key, now()).await,
-        Err(StoreError::Corrupt(sessionkit::DecodeError::Checksum))
+        Err(StoreError::Corrupt(
+            sessionkit::store::DecodeError::Checksum
+        ))
     ));
     // A cut-off file too.
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     assert!(matches!(
         store.load(&key, now()).await,
-        Err(StoreError::Corrupt(sessionkit::DecodeError::Checksum))
+        Err(StoreError::Corrupt(
+            sessionkit::store::DecodeError::Checksum
+        ))
     ));
     assert_eq!(
         store.save_delta(&key, &set("c", "d"), now()).await.unwrap(),
@@ -879,7 +886,7 @@ async fn cleanup_removes_the_spares_of_removed_records() {
     let later = t.add(Duration::from_secs(3 * 3600));
     let touch = Delta {
         changes: Vec::new(),
-        touch: Some(sessionkit::Touch {
+        touch: Some(sessionkit::store::Touch {
             last_seen_at: t.add(Duration::from_secs(1800)),
             idle_expires_at: later.add(HOUR),
         }),

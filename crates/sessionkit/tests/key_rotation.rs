@@ -10,7 +10,9 @@ use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
-use sessionkit::{Config, CookieKeys, MemoryStore, Session, SessionError, SessionLayer};
+use sessionkit::stores::memory::MemoryStore;
+use sessionkit::test_util::CookieKeys;
+use sessionkit::{Config, Session, SessionError, SessionLayer};
 use tower::ServiceExt as _;
 
 const K1: &str = "old-key-1111111111111111111111111111111111";
@@ -123,7 +125,7 @@ async fn signed_in_under_k1(store: &Arc<MemoryStore>) -> String {
 
 #[tokio::test]
 async fn an_old_key_cookie_is_resigned_with_the_current_key() {
-    use sessionkit::SessionStore as _;
+    use sessionkit::store::SessionStore as _;
     let store = Arc::new(MemoryStore::new());
     let c1 = signed_in_under_k1(&store).await;
     let id = CookieKeys::new(&[K1]).verify(c1.as_bytes()).unwrap().id;

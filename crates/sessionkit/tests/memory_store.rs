@@ -1,7 +1,7 @@
 //! The conformance suite against `MemoryStore`.
 use std::sync::Arc;
 
-use sessionkit::MemoryStore;
+use sessionkit::stores::memory::MemoryStore;
 use sessionkit_testkit::store_conformance;
 
 store_conformance!(|| async {

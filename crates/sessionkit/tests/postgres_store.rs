@@ -8,10 +8,13 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use sessionkit::{
-    Clock, CreateOutcome, Delta, LimitPolicy, PostgresStore, SaveOutcome, SessionId, SessionLimit,
-    SessionStore, StorageKey, StoreError, SystemClock, Timestamp, Value,
+use sessionkit::clock::{Clock, SystemClock};
+use sessionkit::id::SessionId;
+use sessionkit::store::{
+    CreateOutcome, Delta, LimitPolicy, SaveOutcome, SessionLimit, SessionStore, StorageKey,
+    StoreError, Timestamp, Value,
 };
+use sessionkit::stores::postgres::PostgresStore;
 use sessionkit_testkit::conformance::{record_at, Store};
 use sessionkit_testkit::postgres::PostgresServer;
 use sessionkit_testkit::store_conformance;

@@ -21,11 +21,13 @@ use axum::routing::{get, post};
 use axum::Router;
 use http::header::{COOKIE, SET_COOKIE};
 use http::{Request, StatusCode};
-use sessionkit::{
-    Clock, Config, DecodeError, MemoryStore, PostgresStore, RedisOptions, RedisStore, Session,
-    SessionError, SessionLayer, SessionStore, SqliteStore, StorageKey, StoreError, SystemClock,
-    DECODE_CEILING,
-};
+use sessionkit::clock::{Clock, SystemClock};
+use sessionkit::store::{DecodeError, SessionStore, StorageKey, StoreError, DECODE_CEILING};
+use sessionkit::stores::memory::MemoryStore;
+use sessionkit::stores::postgres::PostgresStore;
+use sessionkit::stores::redis::{RedisOptions, RedisStore};
+use sessionkit::stores::sqlite::SqliteStore;
+use sessionkit::{Config, Session, SessionError, SessionLayer};
 use sessionkit_testkit::postgres::PostgresServer;
 use sessionkit_testkit::redis::RedisServer;
 use tokio::sync::Barrier;
@@ -48,7 +50,7 @@ fn postgres() -> &'static PostgresServer {
 async fn redis_store() -> (Arc<RedisStore>, String) {
     let prefix = format!(
         "cap{}:",
-        &sessionkit::SessionId::generate()
+        &sessionkit::id::SessionId::generate()
             .unwrap()
             .storage_key()
             .as_str()[..12]

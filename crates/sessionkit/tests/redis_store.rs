@@ -10,10 +10,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use sessionkit::{
-    Clock, CreateOutcome, Delta, Record, RedisOptions, RedisStore, SaveOutcome, SessionId,
-    SessionLimit, SessionStore, StorageKey, StoreError, SystemClock, Timestamp, Touch, Value,
+use sessionkit::clock::{Clock, SystemClock};
+use sessionkit::id::SessionId;
+use sessionkit::store::{
+    CreateOutcome, Delta, Record, SaveOutcome, SessionLimit, SessionStore, StorageKey, StoreError,
+    Timestamp, Touch, Value,
 };
+use sessionkit::stores::redis::{RedisOptions, RedisStore};
 use sessionkit_testkit::conformance::record_at;
 use sessionkit_testkit::redis::{RedisCluster, RedisServer};
 
@@ -490,7 +493,8 @@ async fn connect_rejects_bad_options() {
 /// unavailable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_fallback_the_store_starts_while_redis_is_down() {
-    use sessionkit::{build_store, Config, Secret, StoreKind};
+    use sessionkit::config::{Secret, StoreKind};
+    use sessionkit::{build_store, Config};
 
     let mut server = RedisServer::start();
     let url = server.url();
@@ -646,7 +650,7 @@ async fn a_login_does_not_walk_the_user_index() {
         max: Some(max),
         policy,
     };
-    use sessionkit::LimitPolicy::{Deny, EvictIdlest, EvictOldest};
+    use sessionkit::store::LimitPolicy::{Deny, EvictIdlest, EvictOldest};
     // With 1,000 expired entries: one batch of them goes (32, six commands each).
     server.cli(&["CONFIG", "RESETSTAT"]);
     let _ = login(SessionLimit::UNLIMITED).await;

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use base64::Engine as _;
-use sessionkit::{Config, CookieKeys, IdGenerator, SessionId, SessionStore, StorageKey};
+use sessionkit::id::{IdGenerator, SessionId};
+use sessionkit::store::{SessionStore, StorageKey};
+use sessionkit::test_util::CookieKeys;
+use sessionkit::Config;
 use support::{signed, TestApp};
 
 #[tokio::test]
@@ -114,7 +117,7 @@ fn c4_config_refuses_contradictions() {
         .is_err());
     assert!(base()
         .with_cookie_secure(false)
-        .with_same_site(sessionkit::SameSite::None)
+        .with_same_site(sessionkit::config::SameSite::None)
         .validate()
         .is_err());
     assert!(base().validate().is_ok());
@@ -224,7 +227,7 @@ struct Repeating {
 }
 
 impl IdGenerator for Repeating {
-    fn generate(&self) -> Result<SessionId, getrandom::Error> {
+    fn generate(&self) -> Result<SessionId, sessionkit::id::RandomError> {
         use std::sync::atomic::Ordering;
         if self.repeats.fetch_sub(1, Ordering::SeqCst) > 0 {
             Ok(self.fixed.clone())
@@ -635,7 +638,7 @@ async fn per_user_limit_through_the_layer() {
     let app = TestApp::with_config(
         |c| {
             c.with_max_per_user(Some(2))
-                .with_limit_policy(sessionkit::LimitPolicy::Deny)
+                .with_limit_policy(sessionkit::store::LimitPolicy::Deny)
         },
         |l| l,
     );
@@ -652,7 +655,7 @@ async fn per_user_limit_through_the_layer() {
     let app = TestApp::with_config(
         |c| {
             c.with_max_per_user(Some(2))
-                .with_limit_policy(sessionkit::LimitPolicy::EvictOldest)
+                .with_limit_policy(sessionkit::store::LimitPolicy::EvictOldest)
         },
         |l| l,
     );

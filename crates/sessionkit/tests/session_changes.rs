@@ -11,7 +11,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use http::header::{COOKIE, SET_COOKIE};
 use http::{Request, StatusCode};
-use sessionkit::{Config, MemoryStore, Session, SessionError, SessionLayer, Value};
+use sessionkit::store::Value;
+use sessionkit::stores::memory::MemoryStore;
+use sessionkit::{Config, Session, SessionError, SessionLayer};
 use tokio::sync::Notify;
 use tower::ServiceExt;
 

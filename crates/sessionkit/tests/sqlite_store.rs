@@ -6,10 +6,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sessionkit::{
-    Clock, CreateOutcome, Delta, Record, SaveOutcome, SessionId, SessionLimit, SessionStore,
-    SqliteStore, StorageKey, StoreError, SystemClock, Value,
+use sessionkit::clock::{Clock, SystemClock};
+use sessionkit::id::SessionId;
+use sessionkit::store::{
+    CreateOutcome, Delta, Record, SaveOutcome, SessionLimit, SessionStore, StorageKey, StoreError,
+    Value,
 };
+use sessionkit::stores::sqlite::SqliteStore;
 use sessionkit_testkit::conformance::{record_at, Store};
 use sessionkit_testkit::{store_conformance, Holding};
 
@@ -148,7 +151,7 @@ async fn two_instances_on_one_file_lose_nothing() {
     // A login limit holds across the two instances too.
     let limit = SessionLimit {
         max: Some(2),
-        policy: sessionkit::LimitPolicy::Deny,
+        policy: sessionkit::store::LimitPolicy::Deny,
     };
     let mut tasks = Vec::new();
     for i in 0..10 {
@@ -320,7 +323,7 @@ async fn batches_mixing_touched_and_untouched_saves_apply_each() {
             .await
             .unwrap();
     }
-    let later = sessionkit::Touch {
+    let later = sessionkit::store::Touch {
         last_seen_at: now.add(Duration::from_secs(60)),
         idle_expires_at: now.add(Duration::from_secs(7200)),
     };

@@ -10,7 +10,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use proptest::prelude::*;
-use sessionkit::{Record, Value};
+use sessionkit::store::{Record, Value};
 
 struct Counting;
 

@@ -24,10 +24,13 @@ use std::fmt;
 
 use async_trait::async_trait;
 
+mod wrapper;
+
 pub use crate::id::StorageKey;
 pub use crate::record::{
     Data, DecodeError, Delta, Meta, Record, Timestamp, Touch, Value, DECODE_CEILING,
 };
+pub use wrapper::StoreWrapper;
 
 /// What to do when a user already has the maximum number of live sessions at login.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -284,7 +287,7 @@ pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
     async fn touch(
         &self,
         key: &StorageKey,
-        touch: crate::record::Touch,
+        touch: Touch,
         now: Timestamp,
     ) -> Result<SaveOutcome, StoreError> {
         let delta = Delta {
@@ -293,61 +296,5 @@ pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
             max_size: None,
         };
         self.save_delta(key, &delta, now).await
-    }
-}
-
-#[async_trait]
-impl<S: SessionStore + ?Sized> SessionStore for std::sync::Arc<S> {
-    fn name(&self) -> &'static str {
-        (**self).name()
-    }
-    async fn create(
-        &self,
-        key: &StorageKey,
-        record: &Record,
-        limit: SessionLimit,
-        now: Timestamp,
-    ) -> Result<CreateOutcome, StoreError> {
-        (**self).create(key, record, limit, now).await
-    }
-    async fn load(&self, key: &StorageKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
-        (**self).load(key, now).await
-    }
-    async fn save_delta(
-        &self,
-        key: &StorageKey,
-        delta: &Delta,
-        now: Timestamp,
-    ) -> Result<SaveOutcome, StoreError> {
-        (**self).save_delta(key, delta, now).await
-    }
-    async fn destroy(&self, key: &StorageKey) -> Result<bool, StoreError> {
-        (**self).destroy(key).await
-    }
-    async fn list_user(
-        &self,
-        user_id: &str,
-        now: Timestamp,
-    ) -> Result<Vec<(StorageKey, Meta)>, StoreError> {
-        (**self).list_user(user_id, now).await
-    }
-    async fn destroy_user(
-        &self,
-        user_id: &str,
-        except: Option<&StorageKey>,
-    ) -> Result<Vec<StorageKey>, StoreError> {
-        (**self).destroy_user(user_id, except).await
-    }
-    async fn count(&self) -> Result<u64, StoreError> {
-        (**self).count().await
-    }
-    async fn cleanup_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
-        (**self).cleanup_expired(now).await
-    }
-    async fn scan(&self, cursor: Option<String>, batch: usize) -> Result<ScanPage, StoreError> {
-        (**self).scan(cursor, batch).await
-    }
-    async fn health(&self) -> Health {
-        (**self).health().await
     }
 }

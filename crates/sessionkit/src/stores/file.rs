@@ -2511,7 +2511,8 @@ mod tests {
 
     fn record_with(v: &str) -> Record {
         let mut r = Record::default();
-        r.data.insert("v".into(), crate::Value::to_json(v).unwrap());
+        r.data
+            .insert("v".into(), crate::store::Value::to_json(v).unwrap());
         r
     }
 

@@ -3,7 +3,7 @@
 //! For tests and single-process apps: nothing survives a restart and other processes do not see
 //! it. Records and the per-user index sit behind one mutex, so every operation — including the
 //! per-user limit at login — is atomic by construction. Expired records are invisible at once
-//! and removed by [`cleanup_expired`](crate::SessionStore::cleanup_expired).
+//! and removed by [`cleanup_expired`](crate::store::SessionStore::cleanup_expired).
 //!
 //! # Cost under the lock
 //! No request holds the mutex for work that grows with a user's session count: each user's

@@ -2,7 +2,7 @@
 //!
 //! Every store implements [`SessionStore`](crate::store::SessionStore) and passes the same
 //! conformance suite (`sessionkit-testkit`). Pick one from the environment with
-//! [`build_store`](crate::build_store), or construct it directly from its module.
+//! [`build_store`], or construct it directly from its module.
 
 pub mod cached;
 pub mod fallback;
@@ -18,3 +18,5 @@ pub(crate) mod select;
 pub(crate) mod sql;
 #[cfg(feature = "sqlite")]
 pub use sql::sqlite;
+
+pub use select::{build_event_sink, build_store, open_url, resolve};

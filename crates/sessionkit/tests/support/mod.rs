@@ -12,12 +12,16 @@ use axum::http::{HeaderMap, Request, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use sessionkit::{
-    Clock, Config, CookieKeys, CreateOutcome, DecodeError, Delta, FanoutSink, Health, ManualClock,
-    MemorySink, MemoryStore, Meta, Record, SaveOutcome, ScanPage, Session, SessionError,
-    SessionEvent, SessionId, SessionLayer, SessionLimit, SessionStore, StorageKey, StoreError,
-    Timestamp, TracingSink,
+use sessionkit::clock::{Clock, ManualClock};
+use sessionkit::events::{FanoutSink, MemorySink, SessionEvent, TracingSink};
+use sessionkit::id::SessionId;
+use sessionkit::store::{
+    CreateOutcome, DecodeError, Delta, Record, SaveOutcome, SessionLimit, SessionStore, StorageKey,
+    StoreError, StoreWrapper, Timestamp,
 };
+use sessionkit::stores::memory::MemoryStore;
+use sessionkit::test_util::CookieKeys;
+use sessionkit::{Config, Session, SessionError, SessionLayer};
 use tokio::sync::Notify;
 use tower::ServiceExt;
 
@@ -61,10 +65,17 @@ impl RecordingStore {
 }
 
 #[async_trait]
-impl SessionStore for RecordingStore {
+impl StoreWrapper for RecordingStore {
+    type Inner = MemoryStore;
+
+    fn inner(&self) -> &Self::Inner {
+        &self.inner
+    }
+
     fn name(&self) -> &'static str {
         "recording"
     }
+
     async fn create(
         &self,
         key: &StorageKey,
@@ -75,6 +86,7 @@ impl SessionStore for RecordingStore {
         self.see(key)?;
         self.inner.create(key, record, limit, now).await
     }
+
     async fn load(&self, key: &StorageKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
         self.see(key)?;
         self.loads.fetch_add(1, Ordering::SeqCst);
@@ -83,6 +95,7 @@ impl SessionStore for RecordingStore {
         }
         self.inner.load(key, now).await
     }
+
     async fn save_delta(
         &self,
         key: &StorageKey,
@@ -92,35 +105,10 @@ impl SessionStore for RecordingStore {
         self.see(key)?;
         self.inner.save_delta(key, delta, now).await
     }
+
     async fn destroy(&self, key: &StorageKey) -> Result<bool, StoreError> {
         self.see(key)?;
         self.inner.destroy(key).await
-    }
-    async fn list_user(
-        &self,
-        user: &str,
-        now: Timestamp,
-    ) -> Result<Vec<(StorageKey, Meta)>, StoreError> {
-        self.inner.list_user(user, now).await
-    }
-    async fn destroy_user(
-        &self,
-        user: &str,
-        except: Option<&StorageKey>,
-    ) -> Result<Vec<StorageKey>, StoreError> {
-        self.inner.destroy_user(user, except).await
-    }
-    async fn count(&self) -> Result<u64, StoreError> {
-        self.inner.count().await
-    }
-    async fn cleanup_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
-        self.inner.cleanup_expired(now).await
-    }
-    async fn scan(&self, cursor: Option<String>, batch: usize) -> Result<ScanPage, StoreError> {
-        self.inner.scan(cursor, batch).await
-    }
-    async fn health(&self) -> Health {
-        self.inner.health().await
     }
 }
 

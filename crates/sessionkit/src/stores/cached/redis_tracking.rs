@@ -1,0 +1,486 @@
+//! [`RedisInvalidation`]: invalidations from a standalone Redis server by server-assisted
+//! client-side caching (`CLIENT TRACKING ON BCAST`).
+//!
+//! The race this module closes is the invalidation's journey: the server pushes it to every
+//! tracking connection in the same event-loop turn as it answers the writer, and (Redis 7, I/O
+//! threads off, the default) it writes the pushes first, so on one host (loopback) an
+//! invalidation is already in this process's socket buffer when process A learns that its
+//! write is done. The push would still wait for a task to be scheduled to read it; to close
+//! that gap, every lookup first reads, without waiting, whatever has arrived on the tracking
+//! socket (a non-blocking `read` system call, not a round trip:
+//! [`CacheInvalidator::set_sync_hook`]) and applies it. So a `load` that begins after the
+//! invalidation reached this host never serves the old record; across hosts, what remains is
+//! the network's delivery time of the push. If the tracking connection dies silently (a
+//! partition, no reset), stale loads are possible until the missed `PING` is noticed (default
+//! within 2 s), after which the cache is bypassed.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{ErrorKind, Read};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use redis::{ConnectionAddr, IntoConnectionInfo};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use super::{CacheInvalidator, InvalidationSource};
+use crate::id::StorageKey;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Invalidations from a standalone Redis server by server-assisted client-side caching:
+/// one dedicated RESP3 connection with `CLIENT TRACKING ON BCAST PREFIX <prefix>`, pinged
+/// every second. Before each cache hit, whatever the server has already pushed on it is
+/// read without waiting (a non-blocking `read`, no round trip), so an invalidation that
+/// reached this host before the load began is always applied first. A lost connection
+/// makes the cache incoherent (flushed, bypassed) and a background task reconnects with
+/// backoff (50 ms doubling to 2 s). Needs Redis 6 or later, a `redis://` TCP URL; against a
+/// Cluster it stays incoherent (the cache is bypassed).
+///
+/// The RESP3 decoding is redis-rs's own ([`redis::Parser`], kept across reads so that a value
+/// cut between two reads is finished later); the socket is a plain one rather than a redis-rs
+/// connection, because such a connection reads pushes in its own task (they reach the app
+/// through a channel only once that task has run), which cannot be asked to "apply what has
+/// arrived" synchronously before a hit.
+pub struct RedisInvalidation {
+    url: String,
+    prefix: String,
+    timeout: Duration,
+    ping_interval: Duration,
+}
+
+impl fmt::Debug for RedisInvalidation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL may hold a password.
+        f.debug_struct("RedisInvalidation")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("ping_interval", &self.ping_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a tracking connection could not be set up or ended.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the server is a Redis Cluster")]
+    Cluster,
+    #[error("Redis refused {0}")]
+    Refused(String),
+    #[error("unsupported Redis URL (only redis:// over TCP)")]
+    Url,
+    #[error("no answer in time")]
+    TimedOut,
+    #[error("connection closed or unreadable")]
+    Broken,
+}
+
+/// A reader that tells "nothing more has arrived" (the socket would block) apart from a closed
+/// or failed connection, which `redis::Parser` reports alike as an I/O error.
+struct Ready<R> {
+    inner: R,
+    idle: bool,
+}
+
+impl<R: Read> Read for Ready<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.inner.read(buf) {
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.idle = true;
+                    return Err(e);
+                }
+                r => return r,
+            }
+        }
+    }
+}
+
+/// Decodes every complete RESP3 value that `src` has ready into `out`, with redis-rs's own
+/// parser (incremental: a value cut between two reads is finished by a later call with the
+/// same `parser`). `Err` once the connection is closed or sends something that is not RESP.
+fn decode_ready(
+    parser: &mut redis::Parser,
+    src: impl Read,
+    out: &mut Vec<redis::Value>,
+) -> Result<(), ()> {
+    let mut src = Ready {
+        inner: src,
+        idle: false,
+    };
+    loop {
+        match parser.parse_value(&mut src) {
+            Ok(v) => out.push(v),
+            Err(_) if src.idle => return Ok(()),
+            Err(_) => return Err(()),
+        }
+    }
+}
+
+/// The text of a bulk, simple or verbatim string reply.
+fn reply_text(v: &redis::Value) -> Option<String> {
+    match v {
+        redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        redis::Value::SimpleString(s) | redis::Value::VerbatimString { text: s, .. } => {
+            Some(s.clone())
+        }
+        redis::Value::Attribute { data, .. } => reply_text(data),
+        _ => None,
+    }
+}
+
+struct ReadState {
+    parser: redis::Parser,
+    replies: VecDeque<redis::Value>,
+    broken: bool,
+}
+
+/// `&TcpStream` as a non-blocking `Read`.
+struct Socket<'a>(&'a TcpStream);
+
+impl Read for Socket<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.try_read(buf)
+    }
+}
+
+/// The live tracking connection, shared by its task and the cache's pre-hit hook.
+struct Tracker {
+    stream: TcpStream,
+    state: Mutex<ReadState>,
+    invalidator: CacheInvalidator,
+    lost: Notify,
+    /// Set once tracking is on: from then on a broken read makes the cache incoherent.
+    live: std::sync::atomic::AtomicBool,
+}
+
+impl Tracker {
+    /// Reads and applies whatever has arrived, without waiting. False once broken.
+    fn drain(&self) -> bool {
+        let mut st = self.state.lock();
+        if st.broken {
+            return false;
+        }
+        let mut values = Vec::new();
+        if decode_ready(&mut st.parser, Socket(&self.stream), &mut values).is_err() {
+            st.broken = true;
+        }
+        for v in values {
+            match v {
+                redis::Value::Push { kind, data } => self.on_push(&kind, data),
+                reply => st.replies.push_back(reply),
+            }
+        }
+        let ok = !st.broken;
+        drop(st);
+        if !ok && self.live.load(std::sync::atomic::Ordering::Acquire) {
+            self.invalidator
+                .set_coherent(false, "tracking connection lost");
+            self.lost.notify_one();
+        }
+        ok
+    }
+
+    fn on_push(&self, kind: &redis::PushKind, data: Vec<redis::Value>) {
+        if *kind != redis::PushKind::Invalidate {
+            return;
+        }
+        match data.into_iter().next() {
+            Some(redis::Value::Array(keys)) => {
+                for k in keys {
+                    match k {
+                        redis::Value::BulkString(b) => {
+                            if let Some(key) = storage_key_of(&b) {
+                                self.invalidator.invalidate(&key);
+                            }
+                        }
+                        _ => self.invalidator.flush(),
+                    }
+                }
+            }
+            // Null after FLUSHALL/FLUSHDB, or anything unexpected: everything may be gone.
+            _ => self.invalidator.flush(),
+        }
+    }
+
+    async fn send(&self, cmd: &redis::Cmd) -> Result<(), Failure> {
+        let bytes = cmd.get_packed_command();
+        let mut at = 0;
+        while at < bytes.len() {
+            self.stream.writable().await?;
+            match self.stream.try_write(&bytes[at..]) {
+                Ok(n) => at += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `cmd` and waits for its reply (set-up only: nothing else is in flight).
+    async fn request(&self, cmd: &redis::Cmd) -> Result<redis::Value, Failure> {
+        self.send(cmd).await?;
+        loop {
+            if let Some(reply) = self.state.lock().replies.pop_front() {
+                return match reply {
+                    redis::Value::ServerError(e) => Err(Failure::Refused(e.to_string())),
+                    other => Ok(other),
+                };
+            }
+            self.stream.readable().await?;
+            if !self.drain() {
+                return Err(Failure::Broken);
+            }
+        }
+    }
+}
+
+impl RedisInvalidation {
+    /// Tracks the keys under `prefix` (the store's key prefix) on the server at `url`
+    /// (the store's URL).
+    pub fn new(url: &str, prefix: impl Into<String>) -> Self {
+        Self {
+            url: url.to_owned(),
+            prefix: prefix.into(),
+            timeout: Duration::from_millis(500),
+            ping_interval: Duration::from_secs(1),
+        }
+    }
+
+    /// Bound on connecting and setting up tracking. Default 500 ms.
+    #[must_use]
+    pub fn with_timeout(mut self, d: Duration) -> Self {
+        self.timeout = d;
+        self
+    }
+
+    /// How often the tracking connection is checked with `PING`; an unanswered `PING`
+    /// at the next check means the connection is dead. A silently dead connection (no
+    /// reset, e.g. a partition) can thus go unnoticed, serving possibly stale loads, for
+    /// up to twice this. Default 1 s.
+    #[must_use]
+    pub fn with_ping_interval(mut self, d: Duration) -> Self {
+        self.ping_interval = d;
+        self
+    }
+
+    async fn connect(&self, invalidator: &CacheInvalidator) -> Result<Arc<Tracker>, Failure> {
+        let info = self.url.as_str().into_connection_info()?;
+        let ConnectionAddr::Tcp(host, port) = info.addr() else {
+            return Err(Failure::Url);
+        };
+        let stream = TcpStream::connect((host.as_str(), *port)).await?;
+        stream.set_nodelay(true)?;
+        let tracker = Arc::new(Tracker {
+            stream,
+            state: Mutex::new(ReadState {
+                parser: redis::Parser::new(),
+                replies: VecDeque::new(),
+                broken: false,
+            }),
+            invalidator: invalidator.clone(),
+            lost: Notify::new(),
+            live: std::sync::atomic::AtomicBool::new(false),
+        });
+        let settings = info.redis_settings();
+        let mut hello = redis::cmd("HELLO");
+        hello.arg(3);
+        if let Some(pw) = settings.password() {
+            hello
+                .arg("AUTH")
+                .arg(settings.username().unwrap_or("default"))
+                .arg(pw);
+        }
+        tracker.request(&hello).await?;
+        let info = reply_text(&tracker.request(redis::cmd("INFO").arg("cluster")).await?)
+            .unwrap_or_default();
+        if info.contains("cluster_enabled:1") {
+            return Err(Failure::Cluster);
+        }
+        tracker
+            .request(
+                redis::cmd("CLIENT")
+                    .arg("TRACKING")
+                    .arg("ON")
+                    .arg("BCAST")
+                    .arg("PREFIX")
+                    .arg(&self.prefix),
+            )
+            .await?;
+        Ok(tracker)
+    }
+
+    async fn run(self, invalidator: CacheInvalidator) {
+        let mut backoff = MIN_BACKOFF;
+        let mut failures = 0u32;
+        while !invalidator.is_closed() {
+            let attempt = tokio::time::timeout(self.timeout, self.connect(&invalidator))
+                .await
+                .unwrap_or(Err(Failure::TimedOut));
+            let tracker = match attempt {
+                Ok(t) => t,
+                Err(Failure::Cluster) => {
+                    tracing::warn!(
+                        "session cache: Redis Cluster is not tracked; the cache stays bypassed"
+                    );
+                    invalidator.set_coherent(false, "Redis Cluster is not supported");
+                    return;
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::warn!(failures, error = %e, "session cache: Redis tracking connection failed; retrying");
+                    }
+                    invalidator.set_coherent(false, &format!("cannot track invalidations: {e}"));
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            };
+            failures = 0;
+            backoff = MIN_BACKOFF;
+            tracker
+                .live
+                .store(true, std::sync::atomic::Ordering::Release);
+            let hook = Arc::downgrade(&tracker);
+            invalidator.set_sync_hook(Some(Arc::new(move || {
+                if let Some(t) = hook.upgrade() {
+                    t.drain();
+                }
+            })));
+            invalidator.set_coherent(true, "Redis client tracking (BCAST)");
+            let why = self.watch(&tracker, &invalidator).await;
+            // Bypass first, then drop the hook: no hit is served in between.
+            invalidator.set_coherent(false, why);
+            invalidator.set_sync_hook(None);
+            tracker
+                .live
+                .store(false, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Reads pushes and pings until the connection fails or the store is dropped.
+    async fn watch(&self, tracker: &Tracker, invalidator: &CacheInvalidator) -> &'static str {
+        let mut unanswered = false;
+        let mut tick = tokio::time::interval(self.ping_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                () = tracker.lost.notified() => return "tracking connection lost",
+                r = tracker.stream.readable() => {
+                    if r.is_err() || !tracker.drain() {
+                        return "tracking connection lost";
+                    }
+                }
+                _ = tick.tick() => {
+                    if invalidator.is_closed() {
+                        return "store dropped";
+                    }
+                    let answered = {
+                        let mut st = tracker.state.lock();
+                        let any = !st.replies.is_empty();
+                        st.replies.clear();
+                        any
+                    };
+                    if unanswered && !answered {
+                        return "tracking connection: no PING reply";
+                    }
+                    if tracker.send(&redis::cmd("PING")).await.is_err() {
+                        return "tracking connection lost";
+                    }
+                    unanswered = true;
+                }
+            }
+        }
+    }
+}
+
+impl InvalidationSource for RedisInvalidation {
+    fn start(self: Box<Self>, invalidator: CacheInvalidator) {
+        tokio::spawn(self.run(invalidator));
+    }
+}
+
+/// The storage key a Redis key of the store belongs to: every key of a session (its head
+/// and its record) ends with it. Index keys (`...:i`) map to nothing, and no load reads them.
+fn storage_key_of(redis_key: &[u8]) -> Option<StorageKey> {
+    let tail = redis_key.get(redis_key.len().checked_sub(64)?..)?;
+    StorageKey::parse(std::str::from_utf8(tail).ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_redis_keys_to_storage_keys() {
+        let k = "ab".repeat(32);
+        assert_eq!(
+            storage_key_of(format!("sk:s:{k}").as_bytes()).map(|s| s.as_str().to_owned()),
+            Some(k.clone())
+        );
+        assert!(storage_key_of(format!("sk:{{u:{k}}}:s:{k}").as_bytes()).is_some());
+        assert!(storage_key_of(format!("sk:{{u:{k}}}:i").as_bytes()).is_none());
+        assert!(storage_key_of(b"short").is_none());
+    }
+
+    /// `bytes`, then "would block".
+    fn feed(parser: &mut redis::Parser, bytes: &[u8]) -> Result<Vec<redis::Value>, ()> {
+        struct Blocked;
+        impl Read for Blocked {
+            fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+                Err(ErrorKind::WouldBlock.into())
+            }
+        }
+        let mut out = Vec::new();
+        decode_ready(parser, bytes.chain(Blocked), &mut out).map(|()| out)
+    }
+
+    fn is_invalidation(v: &redis::Value, n: usize) -> bool {
+        matches!(v, redis::Value::Push { kind: redis::PushKind::Invalidate, data }
+            if matches!(&data[..], [redis::Value::Array(keys)] if keys.len() == n))
+    }
+
+    #[test]
+    fn decodes_pushes_and_replies_cut_anywhere() {
+        let msg = b">2\r\n$10\r\ninvalidate\r\n*2\r\n$3\r\nk:1\r\n$3\r\nk:2\r\n+PONG\r\n";
+        for cut in 0..=msg.len() {
+            let mut parser = redis::Parser::new();
+            let mut got = feed(&mut parser, &msg[..cut]).unwrap();
+            got.extend(feed(&mut parser, &msg[cut..]).unwrap());
+            assert_eq!(got.len(), 2, "cut {cut}: {got:?}");
+            assert!(is_invalidation(&got[0], 2), "cut {cut}: {got:?}");
+            assert!(matches!(&got[1], redis::Value::SimpleString(s) if s == "PONG"));
+        }
+        // After FLUSHALL / FLUSHDB the invalidation is null: the tracker flushes on it.
+        let got = feed(
+            &mut redis::Parser::new(),
+            b">2\r\n$10\r\ninvalidate\r\n_\r\n%1\r\n+a\r\n:1\r\n-ERR x\r\n",
+        )
+        .unwrap();
+        assert!(
+            matches!(&got[0], redis::Value::Push { kind: redis::PushKind::Invalidate, data }
+            if matches!(&data[..], [redis::Value::Nil]))
+        );
+        assert!(matches!(&got[1], redis::Value::Map(m) if m.len() == 1));
+        assert!(matches!(&got[2], redis::Value::ServerError(_)));
+    }
+
+    #[test]
+    fn garbage_or_a_closed_socket_breaks_the_connection() {
+        assert!(feed(&mut redis::Parser::new(), b"?\r\n").is_err());
+        assert!(feed(&mut redis::Parser::new(), b"*1\r\n$x\r\n").is_err());
+        // The socket ends (read returns 0) in the middle of a value.
+        let mut out = Vec::new();
+        assert!(decode_ready(&mut redis::Parser::new(), &b"$5\r\nab"[..], &mut out).is_err());
+    }
+}

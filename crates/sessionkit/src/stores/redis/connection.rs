@@ -1,0 +1,322 @@
+//! The connection of a [`RedisStore`]: connecting, the time bounds of every call, and how
+//! client errors become [`StoreError`]s.
+//!
+//! One multiplexed connection per server, shared by every request of every task: a
+//! [`ConnectionManager`] for a standalone server (it reconnects in the background after a
+//! failure), the Cluster client's one connection per master for a Cluster. Requests are
+//! pipelined on it, so the number of sockets does not grow with load and a burst of requests
+//! cannot exhaust the host's ephemeral ports. On a standalone server the per-session commands
+//! are also batched: those issued while the runtime is busy leave in one write (see
+//! `Batcher`), which divides the system calls of both the app and Redis under load. Every command has a response timeout, every store
+//! call an overall bound ([`RedisOptions::with_operation_timeout`]); a call that runs out of
+//! either, or meets a refused or broken connection, returns [`StoreError::Unavailable`], and the
+//! next call reconnects.
+
+use std::future::Future;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, ServerErrorKind};
+
+use super::batcher::Batcher;
+use super::scripts::Scripts;
+use super::{RedisOptions, RedisStore};
+use crate::store::{Health, StoreError};
+
+/// The one shared connection: a reconnecting multiplexed connection to a standalone server, or
+/// the Cluster client (one multiplexed connection per node). Cloning shares it.
+#[derive(Clone)]
+pub(super) enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Classifies a client error: connection trouble and a Cluster in transition are
+/// `Unavailable` (the caller may fall back or answer 503); anything else is a `Backend` error.
+pub(super) fn map_err(context: &str, e: RedisError) -> StoreError {
+    let unavailable = match e.kind() {
+        ErrorKind::Io | ErrorKind::ClusterConnectionNotFound => true,
+        ErrorKind::Server(k) => matches!(
+            k,
+            ServerErrorKind::TryAgain
+                | ServerErrorKind::MasterDown
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::BusyLoading
+                | ServerErrorKind::ReadOnly
+        ),
+        _ => e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal(),
+    };
+    if unavailable {
+        StoreError::unavailable(context, e)
+    } else if e.kind() == ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
+    {
+        StoreError::backend(
+            format!("{context}: Redis refused the credentials (check the user and password in the Redis URL)"),
+            e,
+        )
+    } else {
+        StoreError::backend(context, e)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("no reply from Redis within {0:?}")]
+pub(super) struct TimedOut(pub(super) Duration);
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(super) struct Invalid(pub(super) String);
+
+impl RedisStore {
+    /// Connects to Redis and checks that it answers.
+    ///
+    /// `url` is a `redis://[[user]:password@]host[:port][/db]` URL, or several separated by
+    /// commas (the seed nodes of a Cluster). Cluster mode is used when there are several URLs,
+    /// when the scheme is `redis+cluster://`, when [`RedisOptions::with_cluster`] says so, or
+    /// else when the server reports `cluster_enabled:1`.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the server cannot be reached in time;
+    /// [`StoreError::Backend`] for a bad URL or prefix, refused credentials (a wrong password
+    /// says so), or an unsupported scheme such as `rediss://` (TLS is not compiled in).
+    pub async fn connect(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
+        if options.key_prefix.contains(['{', '}']) {
+            return Err(StoreError::backend(
+                "invalid Redis key prefix",
+                Invalid("the key prefix must not contain `{` or `}`".into()),
+            ));
+        }
+        let mut cluster = options.cluster;
+        let mut urls = Vec::new();
+        for u in url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            if let Some(rest) = u.strip_prefix("redis+cluster://") {
+                cluster.get_or_insert(true);
+                urls.push(format!("redis://{rest}"));
+            } else if u.starts_with("rediss://") || u.starts_with("rediss+cluster://") {
+                return Err(StoreError::backend(
+                    "unsupported Redis URL",
+                    Invalid("TLS (rediss://) is not supported by this build of sessionkit".into()),
+                ));
+            } else {
+                urls.push(u.to_owned());
+            }
+        }
+        if urls.is_empty() {
+            return Err(StoreError::backend(
+                "invalid Redis URL",
+                Invalid("no URL given".into()),
+            ));
+        }
+        if urls.len() > 1 {
+            cluster.get_or_insert(true);
+        }
+        let bound = options.operation_timeout.max(options.connect_timeout) * 2;
+        let conn = async {
+            if cluster == Some(true) {
+                return Self::connect_cluster(&urls, &options).await;
+            }
+            let single = Self::connect_single(&urls[0], &options).await?;
+            if cluster.is_none() {
+                let mut c = single.clone();
+                let info: String = redis::cmd("INFO")
+                    .arg("cluster")
+                    .query_async(&mut c)
+                    .await
+                    .map_err(|e| map_err("asking Redis whether it is a Cluster", e))?;
+                if info.contains("cluster_enabled:1") {
+                    drop(single);
+                    return Self::connect_cluster(&urls, &options).await;
+                }
+            }
+            Ok(single)
+        };
+        let conn = match tokio::time::timeout(bound, conn).await {
+            Ok(c) => c?,
+            Err(_) => {
+                return Err(StoreError::unavailable(
+                    "connecting to Redis",
+                    TimedOut(bound),
+                ))
+            }
+        };
+        let cluster = matches!(conn, Conn::Cluster(_));
+        let batch = match &conn {
+            Conn::Single(cm) => Some(Batcher::start(cm.clone())),
+            Conn::Cluster(_) => None,
+        };
+        let store = Self {
+            conn,
+            batch,
+            scripts: Scripts::new(),
+            prefix: options.key_prefix,
+            cluster,
+            op_timeout: options.operation_timeout,
+        };
+        let mut c = store.conn.clone();
+        redis::cmd("PING")
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(|e| map_err("connecting to Redis", e))?;
+        Ok(store)
+    }
+
+    /// A store on the standalone server at `url` that connects on first use instead of now:
+    /// for an app that must start while Redis is down, behind a fallback store that serves
+    /// meanwhile (what `build_store` does with `SESSION_FALLBACK`). The server is taken to be
+    /// standalone (a Cluster needs [`RedisStore::connect`]); every operation fails as
+    /// unavailable until the server answers, and the connection is then made by the next one.
+    ///
+    /// # Errors
+    /// A bad URL or prefix, or a Cluster URL.
+    pub fn connect_lazy(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
+        let url = url.trim();
+        if options.key_prefix.contains(['{', '}']) || options.cluster == Some(true) {
+            return Err(StoreError::backend(
+                "invalid lazy Redis store",
+                Invalid("a lazy connection is for a standalone server and a key prefix without `{` or `}`".into()),
+            ));
+        }
+        if !url.starts_with("redis://") || url.contains(',') {
+            return Err(StoreError::backend(
+                "invalid lazy Redis store",
+                Invalid("a lazy connection takes one redis:// URL".into()),
+            ));
+        }
+        let client =
+            redis::Client::open(url).map_err(|e| StoreError::backend("invalid Redis URL", e))?;
+        let cm = ConnectionManager::new_lazy_with_config(client, Self::manager_config(&options))
+            .map_err(|e| map_err("connecting to Redis", e))?;
+        Ok(Self {
+            batch: Some(Batcher::start(cm.clone())),
+            conn: Conn::Single(cm),
+            scripts: Scripts::new(),
+            prefix: options.key_prefix,
+            cluster: false,
+            op_timeout: options.operation_timeout,
+        })
+    }
+
+    pub(super) fn manager_config(o: &RedisOptions) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(o.connect_timeout))
+            .set_response_timeout(Some(o.response_timeout))
+            // Few, short retries: a request waits for a reconnection at most this long (and
+            // never past the operation timeout); the next request starts a new attempt.
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500))
+    }
+
+    pub(super) async fn connect_single(url: &str, o: &RedisOptions) -> Result<Conn, StoreError> {
+        let client =
+            redis::Client::open(url).map_err(|e| StoreError::backend("invalid Redis URL", e))?;
+        let cm = ConnectionManager::new_with_config(client, Self::manager_config(o))
+            .await
+            .map_err(|e| map_err("connecting to Redis", e))?;
+        Ok(Conn::Single(cm))
+    }
+
+    pub(super) async fn connect_cluster(
+        urls: &[String],
+        o: &RedisOptions,
+    ) -> Result<Conn, StoreError> {
+        let client = redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
+            .connection_timeout(o.connect_timeout)
+            .response_timeout(o.response_timeout)
+            .overall_response_timeout(Some(o.operation_timeout))
+            .retries(3)
+            .min_retry_wait(20)
+            .max_retry_wait(400)
+            .build()
+            .map_err(|e| StoreError::backend("invalid Redis Cluster URL", e))?;
+        let conn = client
+            .get_async_connection()
+            .await
+            .map_err(|e| map_err("connecting to Redis Cluster", e))?;
+        Ok(Conn::Cluster(conn))
+    }
+
+    /// Whether the store talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
+    }
+
+    /// One Redis call under the operation deadline, its error mapped with `context`.
+    pub(super) async fn timed<T>(
+        &self,
+        context: &'static str,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        self.bounded(context, async {
+            call.await.map_err(|e| map_err(context, e))
+        })
+        .await
+    }
+
+    /// Bounds a whole store call.
+    pub(super) async fn bounded<T>(
+        &self,
+        context: &'static str,
+        fut: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.op_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::unavailable(context, TimedOut(self.op_timeout))),
+        }
+    }
+
+    pub(super) async fn ping(&self) -> Health {
+        let mut conn = self.conn.clone();
+        let mode = if self.cluster {
+            "cluster"
+        } else {
+            "standalone"
+        };
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<redis::Value>(&mut conn);
+        match tokio::time::timeout(self.op_timeout, ping).await {
+            Ok(Ok(_)) => Health {
+                ok: true,
+                detail: format!("redis ({mode})"),
+            },
+            Ok(Err(e)) => Health {
+                ok: false,
+                detail: format!("redis ({mode}): {e}"),
+            },
+            Err(_) => Health {
+                ok: false,
+                detail: format!("redis ({mode}): no answer within {:?}", self.op_timeout),
+            },
+        }
+    }
+}
