@@ -23,9 +23,11 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn record() -> Record {
+/// A signed-in session, as most are: each index on a user's sessions holds it.
+fn record(user: usize) -> Record {
     let now = SystemClock.now();
     let mut r = Record::default();
+    r.meta.user_id = Some(format!("user{user}"));
     r.meta.created_at = now;
     r.meta.last_seen_at = now;
     r.meta.idle_expires_at = now.add(Duration::from_secs(3600));
@@ -106,10 +108,10 @@ fn main() {
         );
         let now = SystemClock.now();
         let mut keys = Vec::new();
-        for _ in 0..writers {
+        for w in 0..writers {
             let k = SessionId::generate().unwrap().storage_key();
             let _ = store
-                .create(&k, &record(), SessionLimit::UNLIMITED, now)
+                .create(&k, &record(w % 8), SessionLimit::UNLIMITED, now)
                 .await
                 .unwrap();
             keys.push(k);

@@ -305,3 +305,63 @@ async fn a_write_through_one_instance_is_seen_by_the_next_load_of_the_other() {
     assert!(a.destroy(&k).await.unwrap());
     assert!(b.load(&k, now).await.unwrap().is_none());
 }
+
+/// Saves with and without a touch go through different statements (a save without one leaves
+/// the expiry columns and their indexes alone); concurrent saves of both kinds share the
+/// writer's batches. Each applies exactly its own change: data on every session, the expiry
+/// moved on the touched ones only, read back from the file by another instance (no cache).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_mixing_touched_and_untouched_saves_apply_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mixed.db");
+    let store = Arc::new(open(&path).await);
+    let now = SystemClock.now();
+    let keys: Vec<StorageKey> = (0..64).map(|_| key()).collect();
+    for k in &keys {
+        let _ = store
+            .create(k, &record_at(Some("u"), now), SessionLimit::UNLIMITED, now)
+            .await
+            .unwrap();
+    }
+    let later = sessionkit::store::Touch {
+        last_seen_at: now.add(Duration::from_secs(60)),
+        idle_expires_at: now.add(Duration::from_secs(7200)),
+    };
+    for round in 0..5i64 {
+        let mut saves = tokio::task::JoinSet::new();
+        for (i, k) in keys.iter().enumerate() {
+            let store = Arc::clone(&store);
+            let k = k.clone();
+            saves.spawn(async move {
+                let mut delta = set("n", round);
+                delta.touch = (i % 2 == 0).then_some(later);
+                delta.max_size = Some(64 * 1024);
+                store.save_delta(&k, &delta, now).await.unwrap()
+            });
+        }
+        for out in saves.join_all().await {
+            assert_eq!(
+                out,
+                SaveOutcome::Saved {
+                    version: round as u64 + 1
+                }
+            );
+        }
+    }
+    let fresh = open(&path).await;
+    let before = record_at(Some("u"), now).meta;
+    for (i, k) in keys.iter().enumerate() {
+        let got = fresh.load(k, now).await.unwrap().expect("live");
+        assert_eq!(got.data["n"].as_json(), "4");
+        assert_eq!(got.meta.version, 5);
+        let (seen, idle) = if i % 2 == 0 {
+            (later.last_seen_at, later.idle_expires_at)
+        } else {
+            (before.last_seen_at, before.idle_expires_at)
+        };
+        assert_eq!(
+            (got.meta.last_seen_at, got.meta.idle_expires_at),
+            (seen, idle)
+        );
+    }
+}

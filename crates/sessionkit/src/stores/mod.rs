@@ -10,13 +10,13 @@ pub mod fallback;
 pub mod file;
 pub mod memory;
 #[cfg(feature = "postgres")]
-pub mod postgres;
+pub use sql::postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub(crate) mod select;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) mod sql;
 #[cfg(feature = "sqlite")]
-pub mod sqlite;
+pub use sql::sqlite;
 
 pub use select::{build_event_sink, build_store, open_url, resolve};

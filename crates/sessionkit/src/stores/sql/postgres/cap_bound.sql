@@ -1,0 +1,1 @@
+octet_length((s.data || d.patch::jsonb)::text) <= d.cap

@@ -1,0 +1,1 @@
+SELECT MAX(version) FROM sessionkit_migrations WHERE component = $1

@@ -1,0 +1,1 @@
+INSERT INTO sessionkit_migrations (component, version, name, applied_at) VALUES (?, ?, ?, ?)

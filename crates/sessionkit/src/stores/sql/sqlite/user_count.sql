@@ -1,0 +1,2 @@
+-- The user's rows, from the counter kept by triggers.
+SELECT n FROM session_users WHERE user_id = ?
