@@ -69,6 +69,11 @@ pub mod stores;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 
+// The README's examples compile as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub use config::{Config, ConfigError};
 pub use layer::SessionLayer;
 pub use session::{Session, SessionError};
