@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::secret::development_key;
-use super::{AppEnv, Config, ConfigError, SameSite, Secret, StoreKind};
+use super::seeds;
+use super::{AppEnv, Config, ConfigError, SameSite, Secret};
 use crate::store::LimitPolicy;
 
 impl Config {
@@ -51,6 +52,13 @@ impl Config {
         c.file_dir = file_dir;
         if let Some(v) = var("SESSION_IDLE_TIMEOUT") {
             c = c.with_idle_timeout(duration("SESSION_IDLE_TIMEOUT", &v)?);
+        } else if let Some(v) = var("PERMANENT_SESSION_LIFETIME") {
+            // Flask's name, in seconds.
+            let secs =
+                v.trim().parse().ok().filter(|s| *s > 0).ok_or_else(|| {
+                    invalid("PERMANENT_SESSION_LIFETIME", &v, "a number of seconds")
+                })?;
+            c = c.with_idle_timeout(Duration::from_secs(secs));
         }
         if let Some(v) = var("SESSION_ABSOLUTE_TIMEOUT") {
             c.absolute_timeout = duration("SESSION_ABSOLUTE_TIMEOUT", &v)?;
@@ -105,27 +113,9 @@ impl Config {
                 .filter(|n| *n >= 1024)
                 .ok_or_else(|| invalid("SESSION_MAX_SIZE", &v, "a number of bytes >= 1024"))?;
         }
-        if let Some(v) = var("SESSION_TYPE") {
-            c.store = match v.trim() {
-                "auto" => StoreKind::Auto,
-                "memory" => StoreKind::Memory,
-                "filesystem" | "file" => StoreKind::Filesystem,
-                "sqlite" => StoreKind::Sqlite,
-                "postgres" | "postgresql" => StoreKind::Postgres,
-                "redis" => StoreKind::Redis,
-                _ => {
-                    return Err(invalid(
-                        "SESSION_TYPE",
-                        &v,
-                        "auto, memory, filesystem, sqlite, postgres or redis",
-                    ))
-                }
-            };
-        }
-        c.redis_url = var("SESSION_REDIS_URL")
-            .or_else(|| var("REDIS_URL"))
-            .map(Secret::new);
         c.database_url = var("DATABASE_URL").map(Secret::new);
+        c.store = seeds::store_kind(&var, c.database_url.as_ref())?;
+        c.redis_url = seeds::redis_url(&var)?;
         c.fallback_url = var("SESSION_FALLBACK").map(Secret::new);
         c.audit_url = var("SESSION_AUDIT_URL").map(Secret::new);
         if let Some(v) = var("SESSION_CACHE") {
@@ -146,7 +136,7 @@ impl Config {
     }
 }
 
-fn invalid(var: &'static str, value: &str, expected: &'static str) -> ConfigError {
+pub(super) fn invalid(var: &'static str, value: &str, expected: &'static str) -> ConfigError {
     ConfigError::Invalid {
         var,
         value: value.to_owned(),
@@ -173,7 +163,7 @@ fn duration(var: &'static str, v: &str) -> Result<Duration, ConfigError> {
     parse_duration(v).ok_or_else(|| invalid(var, v, "a duration such as 90s, 30m, 24h or 7d"))
 }
 
-fn boolean(var: &'static str, v: &str) -> Result<bool, ConfigError> {
+pub(super) fn boolean(var: &'static str, v: &str) -> Result<bool, ConfigError> {
     match v.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" => Ok(false),

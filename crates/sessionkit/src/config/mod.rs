@@ -20,8 +20,10 @@ use crate::store::{LimitPolicy, SessionLimit};
 
 mod env;
 mod secret;
+mod seeds;
 
 pub use env::parse_duration;
+#[cfg(any(all(feature = "file", unix), feature = "sqlite"))]
 pub(crate) use secret::untrusted;
 pub use secret::Secret;
 
