@@ -338,6 +338,14 @@ impl Inner {
         nonce.copy_from_slice(&header[8..]);
         let mut ix = match self.indexes.take(uh) {
             Some(ix) if ix.nonce == nonce && ix.read_to <= size => ix,
+            // Shorter than this process read it, under the same nonce (a rewrite always draws
+            // a new one): the file lost operations (a truncation). Read as it is, it would miss
+            // live sessions of the user and let logins past the per-user limit.
+            Some(ix) if ix.nonce == nonce => {
+                tracing::warn!("file store: rebuilding a truncated user index");
+                drop(ix);
+                return self.index_rebuild(uleaf, uh, user);
+            }
             _ => UserIndex::new(nonce),
         };
         if size > ix.read_to {
@@ -466,6 +474,8 @@ mod tests {
     use std::path::{Path, PathBuf};
     use std::time::Duration;
 
+    use proptest::prelude::*;
+
     use crate::record::Record;
     use crate::store::{CreateOutcome, LimitPolicy, SessionLimit};
     use crate::stores::file::files::wall_millis;
@@ -518,6 +528,71 @@ mod tests {
             assert!(matches!(out, CreateOutcome::Created { .. }), "{out:?}");
         }
         (dir, store, now)
+    }
+
+    /// What a damaged index file is made of: bytes of any kind, the real file cut anywhere
+    /// (at an operation's boundary too), or the real file with garbage appended.
+    #[derive(Debug, Clone)]
+    enum Damage {
+        Replace(Vec<u8>),
+        Truncate(usize),
+        Append(Vec<u8>),
+    }
+
+    fn damage() -> impl Strategy<Value = Damage> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..400).prop_map(Damage::Replace),
+            // Not an empty tail: a header alone is a well-formed empty index, which a process
+            // that never read the file cannot tell from a real one (see `index_open`).
+            proptest::collection::vec(any::<u8>(), 1..400).prop_map(|tail| {
+                let mut b = INDEX_MAGIC.to_vec();
+                b.extend_from_slice(&[7; 8]);
+                b.extend(tail);
+                Damage::Replace(b)
+            }),
+            prop_oneof![
+                0..(INDEX_HEADER + 3 * INDEX_OP + 1),
+                (0usize..3).prop_map(|n| INDEX_HEADER + n * INDEX_OP),
+            ]
+            .prop_map(Damage::Truncate),
+            proptest::collection::vec(any::<u8>(), 1..300).prop_map(Damage::Append),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 64,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        /// Whatever the index file holds, a login neither panics nor goes past the per-user
+        /// limit: `deny` refuses, an evicting policy takes exactly one live session of the
+        /// user, and the user is left with `MAX` live sessions.
+        #[test]
+        fn a_damaged_index_file_never_lets_a_login_past_the_limit(d in damage(), evict in any::<bool>()) {
+            let (dir, store, now) = at_the_limit();
+            let path = index_path(&dir.path().join("s"));
+            let real = std::fs::read(&path).unwrap();
+            let bytes = match d {
+                Damage::Replace(b) => b,
+                Damage::Truncate(n) => real[..n.min(real.len())].to_vec(),
+                Damage::Append(tail) => [real, tail].concat(),
+            };
+            std::fs::write(&path, &bytes).unwrap();
+            let policy = if evict { LimitPolicy::EvictOldest } else { LimitPolicy::Deny };
+            let new = key_of(99);
+            let out = store.inner.create(&new, &session(now, 99), limit(policy), now).unwrap();
+            match (policy, out) {
+                (LimitPolicy::Deny, CreateOutcome::LimitReached) => {}
+                (LimitPolicy::EvictOldest, CreateOutcome::Created { evicted }) => {
+                    prop_assert_eq!(evicted, vec![key_of(0)]);
+                }
+                (_, out) => prop_assert!(false, "{:?} under {:?}", out, policy),
+            }
+            let live = store.inner.list_user(USER, now).unwrap();
+            prop_assert_eq!(live.len(), MAX as usize);
+        }
     }
 
     /// A huge index file (here a sparse 1 TiB one behind a valid header) is read in bounded
