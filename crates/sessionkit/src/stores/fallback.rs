@@ -26,6 +26,10 @@
 //!   failed); every process applies them at start, on recovery and every `sweep_interval`, and
 //!   until its first sweep a new process checks the tombstone of every session the primary
 //!   serves. Marks are records under keys no cookie maps to, skipped by `scan`; see `marks.rs`.
+//! - **One end per session.** A destroy writes its tombstone create-if-absent, as a claim: of
+//!   destroys of one session racing in one process or in several whose breakers disagree, only
+//!   the claim's winner, or (when the winner saw no copy) the one whose destroy of the primary
+//!   removed the record, reports `true`; so two rotates never both create a successor.
 //!
 //! # Limits
 //! Destroys are never dropped and survive the restart or death of any process, since their marks
@@ -40,7 +44,8 @@
 //! `count` includes marks: the secondary's while the primary is down, and a failed mirror's
 //! pending marks in the primary until the next sweep. Tools that open the secondary directly (the
 //! CLI on the fallback's URL) see marks as records without a user or of the reserved pending
-//! user. Each process has its own breaker, so for up to one probe interval two processes may
+//! user. When the secondary fails to record a destroy's claim, that destroy reports what the
+//! primary's destroy said. Each process has its own breaker, so for up to one probe interval two processes may
 //! disagree on which store is current.
 
 use std::collections::HashSet;
@@ -406,38 +411,55 @@ impl SessionStore for FallbackStore {
 
     async fn destroy(&self, key: &StorageKey) -> Result<bool, StoreError> {
         let now = SystemClock.now();
+        // The tombstone is the claim that decides which destroy reports `true` (see
+        // `marks::Claim`): each store's destroy is atomic, but two processes whose breakers
+        // disagree would each see "their" store remove the record, and two rotates would then
+        // both create a successor.
+        let mut claim = None;
+        let copy = self.inner.secondary.load(key, now).await;
+        let absent = matches!(copy, Ok(None));
+        let copy = copy.ok().flatten();
+        let exp = self.mark_expiry(copy.as_ref().map(|r| &r.meta), now);
         if let Route::Primary = self.route() {
             // The tombstone goes down first, so a concurrent read-through (here or in another
             // process) that copies the record back sees it and undoes its copy. A session the
             // secondary is known not to hold needs one only if the primary had it (then written
             // after, and the primary's destroy repeated): no tombstone for a session never stored.
-            let copy = self.inner.secondary.load(key, now).await;
-            let absent = matches!(copy, Ok(None));
-            let copy = copy.ok().flatten();
-            let exp = self.mark_expiry(copy.as_ref().map(|r| &r.meta), now);
-            let sec = &*self.inner.secondary;
-            let marked = !absent && self.mark(sec, Kind::Tombstone, key, exp, now).await.is_ok();
+            if !absent {
+                claim = Some(self.claim(key, exp, copy.is_some(), now).await);
+            }
             match self
                 .on_primary("destroy", self.inner.primary.destroy(key))
                 .await
             {
                 Ok(gone) => {
+                    if absent && gone {
+                        claim = Some(self.claim(key, exp, true, now).await);
+                    }
+                    let marked = matches!(claim, Some(Ok(_)));
                     if gone || !absent {
                         let ended = [(key.clone(), Some(exp))];
                         self.end_in_secondary(&ended, marked, !marked, now).await;
                     }
-                    // While the primary answers, its answer alone says whether this call ended
-                    // the session: each store's destroy is atomic, but "either store had it"
-                    // would let two racing callers both get `true` (one per store), and two
-                    // rotates would then both create a successor.
-                    return Ok(gone);
+                    return Ok(match claim {
+                        Some(Ok(c)) => c.reports_ended(gone),
+                        // The secondary could not arbitrate: the primary's atomic destroy does.
+                        Some(Err(_)) => gone,
+                        None => false,
+                    });
                 }
                 Err(StoreError::Unavailable { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
-        self.end_on_secondary(key, None, now).await?;
-        self.inner.secondary.destroy(key).await
+        let claim = match claim {
+            Some(Ok(c)) => c,
+            _ => self.claim(key, exp, copy.is_some(), now).await?,
+        };
+        let sec = &*self.inner.secondary;
+        self.mark(sec, Kind::Pending, key, exp, now).await?;
+        let _ = sec.destroy(key).await?;
+        Ok(claim.reports_ended(false))
     }
 
     async fn list_user(
