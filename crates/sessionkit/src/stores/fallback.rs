@@ -19,13 +19,15 @@
 //! - **Ended stays ended.** Every destroy (logout, revoke, "sign out everywhere", eviction by the
 //!   per-user limit) leaves a tombstone in the secondary until the session's absolute expiry,
 //!   written before the destroy is applied (when the primary destroyed on its own, as in an
-//!   eviction, right after it, and the primary's destroy is repeated). Read-through, mirror
-//!   healing, log replay and loads from the secondary check it, and check again after copying a
-//!   record, so no path copies an ended session back. A destroy one store missed leaves a pending
-//!   mark in the other (in the secondary during an outage; in the primary when the mirror
-//!   failed); every process applies them at start, on recovery and every `sweep_interval`, and
-//!   until its first sweep a new process checks the tombstone of every session the primary
-//!   serves. Marks are records under keys no cookie maps to, skipped by `scan`; see `marks.rs`.
+//!   eviction, right after it, and the primary's destroy is repeated). A login that may evict
+//!   is made in the secondary first, so the copies of the sessions it evicts are gone before the
+//!   primary evicts them: a crash in between leaves nothing to copy back. Read-through, mirror
+//!   healing, log replay and loads from the secondary check the tombstone, and check again after
+//!   copying a record, so no path copies an ended session back. A destroy one store missed
+//!   leaves a pending mark in the other (in the secondary during an outage; in the primary when
+//!   the mirror failed); every process applies them at start, on recovery and every
+//!   `sweep_interval`, and until its first sweep a new process checks the tombstone of every
+//!   session the primary serves. Marks are records under keys no cookie maps to, skipped by `scan`; see `marks.rs`.
 //! - **One end per session.** A destroy writes its tombstone create-if-absent, as a claim: of
 //!   destroys of one session racing in one process or in several whose breakers disagree, only
 //!   the claim's winner, or (when the winner saw no copy) the one whose destroy of the primary
@@ -44,7 +46,10 @@
 //! `count` includes marks: the secondary's while the primary is down, and a failed mirror's
 //! pending marks in the primary until the next sweep. Tools that open the secondary directly (the
 //! CLI on the fallback's URL) see marks as records without a user or of the reserved pending
-//! user. When the secondary fails to record a destroy's claim, that destroy reports what the
+//! user. Evictions: one the primary makes and the secondary did not (the stores disagreed on the
+//! user's sessions) keeps its copy until the tombstone written just after, and one the secondary
+//! makes during an outage is marked for the primary just after; a crash in between lets that
+//! session live on (in the primary, when it kept its data). When the secondary fails to record a destroy's claim, that destroy reports what the
 //! primary's destroy said. Each process has its own breaker, so for up to one probe interval two processes may
 //! disagree on which store is current.
 
@@ -60,7 +65,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::id::StorageKey;
 use crate::record::{Delta, Meta, Record, Timestamp};
 use crate::store::{
-    CreateOutcome, Health, SaveOutcome, ScanPage, SessionLimit, SessionStore, StoreError,
+    CreateOutcome, Health, LimitPolicy, SaveOutcome, ScanPage, SessionLimit, SessionStore,
+    StoreError,
 };
 
 mod marks;
@@ -242,14 +248,20 @@ impl FallbackStore {
     ) -> Result<CreateOutcome, StoreError> {
         let out = self.inner.secondary.create(key, record, limit, now).await?;
         if let CreateOutcome::Created { evicted } = &out {
-            self.record(Op::Created(key.clone()));
-            for k in evicted {
-                if let Err(e) = self.end_on_secondary(k, None, now).await {
-                    tracing::warn!(key = k.short(), error = %e, "marking an eviction failed");
-                }
-            }
+            self.created_on_secondary(key, evicted, now).await;
         }
         Ok(out)
+    }
+
+    /// The secondary took a login while the primary is down: log it for replay and mark its
+    /// evictions for the primary.
+    async fn created_on_secondary(&self, key: &StorageKey, evicted: &[StorageKey], now: Timestamp) {
+        self.record(Op::Created(key.clone()));
+        for k in evicted {
+            if let Err(e) = self.end_on_secondary(k, None, now).await {
+                tracing::warn!(key = k.short(), error = %e, "marking an eviction failed");
+            }
+        }
     }
 
     async fn secondary_save(
@@ -296,6 +308,22 @@ impl SessionStore for FallbackStore {
         now: Timestamp,
     ) -> Result<CreateOutcome, StoreError> {
         if let Route::Primary = self.route() {
+            // A login that may evict goes to the secondary first, with the limit: the sessions
+            // it evicts lose their copies there before the primary evicts them, so a crash
+            // between the two stores leaves no copy that a read-through could bring back. Only
+            // sessions the primary evicts and the secondary did not (the stores disagreed on the
+            // user's sessions) keep a copy until their tombstone, written just after.
+            let evicting = record.meta.user_id.is_some()
+                && limit.max.is_some()
+                && limit.policy != LimitPolicy::Deny;
+            let mut mirrored = None;
+            if evicting {
+                match self.inner.secondary.create(key, record, limit, now).await {
+                    Ok(CreateOutcome::Created { evicted }) => mirrored = Some(evicted),
+                    Ok(_) => {}
+                    Err(e) => self.mirror_failed("create", &e),
+                }
+            }
             match self
                 .on_primary("create", self.inner.primary.create(key, record, limit, now))
                 .await
@@ -305,19 +333,35 @@ impl SessionStore for FallbackStore {
                         let ended: Vec<_> = evicted.iter().map(|k| (k.clone(), None)).collect();
                         self.end_in_secondary(&ended, false, true, now).await;
                         // The primary already enforced the limit; the mirror copies the result.
-                        if let Err(e) = self
-                            .inner
-                            .secondary
-                            .create(key, record, SessionLimit::UNLIMITED, now)
-                            .await
-                        {
-                            self.mirror_failed("create", &e);
+                        if mirrored.is_none() {
+                            if let Err(e) = self
+                                .inner
+                                .secondary
+                                .create(key, record, SessionLimit::UNLIMITED, now)
+                                .await
+                            {
+                                self.mirror_failed("create", &e);
+                            }
                         }
+                    } else if mirrored.is_some() {
+                        // Refused by the primary: no copy of a session that was not created.
+                        let _ = self.inner.secondary.destroy(key).await;
                     }
                     return Ok(out);
                 }
-                Err(StoreError::Unavailable { .. }) => {}
-                Err(e) => return Err(e),
+                Err(StoreError::Unavailable { .. }) => {
+                    if let Some(evicted) = mirrored {
+                        // The secondary took the login already: finish it there.
+                        self.created_on_secondary(key, &evicted, now).await;
+                        return Ok(CreateOutcome::Created { evicted });
+                    }
+                }
+                Err(e) => {
+                    if mirrored.is_some() {
+                        let _ = self.inner.secondary.destroy(key).await;
+                    }
+                    return Err(e);
+                }
             }
         }
         self.secondary_create(key, record, limit, now).await
