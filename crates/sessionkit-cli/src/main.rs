@@ -5,7 +5,8 @@
 //! It works through the library's admin handle ([`sessionkit::admin::Sessions`]): every session
 //! it revokes is a `Revoked` event (actor `cli:<name>`), written to the audit table when
 //! `SESSION_AUDIT_URL` is set. It never creates a store, except the destination of `migrate`: a
-//! mistyped folder or database file is an error (exit 3), not a new empty store. It never signs
+//! mistyped folder, database file or PostgreSQL database is an error (exit 3), not a new empty
+//! store. It never signs
 //! or verifies a cookie, so it needs no `SECRET_KEY` and never generates one.
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage error, 3 store unavailable or missing, 4 not found.
@@ -114,6 +115,13 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(what) = missing_database(&e) {
+                eprintln!(
+                    "sessionkit: {e}: PostgreSQL {what} (this tool never creates one: check the \
+                     database name in the URL)"
+                );
+                return ExitCode::from(3);
+            }
             eprintln!("sessionkit: {e:#}");
             if e.chain().any(|c| {
                 matches!(
@@ -129,6 +137,18 @@ async fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// PostgreSQL's message when an error says the database does not exist (SQLSTATE 3D000): the
+/// store is missing, as a mistyped folder or SQLite file is, not broken.
+fn missing_database(e: &anyhow::Error) -> Option<String> {
+    e.chain()
+        .find_map(|c| match c.downcast_ref::<sqlx::Error>()? {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("3D000") => {
+                Some(db.message().to_owned())
+            }
+            _ => None,
+        })
 }
 
 /// The app's configuration from the environment, minus the signing key: this tool never signs or
