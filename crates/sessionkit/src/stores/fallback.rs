@@ -27,7 +27,8 @@
 //!   leaves a pending mark in the other (in the secondary during an outage; in the primary when
 //!   the mirror failed); every process applies them at start, on recovery and every
 //!   `sweep_interval`, and until its first sweep a new process checks the tombstone of every
-//!   session the primary serves. Marks are records under keys no cookie maps to, skipped by `scan`; see `marks.rs`.
+//!   session the primary serves. Marks are records under keys no cookie maps to, skipped by
+//!   `scan`; see `marks.rs`.
 //! - **One end per session.** A destroy writes its tombstone create-if-absent, as a claim: of
 //!   destroys of one session racing in one process or in several whose breakers disagree, only
 //!   the claim's winner, or (when the winner saw no copy) the one whose destroy of the primary
@@ -46,12 +47,15 @@
 //! `count` includes marks: the secondary's while the primary is down, and a failed mirror's
 //! pending marks in the primary until the next sweep. Tools that open the secondary directly (the
 //! CLI on the fallback's URL) see marks as records without a user or of the reserved pending
-//! user. Evictions: one the primary makes and the secondary did not (the stores disagreed on the
-//! user's sessions) keeps its copy until the tombstone written just after, and one the secondary
-//! makes during an outage is marked for the primary just after; a crash in between lets that
-//! session live on (in the primary, when it kept its data). When the secondary fails to record a destroy's claim, that destroy reports what the
-//! primary's destroy said. Each process has its own breaker, so for up to one probe interval two processes may
-//! disagree on which store is current.
+//! user. Evictions are marked ended before the store that holds the other copy can lose track
+//! of them, except: one the primary makes and the secondary did not (the stores disagreed on the
+//! user's sessions) keeps its copy until the tombstone written just after; one the secondary
+//! makes besides those it was expected to (a concurrent login), or in a login the primary failed
+//! after the secondary took it, is marked for the primary just after. A crash in between lets
+//! that session live on (in the primary, when it kept its data). When the secondary fails to
+//! record a destroy's claim, that destroy reports what the primary's destroy said. Each process
+//! has its own breaker, so for up to one probe interval two processes may disagree on which
+//! store is current.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -246,11 +250,43 @@ impl FallbackStore {
         limit: SessionLimit,
         now: Timestamp,
     ) -> Result<CreateOutcome, StoreError> {
-        let out = self.inner.secondary.create(key, record, limit, now).await?;
-        if let CreateOutcome::Created { evicted } = &out {
-            self.created_on_secondary(key, evicted, now).await;
+        let sec = &self.inner.secondary;
+        // The sessions this login will evict are marked ended first (tombstone, and pending for
+        // the primary, which still holds them): a crash after the secondary evicted must not
+        // leave them to come back from the primary. Those it evicts besides (a concurrent login
+        // changed the user's sessions) are marked just after.
+        let mut ended = Vec::new();
+        if let (Some(user), true) = (record.meta.user_id.as_deref(), evicts(limit)) {
+            let mut live = sec.list_user(user, now).await?;
+            let exp: Vec<_> = live
+                .iter()
+                .map(|(k, m)| (k.clone(), m.absolute_expires_at))
+                .collect();
+            for k in limit.victims(&mut live).unwrap_or_default() {
+                let e = exp.iter().find(|(l, _)| *l == k).map(|(_, e)| *e);
+                self.end_on_secondary(&k, e, now).await?;
+                ended.push(k);
+            }
         }
-        Ok(out)
+        let out = sec.create(key, record, limit, now).await;
+        let evicted = match &out {
+            Ok(CreateOutcome::Created { evicted }) => evicted.as_slice(),
+            _ => &[],
+        };
+        // Marked but kept (another login got there first, or the create failed): ended all the
+        // same; should this destroy fail, the tombstone keeps it ended.
+        for k in ended.iter().filter(|k| !evicted.contains(k)) {
+            let _ = sec.destroy(k).await;
+        }
+        if let Ok(CreateOutcome::Created { evicted }) = &out {
+            let rest: Vec<_> = evicted
+                .iter()
+                .filter(|k| !ended.contains(k))
+                .cloned()
+                .collect();
+            self.created_on_secondary(key, &rest, now).await;
+        }
+        out
     }
 
     /// The secondary took a login while the primary is down: log it for replay and mark its
@@ -294,6 +330,11 @@ impl FallbackStore {
     }
 }
 
+/// Whether a login under `limit` may evict sessions.
+fn evicts(limit: SessionLimit) -> bool {
+    limit.max.is_some() && limit.policy != LimitPolicy::Deny
+}
+
 #[async_trait]
 impl SessionStore for FallbackStore {
     fn name(&self) -> &'static str {
@@ -313,9 +354,7 @@ impl SessionStore for FallbackStore {
             // between the two stores leaves no copy that a read-through could bring back. Only
             // sessions the primary evicts and the secondary did not (the stores disagreed on the
             // user's sessions) keep a copy until their tombstone, written just after.
-            let evicting = record.meta.user_id.is_some()
-                && limit.max.is_some()
-                && limit.policy != LimitPolicy::Deny;
+            let evicting = record.meta.user_id.is_some() && evicts(limit);
             let mut mirrored = None;
             if evicting {
                 match self.inner.secondary.create(key, record, limit, now).await {
