@@ -206,8 +206,7 @@ async fn revocations_reach_the_audit_trail_and_the_metrics() {
         .map(|(k, u, r, a)| (k.to_string(), u.into(), r.into(), a.into()))
         .collect();
     let mut events: Vec<(String, String, String, String)> = memory
-        .0
-        .lock()
+        .events()
         .iter()
         .filter(|e| e.kind == EventKind::Revoked)
         .map(|e| {

@@ -312,8 +312,7 @@ mod tests {
     }
 
     fn revoked(sink: &MemorySink) -> Vec<(StorageKey, Option<String>, &'static str, String)> {
-        sink.0
-            .lock()
+        sink.events()
             .iter()
             .map(|e| {
                 assert_eq!(e.kind, EventKind::Revoked);
@@ -342,7 +341,7 @@ mod tests {
         let bob = Revocation::new("bob", "device_revoke");
         assert!(!sessions.revoke_owned("bob", &a1, &bob).await.unwrap());
         assert!(sessions.get(&a1).await.unwrap().is_some());
-        assert!(sink.0.lock().is_empty());
+        assert!(sink.events().is_empty());
 
         let alice = Revocation::new("alice", "device_revoke");
         assert!(sessions.revoke_owned("alice", &a1, &alice).await.unwrap());
@@ -385,7 +384,7 @@ mod tests {
         add(&store, Some("carol")).await;
         clock.advance(std::time::Duration::from_secs(7200));
         assert_eq!(sessions.cleanup().await.unwrap(), 1);
-        assert!(sink.0.lock().is_empty());
+        assert!(sink.events().is_empty());
     }
 
     #[cfg(all(feature = "file", feature = "sqlite", unix))]

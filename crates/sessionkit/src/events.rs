@@ -113,7 +113,19 @@ impl EventSink for FanoutSink {
 
 /// Collects events in memory; for tests.
 #[derive(Debug, Default)]
-pub struct MemorySink(pub parking_lot::Mutex<Vec<SessionEvent>>);
+pub struct MemorySink(parking_lot::Mutex<Vec<SessionEvent>>);
+
+impl MemorySink {
+    /// The events emitted so far, oldest first.
+    pub fn events(&self) -> Vec<SessionEvent> {
+        self.0.lock().clone()
+    }
+
+    /// Takes the events emitted so far, leaving none.
+    pub fn take(&self) -> Vec<SessionEvent> {
+        std::mem::take(&mut *self.0.lock())
+    }
+}
 
 impl EventSink for MemorySink {
     fn emit(&self, e: &SessionEvent) {

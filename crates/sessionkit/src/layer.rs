@@ -71,7 +71,7 @@ impl SessionLayer {
                 .collect::<Vec<_>>(),
         );
         let policy = CookiePolicy {
-            name: config.cookie_name.clone(),
+            name: config.cookie_name().to_owned(),
             secure: config.cookie_secure,
             same_site: config.same_site,
         };

@@ -85,7 +85,7 @@ async fn events_land_in_the_audit_table() {
     sink.flush().await;
     assert_eq!(sink.written(), 6);
     assert_eq!(sink.dropped() + sink.failed(), 0);
-    assert_eq!(memory.0.lock().len(), 6);
+    assert_eq!(memory.events().len(), 6);
 
     assert_eq!(psql(&db, "SELECT COUNT(*) FROM audit").await, "6");
     let e = &events[2];

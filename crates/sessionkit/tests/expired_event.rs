@@ -75,8 +75,7 @@ async fn call(app: &Router, method: &str, uri: &str, cookie: Option<&str>) -> (S
 }
 
 fn events(sink: &MemorySink) -> Vec<(EventKind, &'static str, Option<String>)> {
-    sink.0
-        .lock()
+    sink.events()
         .iter()
         .map(|e| (e.kind, e.reason, e.user_id.clone()))
         .collect()
@@ -90,7 +89,7 @@ async fn expired_session_emits_expired(store: Arc<dyn SessionStore>) {
 
     let (_, cookie) = call(&app, "POST", "/login", None).await;
     assert_eq!(call(&app, "GET", "/whoami", Some(&cookie)).await.0, "alice");
-    sink.0.lock().clear();
+    sink.take();
 
     // Past the idle timeout: anonymous, and reported as expired, not as unknown.
     clock.advance(idle + Duration::from_secs(1));
@@ -101,10 +100,10 @@ async fn expired_session_emits_expired(store: Arc<dyn SessionStore>) {
     );
 
     // A session ended by logout is not "expired": still `unknown_id`.
-    sink.0.lock().clear();
+    sink.take();
     let (_, cookie) = call(&app, "POST", "/login", None).await;
     call(&app, "POST", "/logout", Some(&cookie)).await;
-    sink.0.lock().clear();
+    sink.take();
     assert_eq!(call(&app, "GET", "/whoami", Some(&cookie)).await.0, "-");
     assert_eq!(
         events(&sink),

@@ -522,7 +522,7 @@ async fn c17_corrupt_records_give_a_fresh_session() {
 
 #[test]
 fn c18_mac_comparison_is_constant_time() {
-    let src = include_str!("../src/cookie.rs");
+    let src = include_str!("../src/cookie/mod.rs");
     assert!(src.contains("verify_truncated_left"));
     for line in src.lines().filter(|l| !l.trim_start().starts_with("//")) {
         assert!(

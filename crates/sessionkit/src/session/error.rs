@@ -50,8 +50,20 @@ impl SessionError {
 impl axum::response::IntoResponse for SessionError {
     fn into_response(self) -> axum::response::Response {
         let status = self.status();
-        if status.is_server_error() {
-            tracing::error!(error = %self, cause = ?std::error::Error::source(&self), "session error");
+        match &self {
+            // serde's message quotes the value it could not read ("invalid type: string
+            // \"…\""): session data, kept out of the log; where it failed is enough.
+            Self::Value(e) => tracing::error!(
+                error = %self,
+                category = ?e.classify(),
+                line = e.line(),
+                column = e.column(),
+                "session error"
+            ),
+            _ if status.is_server_error() => {
+                tracing::error!(error = %self, cause = ?std::error::Error::source(&self), "session error");
+            }
+            _ => {}
         }
         let body = match &self {
             Self::Store(_) => "session store unavailable\n",
@@ -61,5 +73,58 @@ impl axum::response::IntoResponse for SessionError {
             Self::Value(_) | Self::Random(_) => "session error\n",
         };
         (status, body).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::response::IntoResponse as _;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut v) = self.0.lock() {
+                v.extend_from_slice(b);
+            }
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A stored value read as another type is a 500 whose log line says where the value did
+    /// not fit, never the value: serde's message quotes it ("invalid type: string \"…\"").
+    #[test]
+    fn a_value_of_the_wrong_type_never_reaches_the_log() {
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let secret = "s3cret-session-value";
+        let stored = crate::record::Value::to_json(&secret).unwrap();
+        let res = tracing::subscriber::with_default(subscriber, || {
+            let e = stored
+                .parse::<u32>()
+                .map_err(SessionError::Value)
+                .unwrap_err();
+            e.into_response()
+        });
+        assert_eq!(res.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+        let logged = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
+        assert!(
+            logged.contains("session error"),
+            "the capture works: {logged}"
+        );
+        assert!(
+            !logged.contains(secret),
+            "session data in the log: {logged}"
+        );
     }
 }

@@ -148,7 +148,7 @@ impl Session {
             let now = self.now();
             match self.0.shared.store.load(&key, now).await {
                 Ok(Some(record)) => {
-                    let interval = self.0.shared.config.touch_interval;
+                    let interval = self.0.shared.config.touch_interval();
                     st.touch_due = record.meta.last_seen_at.add(interval) <= now;
                     st.id = Some(Stored {
                         id: id.clone(),

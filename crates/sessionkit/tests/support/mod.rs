@@ -211,7 +211,7 @@ impl TestApp {
     }
 
     pub fn events(&self) -> Vec<SessionEvent> {
-        self.sink.0.lock().clone()
+        self.sink.events()
     }
 
     pub async fn request(

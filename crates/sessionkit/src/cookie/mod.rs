@@ -22,13 +22,12 @@
 //! crate still renders every `Set-Cookie`.
 
 use std::fmt;
-use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use cookie::{Cookie, SameSite};
+
 use hmac::{Hmac, Mac};
-use http::header::{HeaderMap, HeaderValue, COOKIE, SET_COOKIE};
+use http::header::{HeaderMap, COOKIE};
 use sha2::Sha256;
 
 use crate::id::{SessionId, ID_LEN};
@@ -225,74 +224,17 @@ fn trim_ows(mut b: &[u8]) -> &[u8] {
     b
 }
 
-/// The attributes every session `Set-Cookie` carries.
-#[derive(Clone, Debug)]
-pub(crate) struct CookiePolicy {
-    /// Cookie name.
-    pub name: String,
-    /// `Secure` attribute.
-    pub secure: bool,
-    /// `SameSite` attribute.
-    pub same_site: SameSite,
-}
+mod set;
 
-impl CookiePolicy {
-    fn base(&self, value: String) -> Cookie<'static> {
-        Cookie::build((self.name.clone(), value))
-            .http_only(true)
-            .secure(self.secure)
-            .same_site(self.same_site)
-            .path("/")
-            .build()
-    }
+pub(crate) use set::{replace_set_cookie, CookiePolicy};
 
-    /// The header that stores `value`; `max_age` only for permanent sessions.
-    pub(crate) fn set(&self, value: String, max_age: Option<Duration>) -> HeaderValue {
-        let mut c = self.base(value);
-        if let Some(age) = max_age {
-            c.set_max_age(cookie::time::Duration::seconds(
-                i64::try_from(age.as_secs()).unwrap_or(i64::MAX),
-            ));
-        }
-        header(&c)
-    }
-
-    /// The header that deletes the cookie: same name and attributes, empty value, `Max-Age=0`
-    /// and an `Expires` in the past. A `__Host-` cookie keeps `Secure`, or browsers would ignore
-    /// the deletion (the tower-sessions lesson).
-    pub(crate) fn removal(&self) -> HeaderValue {
-        let mut c = self.base(String::new());
-        c.make_removal();
-        header(&c)
-    }
-}
-
-/// Sets `value` as the response's only `Set-Cookie` for the cookie `name`, dropping any the
-/// handler set for that name itself.
-pub(crate) fn replace_set_cookie(headers: &mut HeaderMap, name: &str, value: HeaderValue) {
-    let prefix = format!("{name}=");
-    let others: Vec<HeaderValue> = headers
-        .get_all(SET_COOKIE)
-        .iter()
-        .filter(|h| !h.as_bytes().starts_with(prefix.as_bytes()))
-        .cloned()
-        .collect();
-    headers.remove(SET_COOKIE);
-    for h in others {
-        headers.append(SET_COOKIE, h);
-    }
-    headers.append(SET_COOKIE, value);
-}
-
-fn header(c: &Cookie<'_>) -> HeaderValue {
-    // Names are checked at start-up and values are base64url, so this is always a valid header;
-    // fall back to an inert header rather than panic.
-    HeaderValue::from_str(&c.to_string())
-        .unwrap_or_else(|_| HeaderValue::from_static("x=; Max-Age=0"))
-}
+#[cfg(test)]
+mod properties;
 
 #[cfg(test)]
 mod tests {
+    use http::HeaderValue;
+
     use super::*;
 
     fn keys() -> CookieKeys {
@@ -441,174 +383,5 @@ mod tests {
                 assert!(keys().verify(&v).is_err(), "splice at {i} accepted");
             }
         }
-    }
-
-    mod props {
-        //! Property tests over arbitrary bytes: the header and value grammar must hold for any
-        //! input, not just for mutations of a valid cookie.
-
-        use super::super::*;
-        use proptest::prelude::*;
-
-        const NAME: &str = "__Host-session";
-
-        fn config() -> ProptestConfig {
-            ProptestConfig {
-                cases: 512,
-                // Nothing written into the source tree; a failure prints its minimal input.
-                failure_persistence: None,
-                ..ProptestConfig::default()
-            }
-        }
-
-        fn keys() -> CookieKeys {
-            CookieKeys::new(&[
-                "k1-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
-                "k0-old-bbbbbbbbbbbbbbbbbbbbbbbbbbbb",
-            ])
-        }
-
-        /// The one signed value every property compares against.
-        fn good() -> (SessionId, String) {
-            let id = SessionId::from_bytes([0x5a; 32]);
-            let v = keys().sign(&id);
-            (id, v)
-        }
-
-        /// Any byte a header value may hold (`HeaderValue::from_bytes`: tab, and 0x20..=0xff
-        /// but DEL): ASCII, control-free obs-text, multi-byte UTF-8 and invalid UTF-8 alike.
-        fn header_byte() -> impl Strategy<Value = u8> {
-            prop_oneof![Just(b'\t'), 0x20u8..=0x7e, 0x80u8..=0xff]
-        }
-
-        /// A header value built from pieces that matter to the parser, glued by arbitrary bytes.
-        fn header_value() -> impl Strategy<Value = Vec<u8>> {
-            let (_, good) = good();
-            let piece = prop_oneof![
-                prop::collection::vec(header_byte(), 0..40),
-                Just(format!("{NAME}=").into_bytes()),
-                Just(good.clone().into_bytes()),
-                Just(format!("{NAME}={good}").into_bytes()),
-                Just(b"; ".to_vec()),
-                Just(b";".to_vec()),
-                Just(" \t".as_bytes().to_vec()),
-                Just("é".as_bytes().to_vec()),
-                Just(b"\xff\xfe".to_vec()),
-            ];
-            prop::collection::vec(piece, 0..12).prop_map(|p| p.concat())
-        }
-
-        proptest! {
-            #![proptest_config(config())]
-
-            /// `verify` of any bytes: never a panic, and success only for the signed value
-            /// itself (arbitrary bytes of any length, and of exactly the well-formed length).
-            #[test]
-            fn verify_accepts_exactly_the_signed_value(
-                junk in prop_oneof![
-                    prop::collection::vec(any::<u8>(), 0..200),
-                    prop::collection::vec(any::<u8>(), VALUE_LEN),
-                ],
-            ) {
-                let (id, good) = good();
-                match keys().verify(&junk) {
-                    Ok(v) => prop_assert!(junk == good.as_bytes() && v.id == id),
-                    Err(_) => prop_assert!(junk != good.as_bytes()),
-                }
-            }
-
-            /// Arbitrary bytes spliced into the signed value at every offset (replacing,
-            /// inserting or truncating) are refused unless they reproduce it exactly.
-            #[test]
-            fn spliced_values_are_refused(
-                at in 0..=VALUE_LEN,
-                cut in 0usize..8,
-                ins in prop::collection::vec(any::<u8>(), 0..8),
-            ) {
-                let (_, good) = good();
-                let mut v = good.clone().into_bytes();
-                v.splice(at..(at + cut).min(VALUE_LEN), ins);
-                let ok = keys().verify(&v).is_ok();
-                prop_assert_eq!(ok, v == good.as_bytes());
-            }
-
-            /// Any character written over the signed value at any offset, the length kept at
-            /// the well-formed 66 bytes and the value valid UTF-8: where the character straddles
-            /// the end of the ID, slicing it as text panicked (issue 14).
-            #[test]
-            fn characters_over_the_value_are_refused(
-                at in prop_oneof![0..VALUE_LEN, ID_LEN - 4..ID_LEN],
-                ch in prop_oneof![
-                    1 => any::<char>(),
-                    3 => (0x80u32..0x11_0000).prop_filter_map("surrogate", char::from_u32),
-                ],
-            ) {
-                let (_, good) = good();
-                let mut v = good.clone().into_bytes();
-                let mut buf = [0u8; 4];
-                let ch = ch.encode_utf8(&mut buf).as_bytes();
-                let end = (at + ch.len()).min(VALUE_LEN);
-                v.splice(at..end, ch[..end - at].iter().copied());
-                let ok = keys().verify(&v).is_ok();
-                prop_assert_eq!(ok, v == good.as_bytes());
-            }
-
-            /// Any `Cookie` headers (several, of any valid bytes): `find` never panics, a value
-            /// that verifies is exactly the signed one, and the signed value alone in every
-            /// header is always found.
-            #[test]
-            fn found_values_verify_only_when_exact(
-                values in prop::collection::vec(header_value(), 1..4),
-            ) {
-                let (id, good) = good();
-                let mut h = HeaderMap::new();
-                for v in &values {
-                    if let Ok(hv) = HeaderValue::from_bytes(v) {
-                        h.append(COOKIE, hv);
-                    }
-                }
-                if let Presented::One(raw) = find(&h, NAME) {
-                    if let Ok(v) = keys().verify(raw) {
-                        prop_assert_eq!(raw, good.as_bytes());
-                        prop_assert_eq!(v.id, id);
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn set_cookie_attributes() {
-        let p = CookiePolicy {
-            name: "__Host-session".into(),
-            secure: true,
-            same_site: SameSite::Lax,
-        };
-        let s = p.set("abc".into(), None);
-        let s = s.to_str().unwrap();
-        for attr in [
-            "__Host-session=abc",
-            "HttpOnly",
-            "Secure",
-            "SameSite=Lax",
-            "Path=/",
-        ] {
-            assert!(s.contains(attr), "{s}");
-        }
-        assert!(!s.contains("Domain") && !s.contains("Max-Age"), "{s}");
-        let r = p.removal();
-        let r = r.to_str().unwrap();
-        for attr in [
-            "__Host-session=;",
-            "HttpOnly",
-            "Secure",
-            "SameSite=Lax",
-            "Path=/",
-            "Max-Age=0",
-        ] {
-            assert!(r.contains(attr), "{r}");
-        }
-        let perm = p.set("abc".into(), Some(Duration::from_secs(60)));
-        assert!(perm.to_str().unwrap().contains("Max-Age=60"));
     }
 }
