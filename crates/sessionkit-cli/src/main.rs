@@ -5,7 +5,8 @@
 //! It works through the library's admin handle ([`sessionkit::admin::Sessions`]): every session
 //! it revokes is a `Revoked` event (actor `cli:<name>`), written to the audit table when
 //! `SESSION_AUDIT_URL` is set. It never creates a store, except the destination of `migrate`: a
-//! mistyped folder or database file is an error (exit 3), not a new empty store. It never signs
+//! mistyped folder, database file or PostgreSQL database is an error (exit 3), not a new empty
+//! store. It never signs
 //! or verifies a cookie, so it needs no `SECRET_KEY` and never generates one.
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage error, 3 store unavailable or missing, 4 not found.
@@ -114,6 +115,13 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(what) = missing_database(&e) {
+                eprintln!(
+                    "sessionkit: {e}: PostgreSQL {what} (this tool never creates one: check the \
+                     database name in the URL)"
+                );
+                return ExitCode::from(3);
+            }
             eprintln!("sessionkit: {e:#}");
             if e.chain().any(|c| {
                 matches!(
@@ -129,6 +137,18 @@ async fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// PostgreSQL's message when an error says the database does not exist (SQLSTATE 3D000): the
+/// store is missing, as a mistyped folder or SQLite file is, not broken.
+fn missing_database(e: &anyhow::Error) -> Option<String> {
+    e.chain()
+        .find_map(|c| match c.downcast_ref::<sqlx::Error>()? {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("3D000") => {
+                Some(db.message().to_owned())
+            }
+            _ => None,
+        })
 }
 
 /// The app's configuration from the environment, minus the signing key: this tool never signs or
@@ -211,29 +231,16 @@ fn key(s: &str) -> anyhow::Result<StorageKey> {
         .with_context(|| format!("{s:?} is not a storage key (64 lowercase hex digits)"))
 }
 
+/// A timestamp in UTC to the second, e.g. `2023-11-14 22:13:20Z`.
 fn when(t: Timestamp) -> String {
-    let secs = t.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(i64::try_from(days).unwrap_or(0));
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
-    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+    let format =
+        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]Z");
+    i64::try_from(t.as_secs())
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|at| at.format(&format).ok())
+        // Past the year 9999: only a corrupt or hand-made record says so.
+        .unwrap_or_else(|| format!("{} ms since 1970", t.as_millis()))
 }
 
 fn line(key: &StorageKey, m: &Meta) -> String {
@@ -401,6 +408,11 @@ mod tests {
         assert_eq!(when(Timestamp(0)), "1970-01-01 00:00:00Z");
         assert_eq!(when(Timestamp(1_700_000_000_000)), "2023-11-14 22:13:20Z");
         assert_eq!(when(Timestamp(951_782_400_000)), "2000-02-29 00:00:00Z");
+        assert_eq!(when(Timestamp(253_402_300_799_999)), "9999-12-31 23:59:59Z");
+        assert_eq!(
+            when(Timestamp(u64::MAX)),
+            "18446744073709551615 ms since 1970"
+        );
     }
 
     #[test]

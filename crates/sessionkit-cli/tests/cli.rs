@@ -1,5 +1,5 @@
-//! The `sessionkit` binary against real file stores: stats, list, show, revoke, revoke-user,
-//! cleanup, migrate, check, and its exit codes.
+//! The `sessionkit` binary against real file stores (and a real PostgreSQL for a missing
+//! database): stats, list, show, revoke, revoke-user, cleanup, migrate, check, and its exit codes.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::process::{Command, Output};
@@ -358,4 +358,26 @@ async fn revoke_commands_write_revoked_events_to_the_audit_trail() {
     let o = run_in(dir.path(), &bad, &["--store", &url, "revoke", a3.as_str()]);
     assert!(!o.status.success(), "{}", text(&o));
     assert!(store.load(&a3, now).await.unwrap().is_some());
+}
+
+/// A PostgreSQL URL naming a database that does not exist, on a server that answers: the store
+/// is missing (exit 3, as a mistyped folder or SQLite file), and the message says so. The same
+/// server's existing database passes `check`.
+#[test]
+fn a_missing_postgres_database_is_a_missing_store() {
+    let pg = sessionkit_testkit::postgres::PostgresServer::start();
+    let o = cli(&pg.create_database(), &["check"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let url = pg.url_for("no_such_sessions_db");
+    for args in [&["check"][..], &["stats"], &["list"], &["cleanup"]] {
+        let o = cli(&url, args);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(3), "{args:?}: {t}");
+        assert!(
+            t.contains("PostgreSQL database \"no_such_sessions_db\" does not exist"),
+            "{args:?}: {t}"
+        );
+    }
+    let o = cli("memory:", &["migrate", "--from", &url, "--to", "memory:"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
 }

@@ -19,13 +19,20 @@
 //! - **Ended stays ended.** Every destroy (logout, revoke, "sign out everywhere", eviction by the
 //!   per-user limit) leaves a tombstone in the secondary until the session's absolute expiry,
 //!   written before the destroy is applied (when the primary destroyed on its own, as in an
-//!   eviction, right after it, and the primary's destroy is repeated). Read-through, mirror
-//!   healing, log replay and loads from the secondary check it, and check again after copying a
-//!   record, so no path copies an ended session back. A destroy one store missed leaves a pending
-//!   mark in the other (in the secondary during an outage; in the primary when the mirror
-//!   failed); every process applies them at start, on recovery and every `sweep_interval`, and
-//!   until its first sweep a new process checks the tombstone of every session the primary
-//!   serves. Marks are records under keys no cookie maps to, skipped by `scan`; see `marks.rs`.
+//!   eviction, right after it, and the primary's destroy is repeated). A login that may evict
+//!   is made in the secondary first, so the copies of the sessions it evicts are gone before the
+//!   primary evicts them: a crash in between leaves nothing to copy back. Read-through, mirror
+//!   healing, log replay and loads from the secondary check the tombstone, and check again after
+//!   copying a record, so no path copies an ended session back. A destroy one store missed
+//!   leaves a pending mark in the other (in the secondary during an outage; in the primary when
+//!   the mirror failed); every process applies them at start, on recovery and every
+//!   `sweep_interval`, and until its first sweep a new process checks the tombstone of every
+//!   session the primary serves. Marks are records under keys no cookie maps to, skipped by
+//!   `scan`; see `marks.rs`.
+//! - **One end per session.** A destroy writes its tombstone create-if-absent, as a claim: of
+//!   destroys of one session racing in one process or in several whose breakers disagree, only
+//!   the claim's winner, or (when the winner saw no copy) the one whose destroy of the primary
+//!   removed the record, reports `true`; so two rotates never both create a successor.
 //!
 //! # Limits
 //! Destroys are never dropped and survive the restart or death of any process, since their marks
@@ -40,8 +47,15 @@
 //! `count` includes marks: the secondary's while the primary is down, and a failed mirror's
 //! pending marks in the primary until the next sweep. Tools that open the secondary directly (the
 //! CLI on the fallback's URL) see marks as records without a user or of the reserved pending
-//! user. Each process has its own breaker, so for up to one probe interval two processes may
-//! disagree on which store is current.
+//! user. Evictions are marked ended before the store that holds the other copy can lose track
+//! of them, except: one the primary makes and the secondary did not (the stores disagreed on the
+//! user's sessions) keeps its copy until the tombstone written just after; one the secondary
+//! makes besides those it was expected to (a concurrent login), or in a login the primary failed
+//! after the secondary took it, is marked for the primary just after. A crash in between lets
+//! that session live on (in the primary, when it kept its data). When the secondary fails to
+//! record a destroy's claim, that destroy reports what the primary's destroy said. Each process
+//! has its own breaker, so for up to one probe interval two processes may disagree on which
+//! store is current.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -55,7 +69,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::id::StorageKey;
 use crate::record::{Delta, Meta, Record, Timestamp};
 use crate::store::{
-    CreateOutcome, Health, SaveOutcome, ScanPage, SessionLimit, SessionStore, StoreError,
+    CreateOutcome, Health, LimitPolicy, SaveOutcome, ScanPage, SessionLimit, SessionStore,
+    StoreError,
 };
 
 mod marks;
@@ -235,16 +250,54 @@ impl FallbackStore {
         limit: SessionLimit,
         now: Timestamp,
     ) -> Result<CreateOutcome, StoreError> {
-        let out = self.inner.secondary.create(key, record, limit, now).await?;
-        if let CreateOutcome::Created { evicted } = &out {
-            self.record(Op::Created(key.clone()));
-            for k in evicted {
-                if let Err(e) = self.end_on_secondary(k, None, now).await {
-                    tracing::warn!(key = k.short(), error = %e, "marking an eviction failed");
-                }
+        let sec = &self.inner.secondary;
+        // The sessions this login will evict are marked ended first (tombstone, and pending for
+        // the primary, which still holds them): a crash after the secondary evicted must not
+        // leave them to come back from the primary. Those it evicts besides (a concurrent login
+        // changed the user's sessions) are marked just after.
+        let mut ended = Vec::new();
+        if let (Some(user), true) = (record.meta.user_id.as_deref(), evicts(limit)) {
+            let mut live = sec.list_user(user, now).await?;
+            let exp: Vec<_> = live
+                .iter()
+                .map(|(k, m)| (k.clone(), m.absolute_expires_at))
+                .collect();
+            for k in limit.victims(&mut live).unwrap_or_default() {
+                let e = exp.iter().find(|(l, _)| *l == k).map(|(_, e)| *e);
+                self.end_on_secondary(&k, e, now).await?;
+                ended.push(k);
             }
         }
-        Ok(out)
+        let out = sec.create(key, record, limit, now).await;
+        let evicted = match &out {
+            Ok(CreateOutcome::Created { evicted }) => evicted.as_slice(),
+            _ => &[],
+        };
+        // Marked but kept (another login got there first, or the create failed): ended all the
+        // same; should this destroy fail, the tombstone keeps it ended.
+        for k in ended.iter().filter(|k| !evicted.contains(k)) {
+            let _ = sec.destroy(k).await;
+        }
+        if let Ok(CreateOutcome::Created { evicted }) = &out {
+            let rest: Vec<_> = evicted
+                .iter()
+                .filter(|k| !ended.contains(k))
+                .cloned()
+                .collect();
+            self.created_on_secondary(key, &rest, now).await;
+        }
+        out
+    }
+
+    /// The secondary took a login while the primary is down: log it for replay and mark its
+    /// evictions for the primary.
+    async fn created_on_secondary(&self, key: &StorageKey, evicted: &[StorageKey], now: Timestamp) {
+        self.record(Op::Created(key.clone()));
+        for k in evicted {
+            if let Err(e) = self.end_on_secondary(k, None, now).await {
+                tracing::warn!(key = k.short(), error = %e, "marking an eviction failed");
+            }
+        }
     }
 
     async fn secondary_save(
@@ -277,6 +330,11 @@ impl FallbackStore {
     }
 }
 
+/// Whether a login under `limit` may evict sessions.
+fn evicts(limit: SessionLimit) -> bool {
+    limit.max.is_some() && limit.policy != LimitPolicy::Deny
+}
+
 #[async_trait]
 impl SessionStore for FallbackStore {
     fn name(&self) -> &'static str {
@@ -291,6 +349,20 @@ impl SessionStore for FallbackStore {
         now: Timestamp,
     ) -> Result<CreateOutcome, StoreError> {
         if let Route::Primary = self.route() {
+            // A login that may evict goes to the secondary first, with the limit: the sessions
+            // it evicts lose their copies there before the primary evicts them, so a crash
+            // between the two stores leaves no copy that a read-through could bring back. Only
+            // sessions the primary evicts and the secondary did not (the stores disagreed on the
+            // user's sessions) keep a copy until their tombstone, written just after.
+            let evicting = record.meta.user_id.is_some() && evicts(limit);
+            let mut mirrored = None;
+            if evicting {
+                match self.inner.secondary.create(key, record, limit, now).await {
+                    Ok(CreateOutcome::Created { evicted }) => mirrored = Some(evicted),
+                    Ok(_) => {}
+                    Err(e) => self.mirror_failed("create", &e),
+                }
+            }
             match self
                 .on_primary("create", self.inner.primary.create(key, record, limit, now))
                 .await
@@ -300,19 +372,35 @@ impl SessionStore for FallbackStore {
                         let ended: Vec<_> = evicted.iter().map(|k| (k.clone(), None)).collect();
                         self.end_in_secondary(&ended, false, true, now).await;
                         // The primary already enforced the limit; the mirror copies the result.
-                        if let Err(e) = self
-                            .inner
-                            .secondary
-                            .create(key, record, SessionLimit::UNLIMITED, now)
-                            .await
-                        {
-                            self.mirror_failed("create", &e);
+                        if mirrored.is_none() {
+                            if let Err(e) = self
+                                .inner
+                                .secondary
+                                .create(key, record, SessionLimit::UNLIMITED, now)
+                                .await
+                            {
+                                self.mirror_failed("create", &e);
+                            }
                         }
+                    } else if mirrored.is_some() {
+                        // Refused by the primary: no copy of a session that was not created.
+                        let _ = self.inner.secondary.destroy(key).await;
                     }
                     return Ok(out);
                 }
-                Err(StoreError::Unavailable { .. }) => {}
-                Err(e) => return Err(e),
+                Err(StoreError::Unavailable { .. }) => {
+                    if let Some(evicted) = mirrored {
+                        // The secondary took the login already: finish it there.
+                        self.created_on_secondary(key, &evicted, now).await;
+                        return Ok(CreateOutcome::Created { evicted });
+                    }
+                }
+                Err(e) => {
+                    if mirrored.is_some() {
+                        let _ = self.inner.secondary.destroy(key).await;
+                    }
+                    return Err(e);
+                }
             }
         }
         self.secondary_create(key, record, limit, now).await
@@ -406,38 +494,55 @@ impl SessionStore for FallbackStore {
 
     async fn destroy(&self, key: &StorageKey) -> Result<bool, StoreError> {
         let now = SystemClock.now();
+        // The tombstone is the claim that decides which destroy reports `true` (see
+        // `marks::Claim`): each store's destroy is atomic, but two processes whose breakers
+        // disagree would each see "their" store remove the record, and two rotates would then
+        // both create a successor.
+        let mut claim = None;
+        let copy = self.inner.secondary.load(key, now).await;
+        let absent = matches!(copy, Ok(None));
+        let copy = copy.ok().flatten();
+        let exp = self.mark_expiry(copy.as_ref().map(|r| &r.meta), now);
         if let Route::Primary = self.route() {
             // The tombstone goes down first, so a concurrent read-through (here or in another
             // process) that copies the record back sees it and undoes its copy. A session the
             // secondary is known not to hold needs one only if the primary had it (then written
             // after, and the primary's destroy repeated): no tombstone for a session never stored.
-            let copy = self.inner.secondary.load(key, now).await;
-            let absent = matches!(copy, Ok(None));
-            let copy = copy.ok().flatten();
-            let exp = self.mark_expiry(copy.as_ref().map(|r| &r.meta), now);
-            let sec = &*self.inner.secondary;
-            let marked = !absent && self.mark(sec, Kind::Tombstone, key, exp, now).await.is_ok();
+            if !absent {
+                claim = Some(self.claim(key, exp, copy.is_some(), now).await);
+            }
             match self
                 .on_primary("destroy", self.inner.primary.destroy(key))
                 .await
             {
                 Ok(gone) => {
+                    if absent && gone {
+                        claim = Some(self.claim(key, exp, true, now).await);
+                    }
+                    let marked = matches!(claim, Some(Ok(_)));
                     if gone || !absent {
                         let ended = [(key.clone(), Some(exp))];
                         self.end_in_secondary(&ended, marked, !marked, now).await;
                     }
-                    // While the primary answers, its answer alone says whether this call ended
-                    // the session: each store's destroy is atomic, but "either store had it"
-                    // would let two racing callers both get `true` (one per store), and two
-                    // rotates would then both create a successor.
-                    return Ok(gone);
+                    return Ok(match claim {
+                        Some(Ok(c)) => c.reports_ended(gone),
+                        // The secondary could not arbitrate: the primary's atomic destroy does.
+                        Some(Err(_)) => gone,
+                        None => false,
+                    });
                 }
                 Err(StoreError::Unavailable { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
-        self.end_on_secondary(key, None, now).await?;
-        self.inner.secondary.destroy(key).await
+        let claim = match claim {
+            Some(Ok(c)) => c,
+            _ => self.claim(key, exp, copy.is_some(), now).await?,
+        };
+        let sec = &*self.inner.secondary;
+        self.mark(sec, Kind::Pending, key, exp, now).await?;
+        let _ = sec.destroy(key).await?;
+        Ok(claim.reports_ended(false))
     }
 
     async fn list_user(

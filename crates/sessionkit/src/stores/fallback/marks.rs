@@ -6,7 +6,11 @@
 //! - **Tombstone** (in the secondary): written before a destroy is applied, lives until the ended
 //!   session's absolute expiry (ordinary cleanup then removes it). Read-through, mirror healing,
 //!   log replay and loads from the secondary check it, and re-check after copying a record, so a
-//!   destroy racing with a copy still wins.
+//!   destroy racing with a copy still wins. A destroy writes it create-if-absent, as a claim:
+//!   of several destroys of one session, in any process and whichever store each one's breaker
+//!   routes it to, only the one whose tombstone went down may report `true`, unless that one
+//!   saw no live copy (it says so in the tombstone) and another's destroy of the primary
+//!   removed the record. See [`Claim`].
 //! - **Pending** (in the store that has the destroy, for the store that missed it): a record in
 //!   the index of the reserved user [`PENDING_USER`], so any process finds them all with one
 //!   `list_user`. In the secondary: destroys made during an outage, applied to the primary on
@@ -18,7 +22,7 @@ use sha2::{Digest, Sha256};
 use super::{FallbackStore, Route};
 use crate::id::StorageKey;
 use crate::record::{Meta, Record, Timestamp, Value};
-use crate::store::{SessionLimit, SessionStore, StoreError};
+use crate::store::{CreateOutcome, SessionLimit, SessionStore, StoreError};
 
 /// The reserved user whose index holds the pending marks. The control character keeps it apart
 /// from any user ID an application would issue.
@@ -26,6 +30,34 @@ pub(super) const PENDING_USER: &str = "\u{1}sessionkit-fallback-pending-destroys
 
 /// The data field of a mark; its value is the ended session's storage key.
 const MARK_FIELD: &str = "\u{1}sessionkit-fallback-mark";
+
+/// Present in a tombstone whose writer saw no live copy of the session before writing it, so
+/// reported `false` unless its own destroy of the primary removed the record. Tombstones
+/// without it (every other writer's) count as seen.
+const UNSEEN_FIELD: &str = "\u{1}sessionkit-fallback-unseen";
+
+/// The outcome of a destroy's tombstone write: who may report that it ended the session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Claim {
+    /// This destroy wrote the tombstone; `seen`: it found a live copy in the secondary first.
+    Won { seen: bool },
+    /// Another destroy (or an eviction, a sign-out everywhere, a sweep) wrote it first; `seen`:
+    /// whether that writer found a live copy (and so reported `true`).
+    Lost { seen: bool },
+}
+
+impl Claim {
+    /// Whether the destroy that made this claim reports `true`; `gone`: its own destroy of the
+    /// primary removed the record. At most one destroy of a session wins the claim and at most
+    /// one removes the primary's record; the winner reports `true` when it saw a live copy,
+    /// else the remover does: exactly one `true` when either store held the session.
+    pub(super) fn reports_ended(self, gone: bool) -> bool {
+        match self {
+            Claim::Won { seen } => seen || gone,
+            Claim::Lost { seen } => !seen && gone,
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Kind {
@@ -103,6 +135,34 @@ impl FallbackStore {
             .create(&mark_key(kind, key), &r, SessionLimit::UNLIMITED, now)
             .await?;
         Ok(())
+    }
+
+    /// Writes the tombstone of `key` in the secondary if none is there: see [`Claim`]. `seen`:
+    /// whether the caller found a live copy of the session before.
+    pub(super) async fn claim(
+        &self,
+        key: &StorageKey,
+        expires: Timestamp,
+        seen: bool,
+        now: Timestamp,
+    ) -> Result<Claim, StoreError> {
+        let mut r = mark_record(Kind::Tombstone, key, expires, now)?;
+        if !seen {
+            let v = Value::to_json(&true).map_err(|e| StoreError::backend("mark", e))?;
+            r.data.insert(UNSEEN_FIELD.to_owned(), v);
+        }
+        let (sec, t) = (&self.inner.secondary, mark_key(Kind::Tombstone, key));
+        if let CreateOutcome::Created { .. } =
+            sec.create(&t, &r, SessionLimit::UNLIMITED, now).await?
+        {
+            return Ok(Claim::Won { seen });
+        }
+        // Unreadable or gone already (expired): count it as seen, so this call reports `false`.
+        let seen = match sec.load(&t, now).await {
+            Ok(Some(r)) => !r.data.contains_key(UNSEEN_FIELD),
+            _ => true,
+        };
+        Ok(Claim::Lost { seen })
     }
 
     /// The ended session's expiry, read from the secondary's copy when it has one.
