@@ -33,7 +33,7 @@ mod lifecycle;
 
 pub use crate::record::{Meta, Timestamp, Value};
 pub(crate) use address::client_ip;
-pub(crate) use binding::BindingKeys;
+pub(crate) use binding::{BindingKeys, RESERVED_KEY as BINDING_KEY};
 pub(crate) use commit::Outcome;
 pub(crate) use context::{Client, Shared};
 pub use error::SessionError;
