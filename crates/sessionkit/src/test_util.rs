@@ -20,5 +20,5 @@ pub fn binding_stamp<S: AsRef<[u8]>>(
     };
     crate::session::BindingKeys::new(secrets)
         .stamp(mode, &client)
-        .map(|v| (crate::session::BINDING_KEY.to_owned(), v))
+        .map(|v| (crate::session::binding::RESERVED_KEY.to_owned(), v))
 }

@@ -24,7 +24,7 @@ use crate::record::Record;
 use crate::store::StoreError;
 
 mod address;
-mod binding;
+pub(crate) mod binding;
 mod commit;
 mod context;
 mod error;
@@ -33,7 +33,7 @@ mod lifecycle;
 
 pub use crate::record::{Meta, Timestamp, Value};
 pub(crate) use address::client_ip;
-pub(crate) use binding::{BindingKeys, RESERVED_KEY as BINDING_KEY};
+pub(crate) use binding::BindingKeys;
 pub(crate) use commit::Outcome;
 pub(crate) use context::{Client, Shared};
 pub use error::SessionError;
