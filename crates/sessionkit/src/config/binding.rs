@@ -131,6 +131,12 @@ impl Config {
 
     /// What a request from another device gets (`SESSION_BINDING_ACTION`: `log` or `end`).
     /// Default log.
+    ///
+    /// # Warning
+    /// With `end`, a browser update (a new `User-Agent`) or a move to another network (`ua+ip`:
+    /// mobile clients change networks often) signs the user out. A changed user agent or address
+    /// is a signal, not proof of theft (SECURITY.md item 22): prefer `log` unless the app can
+    /// afford those sign-outs.
     #[must_use]
     pub fn with_binding_action(mut self, action: BindingAction) -> Self {
         self.binding_action = action;
@@ -153,7 +159,15 @@ impl Config {
     ///
     /// With a name set, the signed value travels in that request and response header instead of
     /// a cookie: no cookie is read or set. When the session ends (logout, revoke, binding) the
-    /// response carries the header with an empty value: the client must drop its token.
+    /// response carries the header with an empty value: the client must drop its token. Responses
+    /// that use the session vary by this header and those that set it are `no-store`;
+    /// `SESSION_PERMANENT` has no effect (a header has no `Max-Age`: the server's timeouts
+    /// still apply). A browser app behind CORS must expose the header to read it.
+    ///
+    /// # Warning
+    /// For non-browser clients. The token has none of the cookie's protections (`HttpOnly`,
+    /// `Secure`, `SameSite`): whoever holds it is the session, so clients keep it out of logs,
+    /// URLs and script-readable browser storage, and only ever send it over TLS.
     #[must_use]
     pub fn with_session_header(mut self, name: impl Into<String>) -> Self {
         self.session_header = Some(name.into());
