@@ -2,7 +2,7 @@
 //!
 //! The handle is lazy: nothing is read from the store until the handler first asks for something,
 //! and nothing is written unless the handler changed something (or the throttled touch is due).
-//! It records which keys the request changed, so the layer saves a [`Delta`] instead of the whole
+//! It records which keys the request changed, so the layer saves a [`Delta`](crate::store::Delta) instead of the whole
 //! record: two concurrent requests that change different keys both keep their changes.
 //!
 //! A new ID (login, rotate, step-up) replaces a stored session only if this request is the one
