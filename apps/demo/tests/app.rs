@@ -704,3 +704,63 @@ async fn metrics_count_events_and_store_operations() {
     let mut p = Browser::new(&plain, "metrics-test", "127.0.0.1");
     assert_eq!(p.get("/metrics").await.status, StatusCode::NOT_FOUND);
 }
+
+/// On a Redis store the admin page shows the server's figures and warns when its policy lets
+/// it evict live sessions; on a store without a server it shows none.
+#[tokio::test]
+async fn admin_page_shows_the_redis_servers_figures() {
+    let redis = sessionkit_testkit::redis::RedisServer::start();
+    redis.cli(&["CONFIG", "SET", "maxmemory", "104857600"]);
+    redis.cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]);
+    let store: Arc<dyn SessionStore> = Arc::new(
+        sessionkit::stores::redis::RedisStore::connect(
+            &redis.url(),
+            sessionkit::stores::redis::RedisOptions::new(),
+        )
+        .await
+        .unwrap(),
+    );
+    let layer = SessionLayer::new(store, Config::new(SECRET)).unwrap();
+    let app = app(AppState::new(layer, users()));
+    let mut admin = Browser::new(&app, "test", "127.0.0.1");
+    admin.login("admin", "admin-demo").await;
+    let cell = |body: &str, id: &str| -> String {
+        let start = body
+            .find(&format!("id=\"{id}\">"))
+            .unwrap_or_else(|| panic!("{id}: {body}"));
+        let rest = &body[start + id.len() + 6..];
+        rest[..rest.find("</td>").unwrap()].to_owned()
+    };
+    let page = admin.get("/admin").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(
+        cell(&page.body, "maxmemory-policy"),
+        "<code>allkeys-lru</code>"
+    );
+    assert_eq!(cell(&page.body, "maxmemory"), "104857600 bytes");
+    let clients: u64 = cell(&page.body, "connected-clients").parse().unwrap();
+    assert!(clients >= 1, "{clients}");
+    let used = cell(&page.body, "used-memory");
+    assert!(
+        used.trim_end_matches(" bytes").parse::<u64>().unwrap() > 0,
+        "{used}"
+    );
+    for id in ["keyspace-hits", "keyspace-misses", "evicted-keys"] {
+        cell(&page.body, id).parse::<u64>().unwrap();
+    }
+    assert!(page.body.contains("evict live sessions"), "{}", page.body);
+
+    redis.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    let page = admin.get("/admin").await;
+    assert_eq!(
+        cell(&page.body, "maxmemory-policy"),
+        "<code>noeviction</code>"
+    );
+    assert!(page.body.contains("Sessions are never evicted"));
+
+    let (plain, _) = demo();
+    let mut admin = Browser::new(&plain, "test", "127.0.0.1");
+    admin.login("admin", "admin-demo").await;
+    let page = admin.get("/admin").await;
+    assert!(!page.body.contains("id=\"server\""), "{}", page.body);
+}
