@@ -34,6 +34,26 @@ enum Create {
 }
 
 async fn build(config: &Config, create: Create) -> Result<Arc<dyn SessionStore>, StoreError> {
+    let store = build_current(config, create).await?;
+    let Some(old) = &config.migrate_from else {
+        return Ok(store);
+    };
+    // Never created: a mistyped URL must fail, not read as an empty store to migrate from.
+    let old = open(old.expose(), config, Create::Never).await?;
+    tracing::info!(
+        primary = store.name(),
+        old = old.name(),
+        "SESSION_MIGRATE_FROM: sessions the primary lacks are moved over from the old store on \
+         first use"
+    );
+    Ok(Arc::new(super::migrating::MigratingStore::new(store, old)))
+}
+
+/// The store `config` names, without the migration.
+async fn build_current(
+    config: &Config,
+    create: Create,
+) -> Result<Arc<dyn SessionStore>, StoreError> {
     let (kind, why) = resolve(config);
     tracing::info!(store = ?kind, reason = why, "session store selected");
     // Advice for an app about to serve from the store, not for a tool administering it.
