@@ -439,7 +439,7 @@ async fn migrate(src: &Sessions, dst: &dyn SessionStore, batch: usize) -> anyhow
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} sessions {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let (mut copied, mut existing, mut expired) = (0u64, 0u64, 0u64);
+    let (mut copied, mut existing, mut expired, mut ended) = (0u64, 0u64, 0u64, 0u64);
     let mut cursor = None;
     loop {
         let page = src.scan(cursor.take(), batch.max(1)).await?;
@@ -450,7 +450,16 @@ async fn migrate(src: &Sessions, dst: &dyn SessionStore, batch: usize) -> anyhow
                 continue;
             }
             match dst.create(k, r, SessionLimit::UNLIMITED, now).await? {
-                sessionkit::store::CreateOutcome::Created { .. } => copied += 1,
+                sessionkit::store::CreateOutcome::Created { .. } => {
+                    // Ended while it was copied (an app migrating with SESSION_MIGRATE_FROM ends
+                    // sessions in the source first, then the destination): the copy goes too.
+                    if src.get(k).await?.is_none() {
+                        dst.destroy(k).await?;
+                        ended += 1;
+                    } else {
+                        copied += 1;
+                    }
+                }
                 _ => existing += 1,
             }
         }
@@ -461,6 +470,9 @@ async fn migrate(src: &Sessions, dst: &dyn SessionStore, batch: usize) -> anyhow
     }
     bar.finish_and_clear();
     println!("copied {copied}, already present {existing}, expired skipped {expired}");
+    if ended > 0 {
+        println!("{ended} session(s) ended while being copied: their copies were removed");
+    }
     Ok(())
 }
 

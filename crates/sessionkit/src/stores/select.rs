@@ -271,6 +271,30 @@ mod tests {
         assert_eq!(resolve(&c).0, StoreKind::Memory);
     }
 
+    /// SESSION_MIGRATE_FROM opens the old store without creating it: a typo stops the start-up
+    /// instead of migrating from a new empty store; an existing one wraps the primary.
+    #[cfg(feature = "sqlite")]
+    #[tokio::test]
+    async fn the_old_store_of_a_migration_is_never_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let typo = dir.path().join("sesions.db");
+        let c = cfg()
+            .with_store(StoreKind::Memory)
+            .with_migrate_from(format!("sqlite://{}", typo.display()));
+        let e = build_store(&c).await.unwrap_err();
+        assert!(matches!(e, StoreError::Unavailable { .. }), "{e:?}");
+        assert!(!typo.exists());
+
+        let real = dir.path().join("sessions.db");
+        let url = format!("sqlite://{}", real.display());
+        drop(open_url(&url, &c).await.unwrap());
+        let store = build_store(&cfg().with_store(StoreKind::Memory).with_migrate_from(url))
+            .await
+            .unwrap();
+        assert_eq!(store.name(), "migrating");
+        assert!(store.health().await.ok);
+    }
+
     #[tokio::test]
     async fn explicit_kind_without_its_url_fails_clearly() {
         let mut c = cfg();
