@@ -493,6 +493,24 @@ mod tests {
     }
 
     #[test]
+    fn an_unreadable_eviction_policy_is_not_passed_as_safe() {
+        let mut s = ServerStats::default();
+        s.server = "redis";
+        s.nodes = 1;
+        let e = check_eviction(&s, false).unwrap_err().to_string();
+        assert!(
+            e.contains("could not read the redis maxmemory-policy")
+                && e.contains("--allow-eviction"),
+            "{e}"
+        );
+        assert!(check_eviction(&s, true).is_ok());
+        s.eviction_policy = Some(NO_EVICTION.into());
+        assert!(check_eviction(&s, false).is_ok());
+        s.eviction_policy = Some("volatile-lfu".into());
+        assert!(check_eviction(&s, false).is_err());
+    }
+
+    #[test]
     fn cli_parses() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
