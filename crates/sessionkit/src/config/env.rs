@@ -132,6 +132,7 @@ impl Config {
         if let Some(v) = var("SESSION_KEY_PREFIX") {
             c.key_prefix = v.trim().to_owned();
         }
+        super::binding::read(&mut c, &var)?;
         c.validate()?;
         Ok(c)
     }

@@ -18,10 +18,13 @@ pub use cookie::SameSite;
 
 use crate::store::{LimitPolicy, SessionLimit};
 
+mod binding;
 mod env;
 mod secret;
 mod seeds;
 
+pub(crate) use binding::mask;
+pub use binding::{Binding, BindingAction, TrustedProxy};
 pub use env::parse_duration;
 #[cfg(any(all(feature = "file", unix), feature = "sqlite"))]
 pub(crate) use secret::untrusted;
@@ -135,6 +138,15 @@ pub struct Config {
     /// `SESSION_MIGRATE_FROM`: URL of the store sessions are moving from (see
     /// [`Config::with_migrate_from`]).
     pub migrate_from: Option<Secret>,
+    // Device binding and header tokens (config/binding.rs).
+    /// `SESSION_BINDING`.
+    pub binding: Binding,
+    /// `SESSION_BINDING_ACTION`.
+    pub binding_action: BindingAction,
+    /// `SESSION_TRUSTED_PROXIES`.
+    pub trusted_proxies: Vec<TrustedProxy>,
+    /// `SESSION_HEADER`; see [`Config::session_header`].
+    session_header: Option<String>,
 }
 
 /// Placeholder secrets refused in production, compared case-insensitively.
@@ -189,6 +201,10 @@ impl Config {
             audit_url: None,
             key_prefix: "sk:".into(),
             migrate_from: None,
+            binding: Binding::Off,
+            binding_action: BindingAction::Log,
+            trusted_proxies: Vec::new(),
+            session_header: None,
         }
     }
 
@@ -449,7 +465,7 @@ impl Config {
                 crate::record::DECODE_CEILING / 4
             ));
         }
-        Ok(())
+        binding::validate(self)
     }
 }
 
