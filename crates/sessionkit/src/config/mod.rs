@@ -135,6 +135,9 @@ pub struct Config {
     pub audit_url: Option<Secret>,
     /// `SESSION_KEY_PREFIX`.
     pub key_prefix: String,
+    /// `SESSION_MIGRATE_FROM`: URL of the store sessions are moving from (see
+    /// [`Config::with_migrate_from`]).
+    pub migrate_from: Option<Secret>,
     // Device binding and header tokens (config/binding.rs).
     /// `SESSION_BINDING`.
     pub binding: Binding,
@@ -197,6 +200,7 @@ impl Config {
             durable_saves: false,
             audit_url: None,
             key_prefix: "sk:".into(),
+            migrate_from: None,
             binding: Binding::Off,
             binding_action: BindingAction::Log,
             trusted_proxies: Vec::new(),
@@ -360,6 +364,17 @@ impl Config {
     #[must_use]
     pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.key_prefix = prefix.into();
+        self
+    }
+
+    /// The store sessions are moving from (`SESSION_MIGRATE_FROM`): a session the configured
+    /// store does not hold is looked up there and moved over, so sessions created before a
+    /// switch of store keep working until they expire (see
+    /// [`MigratingStore`](crate::stores::migrating::MigratingStore)). The old store is opened
+    /// without being created: a mistyped URL is a start-up error. Default none.
+    #[must_use]
+    pub fn with_migrate_from(mut self, url: impl Into<String>) -> Self {
+        self.migrate_from = Some(Secret::new(url));
         self
     }
 

@@ -69,8 +69,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::id::StorageKey;
 use crate::record::{Delta, Meta, Record, Timestamp};
 use crate::store::{
-    CreateOutcome, Health, LimitPolicy, SaveOutcome, ScanPage, SessionLimit, SessionStore,
-    StoreError,
+    CreateOutcome, Health, LimitPolicy, SaveOutcome, ScanPage, ServerStats, SessionLimit,
+    SessionStore, StoreError,
 };
 
 mod marks;
@@ -559,5 +559,19 @@ impl SessionStore for FallbackStore {
                 self.mirror_failures(),
             ),
         }
+    }
+
+    /// The primary's server (Redis): the one whose memory policy decides whether sessions are
+    /// evicted. A diagnostic: it does not trip the breaker.
+    async fn server_stats(&self) -> Result<Option<ServerStats>, StoreError> {
+        let timeout = self.inner.opts.primary_timeout;
+        tokio::time::timeout(timeout, self.inner.primary.server_stats())
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable {
+                    context: format!("server_stats: primary did not answer within {timeout:?}"),
+                    source: None,
+                })
+            })
     }
 }
