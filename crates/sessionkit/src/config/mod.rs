@@ -132,6 +132,9 @@ pub struct Config {
     pub audit_url: Option<Secret>,
     /// `SESSION_KEY_PREFIX`.
     pub key_prefix: String,
+    /// `REDIS_TLS_CA_FILE`: the PEM file of the CAs trusted for `rediss://` instead of the
+    /// system's roots.
+    pub redis_tls_ca_file: Option<PathBuf>,
 }
 
 /// Placeholder secrets refused in production, compared case-insensitively.
@@ -185,6 +188,7 @@ impl Config {
             durable_saves: false,
             audit_url: None,
             key_prefix: "sk:".into(),
+            redis_tls_ca_file: None,
         }
     }
 
@@ -344,6 +348,14 @@ impl Config {
     #[must_use]
     pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.key_prefix = prefix.into();
+        self
+    }
+
+    /// The PEM file of the CA certificates trusted for a `rediss://` Redis URL, instead of the
+    /// system's roots (`REDIS_TLS_CA_FILE`). Default none: the system's roots.
+    #[must_use]
+    pub fn with_redis_tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.redis_tls_ca_file = Some(path.into());
         self
     }
 

@@ -9,6 +9,8 @@ pub mod fallback;
 #[cfg(all(feature = "file", unix))]
 pub mod file;
 pub mod memory;
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) mod plaintext;
 #[cfg(feature = "postgres")]
 pub use sql::postgres;
 #[cfg(feature = "redis")]
