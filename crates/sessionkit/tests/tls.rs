@@ -265,9 +265,11 @@ async fn production_warns_once_about_a_store_reached_in_clear() {
     const WARNING: &str = "reached without TLS";
     // Loopback in clear, development anywhere, TLS anywhere: no warning.
     let local_redis = RedisServer::start();
-    sessionkit::build_store(&production("").with_redis_url(local_redis.url()))
-        .await
-        .unwrap();
+    let local = Config::new(support::SECRET)
+        .with_app_env(AppEnv::Production)
+        .with_redis_url(local_redis.url())
+        .with_key_prefix(unique_prefix());
+    sessionkit::build_store(&local).await.unwrap();
     sessionkit::build_store(&production(&remote).with_app_env(AppEnv::Development))
         .await
         .unwrap();
