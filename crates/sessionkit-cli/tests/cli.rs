@@ -457,3 +457,54 @@ fn redis_figures_and_the_eviction_check() {
         text(&o)
     );
 }
+
+/// The CLI reaches TLS stores through the same configuration as the app: `rediss://` with
+/// `REDIS_TLS_CA_FILE`, PostgreSQL with `sslmode=verify-full` and `PGSSLROOTCERT`; a wrong CA
+/// fails with a message that says so (exit 1: a configuration to fix, not an outage).
+#[test]
+fn check_and_stats_over_tls() {
+    use sessionkit_testkit::redis::RedisServer;
+    use sessionkit_testkit::tls::TestCerts;
+
+    let certs = TestCerts::generate();
+    let run = |store: &str, envs: &[(&str, &std::path::Path)], args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sessionkit"));
+        cmd.env_clear()
+            .env("SECRET_KEY", "cli-test-secret-0123456789abcdefghijklmnop")
+            .arg("--store")
+            .arg(store)
+            .args(args);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run the sessionkit binary")
+    };
+    let redis = RedisServer::start_tls_with_password(&certs, "cli-tls-pw");
+    let ca = certs.ca_file();
+    let o = run(&redis.url(), &[("REDIS_TLS_CA_FILE", &ca)], &["check"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("health: ok"), "{}", text(&o));
+    let o = run(&redis.url(), &[("REDIS_TLS_CA_FILE", &ca)], &["stats"]);
+    assert!(text(&o).contains("sessions: 0"), "{}", text(&o));
+    let other = certs.other_ca_file();
+    let o = run(&redis.url(), &[("REDIS_TLS_CA_FILE", &other)], &["check"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("TLS certificate verification failed"),
+        "{}",
+        text(&o)
+    );
+    assert!(!text(&o).contains("cli-tls-pw"), "{}", text(&o));
+
+    let pg = sessionkit_testkit::postgres::PostgresServer::start_tls(&certs);
+    let db = format!("{}?sslmode=verify-full", pg.create_database());
+    let o = run(&db, &[("PGSSLROOTCERT", &ca)], &["check"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(&db, &[("PGSSLROOTCERT", &other)], &["check"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("TLS certificate verification failed"),
+        "{}",
+        text(&o)
+    );
+}

@@ -9,6 +9,7 @@ pub mod fuzz;
 pub mod postgres;
 pub mod redis;
 pub mod session_races;
+pub mod tls;
 
 use std::fmt;
 

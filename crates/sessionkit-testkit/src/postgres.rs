@@ -1,5 +1,8 @@
 //! A throwaway PostgreSQL server for tests: `initdb` into a temp dir, `postgres` on a free
 //! loopback port with its socket in that dir, `trust` auth, stopped on drop.
+//! [`PostgresServer::start_tls`] starts one that accepts TCP clients over TLS only (`ssl=on`,
+//! `hostssl` lines alone in `pg_hba.conf`), with the certificates of a
+//! [`TestCerts`](crate::tls::TestCerts).
 //!
 //! PostgreSQL refuses to run as root; when the tests run as root the server runs as the
 //! `postgres` system user (created by the Debian package) and the temp dir is handed to it.
@@ -98,6 +101,17 @@ impl PostgresServer {
     /// As [`PostgresServer::start`], with server settings (`name`, `value`) that override the
     /// defaults for tests (for instance `synchronous_commit = on` where a test observes commits).
     pub fn start_with(settings: &[(&str, &str)]) -> Self {
+        Self::start_inner(settings, None)
+    }
+
+    /// As [`PostgresServer::start`], with `ssl = on` and the server certificate and key of
+    /// `certs`, and a `pg_hba.conf` that lets TCP clients in over TLS only (`hostssl`): a
+    /// client with `sslmode=disable` is refused.
+    pub fn start_tls(certs: &crate::tls::TestCerts) -> Self {
+        Self::start_inner(&[], Some(certs))
+    }
+
+    fn start_inner(settings: &[(&str, &str)], tls: Option<&crate::tls::TestCerts>) -> Self {
         let bin = pg_bin_dir();
         let run_as = is_root().then(postgres_user);
         let dir = tempfile::Builder::new()
@@ -120,6 +134,40 @@ impl PostgresServer {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        let mut settings: Vec<(String, String)> = settings
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        if let Some(certs) = tls {
+            // The server reads its key only if the server's user owns it and nobody else may
+            // read it.
+            use std::os::unix::fs::PermissionsExt as _;
+            for (from, name) in [
+                (certs.server_cert_file(), "server.pem"),
+                (certs.server_key_file(), "server.key"),
+            ] {
+                let to = dir.path().join(name);
+                std::fs::copy(&from, &to).expect("copy the server's certificate");
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))
+                    .expect("chmod the server's certificate");
+                if let Some((uid, gid)) = run_as {
+                    std::os::unix::fs::chown(&to, Some(uid), Some(gid)).expect("chown");
+                }
+                let key = if name == "server.key" {
+                    "ssl_key_file"
+                } else {
+                    "ssl_cert_file"
+                };
+                settings.push((key.to_owned(), to.display().to_string()));
+            }
+            settings.push(("ssl".to_owned(), "on".to_owned()));
+            // Writing over the file keeps its owner (the server's user).
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n",
+            )
+            .expect("write pg_hba.conf");
+        }
 
         // A port picked free may be taken by the time postgres binds it: retry a few times.
         for attempt in 0.. {

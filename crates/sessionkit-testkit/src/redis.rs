@@ -1,6 +1,8 @@
 //! Real Redis servers for tests: [`RedisServer`] (one standalone server) and [`RedisCluster`]
 //! (three masters, no replicas), started from the Debian `redis-server` binary on free loopback
-//! ports, each in its own temporary folder, killed on `Drop`.
+//! ports, each in its own temporary folder, killed on `Drop`. Each has a TLS variant
+//! (`start_tls`: TLS only, `--port 0 --tls-port`, with the certificates of a
+//! [`TestCerts`](crate::tls::TestCerts); a Cluster's bus is TLS too).
 //!
 //! A missing binary is a test failure with a message saying what to install, never a skip.
 //! The binaries are looked up in `$SESSIONKIT_REDIS_BIN` (a folder), then on `PATH`, then in
@@ -135,6 +137,35 @@ struct ServerConfig {
     password: Option<String>,
     cluster: bool,
     bus_port: u16,
+    tls: Option<TlsFiles>,
+}
+
+/// The PEM files of a TLS server: its certificate and key, and the CA that signed them (which
+/// `redis-cli` trusts here).
+#[derive(Clone, Debug)]
+struct TlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+}
+
+impl TlsFiles {
+    fn of(certs: &crate::tls::TestCerts) -> TlsFiles {
+        TlsFiles {
+            cert: certs.server_cert_file(),
+            key: certs.server_key_file(),
+            ca: certs.ca_file(),
+        }
+    }
+
+    /// `redis-cli`'s arguments for a TLS connection that trusts the CA.
+    fn cli_args(&self) -> [String; 3] {
+        [
+            "--tls".into(),
+            "--cacert".into(),
+            self.ca.display().to_string(),
+        ]
+    }
 }
 
 /// A standalone `redis-server` on a free loopback port, in its own temporary folder; no
@@ -157,6 +188,24 @@ impl RedisServer {
     pub fn start_with_password(password: &str) -> RedisServer {
         Self::start_with(ServerConfig {
             password: Some(password.to_owned()),
+            ..ServerConfig::default()
+        })
+    }
+
+    /// Starts a server that speaks TLS only (no plain port), with the server certificate of
+    /// `certs`; clients need no certificate of their own. Its [`url`](Self::url) is `rediss://`.
+    pub fn start_tls(certs: &crate::tls::TestCerts) -> RedisServer {
+        Self::start_with(ServerConfig {
+            tls: Some(TlsFiles::of(certs)),
+            ..ServerConfig::default()
+        })
+    }
+
+    /// [`start_tls`](Self::start_tls) with a password (`requirepass`).
+    pub fn start_tls_with_password(certs: &crate::tls::TestCerts, password: &str) -> RedisServer {
+        Self::start_with(ServerConfig {
+            password: Some(password.to_owned()),
+            tls: Some(TlsFiles::of(certs)),
             ..ServerConfig::default()
         })
     }
@@ -190,9 +239,24 @@ impl RedisServer {
     }
 
     fn args(&self) -> Vec<String> {
-        let mut a: Vec<String> = vec![
-            "--port".into(),
-            self.port.to_string(),
+        let mut a: Vec<String> = match &self.config.tls {
+            None => vec!["--port".into(), self.port.to_string()],
+            Some(tls) => vec![
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                self.port.to_string(),
+                "--tls-cert-file".into(),
+                tls.cert.display().to_string(),
+                "--tls-key-file".into(),
+                tls.key.display().to_string(),
+                "--tls-ca-cert-file".into(),
+                tls.ca.display().to_string(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ],
+        };
+        a.extend([
             "--bind".into(),
             "127.0.0.1".into(),
             "--dir".into(),
@@ -209,7 +273,7 @@ impl RedisServer {
             "no".into(),
             "--maxclients".into(),
             "10000".into(),
-        ];
+        ]);
         if let Some(pw) = &self.config.password {
             a.extend(["--requirepass".into(), pw.clone()]);
         }
@@ -224,6 +288,9 @@ impl RedisServer {
                 "--cluster-node-timeout".into(),
                 "5000".into(),
             ]);
+            if self.config.tls.is_some() {
+                a.extend(["--tls-cluster".into(), "yes".into()]);
+            }
         }
         a
     }
@@ -245,7 +312,7 @@ impl RedisServer {
         self.process = Some(Process::spawn(self.dir.path(), &self.args()));
         let deadline = Instant::now() + READY_TIMEOUT;
         while Instant::now() < deadline {
-            if let Some(reply) = probe(self.port, "PING") {
+            if let Some(reply) = self.ping() {
                 // `-NOAUTH` also proves the server is up; `-LOADING` does not.
                 if reply.starts_with("+PONG") || reply.starts_with("-NOAUTH") {
                     return true;
@@ -259,16 +326,45 @@ impl RedisServer {
         false
     }
 
+    /// The first line of the answer to `PING`, if any: over plain TCP, or through `redis-cli`
+    /// for a TLS server.
+    fn ping(&self) -> Option<String> {
+        let Some(tls) = &self.config.tls else {
+            return probe(self.port, "PING");
+        };
+        let out = Command::new(find_bin("redis-cli"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(tls.cli_args())
+            .arg("PING")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        // redis-cli prints `PONG`, or the error without its `-`.
+        match text.as_str() {
+            "PONG" => Some("+PONG".into()),
+            t if t.starts_with("NOAUTH") => Some(format!("-{t}")),
+            _ => None,
+        }
+    }
+
     /// The port it listens on (127.0.0.1).
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    /// `redis://127.0.0.1:<port>`, with the password when there is one.
+    /// `redis://127.0.0.1:<port>` (`rediss://` for a TLS server), with the password when there
+    /// is one.
     pub fn url(&self) -> String {
+        let scheme = if self.config.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         match &self.config.password {
-            Some(pw) => format!("redis://:{pw}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(pw) => format!("{scheme}://:{pw}@127.0.0.1:{}", self.port),
+            None => format!("{scheme}://127.0.0.1:{}", self.port),
         }
     }
 
@@ -304,6 +400,9 @@ impl RedisServer {
     pub fn cli(&self, args: &[&str]) -> String {
         let mut cmd = Command::new(find_bin("redis-cli"));
         cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some(tls) = &self.config.tls {
+            cmd.args(tls.cli_args());
+        }
         if let Some(pw) = &self.config.password {
             cmd.args(["--no-auth-warning", "-a", pw]);
         }
@@ -334,10 +433,21 @@ impl RedisCluster {
     /// Starts three cluster-enabled servers, joins them and waits for `cluster_state:ok` on
     /// every node.
     pub fn start() -> RedisCluster {
+        Self::start_with(None)
+    }
+
+    /// [`start`](Self::start) with TLS only: clients and the cluster bus (`--tls-cluster yes`)
+    /// speak TLS with the server certificate of `certs`; [`urls`](Self::urls) are `rediss://`.
+    pub fn start_tls(certs: &crate::tls::TestCerts) -> RedisCluster {
+        Self::start_with(Some(TlsFiles::of(certs)))
+    }
+
+    fn start_with(tls: Option<TlsFiles>) -> RedisCluster {
         let nodes: Vec<RedisServer> = (0..3)
             .map(|_| {
                 RedisServer::start_with(ServerConfig {
                     cluster: true,
+                    tls: tls.clone(),
                     ..ServerConfig::default()
                 })
             })
@@ -351,6 +461,7 @@ impl RedisCluster {
             .arg("create")
             .args(&addrs)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(tls.iter().flat_map(TlsFiles::cli_args))
             .stdin(Stdio::null())
             .output()
             .expect("run redis-cli --cluster create");
@@ -375,7 +486,7 @@ impl RedisCluster {
         cluster
     }
 
-    /// One `redis://` URL per master.
+    /// One `redis://` (`rediss://` with TLS) URL per master.
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
     }

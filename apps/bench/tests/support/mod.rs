@@ -32,24 +32,37 @@ impl BenchApp {
         Self::spawn_with(envs, log.try_clone().unwrap(), log.try_clone().unwrap())
     }
 
-    fn spawn_with(
-        envs: &[(&str, &str)],
-        stdout: impl Into<Stdio>,
-        stderr: impl Into<Stdio>,
-    ) -> Self {
-        let port = free_port();
+    /// [`BenchApp::spawn`] with its log (`tracing` writes to standard output) sent to `log`.
+    pub fn spawn_logging_to(envs: &[(&str, &str)], log: impl Into<Stdio>) -> Self {
+        Self::spawn_with(envs, log, Stdio::inherit())
+    }
+
+    /// The bench app's command with the test environment (a clean one) and `envs`.
+    pub fn command(port: u16, envs: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sessionkit-bench"));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("PORT", port.to_string())
             .env("SECRET_KEY", SECRET)
             .env("RUST_LOG", "warn")
-            .stdout(stdout)
-            .stderr(stderr);
+            .stdout(Stdio::null());
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("start the bench app");
+        cmd
+    }
+
+    fn spawn_with(
+        envs: &[(&str, &str)],
+        stdout: impl Into<Stdio>,
+        stderr: impl Into<Stdio>,
+    ) -> Self {
+        let port = free_port();
+        let child = Self::command(port, envs)
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("start the bench app");
         let app = Self { port, child };
         let start = Instant::now();
         while ureq::get(&app.url("/none")).call().is_err() {

@@ -133,6 +133,9 @@ impl Config {
             c.key_prefix = v.trim().to_owned();
         }
         super::binding::read(&mut c, &var)?;
+        if let Some(v) = var("REDIS_TLS_CA_FILE") {
+            c = c.with_redis_tls_ca_file(v.trim());
+        }
         c.validate()?;
         Ok(c)
     }
@@ -200,8 +203,14 @@ mod tests {
             ("SESSION_COOKIE_SAMESITE", "Strict"),
             ("SESSION_MAX_PER_USER", "3"),
             ("SESSION_DURABLE_SAVES", "on"),
+            ("REDIS_TLS_CA_FILE", "/etc/ssl/redis-ca.pem"),
         ])
         .unwrap();
+        assert_eq!(
+            c.redis_tls_ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/ssl/redis-ca.pem"))
+        );
+        assert_eq!(from(&[]).unwrap().redis_tls_ca_file, None);
         assert!(c.durable_saves);
         assert!(!from(&[]).unwrap().durable_saves);
         assert!(from(&[("SESSION_DURABLE_SAVES", "sometimes")]).is_err());

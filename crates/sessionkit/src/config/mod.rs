@@ -147,6 +147,12 @@ pub struct Config {
     pub trusted_proxies: Vec<TrustedProxy>,
     /// `SESSION_HEADER`; see [`Config::session_header`].
     session_header: Option<String>,
+        self
+    }
+
+    /// `REDIS_TLS_CA_FILE`: the PEM file of the CAs trusted for `rediss://` instead of the
+    /// system's roots.
+    pub redis_tls_ca_file: Option<PathBuf>,
 }
 
 /// Placeholder secrets refused in production, compared case-insensitively.
@@ -205,6 +211,7 @@ impl Config {
             binding_action: BindingAction::Log,
             trusted_proxies: Vec::new(),
             session_header: None,
+            redis_tls_ca_file: None,
         }
     }
 
@@ -375,6 +382,14 @@ impl Config {
     #[must_use]
     pub fn with_migrate_from(mut self, url: impl Into<String>) -> Self {
         self.migrate_from = Some(Secret::new(url));
+        self
+    }
+
+    /// The PEM file of the CA certificates trusted for a `rediss://` Redis URL, instead of the
+    /// system's roots (`REDIS_TLS_CA_FILE`). Default none: the system's roots.
+    #[must_use]
+    pub fn with_redis_tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.redis_tls_ca_file = Some(path.into());
         self
     }
 

@@ -10,6 +10,8 @@ pub mod fallback;
 pub mod file;
 pub mod memory;
 pub mod migrating;
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) mod plaintext;
 #[cfg(feature = "postgres")]
 pub use sql::postgres;
 #[cfg(feature = "redis")]

@@ -93,9 +93,10 @@ async fn build_current(
                     // Users stay signed in while Redis is down, and that includes starting up
                     // while it is down: the fallback serves until Redis answers.
                     tracing::warn!(error = %e, "Redis is unreachable at start-up: starting on SESSION_FALLBACK, Redis (taken as a standalone server) is connected when it answers");
-                    let opts = super::redis::RedisOptions::new()
-                        .with_key_prefix(config.key_prefix.clone());
-                    Arc::new(super::redis::RedisStore::connect_lazy(&redis_url, opts)?)
+                    let opts = redis_options(config);
+                    let store = super::redis::RedisStore::connect_lazy(&redis_url, opts)?;
+                    check_redis_transport(&redis_url, config);
+                    Arc::new(store)
                 }
                 other => other?,
             }
@@ -206,9 +207,10 @@ async fn open(
             Ok(Arc::new(store))
         }
         #[cfg(feature = "redis")]
-        "redis" | "redis+cluster" | "rediss" => {
-            let opts = super::redis::RedisOptions::new().with_key_prefix(config.key_prefix.clone());
-            Ok(Arc::new(super::redis::RedisStore::connect(url, opts).await?))
+        "redis" | "redis+cluster" | "rediss" | "rediss+cluster" => {
+            let store = super::redis::RedisStore::connect(url, redis_options(config)).await?;
+            check_redis_transport(url, config);
+            Ok(Arc::new(store))
         }
         #[cfg(feature = "sqlite")]
         "sqlite" => Ok(Arc::new(
@@ -218,16 +220,41 @@ async fn open(
                 .await?,
         )),
         #[cfg(feature = "postgres")]
-        "postgres" | "postgresql" => Ok(Arc::new(
-            super::postgres::PostgresStore::builder(url)
+        "postgres" | "postgresql" => {
+            let store = super::postgres::PostgresStore::builder(url)
                 .with_durable_saves(config.durable_saves)
                 .connect()
-                .await?,
-        )),
+                .await?;
+            if config.app_env == crate::config::AppEnv::Production {
+                // `sslmode=prefer` (the default) may or may not have encrypted: ask the server.
+                let host = store.host().to_owned();
+                let encrypted = store.uses_tls().await.unwrap_or(true);
+                super::plaintext::check(config, "postgres", &host, encrypted);
+            }
+            Ok(Arc::new(store))
+        }
         other => Err(StoreError::Backend {
             context: format!("store URL scheme {other:?}"),
             source: "unknown scheme, or its store is not compiled into this build (enable its cargo feature)".into(),
         }),
+    }
+}
+
+/// The production warning for a Redis store: `rediss://` is encrypted, anything else is not.
+#[cfg(feature = "redis")]
+fn check_redis_transport(url: &str, config: &Config) {
+    if let Some((host, encrypted)) = super::plaintext::redis_transport(url) {
+        super::plaintext::check(config, "redis", &host, encrypted);
+    }
+}
+
+/// The Redis store's options that `config` sets.
+#[cfg(feature = "redis")]
+fn redis_options(config: &Config) -> super::redis::RedisOptions {
+    let opts = super::redis::RedisOptions::new().with_key_prefix(config.key_prefix.clone());
+    match &config.redis_tls_ca_file {
+        Some(path) => opts.with_tls_ca_file(path),
+        None => opts,
     }
 }
 

@@ -330,6 +330,10 @@ pub(crate) async fn wrap_cached(
                 tracing::warn!("SESSION_CACHE=on ignored: the cache does not track a Redis Cluster; sessions are not cached");
                 return store;
             }
+            if url.starts_with("rediss") {
+                tracing::warn!("SESSION_CACHE=on ignored: the cache's tracking connection does not speak TLS (rediss://); sessions are not cached");
+                return store;
+            }
             let cached = CachedStore::new(
                 store,
                 RedisInvalidation::new(&url, config.key_prefix.clone()),

@@ -10,7 +10,8 @@
 //! `Batcher`), which divides the system calls of both the app and Redis under load. Every command has a response timeout, every store
 //! call an overall bound ([`RedisOptions::with_operation_timeout`]); a call that runs out of
 //! either, or meets a refused or broken connection, returns [`StoreError::Unavailable`], and the
-//! next call reconnects.
+//! next call reconnects. `rediss://` URLs connect over TLS (see `tls.rs`); a certificate the
+//! client refuses is a [`StoreError::Backend`] that says so, not an outage.
 
 use std::future::Future;
 use std::time::Duration;
@@ -21,7 +22,7 @@ use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, ServerErrorKind};
 
 use super::batcher::Batcher;
 use super::scripts::Scripts;
-use super::{RedisOptions, RedisStore};
+use super::{tls, RedisOptions, RedisStore};
 use crate::store::{Health, StoreError};
 
 /// The one shared connection: a reconnecting multiplexed connection to a standalone server, or
@@ -63,6 +64,11 @@ impl ConnectionLike for Conn {
 /// Classifies a client error: connection trouble and a Cluster in transition are
 /// `Unavailable` (the caller may fall back or answer 503); anything else is a `Backend` error.
 pub(super) fn map_err(context: &str, e: RedisError) -> StoreError {
+    // A refused certificate is a configuration to fix, not an outage to wait out (nor one
+    // that a fallback store should hide).
+    if let Some(what) = tls::tls_failure(&e) {
+        return StoreError::backend(format!("{context}: {what}"), e);
+    }
     let unavailable = match e.kind() {
         ErrorKind::Io | ErrorKind::ClusterConnectionNotFound => true,
         ErrorKind::Server(k) => matches!(
@@ -101,14 +107,17 @@ impl RedisStore {
     /// Connects to Redis and checks that it answers.
     ///
     /// `url` is a `redis://[[user]:password@]host[:port][/db]` URL, or several separated by
-    /// commas (the seed nodes of a Cluster). Cluster mode is used when there are several URLs,
-    /// when the scheme is `redis+cluster://`, when [`RedisOptions::with_cluster`] says so, or
-    /// else when the server reports `cluster_enabled:1`.
+    /// commas (the seed nodes of a Cluster); `rediss://` connects over TLS (see
+    /// [`RedisOptions::with_tls_ca_file`] for the trusted roots). Cluster mode is used when
+    /// there are several URLs, when the scheme is `redis+cluster://` (`rediss+cluster://`),
+    /// when [`RedisOptions::with_cluster`] says so, or else when the server reports
+    /// `cluster_enabled:1`.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the server cannot be reached in time;
     /// [`StoreError::Backend`] for a bad URL or prefix, refused credentials (a wrong password
-    /// says so), or an unsupported scheme such as `rediss://` (TLS is not compiled in).
+    /// says so), an unreadable CA file, or a TLS handshake that fails (a certificate not
+    /// signed by a trusted CA says so, with the server's host but never the password).
     pub async fn connect(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
         if options.key_prefix.contains(['{', '}']) {
             return Err(StoreError::backend(
@@ -122,15 +131,23 @@ impl RedisStore {
             if let Some(rest) = u.strip_prefix("redis+cluster://") {
                 cluster.get_or_insert(true);
                 urls.push(format!("redis://{rest}"));
-            } else if u.starts_with("rediss://") || u.starts_with("rediss+cluster://") {
-                return Err(StoreError::backend(
-                    "unsupported Redis URL",
-                    Invalid("TLS (rediss://) is not supported by this build of sessionkit".into()),
-                ));
+            } else if let Some(rest) = u.strip_prefix("rediss+cluster://") {
+                cluster.get_or_insert(true);
+                urls.push(format!("rediss://{rest}"));
             } else {
                 urls.push(u.to_owned());
             }
         }
+        if urls.iter().any(|u| tls::is_tls(u)) != urls.iter().all(|u| tls::is_tls(u)) {
+            return Err(StoreError::backend(
+                "invalid Redis URL",
+                Invalid("the Cluster seed URLs mix redis:// and rediss://".into()),
+            ));
+        }
+        if let Some(path) = tls::unused_ca_file(&options, url) {
+            tracing::warn!(ca_file = %path.display(), server = %tls::server_of(url), "a Redis TLS CA file is set, but the Redis URL is not rediss://: the connection is not encrypted and the file is not used");
+        }
+        let server = tls::server_of(url);
         if urls.is_empty() {
             return Err(StoreError::backend(
                 "invalid Redis URL",
@@ -152,7 +169,12 @@ impl RedisStore {
                     .arg("cluster")
                     .query_async(&mut c)
                     .await
-                    .map_err(|e| map_err("asking Redis whether it is a Cluster", e))?;
+                    .map_err(|e| {
+                        map_err(
+                            &format!("asking Redis at {server} whether it is a Cluster"),
+                            e,
+                        )
+                    })?;
                 if info.contains("cluster_enabled:1") {
                     drop(single);
                     return Self::connect_cluster(&urls, &options).await;
@@ -164,7 +186,7 @@ impl RedisStore {
             Ok(c) => c?,
             Err(_) => {
                 return Err(StoreError::unavailable(
-                    "connecting to Redis",
+                    format!("connecting to Redis at {server}"),
                     TimedOut(bound),
                 ))
             }
@@ -186,7 +208,7 @@ impl RedisStore {
         redis::cmd("PING")
             .query_async::<()>(&mut c)
             .await
-            .map_err(|e| map_err("connecting to Redis", e))?;
+            .map_err(|e| map_err(&format!("connecting to Redis at {server}"), e))?;
         Ok(store)
     }
 
@@ -206,14 +228,13 @@ impl RedisStore {
                 Invalid("a lazy connection is for a standalone server and a key prefix without `{` or `}`".into()),
             ));
         }
-        if !url.starts_with("redis://") || url.contains(',') {
+        if !(url.starts_with("redis://") || tls::is_tls(url)) || url.contains(',') {
             return Err(StoreError::backend(
                 "invalid lazy Redis store",
-                Invalid("a lazy connection takes one redis:// URL".into()),
+                Invalid("a lazy connection takes one redis:// or rediss:// URL".into()),
             ));
         }
-        let client =
-            redis::Client::open(url).map_err(|e| StoreError::backend("invalid Redis URL", e))?;
+        let client = Self::client(url, &options)?;
         let cm = ConnectionManager::new_lazy_with_config(client, Self::manager_config(&options))
             .map_err(|e| map_err("connecting to Redis", e))?;
         Ok(Self {
@@ -237,12 +258,29 @@ impl RedisStore {
             .set_max_delay(Duration::from_millis(500))
     }
 
+    /// The client for one server: over TLS, trusting the configured CA, for `rediss://`.
+    fn client(url: &str, o: &RedisOptions) -> Result<redis::Client, StoreError> {
+        let client = if tls::is_tls(url) {
+            match tls::certificates(o)? {
+                Some(certs) => redis::Client::build_with_tls(url, certs),
+                None => redis::Client::open(url),
+            }
+        } else {
+            redis::Client::open(url)
+        };
+        client.map_err(|e| StoreError::backend("invalid Redis URL", e))
+    }
+
     pub(super) async fn connect_single(url: &str, o: &RedisOptions) -> Result<Conn, StoreError> {
-        let client =
-            redis::Client::open(url).map_err(|e| StoreError::backend("invalid Redis URL", e))?;
+        let client = Self::client(url, o)?;
         let cm = ConnectionManager::new_with_config(client, Self::manager_config(o))
             .await
-            .map_err(|e| map_err("connecting to Redis", e))?;
+            .map_err(|e| {
+                map_err(
+                    &format!("connecting to Redis at {}", tls::server_of(url)),
+                    e,
+                )
+            })?;
         Ok(Conn::Single(cm))
     }
 
@@ -250,7 +288,15 @@ impl RedisStore {
         urls: &[String],
         o: &RedisOptions,
     ) -> Result<Conn, StoreError> {
-        let client = redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
+        let mut builder =
+            redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str));
+        // The seeds' scheme sets TLS for every node the Cluster names.
+        if urls.iter().any(|u| tls::is_tls(u)) {
+            if let Some(certs) = tls::certificates(o)? {
+                builder = builder.certs(certs);
+            }
+        }
+        let client = builder
             .connection_timeout(o.connect_timeout)
             .response_timeout(o.response_timeout)
             .overall_response_timeout(Some(o.operation_timeout))
@@ -259,10 +305,10 @@ impl RedisStore {
             .max_retry_wait(400)
             .build()
             .map_err(|e| StoreError::backend("invalid Redis Cluster URL", e))?;
-        let conn = client
-            .get_async_connection()
-            .await
-            .map_err(|e| map_err("connecting to Redis Cluster", e))?;
+        let conn = client.get_async_connection().await.map_err(|e| {
+            let seed = tls::server_of(&urls[0]);
+            map_err(&format!("connecting to Redis Cluster (seed {seed})"), e)
+        })?;
         Ok(Conn::Cluster(conn))
     }
 

@@ -47,9 +47,15 @@
 //!
 //! `count`, `scan` and `cleanup_expired` walk the heads with `SCAN` (see `scan.rs`).
 //!
+//! # TLS
+//! `rediss://` URLs (and `rediss+cluster://`) connect over TLS with rustls (`tls.rs`): the
+//! server's certificate must chain to the system's roots, or to the CA file of
+//! [`RedisOptions::with_tls_ca_file`] (`REDIS_TLS_CA_FILE`), and be valid for the URL's host.
+//! A Cluster over TLS is reached from `rediss://` seeds: the nodes it announces are reached
+//! over TLS with the same roots.
+//!
 //! # Not included
-//! TLS (`rediss://`) is not compiled in: it would pull a TLS stack into every build with this
-//! feature. Sentinel is not supported.
+//! Client certificates (mutual TLS) and Sentinel are not supported.
 
 mod batcher;
 mod codec;
@@ -61,6 +67,7 @@ mod scan;
 mod scripts;
 mod server_stats;
 mod session;
+mod tls;
 
 use std::fmt;
 use std::time::Duration;

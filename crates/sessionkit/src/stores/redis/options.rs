@@ -1,6 +1,7 @@
 //! [`RedisOptions`]: the settings of [`RedisStore::connect`](super::RedisStore::connect), each
 //! with its default.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[cfg(doc)]
@@ -16,6 +17,7 @@ pub struct RedisOptions {
     pub(super) response_timeout: Duration,
     pub(super) operation_timeout: Duration,
     pub(super) cluster: Option<bool>,
+    pub(super) tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for RedisOptions {
@@ -26,6 +28,7 @@ impl Default for RedisOptions {
             response_timeout: Duration::from_millis(500),
             operation_timeout: Duration::from_secs(2),
             cluster: None,
+            tls_ca_file: None,
         }
     }
 }
@@ -73,6 +76,16 @@ impl RedisOptions {
     #[must_use]
     pub fn with_cluster(mut self, cluster: bool) -> Self {
         self.cluster = Some(cluster);
+        self
+    }
+
+    /// A PEM file of the CA certificates trusted for `rediss://` connections, instead of the
+    /// system's roots (`REDIS_TLS_CA_FILE`). Default none: the system's roots. It is read at
+    /// connect; a file that cannot be read, or holds no certificate, fails the connect. The
+    /// server's certificate must also be valid for the host in the URL.
+    #[must_use]
+    pub fn with_tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls_ca_file = Some(path.into());
         self
     }
 }

@@ -4,6 +4,13 @@
 //! first request; every connection carries the operation deadline as `statement_timeout`; the
 //! schema is migrated under an advisory lock before the store serves anything; saves commit
 //! asynchronously unless [`PostgresStoreBuilder::with_durable_saves`] (see "Durability").
+//!
+//! TLS follows libpq's settings, from the URL (`sslmode`, `sslrootcert`) or the environment
+//! (`PGSSLMODE`, `PGSSLROOTCERT`): `prefer` (the default) uses TLS when the server offers it,
+//! `require` insists on it without checking the certificate, `verify-ca` checks that the
+//! certificate chains to the root file (else the system's roots), `verify-full` also checks it
+//! is valid for the host. A TLS handshake that fails is a [`StoreError::Backend`] naming the
+//! server, not an outage.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -104,13 +111,15 @@ impl PostgresStoreBuilder {
         } else {
             options.clone().options([("synchronous_commit", "off")])
         };
+        let server = server_of(&options);
+        let host = options.get_host().to_owned();
         let pool = Connections::open(options, self.max_connections, self.connect_timeout)
             .await
-            .map_err(|e| store_error("connecting to PostgreSQL", e))?;
+            .map_err(|e| connect_error(&server, e))?;
         let pool = Arc::new(pool);
         let save_pool = Connections::open(save_options, PARALLEL as u32, self.connect_timeout)
             .await
-            .map_err(|e| store_error("connecting to PostgreSQL", e))?;
+            .map_err(|e| connect_error(&server, e))?;
         let save_pool = Arc::new(save_pool);
         pool.run(self.op_timeout, "running migrations", async |c| {
             migrate_postgres(c, "sessions", MIGRATIONS).await
@@ -125,7 +134,47 @@ impl PostgresStoreBuilder {
             save_pool,
             requests,
             op_timeout: self.op_timeout,
+            host,
         })
+    }
+}
+
+/// `host:port` (or the socket folder) of the server, for messages: never the user or password.
+fn server_of(options: &PgConnectOptions) -> String {
+    let host = options.get_host();
+    if host.starts_with('/') {
+        host.to_owned()
+    } else {
+        format!("{host}:{}", options.get_port())
+    }
+}
+
+/// A failed first connection, naming the server. A failed TLS handshake says what to check: it
+/// is a configuration to fix (a `Backend` error), which no waiting or fallback store mends.
+fn connect_error(server: &str, e: sqlx::Error) -> StoreError {
+    // rustls' refusal reaches sqlx as `Tls` or, during the handshake, as `Io`: its text is the
+    // one mark both keep.
+    let certificate = e.to_string().contains("invalid peer certificate");
+    if certificate || matches!(e, sqlx::Error::Tls(_)) {
+        let what = if certificate {
+            "TLS certificate verification failed: the server's certificate is not signed by the \
+             CA of sslrootcert / PGSSLROOTCERT (else the system's roots), or is not valid for \
+             the host (sslmode=verify-full)"
+        } else {
+            "the TLS handshake failed"
+        };
+        return StoreError::backend(format!("connecting to PostgreSQL at {server}: {what}"), e);
+    }
+    match store_error("connecting to PostgreSQL", e) {
+        StoreError::Unavailable { context, source } => StoreError::Unavailable {
+            context: format!("{context} at {server}"),
+            source,
+        },
+        StoreError::Backend { context, source } => StoreError::Backend {
+            context: format!("{context} at {server}"),
+            source,
+        },
+        other => other,
     }
 }
 

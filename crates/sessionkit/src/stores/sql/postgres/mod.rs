@@ -147,6 +147,8 @@ pub struct PostgresStore {
     /// To the task that serves loads and saves in batches ([`batch::run_batches`]).
     requests: UnboundedSender<Request>,
     op_timeout: Duration,
+    /// The server's host (or socket folder), for messages.
+    host: String,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -166,6 +168,28 @@ impl PostgresStore {
     pub async fn close(&self) {
         self.pool.close().await;
         self.save_pool.close().await;
+    }
+
+    /// Whether the store's connections to the server are encrypted (TLS), as the server sees
+    /// one of them (`pg_stat_ssl`). With `sslmode=prefer`, the default, this is the way to
+    /// know.
+    ///
+    /// # Errors
+    /// The server cannot be reached.
+    pub async fn uses_tls(&self) -> Result<bool, StoreError> {
+        const CONTEXT: &str = "asking PostgreSQL whether the connection uses TLS";
+        self.run(CONTEXT, async |c| {
+            sqlx::query_scalar::<_, bool>(include_str!("uses_tls.sql"))
+                .fetch_one(&mut *c)
+                .await
+                .map_err(|e| store_error(CONTEXT, e))
+        })
+        .await
+    }
+
+    /// The server's host name or address (or its socket folder), as the URL names it.
+    pub(crate) fn host(&self) -> &str {
+        &self.host
     }
 
     /// Runs `op` on a connection under the operation deadline.
