@@ -131,6 +131,7 @@ impl Config {
         if let Some(v) = var("SESSION_KEY_PREFIX") {
             c.key_prefix = v.trim().to_owned();
         }
+        super::at_rest::read(&var, &mut c)?;
         c.validate()?;
         Ok(c)
     }

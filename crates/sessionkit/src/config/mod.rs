@@ -18,10 +18,12 @@ pub use cookie::SameSite;
 
 use crate::store::{LimitPolicy, SessionLimit};
 
+mod at_rest;
 mod env;
 mod secret;
 mod seeds;
 
+pub use at_rest::Compression;
 pub use env::parse_duration;
 #[cfg(any(all(feature = "file", unix), feature = "sqlite"))]
 pub(crate) use secret::untrusted;
@@ -132,6 +134,10 @@ pub struct Config {
     pub audit_url: Option<Secret>,
     /// `SESSION_KEY_PREFIX`.
     pub key_prefix: String,
+    /// `SESSION_ENCRYPTION`: records are sealed at rest (see [`Config::with_encryption`]).
+    pub encryption: bool,
+    /// `SESSION_COMPRESSION` (see [`Config::with_compression`]).
+    pub compression: Compression,
 }
 
 /// Placeholder secrets refused in production, compared case-insensitively.
@@ -185,6 +191,8 @@ impl Config {
             durable_saves: false,
             audit_url: None,
             key_prefix: "sk:".into(),
+            encryption: false,
+            compression: Compression::Zstd,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod memory;
 pub use sql::postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
+pub mod sealed;
 pub(crate) mod select;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) mod sql;
