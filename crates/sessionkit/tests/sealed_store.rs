@@ -31,9 +31,25 @@ fn sealed(inner: Arc<dyn SessionStore>) -> Arc<dyn SessionStore> {
     ))
 }
 
-store_conformance!(|| async {
-    sealed(Arc::new(MemoryStore::new())) as sessionkit_testkit::conformance::Store
-});
+mod sealed_and_compressed {
+    use super::*;
+    store_conformance!(|| async {
+        sealed(Arc::new(MemoryStore::new())) as sessionkit_testkit::conformance::Store
+    });
+}
+
+/// The default: compression without encryption.
+mod compressed {
+    use super::*;
+    store_conformance!(|| async {
+        Arc::new(SealedStore::new(
+            Arc::new(MemoryStore::new()),
+            &[Secret::new(SECRET)],
+            false,
+            Compression::Zstd,
+        )) as sessionkit_testkit::conformance::Store
+    });
+}
 
 #[tokio::test]
 async fn the_sealed_store_forwards_every_method() {

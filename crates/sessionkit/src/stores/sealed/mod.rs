@@ -32,12 +32,14 @@
 //! - Records written before (in clear, uncompressed) still load, and each key moves to the
 //!   current form the next time it is written (see `codec` for the layout).
 //! - The size cap (`SESSION_MAX_SIZE`) stays on the data in clear. A store only sees bytes at
-//!   rest, so a save that may grow a record reads it first and is refused if the data in clear
-//!   would pass the cap, the check and the write held as one step against the other writes of
-//!   that key in this process. Across processes the store's own atomic check is the bound, on
-//!   bytes at rest, with the cap scaled so that no record within it in clear is refused: racing
-//!   writers on different hosts can together take a record past the cap in clear (at most
-//!   19 times it when sealed, or to the cap in compressed bytes), never past the decode ceiling.
+//!   rest, so a save that sets a value reads the record first and is refused if the data in
+//!   clear would pass the cap, the check and the write held as one step against the other
+//!   writes of that key in this process: one read more per such save. Across processes the
+//!   store's own atomic check is the bound, on bytes at rest, with the cap scaled so that no
+//!   record within it in clear is refused: requests racing from different processes can
+//!   together take a record past the cap in clear (to 19 times it when sealed, or to the cap in
+//!   bytes at rest), never past the decode ceiling; each request's own view is always checked
+//!   in clear by the session.
 
 mod codec;
 
@@ -211,13 +213,14 @@ impl crate::store::StoreWrapper for SealedStore {
         now: Timestamp,
     ) -> Result<SaveOutcome, StoreError> {
         let stored = self.encode_delta(key, delta)?;
-        let grows = delta.max_size.is_some() && delta.changes.iter().any(|(_, v)| v.is_some());
-        if !grows {
+        // The cap counts data in clear, which the store cannot see (a compressed value counts
+        // less at rest, a sealed one more): a delta that may grow the record is checked against
+        // the record as it is, with the other writes of this key in this process held back
+        // until it is applied. Removals and touches cannot grow it and go straight through.
+        let grows = delta.changes.iter().any(|(_, v)| v.is_some());
+        if delta.max_size.is_none() || !grows {
             return self.inner.save_delta(key, &stored, now).await;
         }
-        // The cap counts data in clear, which the store cannot see: a delta that may grow the
-        // record is checked against the record as it is, with the other writes of this key in
-        // this process held back until it is applied.
         let stripe = key
             .as_str()
             .bytes()
