@@ -70,7 +70,7 @@ fn session(target: usize, rng: &mut Lcg) -> Vec<(String, Value)> {
             + 2 * (4 + 6 + 2)
     };
     while size(&data, &cart, &recent) < target {
-        if rng.next() % 3 == 0 {
+        if rng.next().is_multiple_of(3) {
             recent.push(format!(
                 "\"/p/{}-{}-{}\"",
                 rng.pick(&words),

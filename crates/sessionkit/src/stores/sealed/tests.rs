@@ -331,7 +331,7 @@ async fn damaged_values_are_refused_not_panics() {
     let text = value.parse::<String>().unwrap();
     for cut in [0, 1, 10, 30, text.len() - 1] {
         for flip in [0usize, 5, 40] {
-            let mut bytes = text[..cut].as_bytes().to_vec();
+            let mut bytes = text.as_bytes()[..cut].to_vec();
             if let Some(b) = bytes.get_mut(flip) {
                 *b = if *b == b'A' { b'B' } else { b'A' };
             }
