@@ -37,9 +37,8 @@
 //!   writes of that key in this process: one read more per such save. Across processes the
 //!   store's own atomic check is the bound, on bytes at rest, with the cap scaled so that no
 //!   record within it in clear is refused: requests racing from different processes can
-//!   together take a record past the cap in clear (to 19 times it when sealed, or to the cap in
-//!   bytes at rest), never past the decode ceiling; each request's own view is always checked
-//!   in clear by the session.
+//!   together take a record past the cap in clear (to at most 19 times it at rest), never past
+//!   the decode ceiling; each request's own view is always checked in clear by the session.
 
 mod codec;
 
@@ -68,7 +67,6 @@ const SEALED_CAP_FACTOR: usize = 19;
 pub struct SealedStore {
     inner: Arc<dyn SessionStore>,
     codec: Codec,
-    seal: bool,
     /// Serialises, per key stripe, the check of the cap in clear with the write it admits.
     turns: [tokio::sync::Mutex<()>; TURNS],
 }
@@ -87,7 +85,6 @@ impl SealedStore {
         Self {
             inner,
             codec: Codec::new(keys, seal, compress),
-            seal,
             turns: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
         }
     }
@@ -164,11 +161,15 @@ impl SealedStore {
                 }
             }
         }
-        let factor = if self.seal { SEALED_CAP_FACTOR } else { 1 };
+        // The store's own check is the bound across processes; scaled, it never refuses a
+        // record within the cap in clear, whatever mix of sealed (even with encryption since
+        // turned off), compressed and plain values it holds.
         Ok(Delta {
             changes,
             touch: delta.touch,
-            max_size: delta.max_size.map(|cap| cap.saturating_mul(factor)),
+            max_size: delta
+                .max_size
+                .map(|cap| cap.saturating_mul(SEALED_CAP_FACTOR)),
         })
     }
 }
