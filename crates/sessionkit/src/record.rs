@@ -164,6 +164,10 @@ pub enum DecodeError {
     /// match it: a write was in progress under the reader, or the file is damaged.
     #[error("record checksum mismatch")]
     Checksum,
+    /// A value sealed at rest (`SESSION_ENCRYPTION`) opens under no configured key: the record
+    /// was copied from another storage key or field, altered, or sealed with a key since removed.
+    #[error("sealed record does not open")]
+    Unopenable,
 }
 
 /// Bytes the size cap counts for each value on top of its key and JSON text.

@@ -136,6 +136,7 @@ impl Config {
         if let Some(v) = var("REDIS_TLS_CA_FILE") {
             c = c.with_redis_tls_ca_file(v.trim());
         }
+        super::at_rest::read(&var, &mut c)?;
         c.validate()?;
         Ok(c)
     }

@@ -19,12 +19,14 @@ pub use cookie::SameSite;
 use crate::store::{LimitPolicy, SessionLimit};
 
 mod binding;
+mod at_rest;
 mod env;
 mod secret;
 mod seeds;
 
 pub(crate) use binding::mask;
 pub use binding::{Binding, BindingAction, TrustedProxy};
+pub use at_rest::Compression;
 pub use env::parse_duration;
 #[cfg(any(all(feature = "file", unix), feature = "sqlite"))]
 pub(crate) use secret::untrusted;
@@ -147,12 +149,13 @@ pub struct Config {
     pub trusted_proxies: Vec<TrustedProxy>,
     /// `SESSION_HEADER`; see [`Config::session_header`].
     session_header: Option<String>,
-        self
-    }
-
     /// `REDIS_TLS_CA_FILE`: the PEM file of the CAs trusted for `rediss://` instead of the
     /// system's roots.
     pub redis_tls_ca_file: Option<PathBuf>,
+    /// `SESSION_ENCRYPTION`: records are sealed at rest (see [`Config::with_encryption`]).
+    pub encryption: bool,
+    /// `SESSION_COMPRESSION` (see [`Config::with_compression`]).
+    pub compression: Compression,
 }
 
 /// Placeholder secrets refused in production, compared case-insensitively.
@@ -212,6 +215,8 @@ impl Config {
             trusted_proxies: Vec::new(),
             session_header: None,
             redis_tls_ca_file: None,
+            encryption: false,
+            compression: Compression::Zstd,
         }
     }
 

@@ -169,7 +169,11 @@ impl Session {
                 Ok(None) => self.report_absent(key, now).await,
                 Err(StoreError::Corrupt(e)) => {
                     tracing::warn!(key = key.short(), error = %e, "corrupt session record treated as absent");
-                    self.event(EventKind::Rejected, Some(key), None, "corrupt_record");
+                    let reason = match e {
+                        crate::store::DecodeError::Unopenable => "unopenable_record",
+                        _ => "corrupt_record",
+                    };
+                    self.event(EventKind::Rejected, Some(key), None, reason);
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -16,6 +16,7 @@ pub(crate) mod plaintext;
 pub use sql::postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
+pub mod sealed;
 pub(crate) mod select;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) mod sql;

@@ -35,6 +35,27 @@ enum Create {
 
 async fn build(config: &Config, create: Create) -> Result<Arc<dyn SessionStore>, StoreError> {
     let store = build_current(config, create).await?;
+    // Encryption and compression at rest apply to every store below, the cache tier's, the
+    // fallback's and a migration's old store included, so they all hold the same sealed records.
+    if config.encryption || config.compression != crate::config::Compression::Off {
+        tracing::info!(
+            encryption = config.encryption,
+            compression = ?config.compression,
+            "records are sealed and/or compressed at rest"
+        );
+        return Ok(Arc::new(super::sealed::SealedStore::from_config(
+            store, config,
+        )));
+    }
+    Ok(store)
+}
+
+/// The store `config` names, with the migration from `SESSION_MIGRATE_FROM` if any.
+async fn build_current(
+    config: &Config,
+    create: Create,
+) -> Result<Arc<dyn SessionStore>, StoreError> {
+    let store = build_plain(config, create).await?;
     let Some(old) = &config.migrate_from else {
         return Ok(store);
     };
@@ -50,10 +71,7 @@ async fn build(config: &Config, create: Create) -> Result<Arc<dyn SessionStore>,
 }
 
 /// The store `config` names, without the migration.
-async fn build_current(
-    config: &Config,
-    create: Create,
-) -> Result<Arc<dyn SessionStore>, StoreError> {
+async fn build_plain(config: &Config, create: Create) -> Result<Arc<dyn SessionStore>, StoreError> {
     let (kind, why) = resolve(config);
     tracing::info!(store = ?kind, reason = why, "session store selected");
     // Advice for an app about to serve from the store, not for a tool administering it.
