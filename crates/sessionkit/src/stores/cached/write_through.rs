@@ -31,10 +31,18 @@
 //!    remote store itself. So the read-back is not doubled by the request that follows the
 //!    write.
 //!
-//! A failed read-back is dropped: the next load misses and reads the store.
+//! A failed read-back is dropped: the next load misses and reads the store. A load waits for a
+//! read-back at most as long as the remote store's own time bound.
+//!
+//! # What it costs
+//! The read-back is a load: the Redis work per write-and-read cycle is what it is without the
+//! cache (one save, one `HGETALL`), moved off the request path. It makes the request that
+//! writes wait for the save alone and the next read a hit; it does not make writes cheaper for
+//! the server. Keeping the written record without reading it back needs a way to tell our own
+//! write's invalidation from a coalesced one, which the paragraph above rules out for `BCAST`.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -49,7 +57,7 @@ use crate::store::{SaveOutcome, StoreError};
 #[derive(Default)]
 pub(super) struct Refreshes {
     in_flight: Mutex<HashMap<StorageKey, (u64, watch::Receiver<()>)>>,
-    next_id: Mutex<u64>,
+    next_id: AtomicU64,
 }
 
 impl Refreshes {
@@ -68,11 +76,7 @@ impl Refreshes {
 
     /// Registers a read-back of `key`; dropping the sender tells the waiters it is over.
     fn begin(&self, key: &StorageKey) -> (u64, watch::Sender<()>) {
-        let id = {
-            let mut n = self.next_id.lock();
-            *n += 1;
-            *n
-        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(());
         self.in_flight.lock().insert(key.clone(), (id, rx));
         (id, tx)
