@@ -153,7 +153,7 @@ mod memory_conformance {
 }
 
 /// Repeated loads of an unchanged session reach Redis once; a write through the same store
-/// evicts it, so the next load reaches Redis again and sees the write.
+/// evicts it and reads it back once, so the next loads see the write without reaching Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cached_loads_cost_no_round_trip() {
     let p = process(&shared_server().url(), &unique_prefix()).await;
@@ -519,3 +519,6 @@ async fn silent_tracking_connection_is_noticed() {
     );
     assert!(store.load(&key, now()).await.unwrap().is_some());
 }
+
+#[path = "cached_store/write_through.rs"]
+mod write_through;

@@ -13,6 +13,11 @@
 //!   `save_delta`, `touch` and `destroy` their key; `create`, `list_user` and `destroy_user`
 //!   every cached session of that user (they may evict or prune some; this walks the cache,
 //!   which a login or an admin listing can afford); `cleanup_expired` everything.
+//! - **Write-through by read-back.** A successful `save_delta` or `touch` of a session the
+//!   cache held is read back in the background once the write's own invalidation has been
+//!   applied, so the next load is a hit while the write waits for nothing more than the remote
+//!   store; a load that misses meanwhile waits for that read-back instead of making its own.
+//!   Why a read-back and not the record written: see `write_through.rs`.
 //! - **Other processes' writes** arrive through an [`InvalidationSource`], which evicts keys,
 //!   flushes everything, or marks the cache incoherent. For Redis, [`RedisInvalidation`] uses
 //!   server-assisted client-side caching: a dedicated RESP3 connection in
@@ -49,6 +54,7 @@ mod options;
 #[cfg(feature = "redis")]
 mod redis_tracking;
 mod shards;
+mod write_through;
 
 use std::fmt;
 use std::sync::atomic::Ordering;
@@ -80,6 +86,8 @@ pub struct CacheStats {
     pub invalidations: u64,
     /// Whole-cache flushes.
     pub flushes: u64,
+    /// Sessions read back after this process wrote them, so that the next load is a hit.
+    pub read_backs: u64,
     /// Records held now.
     pub entries: u64,
 }
@@ -169,6 +177,7 @@ impl CachedStore {
             misses: self.core.misses.load(Ordering::Relaxed),
             invalidations: self.core.invalidations.load(Ordering::Relaxed),
             flushes: self.core.flushes.load(Ordering::Relaxed),
+            read_backs: self.core.read_backs.load(Ordering::Relaxed),
             entries: self.core.len() as u64,
         }
     }
@@ -209,16 +218,20 @@ impl StoreWrapper for CachedStore {
     }
 
     async fn load(&self, key: &StorageKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
-        if self.core.enabled() {
-            // Apply the invalidations that already reached this host (see the module docs).
-            let hook = self.core.sync_hook.lock().clone();
-            if let Some(hook) = hook {
-                hook();
+        // Apply the invalidations that already reached this host (see the module docs); when
+        // that cannot be done without waiting, ask the store.
+        if self.core.sync() {
+            if let Some(record) = self.core.get(key, now) {
+                self.core.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Some(record));
             }
-        }
-        if let Some(record) = self.core.get(key, now) {
-            self.core.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(Some(record));
+            // A read-back after this process's own write may be bringing the record in.
+            if self.core.refreshes.wait(key).await && self.core.sync() {
+                if let Some(record) = self.core.get(key, now) {
+                    self.core.hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Some(record));
+                }
+            }
         }
         self.core.misses.fetch_add(1, Ordering::Relaxed);
         let ticket = self.core.ticket(key);
@@ -235,8 +248,10 @@ impl StoreWrapper for CachedStore {
         delta: &Delta,
         now: Timestamp,
     ) -> Result<SaveOutcome, StoreError> {
+        let hot = self.core.contains(key);
         let out = self.inner.save_delta(key, delta, now).await;
         self.core.invalidate(key);
+        self.read_back(key, hot, &out, now);
         out
     }
 
@@ -246,8 +261,10 @@ impl StoreWrapper for CachedStore {
         touch: Touch,
         now: Timestamp,
     ) -> Result<SaveOutcome, StoreError> {
+        let hot = self.core.contains(key);
         let out = self.inner.touch(key, touch, now).await;
         self.core.invalidate(key);
+        self.read_back(key, hot, &out, now);
         out
     }
 

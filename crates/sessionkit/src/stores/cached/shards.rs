@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use super::write_through::Refreshes;
 use super::CacheOptions;
 use crate::id::StorageKey;
 use crate::record::{Record, Timestamp};
@@ -85,11 +86,14 @@ pub(super) struct Core {
     pub(super) misses: AtomicU64,
     pub(super) invalidations: AtomicU64,
     pub(super) flushes: AtomicU64,
+    /// Read-backs after this process's own writes (see `write_through`).
+    pub(super) read_backs: AtomicU64,
+    pub(super) refreshes: Refreshes,
     /// Called before each lookup, to apply invalidations that have already arrived.
     pub(super) sync_hook: Mutex<Option<SyncHook>>,
 }
 
-pub(super) type SyncHook = Arc<dyn Fn() + Send + Sync>;
+pub(super) type SyncHook = Arc<dyn Fn() -> bool + Send + Sync>;
 
 impl Core {
     pub(super) fn new(options: CacheOptions) -> Self {
@@ -104,6 +108,8 @@ impl Core {
             misses: AtomicU64::new(0),
             invalidations: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
+            read_backs: AtomicU64::new(0),
+            refreshes: Refreshes::default(),
             sync_hook: Mutex::new(None),
         }
     }
@@ -118,6 +124,21 @@ impl Core {
 
     pub(super) fn enabled(&self) -> bool {
         self.shard_cap > 0 && self.coherent.load(Ordering::Acquire)
+    }
+
+    /// Applies the invalidations that have already reached this host (see `RedisInvalidation`).
+    /// False when that could not be done without waiting: the caller must not serve a hit.
+    pub(super) fn sync(&self) -> bool {
+        if !self.enabled() {
+            return true;
+        }
+        let hook = self.sync_hook.lock().clone();
+        hook.is_none_or(|hook| hook())
+    }
+
+    /// Whether `key` has an entry (live or not): a session this process reads.
+    pub(super) fn contains(&self, key: &StorageKey) -> bool {
+        self.enabled() && self.shard(key).lock().map.contains_key(key)
     }
 
     /// The cached record, if coherent, fresh and live at `now`.
