@@ -19,10 +19,12 @@ pub use cookie::SameSite;
 use crate::store::{LimitPolicy, SessionLimit};
 
 mod env;
+mod flask;
 mod secret;
 mod seeds;
 
 pub use env::parse_duration;
+pub use flask::FlaskImport;
 #[cfg(any(all(feature = "file", unix), feature = "sqlite"))]
 pub(crate) use secret::untrusted;
 pub use secret::Secret;
@@ -132,6 +134,9 @@ pub struct Config {
     pub audit_url: Option<Secret>,
     /// `SESSION_KEY_PREFIX`.
     pub key_prefix: String,
+    /// `SESSION_IMPORT_FLASK` and the `FLASK_*` settings: import Flask-Session sessions on first
+    /// sight (feature `flask`).
+    pub flask_import: Option<FlaskImport>,
 }
 
 /// Placeholder secrets refused in production, compared case-insensitively.
@@ -185,6 +190,7 @@ impl Config {
             durable_saves: false,
             audit_url: None,
             key_prefix: "sk:".into(),
+            flask_import: None,
         }
     }
 
@@ -347,6 +353,14 @@ impl Config {
         self
     }
 
+    /// Imports Flask-Session sessions on first sight (`SESSION_IMPORT_FLASK`, feature `flask`).
+    /// Default none.
+    #[must_use]
+    pub fn with_flask_import(mut self, import: FlaskImport) -> Self {
+        self.flask_import = Some(import);
+        self
+    }
+
     /// The session cookie's name: the one set, else `__Host-session` with `Secure` and
     /// `session` without.
     pub fn cookie_name(&self) -> &str {
@@ -433,6 +447,9 @@ impl Config {
                 "SESSION_MAX_SIZE must be at most {} bytes",
                 crate::record::DECODE_CEILING / 4
             ));
+        }
+        if let Some(f) = &self.flask_import {
+            f.validate(name)?;
         }
         Ok(())
     }

@@ -1,0 +1,192 @@
+//! The Flask-Session settings: `SESSION_IMPORT_FLASK` (import on first sight) and the `FLASK_*`
+//! variables that describe the Flask app it imports from.
+
+use super::env::invalid;
+use super::{ConfigError, Secret};
+
+/// Where and how to import Flask-Session sessions on first sight (`SESSION_IMPORT_FLASK`):
+/// a request with a valid Flask-Session cookie and no sessionkit cookie gets the Flask session's
+/// data and user in a new sessionkit session, and the Flask record is deleted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FlaskImport {
+    /// Flask-Session's store: `redis://…` (`rediss://…`).
+    pub url: Secret,
+    /// `FLASK_SECRET_KEY`: the Flask app's `SECRET_KEY` when it sets `SESSION_USE_SIGNER`; without
+    /// it, the cookie is the bare session ID (Flask-Session's default).
+    pub secret: Option<Secret>,
+    /// `FLASK_SESSION_COOKIE_NAME`. Default `session`.
+    pub cookie_name: String,
+    /// `FLASK_SESSION_KEY_PREFIX`. Default `session:`.
+    pub key_prefix: String,
+    /// `FLASK_USER_KEY`: the session key that names the signed-in user. Default `_user_id`
+    /// (Flask-Login).
+    pub user_key: String,
+}
+
+impl FlaskImport {
+    /// Imports from the Flask-Session store at `url`, with every other setting at its default:
+    /// unsigned cookies named `session`, keys prefixed `session:`, the user under `_user_id`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: Secret::new(url),
+            secret: None,
+            cookie_name: "session".into(),
+            key_prefix: "session:".into(),
+            user_key: "_user_id".into(),
+        }
+    }
+
+    /// The Flask app's `SECRET_KEY`, for apps that set `SESSION_USE_SIGNER`. Default none.
+    #[must_use]
+    pub fn with_secret(mut self, secret: impl Into<String>) -> Self {
+        self.secret = Some(Secret::new(secret));
+        self
+    }
+
+    /// Flask's `SESSION_COOKIE_NAME`. Default `session`.
+    #[must_use]
+    pub fn with_cookie_name(mut self, name: impl Into<String>) -> Self {
+        self.cookie_name = name.into();
+        self
+    }
+
+    /// Flask-Session's `SESSION_KEY_PREFIX`. Default `session:`.
+    #[must_use]
+    pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// The session key that holds the user's ID. Default `_user_id` (Flask-Login).
+    #[must_use]
+    pub fn with_user_key(mut self, key: impl Into<String>) -> Self {
+        self.user_key = key.into();
+        self
+    }
+
+    /// Refuses a Flask cookie name equal to sessionkit's own (`own`): each side would read the
+    /// other's cookie.
+    pub(super) fn validate(&self, own: &str) -> Result<(), ConfigError> {
+        if !cfg!(feature = "flask") {
+            return Err(ConfigError::Refused(
+                "SESSION_IMPORT_FLASK needs sessionkit built with the `flask` feature".into(),
+            ));
+        }
+        if self.cookie_name == own {
+            return Err(ConfigError::Refused(format!(
+                "FLASK_SESSION_COOKIE_NAME and sessionkit's cookie are both {own:?}: the Flask \
+                 cookie could not be told from sessionkit's. Keep SESSION_COOKIE_SECURE=true \
+                 (sessionkit's cookie is then __Host-session) or set SESSION_COOKIE_NAME to \
+                 another name"
+            )));
+        }
+        if self.cookie_name.is_empty() || self.user_key.is_empty() {
+            return Err(ConfigError::Refused(
+                "FLASK_SESSION_COOKIE_NAME and FLASK_USER_KEY must not be empty".into(),
+            ));
+        }
+        if !(self.url.expose().starts_with("redis://")
+            || self.url.expose().starts_with("rediss://"))
+        {
+            return Err(ConfigError::Refused(
+                "SESSION_IMPORT_FLASK must be the redis:// (or rediss://) URL of Flask-Session's \
+                 store"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `SESSION_IMPORT_FLASK` and its companions, from the environment.
+pub(super) fn from_env(
+    var: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<FlaskImport>, ConfigError> {
+    let Some(url) = var("SESSION_IMPORT_FLASK") else {
+        for companion in [
+            "FLASK_SECRET_KEY",
+            "FLASK_SESSION_COOKIE_NAME",
+            "FLASK_SESSION_KEY_PREFIX",
+            "FLASK_USER_KEY",
+        ] {
+            if var(companion).is_some() {
+                return Err(invalid(
+                    companion,
+                    "",
+                    "set only together with SESSION_IMPORT_FLASK",
+                ));
+            }
+        }
+        return Ok(None);
+    };
+    let mut f = FlaskImport::new(url.trim());
+    if let Some(s) = var("FLASK_SECRET_KEY") {
+        f = f.with_secret(s);
+    }
+    if let Some(v) = var("FLASK_SESSION_COOKIE_NAME") {
+        f = f.with_cookie_name(v.trim());
+    }
+    if let Some(v) = var("FLASK_SESSION_KEY_PREFIX") {
+        f = f.with_key_prefix(v);
+    }
+    if let Some(v) = var("FLASK_USER_KEY") {
+        f = f.with_user_key(v.trim());
+    }
+    Ok(Some(f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{from, GOOD};
+    use super::*;
+    use crate::Config;
+
+    #[test]
+    fn environment_and_code_agree() {
+        let env = from(&[
+            ("SECRET_KEY", GOOD),
+            ("SESSION_IMPORT_FLASK", "redis://127.0.0.1:6379/0"),
+            ("FLASK_SECRET_KEY", "dev-secret"),
+            ("FLASK_SESSION_COOKIE_NAME", "fsess"),
+            ("FLASK_SESSION_KEY_PREFIX", "app:"),
+            ("FLASK_USER_KEY", "uid"),
+        ]);
+        let code = FlaskImport::new("redis://127.0.0.1:6379/0")
+            .with_secret("dev-secret")
+            .with_cookie_name("fsess")
+            .with_key_prefix("app:")
+            .with_user_key("uid");
+        if cfg!(feature = "flask") {
+            assert_eq!(env.unwrap().flask_import, Some(code));
+            let defaults = from(&[
+                ("SECRET_KEY", GOOD),
+                ("SESSION_IMPORT_FLASK", "redis://127.0.0.1:6379/0"),
+            ])
+            .unwrap();
+            assert_eq!(
+                defaults.flask_import,
+                Some(FlaskImport::new("redis://127.0.0.1:6379/0"))
+            );
+        } else {
+            assert!(env.unwrap_err().to_string().contains("`flask` feature"));
+        }
+        assert_eq!(from(&[("SECRET_KEY", GOOD)]).unwrap().flask_import, None);
+        assert!(from(&[("SECRET_KEY", GOOD), ("FLASK_USER_KEY", "uid")]).is_err());
+    }
+
+    #[test]
+    fn a_shared_cookie_name_is_refused() {
+        let plain_http = Config::new(GOOD)
+            .with_cookie_secure(false)
+            .with_flask_import(FlaskImport::new("redis://127.0.0.1/"));
+        let e = plain_http.validate().unwrap_err().to_string();
+        if cfg!(feature = "flask") {
+            assert!(e.contains("both \"session\""), "{e}");
+            let renamed = plain_http.with_cookie_name("sk");
+            renamed.validate().unwrap();
+            let not_redis = Config::new(GOOD).with_flask_import(FlaskImport::new("file:///x"));
+            assert!(not_redis.validate().is_err());
+        }
+    }
+}

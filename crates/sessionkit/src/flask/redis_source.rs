@@ -1,0 +1,91 @@
+//! Flask-Session's Redis records: `<SESSION_KEY_PREFIX><sid>` holding the msgpack session dict,
+//! with a TTL of the app's `PERMANENT_SESSION_LIFETIME`.
+//!
+//! The connection is opened on first use (the layer is built synchronously, before any request)
+//! and then shared: one reconnecting multiplexed connection, every call bounded in time.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::OnceCell;
+
+use crate::store::StoreError;
+
+/// How long one call to Flask's Redis may take before the import gives up for this request.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A Flask-Session record taken out of Redis: its bytes and the time it had left.
+pub(crate) struct Taken {
+    pub(crate) bytes: Vec<u8>,
+    /// `None` when the key had no TTL.
+    pub(crate) ttl: Option<Duration>,
+}
+
+pub(crate) struct FlaskRedis {
+    client: redis::Client,
+    conn: OnceCell<ConnectionManager>,
+    take: redis::Script,
+}
+
+impl std::fmt::Debug for FlaskRedis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlaskRedis").finish_non_exhaustive()
+    }
+}
+
+fn err(context: &'static str, e: redis::RedisError) -> StoreError {
+    StoreError::unavailable(context, e)
+}
+
+impl FlaskRedis {
+    /// A source for `url`, not yet connected.
+    pub(crate) fn new(url: &str) -> Result<Self, redis::RedisError> {
+        Ok(Self {
+            client: redis::Client::open(url)?,
+            conn: OnceCell::new(),
+            take: redis::Script::new(include_str!("take.lua")),
+        })
+    }
+
+    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CALL_TIMEOUT))
+            .set_response_timeout(Some(CALL_TIMEOUT))
+            .set_number_of_retries(1);
+        self.conn
+            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config))
+            .await
+            .cloned()
+            .map_err(|e| err("connecting to Flask-Session's Redis", e))
+    }
+
+    /// Reads and deletes `key` atomically.
+    pub(crate) async fn take(&self, key: &str) -> Result<Option<Taken>, StoreError> {
+        let mut conn = self.conn().await?;
+        let reply: Option<(Vec<u8>, i64)> = self
+            .take
+            .key(key)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| err("taking a Flask-Session record", e))?;
+        Ok(reply.map(|(bytes, pttl)| Taken {
+            bytes,
+            ttl: u64::try_from(pttl).ok().map(Duration::from_millis),
+        }))
+    }
+
+    /// Puts a taken record back (the import failed after taking it), unless Flask wrote the key
+    /// again meanwhile.
+    pub(crate) async fn put_back(&self, key: &str, taken: &Taken) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(&taken.bytes).arg("NX");
+        if let Some(ttl) = taken.ttl {
+            cmd.arg("PX")
+                .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+        }
+        cmd.query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| err("restoring a Flask-Session record", e))
+    }
+}
