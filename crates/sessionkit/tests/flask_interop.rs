@@ -116,6 +116,7 @@ fn flask_login(flask: &FlaskApp, user: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_sight_import_keeps_the_flask_user_signed_in() {
+    let logs = capture_logs();
     let rig = rig();
     let flask_cookie = tokio::task::block_in_place(|| flask_login(&rig.flask, "alice"));
     let flask_header = format!("session={flask_cookie}");
@@ -166,10 +167,61 @@ async fn first_sight_import_keeps_the_flask_user_signed_in() {
     assert_eq!(replay.body, "anonymous");
     assert_eq!(replay.cookie("__Host-session"), None);
     assert_eq!(rig.store.count().await.unwrap(), 1);
+
+    // The import was logged at debug at most, and no line holds a cookie, an ID or the data.
+    let logs = logs.contents();
+    assert!(
+        logs.contains("flask_import"),
+        "the import's event is logged: {logs}"
+    );
+    let sid = flask_cookie.split('.').next().unwrap();
+    for secret in [sid, ours.split('.').next().unwrap(), "hello from flask"] {
+        assert!(
+            !logs.contains(secret),
+            "a log line holds {secret:?}:\n{logs}"
+        );
+    }
+}
+
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    fn contents(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every log line of this test binary at TRACE, from every thread (one global subscriber: a
+/// per-thread one misses lines when tests run in parallel).
+fn capture_logs() -> LogBuffer {
+    static LOGS: std::sync::OnceLock<LogBuffer> = std::sync::OnceLock::new();
+    let buf = LOGS.get_or_init(|| {
+        let buf = LogBuffer::default();
+        let writer = buf.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .init();
+        buf
+    });
+    buf.clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampered_or_foreign_flask_cookie_imports_nothing() {
+    let logs = capture_logs();
     let rig = rig();
     let flask_cookie = tokio::task::block_in_place(|| flask_login(&rig.flask, "bob"));
     let (sid, sig) = flask_cookie.rsplit_once('.').unwrap();
@@ -201,6 +253,11 @@ async fn a_tampered_or_foreign_flask_cookie_imports_nothing() {
             .call("GET", "/whoami", Some(&format!("session={flask_cookie}")))
     });
     assert_eq!(flask_view.body, "bob");
+    let logs = logs.contents();
+    assert!(
+        !logs.contains(&sid[..20]) && !logs.contains(&flipped[..20]),
+        "{logs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -160,6 +160,18 @@ mod tests {
         assert_eq!(c.verify(b"\xff\xfe.pFlG7koiSYPPGQDkqgCbLFfseoI"), None);
     }
 
+    proptest::proptest! {
+        /// Any bytes from the network: an answer, never a panic, and only a well-formed ID.
+        #[test]
+        fn arbitrary_cookie_bytes_never_panic(raw in proptest::collection::vec(proptest::num::u8::ANY, 0..120)) {
+            let c = FlaskCookie::signed(b"dev-secret");
+            if let Some(sid) = c.verify(&raw) {
+                proptest::prop_assert!(raw.starts_with(sid.expose().as_bytes()));
+            }
+            let _ = FlaskCookie::unsigned().verify(&raw);
+        }
+    }
+
     #[test]
     fn unsigned_cookies_are_the_bare_id() {
         let c = FlaskCookie::unsigned();
