@@ -2,6 +2,7 @@
 //! Flask-Login) signs a user in, then the bench app binary, configured only through the
 //! environment (`SESSION_IMPORT_FLASK`, `FLASK_SECRET_KEY`), takes over that user on the first
 //! request.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod support;
 

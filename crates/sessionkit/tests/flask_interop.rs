@@ -1,5 +1,6 @@
 //! Flask-Session interop against the real thing: a Flask app (Flask-Session 0.8, Flask-Login) on
 //! a real Redis signs a user in, then the sessionkit layer imports that session on first sight.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::sync::Arc;
 
