@@ -284,3 +284,93 @@ async fn concurrent_first_requests_import_once() {
     assert_eq!(imported, 1);
     assert_eq!(rig.store.count().await.unwrap(), 1);
 }
+
+/// Shared mode, record level: Rust reads what Flask-Login wrote, Flask reads what Rust wrote,
+/// concurrent Rust writers lose nothing, and a destroy is final for Rust writers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_records_are_read_and_written_in_flasks_format() {
+    use sessionkit::flask::{FlaskCookie, FlaskRedisRecords, FlaskSave};
+    use sessionkit::store::Value;
+
+    let rig = rig();
+    let flask_cookie = tokio::task::block_in_place(|| flask_login(&rig.flask, "dave"));
+    let flask_header = format!("session={flask_cookie}");
+    let sid = FlaskCookie::signed(FLASK_SECRET.as_bytes())
+        .verify(flask_cookie.as_bytes())
+        .unwrap();
+    let records = Arc::new(FlaskRedisRecords::new(&rig.redis.url(), "session:").unwrap());
+
+    let (data, ttl) = records.load(&sid).await.unwrap().expect("Flask's record");
+    assert_eq!(data["_user_id"].as_json(), r#""dave""#);
+    assert!(
+        ttl.is_some_and(|t| t.as_secs() > 3600),
+        "Flask's lifetime: {ttl:?}"
+    );
+
+    let set = |s: &str| Some(Value::from_json_text(s).unwrap());
+    let saved = records
+        .save(
+            &sid,
+            &[("cart".into(), set(r#"[1, "two", {"three": 3.5}]"#))],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(saved, FlaskSave::Saved);
+    let flask_view = tokio::task::block_in_place(|| {
+        (
+            rig.flask
+                .call("GET", "/get?key=cart", Some(&flask_header))
+                .body,
+            rig.flask.call("GET", "/whoami", Some(&flask_header)).body,
+        )
+    });
+    assert_eq!(flask_view.0, "[1, 'two', {'three': 3.5}]");
+    assert_eq!(flask_view.1, "dave", "Flask-Login still sees its user");
+    // The Flask-side keys survived the Rust write, and Flask's TTL was kept.
+    let ttl_after = rig
+        .redis
+        .cli(&["PTTL", &format!("session:{}", sid.expose())]);
+    assert!(
+        ttl_after.trim().parse::<i64>().unwrap() > 3_600_000,
+        "{ttl_after}"
+    );
+
+    // Concurrent Rust writers of different keys: every change kept.
+    let writers = (0..16).map(|i| {
+        let records = records.clone();
+        let sid = sid.clone();
+        tokio::spawn(async move {
+            let v = Value::from_json_text(&i.to_string()).unwrap();
+            records
+                .save(&sid, &[(format!("k{i}"), Some(v))], None)
+                .await
+                .unwrap()
+        })
+    });
+    for w in writers {
+        assert_eq!(w.await.unwrap(), FlaskSave::Saved);
+    }
+    let (data, _) = records.load(&sid).await.unwrap().unwrap();
+    for i in 0..16 {
+        assert_eq!(data[&format!("k{i}")].as_json(), i.to_string());
+    }
+    let from_flask = tokio::task::block_in_place(|| {
+        rig.flask
+            .call("GET", "/get?key=k15", Some(&flask_header))
+            .body
+    });
+    assert_eq!(from_flask, "15");
+
+    // Destroy: Flask signs the user out, and no later Rust save brings the record back.
+    assert!(records.destroy(&sid).await.unwrap());
+    let late = records
+        .save(&sid, &[("cart".into(), set("[]"))], None)
+        .await
+        .unwrap();
+    assert_eq!(late, FlaskSave::Missing);
+    assert_eq!(rig.redis.cli(&["DBSIZE"]).trim(), "0");
+    let flask_view =
+        tokio::task::block_in_place(|| rig.flask.call("GET", "/whoami", Some(&flask_header)));
+    assert_eq!(flask_view.body, "anonymous");
+}

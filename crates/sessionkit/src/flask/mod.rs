@@ -10,6 +10,9 @@
 //!   fresh ID) holding the Flask session's data, signed in as the user Flask-Login recorded and
 //!   indexed by that user; the Flask record is deleted, and the response sets the sessionkit
 //!   cookie and expires the Flask one.
+//! - [`FlaskRedisRecords`] reads and writes Flask-Session's Redis records in place, for Rust code
+//!   that shares sessions with a running Flask app (IDs are then not hashed at rest; see its
+//!   module documentation for what it keeps).
 //!
 //! Imported sessions keep every sessionkit guarantee from their first request on: the Flask ID is
 //! never reused (the client gets a fresh sessionkit ID), and the store sees only its hash.
@@ -26,8 +29,10 @@
 mod codec;
 mod import;
 mod redis_source;
+mod shared;
 mod signer;
 
 pub use codec::{decode_msgpack, FlaskDecodeError};
 pub(crate) use import::{Imported, Importer, Target};
+pub use shared::{FlaskRecordError, FlaskRedisRecords, FlaskSave};
 pub use signer::{FlaskCookie, FlaskSid};

@@ -25,6 +25,7 @@ pub(crate) struct FlaskRedis {
     client: redis::Client,
     conn: OnceCell<ConnectionManager>,
     take: redis::Script,
+    cas: redis::Script,
 }
 
 impl std::fmt::Debug for FlaskRedis {
@@ -44,6 +45,7 @@ impl FlaskRedis {
             client: redis::Client::open(url)?,
             conn: OnceCell::new(),
             take: redis::Script::new(include_str!("take.lua")),
+            cas: redis::Script::new(include_str!("cas.lua")),
         })
     }
 
@@ -87,5 +89,50 @@ impl FlaskRedis {
         cmd.query_async::<()>(&mut conn)
             .await
             .map_err(|e| err("restoring a Flask-Session record", e))
+    }
+
+    /// The record's bytes and remaining time, if it exists.
+    pub(crate) async fn get(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Vec<u8>, Option<Duration>)>, StoreError> {
+        let mut conn = self.conn().await?;
+        let (bytes, pttl): (Option<Vec<u8>>, i64) = redis::pipe()
+            .get(key)
+            .pttl(key)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| err("reading a Flask-Session record", e))?;
+        Ok(bytes.map(|b| (b, u64::try_from(pttl).ok().map(Duration::from_millis))))
+    }
+
+    /// `cas.lua`: 1 written, 0 changed meanwhile, -1 gone.
+    pub(crate) async fn compare_and_set(
+        &self,
+        key: &str,
+        old: &[u8],
+        new: &[u8],
+        ttl_ms: u64,
+    ) -> Result<i64, StoreError> {
+        let mut conn = self.conn().await?;
+        self.cas
+            .key(key)
+            .arg(old)
+            .arg(new)
+            .arg(ttl_ms)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| err("writing a Flask-Session record", e))
+    }
+
+    /// Deletes `key`; whether it was there.
+    pub(crate) async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        let n: i64 = redis::cmd("DEL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| err("deleting a Flask-Session record", e))?;
+        Ok(n > 0)
     }
 }
