@@ -73,8 +73,20 @@ impl SessionLayer {
                 .map(|s| s.expose().as_bytes())
                 .collect::<Vec<_>>(),
         );
+        #[cfg(feature = "flask")]
+        let flask_cookie = config.flask_share.as_ref().map(|f| match &f.secret {
+            Some(s) => crate::flask::FlaskCookie::signed(s.expose().as_bytes()),
+            None => crate::flask::FlaskCookie::unsigned(),
+        });
+        #[cfg(feature = "flask")]
+        let name = match &config.flask_share {
+            Some(f) => f.cookie_name.clone(),
+            None => config.cookie_name().to_owned(),
+        };
+        #[cfg(not(feature = "flask"))]
+        let name = config.cookie_name().to_owned();
         let policy = CookiePolicy {
-            name: config.cookie_name().to_owned(),
+            name,
             secure: config.cookie_secure,
             same_site: config.same_site,
         };
@@ -92,8 +104,17 @@ impl SessionLayer {
                 keys,
                 policy,
                 clock: Arc::new(SystemClock),
+                #[cfg(feature = "flask")]
+                ids: if flask_cookie.is_some() {
+                    Arc::new(crate::flask::BookedIds)
+                } else {
+                    Arc::new(OsRngIds)
+                },
+                #[cfg(not(feature = "flask"))]
                 ids: Arc::new(OsRngIds),
                 events: Arc::new(TracingSink),
+                #[cfg(feature = "flask")]
+                flask_cookie,
             }),
         })
     }
@@ -112,6 +133,8 @@ impl SessionLayer {
                     clock: s.clock.clone(),
                     ids: s.ids.clone(),
                     events: s.events.clone(),
+                    #[cfg(feature = "flask")]
+                    flask_cookie: s.flask_cookie.clone(),
                 };
                 f(&mut copy);
                 self.shared = Arc::new(copy);
@@ -209,6 +232,28 @@ where
                 .map(|c| c.0.ip()),
             user_agent: req.headers().get(USER_AGENT).cloned(),
         };
+        // Shared mode: the cookie is Flask-Session's; its ID is noted for the store.
+        #[cfg(feature = "flask")]
+        if let Some(f) = &shared.flask_cookie {
+            let presented = match cookie::find(req.headers(), &shared.policy.name) {
+                Presented::One(raw) => f
+                    .verify(raw)
+                    .and_then(|sid| crate::id::SessionId::parse(sid.expose())),
+                Presented::Absent | Presented::Ambiguous => None,
+            };
+            if let Some(id) = &presented {
+                crate::flask::SidBook::global().note(id);
+            }
+            let session = Session::new(shared.clone(), presented, client);
+            req.extensions_mut().insert(session.clone());
+            return ResponseFuture(Box::pin(async move {
+                let Ok(res) = inner.call(req).await;
+                Ok(match session.finish(false).await {
+                    Ok(outcome) => decorate(&shared, res, outcome),
+                    Err(e) => save_failed(e),
+                })
+            }));
+        }
         // The raw header bytes go straight to `verify`: no UTF-8 assumption, no text slicing.
         let verified = match cookie::find(req.headers(), &shared.policy.name) {
             Presented::Absent => None,

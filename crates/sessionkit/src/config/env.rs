@@ -131,7 +131,7 @@ impl Config {
         if let Some(v) = var("SESSION_KEY_PREFIX") {
             c.key_prefix = v.trim().to_owned();
         }
-        c.flask_import = super::flask::from_env(&var)?;
+        (c.flask_import, c.flask_share) = super::flask::from_env(&var)?;
         c.validate()?;
         Ok(c)
     }

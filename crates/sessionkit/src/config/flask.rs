@@ -90,8 +90,8 @@ impl FlaskImport {
             || self.url.expose().starts_with("rediss://"))
         {
             return Err(ConfigError::Refused(
-                "SESSION_IMPORT_FLASK must be the redis:// (or rediss://) URL of Flask-Session's \
-                 store"
+                "SESSION_IMPORT_FLASK and SESSION_SHARE_FLASK take the redis:// (or rediss://) \
+                 URL of Flask-Session's store"
                     .into(),
             ));
         }
@@ -100,10 +100,13 @@ impl FlaskImport {
 }
 
 /// `SESSION_IMPORT_FLASK` and its companions, from the environment.
-pub(super) fn from_env(
-    var: &impl Fn(&str) -> Option<String>,
-) -> Result<Option<FlaskImport>, ConfigError> {
-    let Some(url) = var("SESSION_IMPORT_FLASK") else {
+/// The settings of `SESSION_IMPORT_FLASK` and of `SESSION_SHARE_FLASK`, whichever is set.
+type Modes = (Option<FlaskImport>, Option<FlaskImport>);
+
+pub(super) fn from_env(var: &impl Fn(&str) -> Option<String>) -> Result<Modes, ConfigError> {
+    let import = var("SESSION_IMPORT_FLASK");
+    let share = var("SESSION_SHARE_FLASK");
+    let Some(url) = import.clone().or(share.clone()) else {
         for companion in [
             "FLASK_SECRET_KEY",
             "FLASK_SESSION_COOKIE_NAME",
@@ -114,11 +117,11 @@ pub(super) fn from_env(
                 return Err(invalid(
                     companion,
                     "",
-                    "set only together with SESSION_IMPORT_FLASK",
+                    "set only together with SESSION_IMPORT_FLASK or SESSION_SHARE_FLASK",
                 ));
             }
         }
-        return Ok(None);
+        return Ok((None, None));
     };
     let mut f = FlaskImport::new(url.trim());
     if let Some(s) = var("FLASK_SECRET_KEY") {
@@ -133,7 +136,17 @@ pub(super) fn from_env(
     if let Some(v) = var("FLASK_USER_KEY") {
         f = f.with_user_key(v.trim());
     }
-    Ok(Some(f))
+    Ok(match (import, share) {
+        (Some(_), Some(s)) => (
+            Some(f.clone()),
+            Some(FlaskImport {
+                url: Secret::new(s.trim()),
+                ..f
+            }),
+        ),
+        (Some(_), None) => (Some(f), None),
+        _ => (None, Some(f)),
+    })
 }
 
 #[cfg(test)]

@@ -137,6 +137,10 @@ pub struct Config {
     /// `SESSION_IMPORT_FLASK` and the `FLASK_*` settings: import Flask-Session sessions on first
     /// sight (feature `flask`).
     pub flask_import: Option<FlaskImport>,
+    /// `SESSION_SHARE_FLASK` (with the same `FLASK_*` settings): sessions live in Flask-Session's
+    /// own Redis records, shared with a running Flask app (feature `flask`; IDs are then not
+    /// hashed at rest).
+    pub flask_share: Option<FlaskImport>,
 }
 
 /// Placeholder secrets refused in production, compared case-insensitively.
@@ -191,6 +195,7 @@ impl Config {
             audit_url: None,
             key_prefix: "sk:".into(),
             flask_import: None,
+            flask_share: None,
         }
     }
 
@@ -361,6 +366,18 @@ impl Config {
         self
     }
 
+    /// Shares sessions with a running Flask app in its own Redis records (`SESSION_SHARE_FLASK`,
+    /// feature `flask`): the cookie is Flask's, and `build_store` opens Flask's records. Default
+    /// none.
+    ///
+    /// # Warning
+    /// Flask names its records by the raw session ID: in this mode IDs are not hashed at rest.
+    #[must_use]
+    pub fn with_flask_share(mut self, share: FlaskImport) -> Self {
+        self.flask_share = Some(share);
+        self
+    }
+
     /// The session cookie's name: the one set, else `__Host-session` with `Secure` and
     /// `session` without.
     pub fn cookie_name(&self) -> &str {
@@ -450,6 +467,16 @@ impl Config {
         }
         if let Some(f) = &self.flask_import {
             f.validate(name)?;
+        }
+        if let Some(f) = &self.flask_share {
+            if self.flask_import.is_some() {
+                return refuse(
+                    "SESSION_SHARE_FLASK and SESSION_IMPORT_FLASK exclude each other: share \
+                     Flask's sessions, or import them"
+                        .into(),
+                );
+            }
+            f.validate("")?;
         }
         Ok(())
     }

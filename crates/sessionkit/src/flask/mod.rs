@@ -30,9 +30,12 @@ mod codec;
 mod import;
 mod redis_source;
 mod shared;
+mod shared_store;
 mod signer;
 
 pub use codec::{decode_msgpack, FlaskDecodeError};
 pub(crate) use import::{Imported, Importer, Target};
 pub use shared::{FlaskRecordError, FlaskRedisRecords, FlaskSave};
+pub use shared_store::FlaskSharedStore;
+pub(crate) use shared_store::{BookedIds, SidBook};
 pub use signer::{FlaskCookie, FlaskSid};

@@ -135,4 +135,24 @@ impl FlaskRedis {
             .map_err(|e| err("deleting a Flask-Session record", e))?;
         Ok(n > 0)
     }
+
+    /// Writes `key` if absent, with a TTL; whether it was written.
+    pub(crate) async fn set_nx(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        ttl_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        let done: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(bytes)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| err("creating a Flask-Session record", e))?;
+        Ok(done.is_some())
+    }
 }

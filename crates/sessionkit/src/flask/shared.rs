@@ -136,7 +136,10 @@ impl FlaskRedisRecords {
 }
 
 /// The record `old` with `changes` applied; untouched keys keep their MessagePack values.
-fn apply(old: &[u8], changes: &[(String, Option<Value>)]) -> Result<Vec<u8>, FlaskRecordError> {
+pub(super) fn apply(
+    old: &[u8],
+    changes: &[(String, Option<Value>)],
+) -> Result<Vec<u8>, FlaskRecordError> {
     let mut rd = old;
     let Ok(Mp::Map(mut pairs)) = rmpv::decode::read_value(&mut rd) else {
         return Err(FlaskDecodeError::NotMsgpack.into());

@@ -34,6 +34,16 @@ enum Create {
 }
 
 async fn build(config: &Config, create: Create) -> Result<Arc<dyn SessionStore>, StoreError> {
+    #[cfg(feature = "flask")]
+    if let Some(f) = &config.flask_share {
+        tracing::warn!(
+            "SESSION_SHARE_FLASK: sessions live in Flask-Session's Redis records, named by raw \
+             session IDs (not hashed at rest); move users with SESSION_IMPORT_FLASK when you can"
+        );
+        let store =
+            crate::flask::FlaskSharedStore::new(f.url.expose(), &f.key_prefix, &f.user_key)?;
+        return Ok(Arc::new(store));
+    }
     let (kind, why) = resolve(config);
     tracing::info!(store = ?kind, reason = why, "session store selected");
     // Advice for an app about to serve from the store, not for a tool administering it.
