@@ -189,6 +189,36 @@ mod tests {
     }
 
     #[test]
+    fn share_mode_is_read_and_excludes_import() {
+        let url = "redis://127.0.0.1:6379/0";
+        let share = from(&[
+            ("SECRET_KEY", GOOD),
+            ("SESSION_SHARE_FLASK", url),
+            ("FLASK_SECRET_KEY", "dev-secret"),
+        ]);
+        let both = from(&[
+            ("SECRET_KEY", GOOD),
+            ("SESSION_SHARE_FLASK", url),
+            ("SESSION_IMPORT_FLASK", url),
+        ]);
+        if cfg!(feature = "flask") {
+            let c = share.unwrap();
+            assert_eq!(c.flask_import, None);
+            assert_eq!(
+                c.flask_share,
+                Some(FlaskImport::new(url).with_secret("dev-secret"))
+            );
+            let in_code =
+                Config::new(GOOD).with_flask_share(FlaskImport::new(url).with_secret("dev-secret"));
+            assert_eq!(in_code.flask_share, c.flask_share);
+            let e = both.unwrap_err().to_string();
+            assert!(e.contains("exclude each other"), "{e}");
+        } else {
+            assert!(share.is_err() && both.is_err());
+        }
+    }
+
+    #[test]
     fn a_shared_cookie_name_is_refused() {
         let plain_http = Config::new(GOOD)
             .with_cookie_secure(false)

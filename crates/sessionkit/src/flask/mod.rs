@@ -10,9 +10,10 @@
 //!   fresh ID) holding the Flask session's data, signed in as the user Flask-Login recorded and
 //!   indexed by that user; the Flask record is deleted, and the response sets the sessionkit
 //!   cookie and expires the Flask one.
-//! - [`FlaskRedisRecords`] reads and writes Flask-Session's Redis records in place, for Rust code
-//!   that shares sessions with a running Flask app (IDs are then not hashed at rest; see its
-//!   module documentation for what it keeps).
+//! - Shared mode ([`FlaskSharedStore`], `SESSION_SHARE_FLASK`): the `Session` extractor works on
+//!   Flask-Session's own Redis records and cookie, so a running Flask app and the Rust service
+//!   see one session; [`FlaskRedisRecords`] gives the same records to code outside a request.
+//!   Flask names records by the raw ID: in this mode IDs are not hashed at rest.
 //!
 //! Imported sessions keep every sessionkit guarantee from their first request on: the Flask ID is
 //! never reused (the client gets a fresh sessionkit ID), and the store sees only its hash.
