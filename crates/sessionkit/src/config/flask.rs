@@ -1,7 +1,6 @@
 //! The Flask-Session settings: `SESSION_IMPORT_FLASK` (import on first sight) and the `FLASK_*`
 //! variables that describe the Flask app it imports from.
 
-use super::env::invalid;
 use super::{ConfigError, Secret};
 
 /// Where and how to import Flask-Session sessions on first sight (`SESSION_IMPORT_FLASK`):
@@ -10,7 +9,8 @@ use super::{ConfigError, Secret};
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct FlaskImport {
-    /// Flask-Session's store: `redis://…` (`rediss://…`).
+    /// Flask-Session's store: `redis://…` (`rediss://…`); for import, `staged` reads only what
+    /// `sessionkit migrate --from flask+…` staged.
     pub url: Secret,
     /// `FLASK_SECRET_KEY`: the Flask app's `SECRET_KEY` when it sets `SESSION_USE_SIGNER`; without
     /// it, the cookie is the bare session ID (Flask-Session's default).
@@ -86,12 +86,14 @@ impl FlaskImport {
                 "FLASK_SESSION_COOKIE_NAME and FLASK_USER_KEY must not be empty".into(),
             ));
         }
-        if !(self.url.expose().starts_with("redis://")
-            || self.url.expose().starts_with("rediss://"))
-        {
+        let url = self.url.expose();
+        // `staged` only for import (`own` is sessionkit's cookie name; empty in shared mode).
+        let staged = url == "staged" && !own.is_empty();
+        if !(url.starts_with("redis://") || url.starts_with("rediss://") || staged) {
             return Err(ConfigError::Refused(
-                "SESSION_IMPORT_FLASK and SESSION_SHARE_FLASK take the redis:// (or rediss://) \
-                 URL of Flask-Session's store"
+                "SESSION_IMPORT_FLASK takes the redis:// (or rediss://) URL of Flask-Session's \
+                 store, or `staged` (only what `sessionkit migrate --from flask+…` staged); \
+                 SESSION_SHARE_FLASK takes the Redis URL"
                     .into(),
             ));
         }
@@ -107,20 +109,6 @@ pub(super) fn from_env(var: &impl Fn(&str) -> Option<String>) -> Result<Modes, C
     let import = var("SESSION_IMPORT_FLASK");
     let share = var("SESSION_SHARE_FLASK");
     let Some(url) = import.clone().or(share.clone()) else {
-        for companion in [
-            "FLASK_SECRET_KEY",
-            "FLASK_SESSION_COOKIE_NAME",
-            "FLASK_SESSION_KEY_PREFIX",
-            "FLASK_USER_KEY",
-        ] {
-            if var(companion).is_some() {
-                return Err(invalid(
-                    companion,
-                    "",
-                    "set only together with SESSION_IMPORT_FLASK or SESSION_SHARE_FLASK",
-                ));
-            }
-        }
         return Ok((None, None));
     };
     let mut f = FlaskImport::new(url.trim());
@@ -185,7 +173,13 @@ mod tests {
             assert!(env.unwrap_err().to_string().contains("`flask` feature"));
         }
         assert_eq!(from(&[("SECRET_KEY", GOOD)]).unwrap().flask_import, None);
-        assert!(from(&[("SECRET_KEY", GOOD), ("FLASK_USER_KEY", "uid")]).is_err());
+        // Alone, the companions configure nothing (the CLI's bulk import reads them).
+        assert_eq!(
+            from(&[("SECRET_KEY", GOOD), ("FLASK_USER_KEY", "uid")])
+                .unwrap()
+                .flask_import,
+            None
+        );
     }
 
     #[test]
@@ -230,6 +224,10 @@ mod tests {
             renamed.validate().unwrap();
             let not_redis = Config::new(GOOD).with_flask_import(FlaskImport::new("file:///x"));
             assert!(not_redis.validate().is_err());
+            let staged = Config::new(GOOD).with_flask_import(FlaskImport::new("staged"));
+            staged.validate().unwrap();
+            let staged_share = Config::new(GOOD).with_flask_share(FlaskImport::new("staged"));
+            assert!(staged_share.validate().is_err());
         }
     }
 }

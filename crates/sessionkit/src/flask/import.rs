@@ -13,18 +13,17 @@
 //! `auth_time` is unknown (Flask-Login does not record one), so it is left empty: a handler
 //! that wants a recent sign-in asks for one (`Session::elevate` after checking the password).
 
-use std::time::Duration;
-
 use http::HeaderMap;
 
+use super::bulk::{record_of, staged_key};
 use super::codec::decode_msgpack;
 use super::redis_source::{FlaskRedis, Taken};
 use super::signer::{FlaskCookie, FlaskSid};
 use crate::config::{Config, ConfigError, FlaskImport};
 use crate::cookie::{self, Presented};
 use crate::id::{IdGenerator, SessionId, StorageKey};
-use crate::record::{Meta, Record, Timestamp};
-use crate::store::{CreateOutcome, SessionStore};
+use crate::record::{Record, Timestamp};
+use crate::store::{CreateOutcome, SessionLimit, SessionStore};
 
 /// Imports Flask-Session sessions for the layer (see the module documentation).
 #[derive(Debug)]
@@ -33,7 +32,8 @@ pub(crate) struct Importer {
     cookie_name: String,
     key_prefix: String,
     user_key: String,
-    source: FlaskRedis,
+    /// `None` for `SESSION_IMPORT_FLASK=staged`: only what the bulk import staged.
+    source: Option<FlaskRedis>,
 }
 
 /// What the importing request needs to build the new record.
@@ -59,12 +59,15 @@ pub(crate) struct Imported {
 impl Importer {
     /// An importer for `c` (the connection opens on first use).
     pub(crate) fn new(c: &FlaskImport) -> Result<Self, ConfigError> {
-        let source = FlaskRedis::new(c.url.expose()).map_err(|e| {
-            ConfigError::Refused(format!(
-                "SESSION_IMPORT_FLASK is not a usable Redis URL ({:?})",
-                e.kind()
-            ))
-        })?;
+        let source = match c.url.expose() {
+            "staged" => None,
+            url => Some(FlaskRedis::new(url).map_err(|e| {
+                ConfigError::Refused(format!(
+                    "SESSION_IMPORT_FLASK is not a usable Redis URL ({:?})",
+                    e.kind()
+                ))
+            })?),
+        };
         Ok(Self {
             cookie: match &c.secret {
                 Some(s) => FlaskCookie::signed(s.expose().as_bytes()),
@@ -94,7 +97,17 @@ impl Importer {
     /// to import or the import failed (logged without the ID or any data).
     pub(crate) async fn import(&self, sid: &FlaskSid, to: Target<'_>) -> Option<Imported> {
         let flask_key = format!("{}{}", self.key_prefix, sid.expose());
-        let taken = match self.source.take(&flask_key).await {
+        if let Some(done) = self.import_staged(&flask_key, &to).await {
+            // Flask's own record, if it is still there, must not be imported a second time.
+            if let Some(source) = &self.source {
+                if let Err(e) = source.take(&flask_key).await {
+                    tracing::warn!(error = %e, "the Flask record of a staged session was not deleted");
+                }
+            }
+            return Some(done);
+        }
+        let source = self.source.as_ref()?;
+        let taken = match source.take(&flask_key).await {
             Ok(Some(t)) => t,
             Ok(None) => {
                 tracing::debug!("Flask session cookie names no live Flask session; not imported");
@@ -105,15 +118,73 @@ impl Importer {
                 return None;
             }
         };
-        match self.store_as_sessionkit(&taken, to).await {
+        let record = match decode_msgpack(&taken.bytes) {
+            Ok(data) => record_of(data, taken.ttl, &self.user_key, to.config, to.now),
+            Err(_) => {
+                tracing::warn!("a Flask session record does not parse; not imported");
+                return self.put_back(source, &flask_key, &taken).await;
+            }
+        };
+        match self.store_as_sessionkit(record, &to).await {
             Ok(done) => Some(done),
             Err(why) => {
                 tracing::warn!(
                     reason = why,
                     "Flask session not imported; its record is put back"
                 );
-                if let Err(e) = self.source.put_back(&flask_key, &taken).await {
-                    tracing::error!(error = %e, "a Flask session could not be put back: its user must sign in again");
+                self.put_back(source, &flask_key, &taken).await
+            }
+        }
+    }
+
+    async fn put_back(&self, source: &FlaskRedis, key: &str, taken: &Taken) -> Option<Imported> {
+        if let Err(e) = source.put_back(key, taken).await {
+            tracing::error!(error = %e, "a Flask session could not be put back: its user must sign in again");
+        }
+        None
+    }
+
+    /// A session the bulk import staged for this Flask record: claimed by destroying it (one
+    /// request wins), then stored under a fresh ID; staged again if that fails.
+    async fn import_staged(&self, flask_key: &str, to: &Target<'_>) -> Option<Imported> {
+        let staged = staged_key(flask_key);
+        let record = match to.store.load(&staged, to.now).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, "looking for a staged Flask session failed");
+                return None;
+            }
+        };
+        match to.store.destroy(&staged).await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming a staged Flask session failed");
+                return None;
+            }
+        }
+        let mut fresh = record.clone();
+        fresh.meta.user_agent = to.user_agent.clone();
+        fresh.meta.ip = to.ip.clone();
+        fresh.meta.last_seen_at = to.now;
+        fresh.meta.idle_expires_at = to
+            .now
+            .add(to.config.idle_timeout)
+            .min(fresh.meta.absolute_expires_at);
+        match self.store_as_sessionkit(fresh, to).await {
+            Ok(done) => Some(done),
+            Err(why) => {
+                tracing::warn!(
+                    reason = why,
+                    "staged Flask session not imported; staged again"
+                );
+                let again = to
+                    .store
+                    .create(&staged, &record, SessionLimit::UNLIMITED, to.now)
+                    .await;
+                if again.is_err() {
+                    tracing::error!("a staged Flask session could not be staged again: its user must sign in again");
                 }
                 None
             }
@@ -122,35 +193,12 @@ impl Importer {
 
     async fn store_as_sessionkit(
         &self,
-        taken: &Taken,
-        to: Target<'_>,
+        record: Record,
+        to: &Target<'_>,
     ) -> Result<Imported, &'static str> {
-        let data = decode_msgpack(&taken.bytes).map_err(|_| "the record does not parse")?;
-        let user = data.get(&self.user_key).and_then(|v| {
-            v.parse::<serde_json::Value>().ok().and_then(|j| match j {
-                serde_json::Value::String(s) if !s.is_empty() => Some(s),
-                serde_json::Value::Number(n) => Some(n.to_string()),
-                _ => None,
-            })
-        });
         let c = to.config;
         let now = to.now;
-        let flask_left = taken.ttl.unwrap_or(Duration::MAX);
-        let absolute = now.add(c.absolute_timeout.min(flask_left));
-        let record = Record {
-            data,
-            meta: Meta {
-                user_id: user.clone(),
-                created_at: now,
-                last_seen_at: now,
-                idle_expires_at: now.add(c.idle_timeout).min(absolute),
-                absolute_expires_at: absolute,
-                user_agent: to.user_agent,
-                ip: to.ip,
-                auth_time: None,
-                version: 1,
-            },
-        };
+        let user = record.meta.user_id.clone();
         if record.data_size() > c.max_record_size {
             return Err("the Flask session is larger than SESSION_MAX_SIZE");
         }

@@ -27,15 +27,19 @@
 //! assert_eq!(sid.expose(), "Zm9vYmFyYmF6cXV4cXV1eGZvb2JhcmJhenF1eHF1dXg");
 //! ```
 
+mod bulk;
 mod codec;
 mod import;
+mod pickle;
 mod redis_source;
 mod shared;
 mod shared_store;
 mod signer;
 
+pub use bulk::{BulkItem, FlaskBulkSource};
 pub use codec::{decode_msgpack, FlaskDecodeError};
 pub(crate) use import::{Imported, Importer, Target};
+pub use pickle::decode_cachelib_file;
 pub use shared::{FlaskRecordError, FlaskRedisRecords, FlaskSave};
 pub use shared_store::FlaskSharedStore;
 pub(crate) use shared_store::{BookedIds, SidBook};

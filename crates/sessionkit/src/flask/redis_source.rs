@@ -155,4 +155,22 @@ impl FlaskRedis {
             .map_err(|e| err("creating a Flask-Session record", e))?;
         Ok(done.is_some())
     }
+
+    /// One `SCAN` step over `pattern`: the next cursor (0 at the end) and the key names.
+    pub(crate) async fn scan(
+        &self,
+        cursor: u64,
+        pattern: &str,
+    ) -> Result<(u64, Vec<String>), StoreError> {
+        let mut conn = self.conn().await?;
+        redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(500)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| err("listing Flask-Session records", e))
+    }
 }
