@@ -86,7 +86,7 @@ pub(crate) fn record_of(
 #[non_exhaustive]
 pub enum BulkItem {
     /// A live session: its staging key and record.
-    Live(StorageKey, Record),
+    Live(StorageKey, Box<Record>),
     /// Past its expiry.
     Expired,
     /// Not a record sessionkit can read (counted and reported).
@@ -102,8 +102,13 @@ pub struct FlaskBulkSource {
 
 #[derive(Debug)]
 enum Source {
-    Redis { redis: FlaskRedis, prefix: String },
-    File { dir: PathBuf },
+    Redis {
+        redis: Box<FlaskRedis>,
+        prefix: String,
+    },
+    File {
+        dir: PathBuf,
+    },
 }
 
 impl FlaskBulkSource {
@@ -126,7 +131,7 @@ impl FlaskBulkSource {
         } else {
             FlaskRedis::new(rest)
                 .map(|redis| Source::Redis {
-                    redis,
+                    redis: Box::new(redis),
                     prefix: prefix.to_owned(),
                 })
                 .map_err(|e| StoreError::backend("invalid Flask-Session Redis URL", e))
@@ -160,7 +165,7 @@ impl FlaskBulkSource {
                         Some((bytes, ttl)) => match decode_msgpack(&bytes) {
                             Ok(data) => BulkItem::Live(
                                 staged_key(&name),
-                                record_of(data, ttl, &self.user_key, config, now),
+                                Box::new(record_of(data, ttl, &self.user_key, config, now)),
                             ),
                             Err(_) => BulkItem::Unparseable,
                         },
@@ -200,7 +205,7 @@ impl FlaskBulkSource {
                                 exp.map(|e| Duration::from_millis(e * 1000 - now.as_millis()));
                             BulkItem::Live(
                                 staged_key_of_digest(name),
-                                record_of(data, left, &self.user_key, config, now),
+                                Box::new(record_of(data, left, &self.user_key, config, now)),
                             )
                         }
                         Err(_) => BulkItem::Unparseable,

@@ -15,6 +15,9 @@
 //!   see one session; [`FlaskRedisRecords`] gives the same records to code outside a request.
 //!   Flask names records by the raw ID: in this mode IDs are not hashed at rest.
 //!
+//! - Bulk import ([`FlaskBulkSource`], `sessionkit migrate --from flask+…`) stages every live
+//!   Flask session in sessionkit's store; import on first sight then claims it.
+//!
 //! Imported sessions keep every sessionkit guarantee from their first request on: the Flask ID is
 //! never reused (the client gets a fresh sessionkit ID), and the store sees only its hash.
 //!
