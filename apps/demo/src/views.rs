@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
-use sessionkit::store::{Health, Meta, StorageKey, Timestamp};
+use sessionkit::store::{Health, Meta, ServerStats, StorageKey, Timestamp};
 
 use crate::csrf::FIELD;
 
@@ -378,6 +378,9 @@ pub(crate) struct AdminView<'a> {
     pub(crate) records: u64,
     pub(crate) store: &'a str,
     pub(crate) health: &'a Health,
+    /// The figures of the store's server (Redis); `Ok(None)` for a store without one, `Err`
+    /// when it would not give them.
+    pub(crate) server: Result<Option<&'a ServerStats>, ()>,
     pub(crate) users: &'a [UserRow],
     pub(crate) now: Timestamp,
 }
@@ -399,6 +402,7 @@ pub(crate) fn admin(v: &AdminView<'_>) -> Markup {
                     small { (if v.health.ok { "healthy" } else { "unhealthy" }) ": " (v.health.detail) }
                 }
             }
+            (server_card(v.server))
             div.card {
                 h2 { "Sessions per user" }
                 table {
@@ -430,6 +434,40 @@ pub(crate) fn admin(v: &AdminView<'_>) -> Markup {
             }
         },
     )
+}
+
+/// The store's server: memory against its limit, clients, hit/miss, evictions and whether its
+/// policy lets it evict live sessions.
+fn server_card(server: Result<Option<&ServerStats>, ()>) -> Markup {
+    let s = match server {
+        Ok(None) => return html! {},
+        Err(()) => {
+            return html! { div.card { h2 { "Session server" } p.muted { "The server did not give its figures (see the log)." } } }
+        }
+        Ok(Some(s)) => s,
+    };
+    let policy = s.eviction_policy.as_deref().unwrap_or("unknown");
+    html! {
+        div.card #server {
+            h2 { "Session server (" (s.server) @if s.nodes > 1 { ", " (s.nodes) " nodes" } ")" }
+            table {
+                tbody {
+                    tr { th { "Used memory" } td #used-memory { (s.used_memory) " bytes" } }
+                    tr { th { "Memory limit (maxmemory)" } td #maxmemory { @if s.maxmemory == 0 { "none" } @else { (s.maxmemory) " bytes" } } }
+                    tr { th { "Connected clients" } td #connected-clients { (s.connected_clients) } }
+                    tr { th { "Keyspace hits" } td #keyspace-hits { (s.keyspace_hits) } }
+                    tr { th { "Keyspace misses" } td #keyspace-misses { (s.keyspace_misses) } }
+                    tr { th { "Evicted keys" } td #evicted-keys { (s.evicted_keys) } }
+                    tr { th { "Eviction policy (maxmemory-policy)" } td #maxmemory-policy { code { (policy) } } }
+                }
+            }
+            @match s.may_evict_sessions() {
+                Some(false) => p.muted { small { "Sessions are never evicted: a full server refuses writes instead." } },
+                Some(true) => p.flash.error { "Under memory pressure this policy lets the server evict live sessions and sign users out without a trace: set maxmemory-policy to noeviction." },
+                None => p.flash.error { "The eviction policy could not be read: check that it is noeviction." },
+            }
+        }
+    }
 }
 
 fn message(status: StatusCode, title: &str, text: &str, link: (&str, &str)) -> Response {

@@ -1,7 +1,8 @@
 //! Every revocation the demo makes (a device signed out by its user, "sign out everywhere else",
 //! the administrator's "sign out everywhere") goes through `sessionkit::admin::Sessions`: it is a
 //! `Revoked` event with who and why, in a real (SQLite) audit table and in the metrics. A refused
-//! revocation (someone else's key) is none.
+//! revocation (someone else's key) is none. On Redis the admin page also shows the server's
+//! figures.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::BTreeMap;
@@ -21,6 +22,8 @@ use sessionkit::stores::memory::MemoryStore;
 use sessionkit::{Config, SessionLayer};
 use sessionkit_demo::{app, AppState, Users};
 use tower::ServiceExt as _;
+
+const SECRET: &str = "a-test-secret-that-is-long-enough-for-the-demo";
 
 /// A cookie jar that follows `Set-Cookie`, and the CSRF token of the last page that had one.
 struct Browser {
@@ -246,4 +249,64 @@ async fn revocations_reach_the_audit_trail_and_the_metrics() {
     for secret in ["alice", "bob", "admin\"", phone_key.as_str()] {
         assert!(!text.contains(secret), "{secret} in the metrics:\n{text}");
     }
+}
+
+/// On a Redis store the admin page shows the server's figures and warns when its policy lets
+/// it evict live sessions; on a store without a server it shows none.
+#[tokio::test]
+async fn admin_page_shows_the_redis_servers_figures() {
+    let redis = sessionkit_testkit::redis::RedisServer::start();
+    redis.cli(&["CONFIG", "SET", "maxmemory", "104857600"]);
+    redis.cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]);
+    let store: Arc<dyn SessionStore> = Arc::new(
+        sessionkit::stores::redis::RedisStore::connect(
+            &redis.url(),
+            sessionkit::stores::redis::RedisOptions::new(),
+        )
+        .await
+        .unwrap(),
+    );
+    let layer = SessionLayer::new(store, Config::new(SECRET)).unwrap();
+    let users = Users::demo().unwrap();
+    let redis_app = app(AppState::new(layer, users.clone()));
+    let mut admin = Browser::login(&redis_app, "admin", "admin-demo").await;
+    let cell = |body: &str, id: &str| -> String {
+        let start = body
+            .find(&format!("id=\"{id}\">"))
+            .unwrap_or_else(|| panic!("{id}: {body}"));
+        let rest = &body[start + id.len() + 6..];
+        rest[..rest.find("</td>").unwrap()].to_owned()
+    };
+    let page = admin.send("GET", "/admin", String::new()).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(
+        cell(&page.body, "maxmemory-policy"),
+        "<code>allkeys-lru</code>"
+    );
+    assert_eq!(cell(&page.body, "maxmemory"), "104857600 bytes");
+    let clients: u64 = cell(&page.body, "connected-clients").parse().unwrap();
+    assert!(clients >= 1, "{clients}");
+    let used = cell(&page.body, "used-memory");
+    assert!(
+        used.trim_end_matches(" bytes").parse::<u64>().unwrap() > 0,
+        "{used}"
+    );
+    for id in ["keyspace-hits", "keyspace-misses", "evicted-keys"] {
+        cell(&page.body, id).parse::<u64>().unwrap();
+    }
+    assert!(page.body.contains("evict live sessions"), "{}", page.body);
+
+    redis.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    let page = admin.send("GET", "/admin", String::new()).await;
+    assert_eq!(
+        cell(&page.body, "maxmemory-policy"),
+        "<code>noeviction</code>"
+    );
+    assert!(page.body.contains("Sessions are never evicted"));
+
+    let layer = SessionLayer::new(Arc::new(MemoryStore::new()), Config::new(SECRET)).unwrap();
+    let plain = app(AppState::new(layer, users));
+    let mut admin = Browser::login(&plain, "admin", "admin-demo").await;
+    let page = admin.send("GET", "/admin", String::new()).await;
+    assert!(!page.body.contains("id=\"server\""), "{}", page.body);
 }

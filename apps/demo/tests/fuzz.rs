@@ -1,8 +1,10 @@
 //! The demo's real router (session layer, security headers, metrics, every page) under arbitrary
 //! request bytes (issue 14, item 1): whatever the `Cookie` headers (session and sign-in CSRF
-//! cookies), the `User-Agent`, the `Content-Type`, the query or the form body hold, the answer
-//! is below 500, no store record is created, no session cookie is set, and a session cookie that
-//! is not exactly the signed one is treated as signed out.
+//! cookies), the `User-Agent`, the `X-Forwarded-For`, the `Content-Type`, the query or the form
+//! body hold, the answer is below 500, no store record is created, no session cookie is set, and
+//! a session cookie that is not exactly the signed one is treated as signed out. Device binding
+//! (`ua+ip`, `log`, behind a trusted proxy) is on and the seeded session is bound, so every
+//! request's user agent and forwarded address are hashed and compared.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::BTreeMap;
@@ -17,19 +19,22 @@ use axum::Router;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
 use sessionkit::clock::{Clock as _, SystemClock};
+use sessionkit::config::{Binding, BindingAction};
 use sessionkit::events::{FanoutSink, TracingSink};
 use sessionkit::id::SessionId;
 use sessionkit::metrics::prometheus_client::registry::Registry;
 use sessionkit::metrics::SessionMetrics;
 use sessionkit::store::{CreateOutcome, Meta, Record, SessionLimit, SessionStore, Value};
 use sessionkit::stores::memory::MemoryStore;
-use sessionkit::test_util::CookieKeys;
+use sessionkit::test_util::{binding_stamp, CookieKeys};
 use sessionkit::{Config, SessionLayer};
 use sessionkit_demo::{app, AppState, Users};
-use sessionkit_testkit::fuzz::{header_byte, presents, set_cookie_values, spliced};
+use sessionkit_testkit::fuzz::{forwarded_for, header_byte, presents, set_cookie_values, spliced};
 use tower::ServiceExt as _;
 
 const SECRET: &str = "a-fuzz-secret-that-is-long-enough-for-the-demo";
+/// The connection's peer, a trusted proxy.
+const PEER: &str = "198.51.100.4";
 const SESSION: &str = "__Host-session";
 const LOGIN_CSRF: &str = "__Host-csrf";
 /// The seeded session's CSRF token, and the sign-in cookie token the generator also uses.
@@ -72,7 +77,11 @@ impl Fixture {
         let mut registry = Registry::default();
         let metrics = SessionMetrics::register(&mut registry);
         let store = metrics.instrument(Arc::new(MemoryStore::new()));
-        let layer = SessionLayer::new(store.clone(), Config::new(SECRET))
+        let config = Config::new(SECRET)
+            .with_binding(Binding::UserAgentAndNetwork)
+            .with_binding_action(BindingAction::Log)
+            .with_trusted_proxies(vec![PEER.parse().unwrap()]);
+        let layer = SessionLayer::new(store.clone(), config)
             .unwrap()
             .with_events(Arc::new(FanoutSink(vec![Arc::new(TracingSink), metrics])));
         let state = AppState::new(layer, users()).with_metrics(Arc::new(registry));
@@ -82,8 +91,17 @@ impl Fixture {
         let id = SessionId::generate().unwrap();
         let now = SystemClock.now();
         let hour = std::time::Duration::from_secs(3600);
+        let mut data = BTreeMap::from([("_csrf".to_owned(), Value::to_json(TOKEN).unwrap())]);
+        // Bound as a login from the proxy itself, with no user agent, would have bound it.
+        let ip = Some(PEER.parse().unwrap());
+        data.extend(binding_stamp(
+            &[SECRET],
+            Binding::UserAgentAndNetwork,
+            None,
+            ip,
+        ));
         let record = Record {
-            data: BTreeMap::from([("_csrf".to_owned(), Value::to_json(TOKEN).unwrap())]),
+            data,
             meta: Meta {
                 user_id: Some("admin".into()),
                 created_at: now,
@@ -121,6 +139,11 @@ impl Fixture {
         for (name, v) in [(USER_AGENT, &r.user_agent), (CONTENT_TYPE, &r.content_type)] {
             if let Some(v) = v.as_deref().and_then(|v| HeaderValue::from_bytes(v).ok()) {
                 req.headers_mut().insert(name, v);
+            }
+        }
+        for x in &r.forwarded_for {
+            if let Ok(v) = HeaderValue::from_bytes(x) {
+                req.headers_mut().append("x-forwarded-for", v);
             }
         }
         req.extensions_mut()
@@ -202,6 +225,7 @@ struct Req {
     query: Vec<u8>,
     cookies: Vec<Vec<u8>>,
     user_agent: Option<Vec<u8>>,
+    forwarded_for: Vec<Vec<u8>>,
     content_type: Option<Vec<u8>>,
     body: Vec<u8>,
 }
@@ -236,6 +260,7 @@ fn request(good: String) -> impl Strategy<Value = Req> {
             spliced(good).prop_map(|v| vec![[format!("{SESSION}=").into_bytes(), v].concat()]),
         ],
         prop::option::of(prop::collection::vec(header_byte(), 0..400)),
+        prop::collection::vec(forwarded_for(), 0..3),
         prop::option::of(prop_oneof![
             Just(b"application/x-www-form-urlencoded".to_vec()),
             prop::collection::vec(header_byte(), 0..40),
@@ -243,11 +268,12 @@ fn request(good: String) -> impl Strategy<Value = Req> {
         body(),
     )
         .prop_map(
-            |(route, query, cookies, user_agent, content_type, body)| Req {
+            |(route, query, cookies, user_agent, forwarded_for, content_type, body)| Req {
                 route,
                 query,
                 cookies,
                 user_agent,
+                forwarded_for,
                 content_type,
                 body,
             },
@@ -307,6 +333,7 @@ fn arbitrary_requests_never_fail_or_reach_a_session() {
         query: Vec::new(),
         cookies: vec![format!("{SESSION}={}", f.good).into_bytes()],
         user_agent: None,
+        forwarded_for: Vec::new(),
         content_type: None,
         body: Vec::new(),
     };
@@ -328,6 +355,7 @@ fn reported_case_on_every_page() {
         query: Vec::new(),
         cookies: vec![[format!("{SESSION}=").into_bytes(), bad].concat()],
         user_agent: Some("Mozilla/5.0 é".as_bytes().to_vec()),
+        forwarded_for: vec!["203.0.113.5, é".as_bytes().to_vec()],
         content_type: Some(b"application/x-www-form-urlencoded".to_vec()),
         body: format!("csrf={TOKEN}").into_bytes(),
     };

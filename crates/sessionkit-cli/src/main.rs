@@ -10,13 +10,15 @@
 //! or verifies a cookie, so it needs no `SECRET_KEY` and never generates one.
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage error, 3 store unavailable or missing, 4 not found.
+//! `check` fails (1) on a Redis whose `maxmemory-policy` is not `noeviction`, or cannot be read,
+//! unless `--allow-eviction` makes it a warning.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use sessionkit::admin::{self, Revocation, Sessions};
+use sessionkit::admin::{self, Revocation, ServerStats, Sessions, NO_EVICTION};
 use sessionkit::audit::AuditSink;
 use sessionkit::clock::{Clock as _, SystemClock};
 use sessionkit::events::{EventSink, FanoutSink, TracingSink};
@@ -46,7 +48,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Store name, health and session count.
+    /// Store name, health and session count; for Redis, the server's memory, clients, hits,
+    /// misses, evictions and eviction policy.
     Stats,
     /// List sessions (all, or one user's).
     List {
@@ -100,8 +103,14 @@ enum Command {
         #[arg(long, env = "FLASK_USER_KEY", default_value = "_user_id")]
         flask_user_key: String,
     },
-    /// Validate the configuration and reach the store; exit 0 only if both are fine.
-    Check,
+    /// Validate the configuration and reach the store; exit 0 only if both are fine and, on
+    /// Redis, the server never evicts sessions (`maxmemory-policy noeviction`).
+    Check {
+        /// Accept a Redis eviction policy other than `noeviction` (or one that cannot be read):
+        /// a warning instead of a failure.
+        #[arg(long)]
+        allow_eviction: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -268,13 +277,16 @@ fn line(key: &StorageKey, m: &Meta) -> String {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = config()?;
     match &cli.command {
-        Command::Check => {
+        Command::Check { allow_eviction } => {
             let store = Sessions::new(open(&cli, &config).await?);
             let h = store.health().await;
             println!("configuration: ok");
             println!("store: {} ({})", store.store().name(), h.detail);
             anyhow::ensure!(h.ok, "store is not healthy: {}", h.detail);
             println!("health: ok");
+            if let Some(stats) = store.server_stats().await? {
+                check_eviction(&stats, *allow_eviction)?;
+            }
         }
         Command::Stats => {
             let store = Sessions::new(open(&cli, &config).await?);
@@ -286,6 +298,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 h.detail
             );
             println!("sessions: {}", store.count().await?);
+            if let Some(stats) = store.server_stats().await? {
+                print_server_stats(&stats);
+            }
         }
         Command::List { user, limit } => {
             let store = Sessions::new(open(&cli, &config).await?);
@@ -387,6 +402,56 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The server's figures, one per line, named as Redis names them.
+fn print_server_stats(s: &ServerStats) {
+    let name = s.server;
+    println!("{name} nodes: {}", s.nodes);
+    println!("{name} used_memory: {} bytes", s.used_memory);
+    if s.maxmemory == 0 {
+        println!("{name} maxmemory: 0 (no limit)");
+    } else {
+        println!("{name} maxmemory: {} bytes", s.maxmemory);
+    }
+    println!("{name} connected_clients: {}", s.connected_clients);
+    println!("{name} keyspace_hits: {}", s.keyspace_hits);
+    println!("{name} keyspace_misses: {}", s.keyspace_misses);
+    println!("{name} evicted_keys: {}", s.evicted_keys);
+    println!(
+        "{name} maxmemory-policy: {}",
+        s.eviction_policy.as_deref().unwrap_or("unknown")
+    );
+}
+
+/// `check` on a server that may evict sessions: an error, or a warning with `--allow-eviction`.
+/// An unknown policy is treated the same way: `check` passes only what it could verify.
+fn check_eviction(s: &ServerStats, allow: bool) -> anyhow::Result<()> {
+    let problem = match (s.may_evict_sessions(), s.eviction_policy.as_deref()) {
+        (Some(false), _) => {
+            println!("eviction: {NO_EVICTION} (sessions are never evicted)");
+            return Ok(());
+        }
+        (Some(true), Some(policy)) => format!(
+            "{} maxmemory-policy is {policy}: under memory pressure it evicts keys, and every \
+             session key carries a TTL, so live sessions can vanish and their users be signed \
+             out without a trace; set `maxmemory-policy {NO_EVICTION}` (a full server then \
+             refuses writes, which the app reports as errors)",
+            s.server
+        ),
+        _ => format!(
+            "could not read the {} maxmemory-policy (the server refused CONFIG GET and INFO did \
+             not say): cannot verify that it never evicts live sessions; check the setting with \
+             your provider (it must be {NO_EVICTION})",
+            s.server
+        ),
+    };
+    if allow {
+        eprintln!("warning: {problem} (accepted with --allow-eviction)");
+        Ok(())
+    } else {
+        anyhow::bail!("{problem}, or pass --allow-eviction to accept the risk")
+    }
+}
+
 async fn migrate(src: &Sessions, dst: &dyn SessionStore, batch: usize) -> anyhow::Result<()> {
     let now = src.now();
     let total = src.count().await.unwrap_or(0);
@@ -395,7 +460,7 @@ async fn migrate(src: &Sessions, dst: &dyn SessionStore, batch: usize) -> anyhow
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} sessions {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let (mut copied, mut existing, mut expired) = (0u64, 0u64, 0u64);
+    let (mut copied, mut existing, mut expired, mut ended) = (0u64, 0u64, 0u64, 0u64);
     let mut cursor = None;
     loop {
         let page = src.scan(cursor.take(), batch.max(1)).await?;
@@ -406,7 +471,16 @@ async fn migrate(src: &Sessions, dst: &dyn SessionStore, batch: usize) -> anyhow
                 continue;
             }
             match dst.create(k, r, SessionLimit::UNLIMITED, now).await? {
-                sessionkit::store::CreateOutcome::Created { .. } => copied += 1,
+                sessionkit::store::CreateOutcome::Created { .. } => {
+                    // Ended while it was copied (an app migrating with SESSION_MIGRATE_FROM ends
+                    // sessions in the source first, then the destination): the copy goes too.
+                    if src.get(k).await?.is_none() {
+                        dst.destroy(k).await?;
+                        ended += 1;
+                    } else {
+                        copied += 1;
+                    }
+                }
                 _ => existing += 1,
             }
         }
@@ -417,6 +491,9 @@ async fn migrate(src: &Sessions, dst: &dyn SessionStore, batch: usize) -> anyhow
     }
     bar.finish_and_clear();
     println!("copied {copied}, already present {existing}, expired skipped {expired}");
+    if ended > 0 {
+        println!("{ended} session(s) ended while being copied: their copies were removed");
+    }
     Ok(())
 }
 
@@ -479,6 +556,24 @@ mod tests {
             when(Timestamp(u64::MAX)),
             "18446744073709551615 ms since 1970"
         );
+    }
+
+    #[test]
+    fn an_unreadable_eviction_policy_is_not_passed_as_safe() {
+        let mut s = ServerStats::default();
+        s.server = "redis";
+        s.nodes = 1;
+        let e = check_eviction(&s, false).unwrap_err().to_string();
+        assert!(
+            e.contains("could not read the redis maxmemory-policy")
+                && e.contains("--allow-eviction"),
+            "{e}"
+        );
+        assert!(check_eviction(&s, true).is_ok());
+        s.eviction_policy = Some(NO_EVICTION.into());
+        assert!(check_eviction(&s, false).is_ok());
+        s.eviction_policy = Some("volatile-lfu".into());
+        assert!(check_eviction(&s, false).is_err());
     }
 
     #[test]

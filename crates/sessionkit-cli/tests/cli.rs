@@ -381,3 +381,79 @@ fn a_missing_postgres_database_is_a_missing_store() {
     let o = cli("memory:", &["migrate", "--from", &url, "--to", "memory:"]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
 }
+
+/// On Redis, `stats` prints the server's figures and `check` passes only a server that never
+/// evicts sessions (`maxmemory-policy noeviction`); `--allow-eviction` makes another policy a
+/// warning. A store without a server of its own prints no such figures.
+#[test]
+fn redis_figures_and_the_eviction_check() {
+    let redis = sessionkit_testkit::redis::RedisServer::start();
+    let url = redis.url();
+    // A known figure to find: the server's own limit.
+    redis.cli(&["CONFIG", "SET", "maxmemory", "104857600"]);
+
+    redis.cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]);
+    let o = cli(&url, &["stats"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("redis maxmemory-policy: allkeys-lru"), "{t}");
+    assert!(t.contains("redis maxmemory: 104857600 bytes"), "{t}");
+    assert!(t.contains("redis nodes: 1"), "{t}");
+    let figure = |name: &str| -> u64 {
+        let line = t
+            .lines()
+            .find(|l| l.starts_with(&format!("redis {name}: ")))
+            .unwrap_or_else(|| panic!("no {name} in {t}"));
+        line.split_whitespace().nth(2).unwrap().parse().unwrap()
+    };
+    assert!(figure("connected_clients") >= 1, "{t}");
+    assert!(figure("used_memory") > 0, "{t}");
+    for name in ["keyspace_hits", "keyspace_misses", "evicted_keys"] {
+        figure(name);
+    }
+
+    let o = cli(&url, &["check"]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("maxmemory-policy is allkeys-lru")
+            && t.contains("signed out without a trace")
+            && t.contains("--allow-eviction"),
+        "{t}"
+    );
+    let o = cli(&url, &["check", "--allow-eviction"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("warning: redis maxmemory-policy is allkeys-lru"),
+        "{t}"
+    );
+
+    // volatile-* policies pick keys with a TTL: every session has one.
+    redis.cli(&["CONFIG", "SET", "maxmemory-policy", "volatile-ttl"]);
+    let o = cli(&url, &["check"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+
+    redis.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    let o = cli(&url, &["check"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("eviction: noeviction"), "{t}");
+    let o = cli(&url, &["stats"]);
+    assert!(
+        text(&o).contains("redis maxmemory-policy: noeviction"),
+        "{}",
+        text(&o)
+    );
+
+    // No server figures for an embedded store.
+    let dir = tempfile::tempdir().unwrap();
+    FileStore::open(dir.path(), FileOptions::default()).unwrap();
+    let o = cli(&format!("file://{}", dir.path().display()), &["stats"]);
+    assert!(
+        o.status.success() && !text(&o).contains("redis"),
+        "{}",
+        text(&o)
+    );
+}

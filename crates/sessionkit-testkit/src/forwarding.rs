@@ -9,12 +9,12 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use sessionkit::id::SessionId;
 use sessionkit::store::{
-    CreateOutcome, Delta, Health, Meta, Record, SaveOutcome, ScanPage, SessionLimit, SessionStore,
-    StorageKey, StoreError, Timestamp, Touch,
+    CreateOutcome, Delta, Health, Meta, Record, SaveOutcome, ScanPage, ServerStats, SessionLimit,
+    SessionStore, StorageKey, StoreError, Timestamp, Touch,
 };
 
 /// Every method of `SessionStore`, by name.
-pub const METHODS: [&str; 12] = [
+pub const METHODS: [&str; 13] = [
     "name",
     "create",
     "load",
@@ -26,6 +26,7 @@ pub const METHODS: [&str; 12] = [
     "cleanup_expired",
     "scan",
     "health",
+    "server_stats",
     "touch",
 ];
 
@@ -119,6 +120,10 @@ impl SessionStore for Probe {
             detail: "probe".into(),
         }
     }
+    async fn server_stats(&self) -> Result<Option<ServerStats>, StoreError> {
+        self.saw("server_stats");
+        Ok(None)
+    }
     async fn touch(
         &self,
         _: &StorageKey,
@@ -156,6 +161,7 @@ pub async fn check(wrap: impl Fn(Arc<dyn SessionStore>) -> Arc<dyn SessionStore>
             "cleanup_expired" => drop(store.cleanup_expired(now).await),
             "scan" => drop(store.scan(None, 10).await),
             "health" => drop(store.health().await),
+            "server_stats" => drop(store.server_stats().await),
             "touch" => drop(
                 store
                     .touch(

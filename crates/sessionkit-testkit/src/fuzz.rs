@@ -98,3 +98,59 @@ pub fn set_cookie_values(headers: &HeaderMap, name: &str) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// Whether session headers of these bytes (`SESSION_HEADER` mode) present exactly `good`: every
+/// occurrence the router would see, stripped of spaces and tabs, is `good`.
+pub fn presents_in_header(values: &[Vec<u8>], good: &str) -> bool {
+    let seen: Vec<&[u8]> = values
+        .iter()
+        .filter(|v| HeaderValue::from_bytes(v).is_ok())
+        .map(|v| v.trim_ascii())
+        .collect();
+    !seen.is_empty() && seen.iter().all(|v| *v == good.as_bytes())
+}
+
+/// The non-empty values an answer gives the session header `name` (header-token mode).
+pub fn header_token_values(headers: &HeaderMap, name: &str) -> Vec<String> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A session-header value: the signed value, damaged, padded or duplicated, or any bytes.
+pub fn token_values(good: String) -> impl Strategy<Value = Vec<Vec<u8>>> {
+    let one = prop_oneof![
+        3 => Just(good.clone().into_bytes()),
+        2 => Just(format!(" \t{good} ").into_bytes()),
+        4 => spliced(good),
+        3 => prop::collection::vec(header_byte(), 0..80),
+        1 => Just(Vec::new()),
+        1 => (30_000usize..30_800, header_byte()).prop_map(|(n, b)| vec![b; n]),
+    ];
+    prop::collection::vec(one, 0..3)
+}
+
+/// An `X-Forwarded-For` value: lists of real addresses (v4, v6, mapped), with junk, ports,
+/// brackets and separators among them, or any bytes.
+pub fn forwarded_for() -> impl Strategy<Value = Vec<u8>> {
+    let hop = prop_oneof![
+        any::<[u8; 4]>().prop_map(|b| std::net::Ipv4Addr::from(b).to_string()),
+        any::<[u16; 8]>().prop_map(|s| std::net::Ipv6Addr::from(s).to_string()),
+        any::<[u8; 4]>().prop_map(|b| std::net::Ipv4Addr::from(b).to_ipv6_mapped().to_string()),
+        Just("203.0.113.9".to_owned()),
+        Just("[2001:db8::1]:443".to_owned()),
+        Just("198.51.100.7:80".to_owned()),
+        Just("unknown".to_owned()),
+        Just(String::new()),
+        Just("é".to_owned()),
+    ];
+    prop_oneof![
+        3 => (prop::collection::vec(hop, 0..6), prop_oneof![Just(","), Just(", "), Just(" ,\t")])
+            .prop_map(|(h, sep)| h.join(sep).into_bytes()),
+        1 => prop::collection::vec(header_byte(), 0..120),
+    ]
+}

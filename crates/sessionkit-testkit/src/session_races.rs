@@ -421,3 +421,64 @@ pub async fn destroy_reports_the_removal_once(store: Store) {
         assert_eq!(live_sessions(&store, &user).await, 0);
     }
 }
+
+/// A gradual migration (`MigratingStore`): sessions signed in on `old` (before the switch) and
+/// then used through `migrating` (the primary in front of `old`), where every racing request's
+/// first load moves the session concurrently with the others. 20 parallel rotates of an old
+/// session leave exactly one live successor; 19 rotates and a logout leave at most one, and a
+/// revocation of the user then leaves nothing in either store; `old` holds none of these
+/// sessions afterwards.
+pub async fn old_sessions_race_moves_rotates_and_logout(old: Store, migrating: Store) {
+    let (before, _) = app(&old, 1);
+    let (after, gates) = app(&migrating, RACERS);
+
+    let user = new_user();
+    let c0 = sign_in(&before, &user, None).await;
+    let (tasks, hold) = start_gated(&after, &gates, &["op=rotate"; RACERS], &c0).await;
+    drop(hold);
+    let answers = finish(tasks).await;
+    let live = signed_in_as(&after, &set_cookies(&answers), &user).await;
+    assert_eq!(live.len(), 1, "live successors: {}", live.len());
+    assert_eq!(live_sessions(&migrating, &user).await, 1);
+    assert_eq!(live_sessions(&old, &user).await, 0, "the old store kept it");
+    assert!(signed_in_as(&after, &[c0], &user).await.is_empty());
+
+    let user = new_user();
+    let c0 = sign_in(&before, &user, None).await;
+    let mut ops = vec!["op=rotate"; RACERS - 1];
+    ops.insert(RACERS / 2, "op=logout");
+    let (tasks, hold) = start_gated(&after, &gates, &ops, &c0).await;
+    drop(hold);
+    let answers = finish(tasks).await;
+    let mut cookies = set_cookies(&answers);
+    let live = signed_in_as(&after, &cookies, &user).await;
+    assert!(live.len() <= 1, "live successors: {}", live.len());
+    assert_eq!(live_sessions(&migrating, &user).await, live.len());
+    migrating
+        .destroy_user(&user, None)
+        .await
+        .expect("destroy_user");
+    cookies.push(c0);
+    assert!(signed_in_as(&after, &cookies, &user).await.is_empty());
+    assert_eq!(live_sessions(&migrating, &user).await, 0);
+    assert_eq!(live_sessions(&old, &user).await, 0);
+
+    // A logout and a revocation that come before the racing requests act: nothing comes back.
+    let user = new_user();
+    let c0 = sign_in(&before, &user, None).await;
+    let c1 = sign_in(&before, &user, None).await;
+    let (tasks, hold) = start_gated(&after, &gates, &["op=rotate"; RACERS], &c1).await;
+    let out = call(&after, "POST", "/do?op=logout", Some(&c0)).await;
+    assert_eq!(out.status, StatusCode::OK);
+    migrating
+        .destroy_user(&user, None)
+        .await
+        .expect("destroy_user");
+    drop(hold);
+    let answers = finish(tasks).await;
+    let mut cookies = set_cookies(&answers);
+    cookies.extend([c0, c1]);
+    assert!(signed_in_as(&after, &cookies, &user).await.is_empty());
+    assert_eq!(live_sessions(&migrating, &user).await, 0);
+    assert_eq!(live_sessions(&old, &user).await, 0);
+}

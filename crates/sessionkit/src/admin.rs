@@ -45,6 +45,7 @@ use crate::id::StorageKey;
 use crate::layer::SessionLayer;
 use crate::record::{Meta, Record, Timestamp};
 use crate::store::{Health, ScanPage, SessionStore, StoreError};
+pub use crate::store::{ServerStats, NO_EVICTION};
 
 /// Who ends sessions, and why: stamped on every [`EventKind::Revoked`] event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -248,6 +249,17 @@ impl Sessions {
     /// Whether the store answers.
     pub async fn health(&self) -> Health {
         self.store.health().await
+    }
+
+    /// The figures of the server behind the store (Redis: memory, clients, hits and misses,
+    /// evictions, eviction policy); `None` for stores without a server of their own (file,
+    /// SQL, memory). [`ServerStats::may_evict_sessions`] says whether live sessions can vanish
+    /// under memory pressure.
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn server_stats(&self) -> Result<Option<ServerStats>, StoreError> {
+        self.store.server_stats().await
     }
 
     fn revoked(&self, key: StorageKey, user_id: Option<String>, by: &Revocation) {

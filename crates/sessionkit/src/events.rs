@@ -30,6 +30,11 @@ pub enum EventKind {
     Evicted,
     /// A cookie or record was refused: malformed, forged, unknown, ambiguous or corrupt.
     Rejected,
+    /// A signed-in session was presented by another device than the one that signed in
+    /// (`SESSION_BINDING`): reason `user_agent_changed`, `network_changed`,
+    /// `user_agent_and_network_changed` or `binding_unreadable`. Under
+    /// `SESSION_BINDING_ACTION=end` the session was destroyed.
+    Suspicious,
 }
 
 impl EventKind {
@@ -43,6 +48,7 @@ impl EventKind {
             Self::Revoked => "revoked",
             Self::Evicted => "evicted",
             Self::Rejected => "rejected",
+            Self::Suspicious => "suspicious",
         }
     }
 }
@@ -85,7 +91,10 @@ impl EventSink for TracingSink {
     fn emit(&self, e: &SessionEvent) {
         let key = e.key.as_ref().map(StorageKey::short);
         match e.kind {
-            EventKind::Rejected | EventKind::Evicted | EventKind::Revoked => tracing::info!(
+            EventKind::Rejected
+            | EventKind::Evicted
+            | EventKind::Revoked
+            | EventKind::Suspicious => tracing::info!(
                 target: "sessionkit::events",
                 kind = e.kind.as_str(), reason = e.reason, key, user = e.user_id.as_deref(),
                 actor = e.actor.as_deref(), ip = e.ip.as_deref(), "session event"

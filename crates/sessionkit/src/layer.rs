@@ -1,5 +1,7 @@
 //! [`SessionLayer`]: the tower middleware that reads the session cookie, hands handlers a
 //! [`Session`], and after the handler writes what changed and sets the cookie headers.
+//! With `SESSION_HEADER` set, the same signed value travels in that header instead of the
+//! cookie (and `Vary` names that header); see `cookie::Transport`.
 //!
 //! Per request it only parses and verifies the cookie (an HMAC, no store call). The store is
 //! touched when the handler uses the session, and written when the handler changed something.
@@ -27,10 +29,10 @@ use tower::{Layer, Service};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError};
-use crate::cookie::{self, CookieKeys, CookiePolicy, Presented};
+use crate::cookie::{self, CookieKeys, CookiePolicy, Presented, Transport};
 use crate::events::{EventKind, EventSink, SessionEvent, TracingSink};
 use crate::id::{IdGenerator, OsRngIds};
-use crate::session::{Client, Outcome, Session, SessionError, Shared};
+use crate::session::{client_ip, BindingKeys, Client, Outcome, Session, SessionError, Shared};
 use crate::store::SessionStore;
 
 /// The session middleware. Wrap a router with it and take [`Session`] in handlers.
@@ -66,18 +68,19 @@ impl SessionLayer {
     /// Settings that [`Config::validate`] refuses.
     pub fn new(store: Arc<dyn SessionStore>, config: Config) -> Result<Self, ConfigError> {
         config.validate()?;
-        let keys = CookieKeys::new(
-            &config
-                .secret_keys
-                .iter()
-                .map(|s| s.expose().as_bytes())
-                .collect::<Vec<_>>(),
-        );
+        let secrets: Vec<&[u8]> = config
+            .secret_keys
+            .iter()
+            .map(|s| s.expose().as_bytes())
+            .collect();
+        let keys = CookieKeys::new(&secrets);
+        let binding = BindingKeys::new(&secrets);
         #[cfg(feature = "flask")]
         let flask_cookie = config.flask_share.as_ref().map(|f| match &f.secret {
             Some(s) => crate::flask::FlaskCookie::signed(s.expose().as_bytes()),
             None => crate::flask::FlaskCookie::unsigned(),
         });
+        // Shared mode (`SESSION_SHARE_FLASK`): the cookie is Flask's, under Flask's name.
         #[cfg(feature = "flask")]
         let name = match &config.flask_share {
             Some(f) => f.cookie_name.clone(),
@@ -85,10 +88,13 @@ impl SessionLayer {
         };
         #[cfg(not(feature = "flask"))]
         let name = config.cookie_name().to_owned();
-        let policy = CookiePolicy {
-            name,
-            secure: config.cookie_secure,
-            same_site: config.same_site,
+        let transport = match config.session_header() {
+            Some(name) => Transport::Header(name),
+            None => Transport::Cookie(CookiePolicy {
+                name,
+                secure: config.cookie_secure,
+                same_site: config.same_site,
+            }),
         };
         #[cfg(feature = "flask")]
         let flask = match &config.flask_import {
@@ -102,7 +108,8 @@ impl SessionLayer {
                 store,
                 config,
                 keys,
-                policy,
+                transport,
+                binding,
                 clock: Arc::new(SystemClock),
                 #[cfg(feature = "flask")]
                 ids: if flask_cookie.is_some() {
@@ -129,7 +136,8 @@ impl SessionLayer {
                     store: s.store.clone(),
                     config: s.config.clone(),
                     keys: s.keys.clone(),
-                    policy: s.policy.clone(),
+                    transport: s.transport.clone(),
+                    binding: s.binding.clone(),
                     clock: s.clock.clone(),
                     ids: s.ids.clone(),
                     events: s.events.clone(),
@@ -225,17 +233,18 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
 
+        let peer = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
         let client = Client {
-            ip: req
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip()),
+            ip: client_ip(peer, req.headers(), &shared.config.trusted_proxies),
             user_agent: req.headers().get(USER_AGENT).cloned(),
         };
         // Shared mode: the cookie is Flask-Session's; its ID is noted for the store.
         #[cfg(feature = "flask")]
         if let Some(f) = &shared.flask_cookie {
-            let presented = match cookie::find(req.headers(), &shared.policy.name) {
+            let presented = match shared.transport.find(req.headers()) {
                 Presented::One(raw) => f
                     .verify(raw)
                     .and_then(|sid| crate::id::SessionId::parse(sid.expose())),
@@ -255,7 +264,7 @@ where
             }));
         }
         // The raw header bytes go straight to `verify`: no UTF-8 assumption, no text slicing.
-        let verified = match cookie::find(req.headers(), &shared.policy.name) {
+        let verified = match shared.transport.find(req.headers()) {
             Presented::Absent => None,
             Presented::One(raw) => match shared.keys.verify(raw) {
                 Ok(v) => Some(v),
@@ -337,8 +346,8 @@ async fn flask_import(
 fn expire_flask_cookie(shared: &Shared, importer: &crate::flask::Importer, res: &mut Response) {
     let flask = CookiePolicy {
         name: importer.cookie_name().to_owned(),
-        secure: shared.policy.secure,
-        same_site: shared.policy.same_site,
+        secure: shared.config.cookie_secure,
+        same_site: shared.config.same_site,
     };
     res.headers_mut()
         .append(http::header::SET_COOKIE, flask.removal());
@@ -362,16 +371,16 @@ impl fmt::Debug for ResponseFuture {
     }
 }
 
-/// Adds what the written session asks of the response: `Vary: Cookie` when the session was
-/// used, and the session's `Set-Cookie` (the only one of its name) with `Cache-Control:
-/// no-store`.
+/// Adds what the written session asks of the response: `Vary: Cookie` (or the session header)
+/// when the session was used, and the session's `Set-Cookie` (the only one of its name) or
+/// session header with `Cache-Control: no-store`.
 fn decorate(shared: &Shared, mut res: Response, outcome: Outcome) -> Response {
     let headers = res.headers_mut();
     if outcome.accessed || outcome.set_cookie.is_some() {
-        add_vary_cookie(headers);
+        add_vary(headers, shared.transport.vary());
     }
     if let Some(v) = outcome.set_cookie {
-        cookie::replace_set_cookie(headers, &shared.policy.name, v);
+        shared.transport.apply(headers, v);
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     res
@@ -407,14 +416,16 @@ fn reject(shared: &Shared, client: &Client, reason: &'static str) {
     });
 }
 
-fn add_vary_cookie(headers: &mut http::HeaderMap) {
+fn add_vary(headers: &mut http::HeaderMap, by: &str) {
     let has = headers.get_all(VARY).iter().any(|v| {
         v.to_str().is_ok_and(|s| {
             s.split(',')
-                .any(|p| p.trim().eq_ignore_ascii_case("cookie") || p.trim() == "*")
+                .any(|p| p.trim().eq_ignore_ascii_case(by) || p.trim() == "*")
         })
     });
     if !has {
-        headers.append(VARY, HeaderValue::from_static("Cookie"));
+        if let Ok(v) = HeaderValue::from_str(by) {
+            headers.append(VARY, v);
+        }
     }
 }

@@ -334,6 +334,16 @@ mod tests {
             ip: None,
             user_agent: None,
         });
+        metrics.emit(&SessionEvent {
+            kind: EventKind::Suspicious,
+            at: now,
+            key: Some(key.clone()),
+            user_id: Some("alice".into()),
+            reason: "user_agent_changed",
+            actor: None,
+            ip: Some("192.0.2.77".into()),
+            user_agent: Some("Agent-Zed".into()),
+        });
         let text = render_metrics(&registry);
         for line in [
             r#"sessionkit_store_operations_total{store="memory",op="load",outcome="ok"} 2"#,
@@ -342,6 +352,7 @@ mod tests {
             r#"sessionkit_store_up{store="memory"} 1"#,
             r#"sessionkit_events_total{kind="rejected",reason="bad_signature"} 1"#,
             r#"sessionkit_events_total{kind="revoked",reason="sign_out_everywhere"} 1"#,
+            r#"sessionkit_events_total{kind="suspicious",reason="user_agent_changed"} 1"#,
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }
@@ -349,5 +360,6 @@ mod tests {
         assert!(!text.contains("alice"));
         assert!(!text.contains("root-admin"));
         assert!(!text.contains(key.as_str()));
+        assert!(!text.contains("192.0.2.77") && !text.contains("Agent-Zed"));
     }
 }

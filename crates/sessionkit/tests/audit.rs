@@ -61,6 +61,7 @@ async fn events_land_in_the_audit_table() {
         EventKind::Revoked,
         EventKind::Evicted,
         EventKind::Rejected,
+        EventKind::Suspicious,
     ];
     let mut events: Vec<SessionEvent> = kinds
         .iter()
@@ -83,11 +84,15 @@ async fn events_land_in_the_audit_table() {
     };
     fanout.emit(&anonymous);
     sink.flush().await;
-    assert_eq!(sink.written(), 6);
+    assert_eq!(sink.written(), 7);
     assert_eq!(sink.dropped() + sink.failed(), 0);
-    assert_eq!(memory.events().len(), 6);
+    assert_eq!(memory.events().len(), 7);
 
-    assert_eq!(psql(&db, "SELECT COUNT(*) FROM audit").await, "6");
+    assert_eq!(psql(&db, "SELECT COUNT(*) FROM audit").await, "7");
+    assert_eq!(
+        psql(&db, "SELECT COUNT(*) FROM audit WHERE kind = 'suspicious'").await,
+        "1"
+    );
     let e = &events[2];
     let row = psql(
         &db,

@@ -682,3 +682,29 @@ async fn a_login_does_not_walk_the_user_index() {
     // Every expired entry is gone: nothing left for cleanup.
     assert_eq!(store.cleanup_expired(at).await.unwrap(), 0);
 }
+
+/// The server's figures on a Cluster: one `INFO` per master, summed, and the weakest eviction
+/// policy of any master (one `allkeys-lru` master can evict the sessions in its slots).
+#[tokio::test]
+async fn server_stats_of_a_cluster_sum_the_masters_and_keep_the_weakest_policy() {
+    let cluster = RedisCluster::start();
+    let url = cluster.urls().remove(0);
+    let store = RedisStore::connect(&url, options()).await.unwrap();
+    let s = store.server_stats().await.unwrap().unwrap();
+    assert_eq!(s.server, "redis");
+    assert_eq!(s.nodes, 3);
+    assert!(s.connected_clients >= 3, "{s:?}");
+    assert_eq!(s.eviction_policy.as_deref(), Some("noeviction"));
+    assert_eq!(s.may_evict_sessions(), Some(false));
+    cluster.nodes()[1].cli(&["CONFIG", "SET", "maxmemory-policy", "volatile-lru"]);
+    let s = store.server_stats().await.unwrap().unwrap();
+    assert_eq!(s.eviction_policy.as_deref(), Some("volatile-lru"));
+    assert_eq!(s.may_evict_sessions(), Some(true));
+
+    // A standalone server: one node, and what it reports.
+    let server = shared_server();
+    let single = RedisStore::connect(&server.url(), options()).await.unwrap();
+    let s = single.server_stats().await.unwrap().unwrap();
+    assert_eq!(s.nodes, 1);
+    assert!(s.used_memory > 0 && s.connected_clients >= 1, "{s:?}");
+}

@@ -1,4 +1,5 @@
-//! The administrators' page: record count, store health, sessions per user, and "sign out
+//! The administrators' page: record count, store health, the Redis server's figures (memory,
+//! clients, hits, evictions, eviction policy), sessions per user, and "sign out
 //! everywhere" for any user. Every handler takes [`Admin`], so no one else reaches them.
 
 use axum::extract::State;
@@ -31,6 +32,10 @@ async fn admin(
     let flash = take_flash(&session).await?;
     let records = state.admin().count().await?;
     let health = state.admin().health().await;
+    // A diagnostic: a server that will not give its figures is shown as such, not a 5xx.
+    let server = state.admin().server_stats().await.map_err(|e| {
+        tracing::warn!(error = %e, "reading the session store's server figures");
+    });
     let mut rows = Vec::new();
     for user in state.users().names().filter_map(|n| state.users().get(n)) {
         let sessions = state.admin().list_user(&user.name).await?;
@@ -49,6 +54,7 @@ async fn admin(
             records,
             store: state.store().name(),
             health: &health,
+            server: server.as_ref().map(Option::as_ref).map_err(|_| ()),
             users: &rows,
             now: session.now(),
         }),

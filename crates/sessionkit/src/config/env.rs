@@ -118,6 +118,7 @@ impl Config {
         c.redis_url = seeds::redis_url(&var)?;
         c.fallback_url = var("SESSION_FALLBACK").map(Secret::new);
         c.audit_url = var("SESSION_AUDIT_URL").map(Secret::new);
+        c.migrate_from = var("SESSION_MIGRATE_FROM").map(|u| Secret::new(u.trim()));
         if let Some(v) = var("SESSION_CACHE") {
             c.cache = match v.trim() {
                 "on" | "true" | "1" => true,
@@ -131,6 +132,7 @@ impl Config {
         if let Some(v) = var("SESSION_KEY_PREFIX") {
             c.key_prefix = v.trim().to_owned();
         }
+        super::binding::read(&mut c, &var)?;
         (c.flask_import, c.flask_share) = super::flask::from_env(&var)?;
         c.validate()?;
         Ok(c)
@@ -215,6 +217,27 @@ mod tests {
             !format!("{c:?}").contains(GOOD),
             "secrets must not reach Debug"
         );
+    }
+
+    #[test]
+    fn migrate_from_is_read_and_matches_the_setter() {
+        let url = "sqlite:///srv/old-sessions.db?password=hunter2";
+        let c = from(&[("SECRET_KEY", GOOD), ("SESSION_MIGRATE_FROM", url)]).unwrap();
+        assert_eq!(c.migrate_from.as_ref().map(Secret::expose), Some(url));
+        let set = Config::new(GOOD).with_migrate_from(url);
+        assert_eq!(set.migrate_from.as_ref().map(Secret::expose), Some(url));
+        assert!(
+            !format!("{c:?}").contains("hunter2"),
+            "the URL may hold a password"
+        );
+        // Default none, both ways; blank is unset.
+        assert!(Config::new(GOOD).migrate_from.is_none());
+        assert!(from(&[("SECRET_KEY", GOOD)])
+            .unwrap()
+            .migrate_from
+            .is_none());
+        let blank = from(&[("SECRET_KEY", GOOD), ("SESSION_MIGRATE_FROM", " ")]).unwrap();
+        assert!(blank.migrate_from.is_none());
     }
 
     #[test]

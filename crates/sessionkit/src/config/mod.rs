@@ -18,11 +18,14 @@ pub use cookie::SameSite;
 
 use crate::store::{LimitPolicy, SessionLimit};
 
+mod binding;
 mod env;
 mod flask;
 mod secret;
 mod seeds;
 
+pub(crate) use binding::mask;
+pub use binding::{Binding, BindingAction, TrustedProxy};
 pub use env::parse_duration;
 pub use flask::FlaskImport;
 #[cfg(any(all(feature = "file", unix), feature = "sqlite"))]
@@ -134,6 +137,18 @@ pub struct Config {
     pub audit_url: Option<Secret>,
     /// `SESSION_KEY_PREFIX`.
     pub key_prefix: String,
+    /// `SESSION_MIGRATE_FROM`: URL of the store sessions are moving from (see
+    /// [`Config::with_migrate_from`]).
+    pub migrate_from: Option<Secret>,
+    // Device binding and header tokens (config/binding.rs).
+    /// `SESSION_BINDING`.
+    pub binding: Binding,
+    /// `SESSION_BINDING_ACTION`.
+    pub binding_action: BindingAction,
+    /// `SESSION_TRUSTED_PROXIES`.
+    pub trusted_proxies: Vec<TrustedProxy>,
+    /// `SESSION_HEADER`; see [`Config::session_header`].
+    session_header: Option<String>,
     /// `SESSION_IMPORT_FLASK` and the `FLASK_*` settings: import Flask-Session sessions on first
     /// sight (feature `flask`).
     pub flask_import: Option<FlaskImport>,
@@ -194,6 +209,11 @@ impl Config {
             durable_saves: false,
             audit_url: None,
             key_prefix: "sk:".into(),
+            migrate_from: None,
+            binding: Binding::Off,
+            binding_action: BindingAction::Log,
+            trusted_proxies: Vec::new(),
+            session_header: None,
             flask_import: None,
             flask_share: None,
         }
@@ -378,6 +398,17 @@ impl Config {
         self
     }
 
+    /// The store sessions are moving from (`SESSION_MIGRATE_FROM`): a session the configured
+    /// store does not hold is looked up there and moved over, so sessions created before a
+    /// switch of store keep working until they expire (see
+    /// [`MigratingStore`](crate::stores::migrating::MigratingStore)). The old store is opened
+    /// without being created: a mistyped URL is a start-up error. Default none.
+    #[must_use]
+    pub fn with_migrate_from(mut self, url: impl Into<String>) -> Self {
+        self.migrate_from = Some(Secret::new(url));
+        self
+    }
+
     /// The session cookie's name: the one set, else `__Host-session` with `Secure` and
     /// `session` without.
     pub fn cookie_name(&self) -> &str {
@@ -476,9 +507,16 @@ impl Config {
                         .into(),
                 );
             }
+            if self.session_header.is_some() {
+                return refuse(
+                    "SESSION_SHARE_FLASK and SESSION_HEADER exclude each other: shared sessions \
+                     travel in Flask's cookie"
+                        .into(),
+                );
+            }
             f.validate("")?;
         }
-        Ok(())
+        binding::validate(self)
     }
 }
 

@@ -272,4 +272,47 @@ mod tests {
         .unwrap();
         assert_eq!(c.idle_timeout, std::time::Duration::from_secs(3600));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(96))]
+
+        /// Whatever the seeds' variables hold, reading them never panics, and neither an error
+        /// nor the configuration's `Debug` shows the password, whether it came in
+        /// `REDIS_PASSWORD` or inside `REDIS_URL`.
+        #[test]
+        fn any_seed_values_are_read_without_panic_or_password(
+            host in proptest::option::of(".{0,40}"),
+            port in proptest::option::of(".{0,8}"),
+            db in proptest::option::of(".{0,6}"),
+            user in proptest::option::of(".{0,12}"),
+            ssl in proptest::option::of(".{0,6}"),
+            storage in proptest::option::of(".{0,10}"),
+            lifetime in proptest::option::of(".{0,12}"),
+            url_tail in proptest::option::of(".{0,30}"),
+            suffix in ".{0,16}",
+        ) {
+            let password = format!("pw-Zk81Marker-{suffix}");
+            let url = url_tail.map(|t| format!("redis://u:{password}@{t}"));
+            let mut vars = vec![("SECRET_KEY", GOOD), ("REDIS_PASSWORD", password.as_str())];
+            for (name, value) in [
+                ("REDIS_HOST", &host),
+                ("REDIS_PORT", &port),
+                ("REDIS_DB", &db),
+                ("REDIS_USERNAME", &user),
+                ("REDIS_SSL", &ssl),
+                ("SESSION_STORAGE", &storage),
+                ("PERMANENT_SESSION_LIFETIME", &lifetime),
+                ("REDIS_URL", &url),
+            ] {
+                if let Some(v) = value {
+                    vars.push((name, v.as_str()));
+                }
+            }
+            let shown = match from(&vars) {
+                Ok(c) => format!("{c:?}"),
+                Err(e) => format!("{e} {e:?}"),
+            };
+            proptest::prop_assert!(!shown.contains("Zk81Marker"), "{}", shown);
+        }
+    }
 }

@@ -225,8 +225,10 @@ fn trim_ows(mut b: &[u8]) -> &[u8] {
 }
 
 mod set;
+mod transport;
 
 pub(crate) use set::{replace_set_cookie, CookiePolicy};
+pub(crate) use transport::Transport;
 
 #[cfg(test)]
 mod properties;

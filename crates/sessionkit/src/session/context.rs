@@ -5,9 +5,10 @@
 use std::fmt;
 use std::sync::Arc;
 
+use super::binding::BindingKeys;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::cookie::{CookieKeys, CookiePolicy};
+use crate::cookie::{CookieKeys, Transport};
 use crate::events::{EventSink, SessionEvent};
 use crate::id::IdGenerator;
 use crate::store::SessionStore;
@@ -17,7 +18,8 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<dyn SessionStore>,
     pub(crate) config: Config,
     pub(crate) keys: CookieKeys,
-    pub(crate) policy: CookiePolicy,
+    pub(crate) transport: Transport,
+    pub(crate) binding: BindingKeys,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) ids: Arc<dyn IdGenerator>,
     pub(crate) events: Arc<dyn EventSink>,
@@ -47,7 +49,7 @@ impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Shared")
             .field("store", &self.store.name())
-            .field("cookie", &self.policy.name)
+            .field("transport", &self.transport)
             .finish_non_exhaustive()
     }
 }

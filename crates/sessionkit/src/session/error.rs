@@ -31,6 +31,10 @@ pub enum SessionError {
     /// stored yet, or ended meanwhile by a logout, revoke or expiry).
     #[error("no signed-in session")]
     NotSignedIn,
+    /// The key is reserved for sessionkit's own use (the device-binding fingerprint) and cannot
+    /// be written.
+    #[error("session key reserved for sessionkit")]
+    ReservedKey,
 }
 
 impl SessionError {
@@ -42,6 +46,7 @@ impl SessionError {
             Self::TooLarge { .. } => S::PAYLOAD_TOO_LARGE,
             Self::LimitReached => S::FORBIDDEN,
             Self::NotSignedIn => S::UNAUTHORIZED,
+            Self::ReservedKey => S::BAD_REQUEST,
             Self::Value(_) | Self::Random(_) => S::INTERNAL_SERVER_ERROR,
         }
     }
@@ -70,6 +75,7 @@ impl axum::response::IntoResponse for SessionError {
             Self::TooLarge { .. } => "session data too large\n",
             Self::LimitReached => "too many active sessions\n",
             Self::NotSignedIn => "not signed in\n",
+            Self::ReservedKey => "reserved session key\n",
             Self::Value(_) | Self::Random(_) => "session error\n",
         };
         (status, body).into_response()

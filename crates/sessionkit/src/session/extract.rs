@@ -7,7 +7,7 @@ use http::StatusCode;
 
 use super::Session;
 
-/// The [`Session`] extractor failed: the route is not below a [`SessionLayer`]. A programming
+/// The [`Session`] extractor failed: the route is not below a [`SessionLayer`](crate::SessionLayer). A programming
 /// error, answered with a 500.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("no SessionLayer in front of this handler")]

@@ -68,6 +68,7 @@ impl Session {
                 None
             }
         };
+        self.stamp_binding(&mut record);
         let limit = self.0.shared.config.limit;
         self.install(&mut st, record, limit, "login", predecessor)
             .await
@@ -167,7 +168,7 @@ impl Session {
 
     /// Leaves the request anonymous: no record, nothing to write, and the response deletes the
     /// cookie the client sent (or the one this request was about to set).
-    fn forget(&self, st: &mut State) {
+    pub(super) fn forget(&self, st: &mut State) {
         st.id = None;
         st.record = None;
         st.changes.clear();

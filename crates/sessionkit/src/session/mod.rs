@@ -2,7 +2,7 @@
 //!
 //! The handle is lazy: nothing is read from the store until the handler first asks for something,
 //! and nothing is written unless the handler changed something (or the throttled touch is due).
-//! It records which keys the request changed, so the layer saves a [`Delta`] instead of the whole
+//! It records which keys the request changed, so the layer saves a [`Delta`](crate::store::Delta) instead of the whole
 //! record: two concurrent requests that change different keys both keep their changes.
 //!
 //! A new ID (login, rotate, step-up) replaces a stored session only if this request is the one
@@ -17,11 +17,14 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::Mutex;
 
+use crate::config::BindingAction;
 use crate::events::{EventKind, SessionEvent};
 use crate::id::{SessionId, StorageKey};
 use crate::record::Record;
 use crate::store::StoreError;
 
+mod address;
+pub(crate) mod binding;
 mod commit;
 mod context;
 mod error;
@@ -29,6 +32,8 @@ mod extract;
 mod lifecycle;
 
 pub use crate::record::{Meta, Timestamp, Value};
+pub(crate) use address::client_ip;
+pub(crate) use binding::BindingKeys;
 pub(crate) use commit::Outcome;
 pub(crate) use context::{Client, Shared};
 pub use error::SessionError;
@@ -183,6 +188,11 @@ impl Session {
             let now = self.now();
             match self.0.shared.store.load(&key, now).await {
                 Ok(Some(record)) => {
+                    if self.bound_elsewhere(&record, &key).await? {
+                        self.forget(&mut st);
+                        st.loaded = true;
+                        return Ok(st);
+                    }
                     let interval = self.0.shared.config.touch_interval();
                     st.touch_due = record.meta.last_seen_at.add(interval) <= now;
                     st.id = Some(Stored {
@@ -201,6 +211,36 @@ impl Session {
         }
         st.loaded = true;
         Ok(st)
+    }
+
+    /// Checks a loaded record's device binding against this request's client: on a mismatch,
+    /// emits `Suspicious` with the reason and, under `SESSION_BINDING_ACTION=end`, destroys the
+    /// session and returns true (the request goes on anonymous and the response deletes the
+    /// cookie).
+    async fn bound_elsewhere(
+        &self,
+        record: &Record,
+        key: &StorageKey,
+    ) -> Result<bool, SessionError> {
+        let c = &self.0.shared.config;
+        let Some(stamp) = record.data.get(binding::RESERVED_KEY) else {
+            return Ok(false);
+        };
+        let Err(reason) = self
+            .0
+            .shared
+            .binding
+            .check(c.binding, stamp, &self.0.client)
+        else {
+            return Ok(false);
+        };
+        let user = record.meta.user_id.clone();
+        self.event(EventKind::Suspicious, Some(key.clone()), user, reason);
+        if c.binding_action != BindingAction::End {
+            return Ok(false);
+        }
+        self.0.shared.store.destroy(key).await?;
+        Ok(true)
     }
 
     /// Reports a validly signed cookie whose record `load` did not return: `Expired` when the
@@ -235,7 +275,7 @@ impl Session {
     /// A store failure, or a stored value that does not fit `T`.
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
         let st = self.state().await?;
-        match st.record.as_ref().and_then(|r| r.data.get(key)) {
+        match visible(st.record.as_ref(), key) {
             Some(v) => v.parse().map(Some).map_err(SessionError::Value),
             None => Ok(None),
         }
@@ -247,7 +287,7 @@ impl Session {
     /// A store failure.
     pub async fn get_value(&self, key: &str) -> Result<Option<Value>, SessionError> {
         let st = self.state().await?;
-        Ok(st.record.as_ref().and_then(|r| r.data.get(key)).cloned())
+        Ok(visible(st.record.as_ref(), key).cloned())
     }
 
     /// Whether `key` is set.
@@ -256,7 +296,7 @@ impl Session {
     /// A store failure.
     pub async fn contains(&self, key: &str) -> Result<bool, SessionError> {
         let st = self.state().await?;
-        Ok(st.record.as_ref().is_some_and(|r| r.data.contains_key(key)))
+        Ok(visible(st.record.as_ref(), key).is_some())
     }
 
     /// All values, as this request sees them.
@@ -265,11 +305,13 @@ impl Session {
     /// A store failure.
     pub async fn values(&self) -> Result<BTreeMap<String, Value>, SessionError> {
         let st = self.state().await?;
-        Ok(st
+        let mut all = st
             .record
             .as_ref()
             .map(|r| r.data.clone())
-            .unwrap_or_default())
+            .unwrap_or_default();
+        all.remove(binding::RESERVED_KEY);
+        Ok(all)
     }
 
     /// Sets `key` to `value`. A new anonymous session gets an ID when the response is sent.
@@ -297,6 +339,9 @@ impl Session {
     }
 
     async fn insert_owned(&self, key: String, value: Value) -> Result<(), SessionError> {
+        if key == binding::RESERVED_KEY {
+            return Err(SessionError::ReservedKey);
+        }
         let mut st = self.state().await?;
         let limit = self.0.shared.config.max_record_size;
         if st.record.is_none() {
@@ -329,6 +374,9 @@ impl Session {
     /// A store failure.
     pub async fn remove(&self, key: &str) -> Result<bool, SessionError> {
         let mut st = self.state().await?;
+        if key == binding::RESERVED_KEY {
+            return Ok(false);
+        }
         let had = st
             .record
             .as_mut()
@@ -348,7 +396,13 @@ impl Session {
         let keys: Vec<String> = st
             .record
             .as_ref()
-            .map(|r| r.data.keys().cloned().collect())
+            .map(|r| {
+                r.data
+                    .keys()
+                    .filter(|k| *k != binding::RESERVED_KEY)
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         for k in keys {
             if let Some(r) = st.record.as_mut() {
@@ -390,6 +444,15 @@ impl Session {
         Ok(st.id.as_ref().map(|s| s.key.clone()))
     }
 
+    /// Stamps `record` with this request's device fingerprint (login), replacing any it had.
+    fn stamp_binding(&self, record: &mut Record) {
+        let shared = &self.0.shared;
+        match shared.binding.stamp(shared.config.binding, &self.0.client) {
+            Some(v) => record.data.insert(binding::RESERVED_KEY.to_owned(), v),
+            None => record.data.remove(binding::RESERVED_KEY),
+        };
+    }
+
     /// Activity at `now` keeps the session until the idle timeout, never past its absolute expiry.
     fn idle_expiry(&self, now: Timestamp, absolute: Timestamp) -> Timestamp {
         now.add(self.0.shared.config.idle_timeout).min(absolute)
@@ -413,4 +476,12 @@ impl Session {
             },
         }
     }
+}
+
+/// The value under `key` as handlers see it: the reserved binding key does not exist for them.
+fn visible<'a>(record: Option<&'a Record>, key: &str) -> Option<&'a Value> {
+    if key == binding::RESERVED_KEY {
+        return None;
+    }
+    record.and_then(|r| r.data.get(key))
 }

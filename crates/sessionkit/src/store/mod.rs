@@ -24,12 +24,14 @@ use std::fmt;
 
 use async_trait::async_trait;
 
+mod server_stats;
 mod wrapper;
 
 pub use crate::id::StorageKey;
 pub use crate::record::{
     Data, DecodeError, Delta, Meta, Record, Timestamp, Touch, Value, DECODE_CEILING,
 };
+pub use server_stats::{ServerStats, NO_EVICTION};
 pub use wrapper::StoreWrapper;
 
 /// What to do when a user already has the maximum number of live sessions at login.
@@ -282,6 +284,13 @@ pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
 
     /// Whether the store answers.
     async fn health(&self) -> Health;
+
+    /// The figures of the server behind the store (memory, clients, evictions and eviction
+    /// policy), for the operator's tools; `None` for a store without a server of its own.
+    /// Default: `None`. Composites report their primary's.
+    async fn server_stats(&self) -> Result<Option<ServerStats>, StoreError> {
+        Ok(None)
+    }
 
     /// Extends the idle expiry of a live record: a delta with no changes.
     async fn touch(

@@ -39,7 +39,10 @@ use std::fmt;
 
 use async_trait::async_trait;
 
-use super::{CreateOutcome, Health, SaveOutcome, ScanPage, SessionLimit, SessionStore, StoreError};
+use super::{
+    CreateOutcome, Health, SaveOutcome, ScanPage, ServerStats, SessionLimit, SessionStore,
+    StoreError,
+};
 use crate::id::StorageKey;
 use crate::record::{Delta, Meta, Record, Timestamp, Touch};
 
@@ -149,6 +152,12 @@ pub trait StoreWrapper: Send + Sync + fmt::Debug + 'static {
         }
     }
 
+    /// See [`SessionStore::server_stats`].
+    async fn server_stats(&self) -> Result<Option<ServerStats>, StoreError> {
+        self.admit().await?;
+        self.inner().server_stats().await
+    }
+
     /// See [`SessionStore::touch`]. Forwarded like the rest: a store with its own `touch` (the
     /// cache tier) keeps it behind any wrapper.
     async fn touch(
@@ -219,6 +228,9 @@ macro_rules! forward_session_store {
         }
         async fn health(&$self) -> Health {
             <_ as $via>::health($on).await
+        }
+        async fn server_stats(&$self) -> Result<Option<ServerStats>, StoreError> {
+            <_ as $via>::server_stats($on).await
         }
         async fn touch(
             &$self,

@@ -9,6 +9,7 @@ pub mod fallback;
 #[cfg(all(feature = "file", unix))]
 pub mod file;
 pub mod memory;
+pub mod migrating;
 #[cfg(feature = "postgres")]
 pub use sql::postgres;
 #[cfg(feature = "redis")]

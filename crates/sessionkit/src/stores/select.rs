@@ -44,6 +44,26 @@ async fn build(config: &Config, create: Create) -> Result<Arc<dyn SessionStore>,
             crate::flask::FlaskSharedStore::new(f.url.expose(), &f.key_prefix, &f.user_key)?;
         return Ok(Arc::new(store));
     }
+    let store = build_current(config, create).await?;
+    let Some(old) = &config.migrate_from else {
+        return Ok(store);
+    };
+    // Never created: a mistyped URL must fail, not read as an empty store to migrate from.
+    let old = open(old.expose(), config, Create::Never).await?;
+    tracing::info!(
+        primary = store.name(),
+        old = old.name(),
+        "SESSION_MIGRATE_FROM: sessions the primary lacks are moved over from the old store on \
+         first use"
+    );
+    Ok(Arc::new(super::migrating::MigratingStore::new(store, old)))
+}
+
+/// The store `config` names, without the migration.
+async fn build_current(
+    config: &Config,
+    create: Create,
+) -> Result<Arc<dyn SessionStore>, StoreError> {
     let (kind, why) = resolve(config);
     tracing::info!(store = ?kind, reason = why, "session store selected");
     // Advice for an app about to serve from the store, not for a tool administering it.
@@ -259,6 +279,30 @@ mod tests {
         assert_eq!(resolve(&c).0, StoreKind::Redis);
         c.store = StoreKind::Memory;
         assert_eq!(resolve(&c).0, StoreKind::Memory);
+    }
+
+    /// SESSION_MIGRATE_FROM opens the old store without creating it: a typo stops the start-up
+    /// instead of migrating from a new empty store; an existing one wraps the primary.
+    #[cfg(feature = "sqlite")]
+    #[tokio::test]
+    async fn the_old_store_of_a_migration_is_never_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let typo = dir.path().join("sesions.db");
+        let c = cfg()
+            .with_store(StoreKind::Memory)
+            .with_migrate_from(format!("sqlite://{}", typo.display()));
+        let e = build_store(&c).await.unwrap_err();
+        assert!(matches!(e, StoreError::Unavailable { .. }), "{e:?}");
+        assert!(!typo.exists());
+
+        let real = dir.path().join("sessions.db");
+        let url = format!("sqlite://{}", real.display());
+        drop(open_url(&url, &c).await.unwrap());
+        let store = build_store(&cfg().with_store(StoreKind::Memory).with_migrate_from(url))
+            .await
+            .unwrap();
+        assert_eq!(store.name(), "migrating");
+        assert!(store.health().await.ok);
     }
 
     #[tokio::test]

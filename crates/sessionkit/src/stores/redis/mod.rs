@@ -5,7 +5,8 @@
 //! connection, time bounds, error mapping), `batcher` (automatic pipelining), `keys` (the key
 //! layout), `codec` (records as hash fields), `scripts` (the Lua scripts of `lua/` and how
 //! they are called), `session` (load, save, destroy), `index` (create with the per-user limit,
-//! and the user's index) and `scan` (count, scan, cleanup).
+//! and the user's index), `scan` (count, scan, cleanup) and `server_stats` (the server's
+//! figures for the operator).
 //!
 //! # Guarantees
 //! All writes are Lua scripts ([`redis::Script`]: `EVALSHA`, reloaded on `NOSCRIPT`), so each
@@ -58,6 +59,7 @@ mod keys;
 mod options;
 mod scan;
 mod scripts;
+mod server_stats;
 mod session;
 
 use std::fmt;
@@ -68,7 +70,8 @@ use async_trait::async_trait;
 use crate::id::StorageKey;
 use crate::record::{Delta, Meta, Record, Timestamp};
 use crate::store::{
-    CreateOutcome, Health, SaveOutcome, ScanPage, SessionLimit, SessionStore, StoreError,
+    CreateOutcome, Health, SaveOutcome, ScanPage, ServerStats, SessionLimit, SessionStore,
+    StoreError,
 };
 
 use self::batcher::Batcher;
@@ -193,5 +196,9 @@ impl SessionStore for RedisStore {
 
     async fn health(&self) -> Health {
         self.ping().await
+    }
+
+    async fn server_stats(&self) -> Result<Option<ServerStats>, StoreError> {
+        self.stats_of_servers().await.map(Some)
     }
 }
