@@ -1,7 +1,7 @@
 //! The Flask-Session settings: `SESSION_IMPORT_FLASK` (import on first sight) and the `FLASK_*`
 //! variables that describe the Flask app it imports from.
 
-use super::{ConfigError, Secret};
+use super::{Config, ConfigError, Secret};
 
 /// Where and how to import Flask-Session sessions on first sight (`SESSION_IMPORT_FLASK`):
 /// a request with a valid Flask-Session cookie and no sessionkit cookie gets the Flask session's
@@ -99,6 +99,53 @@ impl FlaskImport {
         }
         Ok(())
     }
+}
+
+impl Config {
+    /// Imports Flask-Session sessions on first sight (`SESSION_IMPORT_FLASK`, feature `flask`).
+    /// Default none.
+    #[must_use]
+    pub fn with_flask_import(mut self, import: FlaskImport) -> Self {
+        self.flask_import = Some(import);
+        self
+    }
+
+    /// Shares sessions with a running Flask app in its own Redis records (`SESSION_SHARE_FLASK`,
+    /// feature `flask`): the cookie is Flask's, and `build_store` opens Flask's records. Default
+    /// none.
+    ///
+    /// # Warning
+    /// Flask names its records by the raw session ID: in this mode IDs are not hashed at rest.
+    #[must_use]
+    pub fn with_flask_share(mut self, share: FlaskImport) -> Self {
+        self.flask_share = Some(share);
+        self
+    }
+}
+
+/// The Flask settings of `c` (sessionkit's cookie is named `own`).
+pub(super) fn validate(c: &Config, own: &str) -> Result<(), ConfigError> {
+    if let Some(f) = &c.flask_import {
+        f.validate(own)?;
+    }
+    if let Some(f) = &c.flask_share {
+        if c.flask_import.is_some() {
+            return Err(ConfigError::Refused(
+                "SESSION_SHARE_FLASK and SESSION_IMPORT_FLASK exclude each other: share \
+                     Flask's sessions, or import them"
+                    .into(),
+            ));
+        }
+        if c.session_header.is_some() {
+            return Err(ConfigError::Refused(
+                "SESSION_SHARE_FLASK and SESSION_HEADER exclude each other: shared sessions \
+                     travel in Flask's cookie"
+                    .into(),
+            ));
+        }
+        f.validate("")?;
+    }
+    Ok(())
 }
 
 /// `SESSION_IMPORT_FLASK` and its companions, from the environment.

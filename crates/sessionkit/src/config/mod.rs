@@ -378,26 +378,6 @@ impl Config {
         self
     }
 
-    /// Imports Flask-Session sessions on first sight (`SESSION_IMPORT_FLASK`, feature `flask`).
-    /// Default none.
-    #[must_use]
-    pub fn with_flask_import(mut self, import: FlaskImport) -> Self {
-        self.flask_import = Some(import);
-        self
-    }
-
-    /// Shares sessions with a running Flask app in its own Redis records (`SESSION_SHARE_FLASK`,
-    /// feature `flask`): the cookie is Flask's, and `build_store` opens Flask's records. Default
-    /// none.
-    ///
-    /// # Warning
-    /// Flask names its records by the raw session ID: in this mode IDs are not hashed at rest.
-    #[must_use]
-    pub fn with_flask_share(mut self, share: FlaskImport) -> Self {
-        self.flask_share = Some(share);
-        self
-    }
-
     /// The store sessions are moving from (`SESSION_MIGRATE_FROM`): a session the configured
     /// store does not hold is looked up there and moved over, so sessions created before a
     /// switch of store keep working until they expire (see
@@ -496,26 +476,7 @@ impl Config {
                 crate::record::DECODE_CEILING / 4
             ));
         }
-        if let Some(f) = &self.flask_import {
-            f.validate(name)?;
-        }
-        if let Some(f) = &self.flask_share {
-            if self.flask_import.is_some() {
-                return refuse(
-                    "SESSION_SHARE_FLASK and SESSION_IMPORT_FLASK exclude each other: share \
-                     Flask's sessions, or import them"
-                        .into(),
-                );
-            }
-            if self.session_header.is_some() {
-                return refuse(
-                    "SESSION_SHARE_FLASK and SESSION_HEADER exclude each other: shared sessions \
-                     travel in Flask's cookie"
-                        .into(),
-                );
-            }
-            f.validate("")?;
-        }
+        flask::validate(self, name)?;
         binding::validate(self)
     }
 }
