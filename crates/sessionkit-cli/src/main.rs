@@ -20,7 +20,9 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sessionkit::admin::{self, Revocation, ServerStats, Sessions, NO_EVICTION};
 use sessionkit::audit::AuditSink;
+use sessionkit::clock::{Clock as _, SystemClock};
 use sessionkit::events::{EventSink, FanoutSink, TracingSink};
+use sessionkit::flask::{BulkItem, FlaskBulkSource};
 use sessionkit::id::SessionId;
 use sessionkit::store::{Meta, SessionLimit, SessionStore, StorageKey, StoreError, Timestamp};
 use sessionkit::stores::open_url;
@@ -81,9 +83,11 @@ enum Command {
     },
     /// Remove expired sessions now.
     Cleanup,
-    /// Copy every live session from one store to another (existing keys are left alone).
+    /// Copy every live session from one store to another (existing keys are left alone). With
+    /// `--from flask+redis://…` or `--from flask+file:///dir`, stage every live Flask-Session
+    /// session for import on first sight (`SESSION_IMPORT_FLASK`).
     Migrate {
-        /// Source store URL.
+        /// Source store URL (`flask+redis://…`, `flask+file:///dir` for Flask-Session's stores).
         #[arg(long)]
         from: String,
         /// Destination store URL.
@@ -92,6 +96,12 @@ enum Command {
         /// Sessions per page.
         #[arg(long, default_value_t = 500)]
         batch: usize,
+        /// Flask-Session's `SESSION_KEY_PREFIX` (Redis source).
+        #[arg(long, env = "FLASK_SESSION_KEY_PREFIX", default_value = "session:")]
+        flask_key_prefix: String,
+        /// The Flask session key naming the signed-in user (Flask-Login's).
+        #[arg(long, env = "FLASK_USER_KEY", default_value = "_user_id")]
+        flask_user_key: String,
     },
     /// Validate the configuration and reach the store; exit 0 only if both are fine and, on
     /// Redis, the server never evicts sessions (`maxmemory-policy noeviction`).
@@ -369,7 +379,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let n = store.cleanup().await?;
             println!("removed {n} expired session(s)");
         }
-        Command::Migrate { from, to, batch } => {
+        Command::Migrate {
+            from,
+            to,
+            batch,
+            flask_key_prefix,
+            flask_user_key,
+        } => {
+            if let Some(src) = FlaskBulkSource::open(from, flask_key_prefix, flask_user_key) {
+                let src = src.context("opening --from")?;
+                let dst = open_url(to, &config).await.context("opening --to")?;
+                return migrate_flask(&src, &*dst, &config).await;
+            }
             // Only the destination may be created: a mistyped source must not read as empty.
             let src = admin::open_existing_url(from, &config)
                 .await
@@ -473,6 +494,51 @@ async fn migrate(src: &Sessions, dst: &dyn SessionStore, batch: usize) -> anyhow
     if ended > 0 {
         println!("{ended} session(s) ended while being copied: their copies were removed");
     }
+    Ok(())
+}
+
+/// Stages every live Flask session of `src` in `dst` for import on first sight.
+async fn migrate_flask(
+    src: &FlaskBulkSource,
+    dst: &dyn SessionStore,
+    config: &Config,
+) -> anyhow::Result<()> {
+    let now = SystemClock.now();
+    let bar = indicatif::ProgressBar::no_length();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {pos} Flask sessions {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    let (mut copied, mut existing, mut expired, mut unparseable) = (0u64, 0u64, 0u64, 0u64);
+    let mut cursor = None;
+    loop {
+        let (items, next) = src.page(cursor.take(), config, now).await?;
+        for item in items {
+            bar.inc(1);
+            match item {
+                BulkItem::Live(key, record) => {
+                    match dst
+                        .create(&key, &record, SessionLimit::UNLIMITED, now)
+                        .await?
+                    {
+                        sessionkit::store::CreateOutcome::Created { .. } => copied += 1,
+                        _ => existing += 1,
+                    }
+                }
+                BulkItem::Expired => expired += 1,
+                _ => unparseable += 1,
+            }
+        }
+        match next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    bar.finish_and_clear();
+    println!(
+        "staged {copied} Flask session(s) for import on first sight, already staged {existing}, \
+         expired skipped {expired}, unparseable {unparseable}"
+    );
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 
 pub mod conformance;
 pub mod faulty;
+pub mod flask;
 pub mod forwarding;
 pub mod fuzz;
 pub mod postgres;

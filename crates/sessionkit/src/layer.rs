@@ -56,6 +56,9 @@ use crate::store::SessionStore;
 #[derive(Clone, Debug)]
 pub struct SessionLayer {
     shared: Arc<Shared>,
+    /// Imports Flask-Session sessions on first sight (`SESSION_IMPORT_FLASK`).
+    #[cfg(feature = "flask")]
+    flask: Option<Arc<crate::flask::Importer>>,
 }
 
 impl SessionLayer {
@@ -72,15 +75,35 @@ impl SessionLayer {
             .collect();
         let keys = CookieKeys::new(&secrets);
         let binding = BindingKeys::new(&secrets);
+        #[cfg(feature = "flask")]
+        let flask_cookie = config.flask_share.as_ref().map(|f| match &f.secret {
+            Some(s) => crate::flask::FlaskCookie::signed(s.expose().as_bytes()),
+            None => crate::flask::FlaskCookie::unsigned(),
+        });
+        // Shared mode (`SESSION_SHARE_FLASK`): the cookie is Flask's, under Flask's name.
+        #[cfg(feature = "flask")]
+        let name = match &config.flask_share {
+            Some(f) => f.cookie_name.clone(),
+            None => config.cookie_name().to_owned(),
+        };
+        #[cfg(not(feature = "flask"))]
+        let name = config.cookie_name().to_owned();
         let transport = match config.session_header() {
             Some(name) => Transport::Header(name),
             None => Transport::Cookie(CookiePolicy {
-                name: config.cookie_name().to_owned(),
+                name,
                 secure: config.cookie_secure,
                 same_site: config.same_site,
             }),
         };
+        #[cfg(feature = "flask")]
+        let flask = match &config.flask_import {
+            Some(f) => Some(Arc::new(crate::flask::Importer::new(f)?)),
+            None => None,
+        };
         Ok(Self {
+            #[cfg(feature = "flask")]
+            flask,
             shared: Arc::new(Shared {
                 store,
                 config,
@@ -88,8 +111,17 @@ impl SessionLayer {
                 transport,
                 binding,
                 clock: Arc::new(SystemClock),
+                #[cfg(feature = "flask")]
+                ids: if flask_cookie.is_some() {
+                    Arc::new(crate::flask::BookedIds)
+                } else {
+                    Arc::new(OsRngIds)
+                },
+                #[cfg(not(feature = "flask"))]
                 ids: Arc::new(OsRngIds),
                 events: Arc::new(TracingSink),
+                #[cfg(feature = "flask")]
+                flask_cookie,
             }),
         })
     }
@@ -109,6 +141,8 @@ impl SessionLayer {
                     clock: s.clock.clone(),
                     ids: s.ids.clone(),
                     events: s.events.clone(),
+                    #[cfg(feature = "flask")]
+                    flask_cookie: s.flask_cookie.clone(),
                 };
                 f(&mut copy);
                 self.shared = Arc::new(copy);
@@ -165,6 +199,8 @@ impl<S> Layer<S> for SessionLayer {
         SessionService {
             inner,
             shared: self.shared.clone(),
+            #[cfg(feature = "flask")]
+            flask: self.flask.clone(),
         }
     }
 }
@@ -174,6 +210,8 @@ impl<S> Layer<S> for SessionLayer {
 pub struct SessionService<S> {
     inner: S,
     shared: Arc<Shared>,
+    #[cfg(feature = "flask")]
+    flask: Option<Arc<crate::flask::Importer>>,
 }
 
 impl<S, B> Service<Request<B>> for SessionService<S>
@@ -203,6 +241,28 @@ where
             ip: client_ip(peer, req.headers(), &shared.config.trusted_proxies),
             user_agent: req.headers().get(USER_AGENT).cloned(),
         };
+        // Shared mode: the cookie is Flask-Session's; its ID is noted for the store.
+        #[cfg(feature = "flask")]
+        if let Some(f) = &shared.flask_cookie {
+            let presented = match shared.transport.find(req.headers()) {
+                Presented::One(raw) => f
+                    .verify(raw)
+                    .and_then(|sid| crate::id::SessionId::parse(sid.expose())),
+                Presented::Absent | Presented::Ambiguous => None,
+            };
+            if let Some(id) = &presented {
+                crate::flask::SidBook::global().note(id);
+            }
+            let session = Session::new(shared.clone(), presented, client);
+            req.extensions_mut().insert(session.clone());
+            return ResponseFuture(Box::pin(async move {
+                let Ok(res) = inner.call(req).await;
+                Ok(match session.finish(false).await {
+                    Ok(outcome) => decorate(&shared, res, outcome),
+                    Err(e) => save_failed(e),
+                })
+            }));
+        }
         // The raw header bytes go straight to `verify`: no UTF-8 assumption, no text slicing.
         let verified = match shared.transport.find(req.headers()) {
             Presented::Absent => None,
@@ -219,17 +279,78 @@ where
             }
         };
         let old_key = verified.as_ref().is_some_and(|v| !v.by_current_key());
-        let session = Session::new(shared.clone(), verified.map(|v| v.id), client);
-        req.extensions_mut().insert(session.clone());
+        // A Flask-Session cookie is looked at only when there is no valid sessionkit cookie:
+        // verifying it is an HMAC, the store is read only when it verifies.
+        #[cfg(feature = "flask")]
+        let flask = match (&verified, &self.flask) {
+            (None, Some(f)) => f.presented(req.headers()).map(|sid| (f.clone(), sid)),
+            _ => None,
+        };
+        let presented = verified.map(|v| v.id);
 
         ResponseFuture(Box::pin(async move {
+            #[cfg(feature = "flask")]
+            let (session, flask) = match flask {
+                Some((importer, sid)) => flask_import(&shared, &importer, &sid, client).await,
+                None => (Session::new(shared.clone(), presented, client), None),
+            };
+            #[cfg(not(feature = "flask"))]
+            let session = Session::new(shared.clone(), presented, client);
+            req.extensions_mut().insert(session.clone());
             let Ok(res) = inner.call(req).await;
             Ok(match session.finish(old_key).await {
+                #[cfg(feature = "flask")]
+                Ok(outcome) => {
+                    let mut res = decorate(&shared, res, outcome);
+                    if let Some(importer) = flask {
+                        expire_flask_cookie(&shared, &importer, &mut res);
+                    }
+                    res
+                }
+                #[cfg(not(feature = "flask"))]
                 Ok(outcome) => decorate(&shared, res, outcome),
                 Err(e) => save_failed(e),
             })
         }))
     }
+}
+
+/// The request's session after trying to import its Flask-Session session `sid`; with the
+/// importer when the import happened (the response then expires the Flask cookie).
+#[cfg(feature = "flask")]
+async fn flask_import(
+    shared: &Arc<Shared>,
+    importer: &Arc<crate::flask::Importer>,
+    sid: &crate::flask::FlaskSid,
+    client: Client,
+) -> (Session, Option<Arc<crate::flask::Importer>>) {
+    let target = crate::flask::Target {
+        store: shared.store.as_ref(),
+        ids: shared.ids.as_ref(),
+        config: &shared.config,
+        now: shared.clock.now(),
+        user_agent: client.user_agent(),
+        ip: client.ip(),
+    };
+    match importer.import(sid, target).await {
+        Some(done) => (
+            Session::imported(shared.clone(), done, client),
+            Some(importer.clone()),
+        ),
+        None => (Session::new(shared.clone(), None, client), None),
+    }
+}
+
+/// Deletes the Flask-Session cookie after its session moved to sessionkit.
+#[cfg(feature = "flask")]
+fn expire_flask_cookie(shared: &Shared, importer: &crate::flask::Importer, res: &mut Response) {
+    let flask = CookiePolicy {
+        name: importer.cookie_name().to_owned(),
+        secure: shared.config.cookie_secure,
+        same_site: shared.config.same_site,
+    };
+    res.headers_mut()
+        .append(http::header::SET_COOKIE, flask.removal());
 }
 
 /// The future [`SessionService`] returns: the inner service's response, with the session

@@ -48,6 +48,7 @@
 //!   types in [`store`]; the stores themselves live in [`stores`], one feature-gated module each.
 //! - **Operators** find the admin handle in [`admin`], metrics in `metrics` (feature `metrics`),
 //!   security events in [`events`] and the audit trail in `audit` (feature `audit`).
+//! - **Teams moving from Flask** find Flask-Session interop in `flask` (feature `flask`).
 
 pub mod admin;
 #[cfg(feature = "audit")]
@@ -58,6 +59,8 @@ pub mod config;
 #[cfg_attr(not(feature = "test-util"), allow(unreachable_pub))]
 mod cookie;
 pub mod events;
+#[cfg(feature = "flask")]
+pub mod flask;
 pub mod id;
 pub mod layer;
 #[cfg(feature = "metrics")]

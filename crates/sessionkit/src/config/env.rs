@@ -137,6 +137,7 @@ impl Config {
             c = c.with_redis_tls_ca_file(v.trim());
         }
         super::at_rest::read(&var, &mut c)?;
+        (c.flask_import, c.flask_share) = super::flask::from_env(&var)?;
         c.validate()?;
         Ok(c)
     }

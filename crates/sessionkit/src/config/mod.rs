@@ -21,6 +21,7 @@ use crate::store::{LimitPolicy, SessionLimit};
 mod binding;
 mod at_rest;
 mod env;
+mod flask;
 mod secret;
 mod seeds;
 
@@ -28,6 +29,7 @@ pub(crate) use binding::mask;
 pub use binding::{Binding, BindingAction, TrustedProxy};
 pub use at_rest::Compression;
 pub use env::parse_duration;
+pub use flask::FlaskImport;
 #[cfg(any(all(feature = "file", unix), feature = "sqlite"))]
 pub(crate) use secret::untrusted;
 pub use secret::Secret;
@@ -156,6 +158,13 @@ pub struct Config {
     pub encryption: bool,
     /// `SESSION_COMPRESSION` (see [`Config::with_compression`]).
     pub compression: Compression,
+    /// `SESSION_IMPORT_FLASK` and the `FLASK_*` settings: import Flask-Session sessions on first
+    /// sight (feature `flask`).
+    pub flask_import: Option<FlaskImport>,
+    /// `SESSION_SHARE_FLASK` (with the same `FLASK_*` settings): sessions live in Flask-Session's
+    /// own Redis records, shared with a running Flask app (feature `flask`; IDs are then not
+    /// hashed at rest).
+    pub flask_share: Option<FlaskImport>,
 }
 
 /// Placeholder secrets refused in production, compared case-insensitively.
@@ -217,6 +226,8 @@ impl Config {
             redis_tls_ca_file: None,
             encryption: false,
             compression: Compression::Zstd,
+            flask_import: None,
+            flask_share: None,
         }
     }
 
@@ -485,6 +496,7 @@ impl Config {
                 crate::record::DECODE_CEILING / 4
             ));
         }
+        flask::validate(self, name)?;
         binding::validate(self)
     }
 }

@@ -33,7 +33,7 @@ impl Session {
         let accessed = st.accessed;
         let mut set_cookie = match &st.cookie {
             CookieAction::None => None,
-            CookieAction::Set(id) => Some(shared.transport.set(shared.keys.sign(id), max_age)),
+            CookieAction::Set(id) => Some(shared.transport.set(shared.sign(id), max_age)),
             CookieAction::Remove => Some(shared.transport.removal()),
         };
         // An old key verified the cookie, and the handler neither replaced nor removed it: if
@@ -45,7 +45,7 @@ impl Session {
         drop(st);
         if resign {
             if let Some(id) = self.live_presented_id().await {
-                set_cookie = Some(shared.transport.set(shared.keys.sign(&id), max_age));
+                set_cookie = Some(shared.transport.set(shared.sign(&id), max_age));
             }
         }
         Ok(Outcome {

@@ -23,9 +23,23 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) ids: Arc<dyn IdGenerator>,
     pub(crate) events: Arc<dyn EventSink>,
+    /// Shared mode (`SESSION_SHARE_FLASK`): the cookie is Flask-Session's, signed its way.
+    #[cfg(feature = "flask")]
+    pub(crate) flask_cookie: Option<crate::flask::FlaskCookie>,
 }
 
 impl Shared {
+    /// The cookie value for `id`: sessionkit's `<id>.<tag>`, or Flask's in shared mode.
+    pub(crate) fn sign(&self, id: &crate::id::SessionId) -> String {
+        #[cfg(feature = "flask")]
+        if let Some(f) = &self.flask_cookie {
+            if let Some(sid) = crate::flask::FlaskSid::parse(id.expose().as_bytes()) {
+                return f.sign(&sid);
+            }
+        }
+        self.keys.sign(id)
+    }
+
     pub(crate) fn emit(&self, e: SessionEvent) {
         self.events.emit(&e);
     }

@@ -117,6 +117,41 @@ impl Session {
         }))
     }
 
+    /// The session of a request whose Flask-Session session was just imported as `done`: its
+    /// cookie is set on the response.
+    #[cfg(feature = "flask")]
+    pub(crate) fn imported(
+        shared: Arc<Shared>,
+        done: crate::flask::Imported,
+        client: Client,
+    ) -> Self {
+        let state = State {
+            cookie: CookieAction::Set(done.id.clone()),
+            ..State::default()
+        };
+        let session = Self(Arc::new(Inner {
+            shared,
+            presented: Some(done.id),
+            client,
+            state: Mutex::new(state),
+        }));
+        for k in done.evicted {
+            session.event(
+                EventKind::Evicted,
+                Some(k),
+                done.user.clone(),
+                "session_limit",
+            );
+        }
+        session.event(
+            EventKind::Created,
+            Some(done.key),
+            done.user,
+            "flask_import",
+        );
+        session
+    }
+
     /// The current time by the layer's clock (the one every expiry decision uses).
     pub fn now(&self) -> Timestamp {
         self.0.shared.clock.now()

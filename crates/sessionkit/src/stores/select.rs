@@ -34,6 +34,16 @@ enum Create {
 }
 
 async fn build(config: &Config, create: Create) -> Result<Arc<dyn SessionStore>, StoreError> {
+    #[cfg(feature = "flask")]
+    if let Some(f) = &config.flask_share {
+        tracing::warn!(
+            "SESSION_SHARE_FLASK: sessions live in Flask-Session's Redis records, named by raw \
+             session IDs (not hashed at rest); move users with SESSION_IMPORT_FLASK when you can"
+        );
+        let store =
+            crate::flask::FlaskSharedStore::new(f.url.expose(), &f.key_prefix, &f.user_key)?;
+        return Ok(Arc::new(store));
+    }
     let store = build_current(config, create).await?;
     // Encryption and compression at rest apply to every store below, the cache tier's, the
     // fallback's and a migration's old store included, so they all hold the same sealed records.
