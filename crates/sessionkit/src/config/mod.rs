@@ -18,16 +18,16 @@ pub use cookie::SameSite;
 
 use crate::store::{LimitPolicy, SessionLimit};
 
-mod binding;
 mod at_rest;
+mod binding;
 mod env;
 mod flask;
 mod secret;
 mod seeds;
 
+pub use at_rest::Compression;
 pub(crate) use binding::mask;
 pub use binding::{Binding, BindingAction, TrustedProxy};
-pub use at_rest::Compression;
 pub use env::parse_duration;
 pub use flask::FlaskImport;
 #[cfg(any(all(feature = "file", unix), feature = "sqlite"))]
