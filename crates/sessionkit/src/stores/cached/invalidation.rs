@@ -49,10 +49,8 @@ impl CacheInvalidator {
 
     /// Installs (or removes) a function the cache calls before every lookup, so that the
     /// source can apply invalidations that have already arrived but were not yet read (for
-    /// example a non-blocking read of its socket). It must not block: it returns `false` when
-    /// it cannot tell that everything that has arrived is applied without waiting (for example
-    /// another thread is applying it), and the lookup then goes to the store.
-    pub fn set_sync_hook(&self, hook: Option<Arc<dyn Fn() -> bool + Send + Sync>>) {
+    /// example a non-blocking read of its socket). It must not block.
+    pub fn set_sync_hook(&self, hook: Option<Arc<dyn Fn() + Send + Sync>>) {
         if let Some(core) = self.core.upgrade() {
             *core.sync_hook.lock() = hook;
         }

@@ -218,19 +218,18 @@ impl StoreWrapper for CachedStore {
     }
 
     async fn load(&self, key: &StorageKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
-        // Apply the invalidations that already reached this host (see the module docs); when
-        // that cannot be done without waiting, ask the store.
-        if self.core.sync() {
+        // Apply the invalidations that already reached this host (see the module docs).
+        self.core.sync();
+        if let Some(record) = self.core.get(key, now) {
+            self.core.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(record));
+        }
+        // A refresh after this process's own write may be bringing the record in.
+        if self.core.refreshes.wait(key).await {
+            self.core.sync();
             if let Some(record) = self.core.get(key, now) {
                 self.core.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(Some(record));
-            }
-            // A read-back after this process's own write may be bringing the record in.
-            if self.core.refreshes.wait(key).await && self.core.sync() {
-                if let Some(record) = self.core.get(key, now) {
-                    self.core.hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Some(record));
-                }
             }
         }
         self.core.misses.fetch_add(1, Ordering::Relaxed);

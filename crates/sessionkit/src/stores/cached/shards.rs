@@ -93,7 +93,7 @@ pub(super) struct Core {
     pub(super) sync_hook: Mutex<Option<SyncHook>>,
 }
 
-pub(super) type SyncHook = Arc<dyn Fn() -> bool + Send + Sync>;
+pub(super) type SyncHook = Arc<dyn Fn() + Send + Sync>;
 
 impl Core {
     pub(super) fn new(options: CacheOptions) -> Self {
@@ -127,13 +127,13 @@ impl Core {
     }
 
     /// Applies the invalidations that have already reached this host (see `RedisInvalidation`).
-    /// False when that could not be done without waiting: the caller must not serve a hit.
-    pub(super) fn sync(&self) -> bool {
-        if !self.enabled() {
-            return true;
+    pub(super) fn sync(&self) {
+        if self.enabled() {
+            let hook = self.sync_hook.lock().clone();
+            if let Some(hook) = hook {
+                hook();
+            }
         }
-        let hook = self.sync_hook.lock().clone();
-        hook.is_none_or(|hook| hook())
     }
 
     /// Whether `key` has an entry (live or not): a session this process reads.

@@ -53,10 +53,6 @@ use crate::id::StorageKey;
 use crate::record::Timestamp;
 use crate::store::{SaveOutcome, StoreError};
 
-/// How often a read-back tries again to apply what has arrived on the tracking socket while
-/// another thread is applying it (yielding in between), before giving up (a miss later).
-const SYNC_TRIES: usize = 16;
-
 /// The read-backs in flight, by key: a load that misses waits for the one of its key.
 #[derive(Default)]
 pub(super) struct Refreshes {
@@ -106,35 +102,28 @@ impl CachedStore {
         out: &Result<SaveOutcome, StoreError>,
         now: Timestamp,
     ) {
-        if !hot || !matches!(out, Ok(SaveOutcome::Saved { .. })) || !self.core.enabled() {
+        if !hot || !matches!(out, Ok(SaveOutcome::Saved { .. })) {
             return;
         }
+        // Step 1: our own write's invalidation, already here on one host, goes first.
+        self.core.sync();
+        // Step 2.
+        let Some(ticket) = self.core.ticket(key) else {
+            return;
+        };
         let (id, done) = self.core.refreshes.begin(key);
         let inner = Arc::clone(&self.inner);
         let core = Arc::clone(&self.core);
         let key = key.clone();
         tokio::spawn(async move {
-            // Step 1: our own write's invalidation, already here on one host, goes first. The
-            // thread applying what arrived may be busy with it: let it finish, never block.
-            let mut synced = core.sync();
-            for _ in 0..SYNC_TRIES {
-                if synced {
-                    break;
+            match inner.load(&key, now).await {
+                Ok(Some(record)) => core.insert(&key, ticket, &record),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "session cache: read-back after a write failed")
                 }
-                tokio::task::yield_now().await;
-                synced = core.sync();
             }
-            // Step 2.
-            if let Some(ticket) = core.ticket(&key).filter(|_| synced) {
-                match inner.load(&key, now).await {
-                    Ok(Some(record)) => core.insert(&key, ticket, &record),
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::debug!(error = %e, "session cache: read-back after a write failed");
-                    }
-                }
-                core.read_backs.fetch_add(1, Ordering::Relaxed);
-            }
+            core.read_backs.fetch_add(1, Ordering::Relaxed);
             core.refreshes.end(&key, id);
             drop(done);
         });

@@ -165,18 +165,7 @@ struct Tracker {
 impl Tracker {
     /// Reads and applies whatever has arrived, without waiting. False once broken.
     fn drain(&self) -> bool {
-        self.drain_locked(self.state.lock())
-    }
-
-    /// [`Tracker::drain`] for the cache's lookups: `None`, without reading, when another thread
-    /// is applying what has arrived right now. A lookup then asks the store instead of
-    /// waiting: on a busy host the thread holding the lock may be descheduled for a whole
-    /// time slice, and every lookup would queue behind it.
-    fn try_drain(&self) -> Option<bool> {
-        self.state.try_lock().map(|st| self.drain_locked(st))
-    }
-
-    fn drain_locked(&self, mut st: parking_lot::MutexGuard<'_, ReadState>) -> bool {
+        let mut st = self.state.lock();
         if st.broken {
             return false;
         }
@@ -363,7 +352,9 @@ impl RedisInvalidation {
                 .store(true, std::sync::atomic::Ordering::Release);
             let hook = Arc::downgrade(&tracker);
             invalidator.set_sync_hook(Some(Arc::new(move || {
-                hook.upgrade().is_some_and(|t| t.try_drain().is_some())
+                if let Some(t) = hook.upgrade() {
+                    t.drain();
+                }
             })));
             invalidator.set_coherent(true, "Redis client tracking (BCAST)");
             let why = self.watch(&tracker, &invalidator).await;
