@@ -216,19 +216,29 @@ impl Page {
 /// Waits until `b` shows a page at `path` with `heading` as its `h1`, and reads it.
 async fn on_page(b: &Client, path: &str, heading: &str) -> Page {
     let h1 = format!("//h1[contains(., {heading:?})]");
-    b.wait()
-        .at_most(PAGE)
-        .for_element(Locator::XPath(&h1))
-        .await
-        .unwrap_or_else(|e| panic!("no heading {heading:?} on {path}: {e}"));
-    let url = b.current_url().await.unwrap();
-    let text = b
-        .find(Locator::Css("body"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let start = Instant::now();
+    // A page that navigates on (a form's redirect) can replace the body between finding it and
+    // reading it: read again from the heading on.
+    let (url, text) = loop {
+        b.wait()
+            .at_most(PAGE)
+            .for_element(Locator::XPath(&h1))
+            .await
+            .unwrap_or_else(|e| panic!("no heading {heading:?} on {path}: {e}"));
+        let url = b.current_url().await.unwrap();
+        let text = match b.find(Locator::Css("body")).await {
+            Ok(body) => body.text().await,
+            Err(e) => Err(e),
+        };
+        match text {
+            Ok(text) => break (url, text),
+            Err(e) if start.elapsed() < PAGE => {
+                eprintln!("reading {path} again: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("could not read {path}: {e}"),
+        }
+    };
     let page = Page {
         path: url.path().to_owned(),
         query: url.query().map(str::to_owned),

@@ -111,6 +111,11 @@ impl Codec {
         format!("{SEALED}{}", B64.encode(&tag[..NAME_TAG_LEN]))
     }
 
+    /// Whether writes seal (encryption on).
+    pub(super) fn seals(&self) -> bool {
+        self.seal
+    }
+
     /// Every field name `name` may be stored under: plain, packed, sealed under each key. A
     /// write sets one and removes the others in the same delta.
     pub(super) fn all_names(&self, sk: &StorageKey, name: &str) -> Vec<String> {

@@ -31,17 +31,24 @@
 //!   different keys both keep their changes. Nothing is read, merged and written back whole.
 //! - Records written before (in clear, uncompressed) still load, and each key moves to the
 //!   current form the next time it is written (see `codec` for the layout).
-//! - The size cap (`SESSION_MAX_SIZE`) stays on the data in clear. A store only sees bytes at
-//!   rest, so a save that sets a value reads the record first and is refused if the data in
-//!   clear would pass the cap, the check and the write held as one step against the other
-//!   writes of that key in this process: one read more per such save. Across processes the
-//!   store's own atomic check is the bound, on bytes at rest, with the cap scaled so that no
-//!   record within it in clear is refused: requests racing from different processes can
-//!   together take a record past the cap in clear (to at most 19 times it at rest), never past
-//!   the decode ceiling; each request's own view is always checked in clear by the session.
+//! - The size cap (`SESSION_MAX_SIZE`) stays on the data in clear. With encryption off, no
+//!   value of the save compressed (the common save: small values) and no packed or sealed value
+//!   seen in the record by this process (a session loads its record before it saves, so a
+//!   value another process packed is seen), the record's bytes at rest are its bytes in clear,
+//!   so the store's own atomic check with the cap as configured is exact and the save goes
+//!   straight through (a refusal is checked again as below, for values sealed before
+//!   encryption was turned off). Otherwise a store only sees bytes at rest, so a save that sets
+//!   a value reads the record first and is refused if the data in clear would pass the cap, the
+//!   check and the write held as one step against the other writes of that key in this
+//!   process: one read more per such save. Across processes the store's own atomic check is the
+//!   bound, on bytes at rest, with the cap scaled so that no record within it in clear is
+//!   refused: requests racing from different processes can together take a record past the cap
+//!   in clear (to at most 19 times it at rest), never past the decode ceiling; each request's
+//!   own view is always checked in clear by the session.
 
 mod codec;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -54,6 +61,9 @@ use codec::{Codec, SealError};
 
 /// How many locks the keys written at once in this process share.
 const TURNS: usize = 64;
+
+/// How many marks the keys whose records may hold packed or sealed values share.
+const MARKS: usize = 4096;
 
 /// A sealed value takes at most this many times the bytes its entry takes in clear, as
 /// [`Record::data_size`] counts them: an entry of `p >= 5` bytes in clear (key, JSON, 4) is
@@ -69,6 +79,10 @@ pub struct SealedStore {
     codec: Codec,
     /// Serialises, per key stripe, the check of the cap in clear with the write it admits.
     turns: [tokio::sync::Mutex<()>; TURNS],
+    /// Per key stripe: a record of it was seen or written with a packed or sealed value, so
+    /// its bytes at rest are not its bytes in clear (never cleared: a mark costs one read per
+    /// save of the stripe's keys, a missing one would let the store's check undercount).
+    marks: Box<[AtomicBool]>,
 }
 
 impl SealedStore {
@@ -86,6 +100,7 @@ impl SealedStore {
             inner,
             codec: Codec::new(keys, seal, compress),
             turns: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
+            marks: (0..MARKS).map(|_| AtomicBool::new(false)).collect(),
         }
     }
 
@@ -100,6 +115,23 @@ impl SealedStore {
         )
     }
 
+    /// `key`'s stripe of `n`.
+    fn stripe(key: &StorageKey, n: usize) -> usize {
+        key.as_str()
+            .bytes()
+            .take(3)
+            .fold(0, |h, b| h * 31 + usize::from(b))
+            % n
+    }
+
+    /// Notes that `key`'s record holds a value whose bytes at rest are not its bytes in clear
+    /// when `field` (a name as stored) is packed or sealed.
+    fn mark(&self, key: &StorageKey, field: &str) {
+        if field.starts_with(codec::PACKED) || field.starts_with(codec::SEALED) {
+            self.marks[Self::stripe(key, MARKS)].store(true, Ordering::Relaxed);
+        }
+    }
+
     fn encode(&self, key: &StorageKey, record: &Record) -> Result<Record, StoreError> {
         let mut out = Record {
             data: Default::default(),
@@ -110,6 +142,7 @@ impl SealedStore {
                 .codec
                 .encode_entry(key, name, value)
                 .map_err(seal_failed)?;
+            self.mark(key, &field);
             out.data.insert(field, v);
         }
         out.meta.user_agent = self
@@ -127,6 +160,7 @@ impl SealedStore {
         let mut budget = codec::record_budget();
         let mut data = crate::record::Data::new();
         for (field, value) in &stored.data {
+            self.mark(key, field);
             let (name, v) = self.codec.decode_entry(key, field, value, &mut budget)?;
             data.insert(name, v);
         }
@@ -143,13 +177,19 @@ impl SealedStore {
     }
 
     /// The delta as the store applies it: each key set under its current field name, its other
-    /// names removed in the same atomic step.
-    fn encode_delta(&self, key: &StorageKey, delta: &Delta) -> Result<Delta, StoreError> {
+    /// names removed in the same atomic step. True with it when the store's own check of the
+    /// cap as configured is exact enough to go without a read first: nothing it sets is sealed
+    /// or packed (see the module docs).
+    fn encode_delta(&self, key: &StorageKey, delta: &Delta) -> Result<(Delta, bool), StoreError> {
         let mut changes = Vec::with_capacity(delta.changes.len() * 4);
+        let mut in_clear =
+            !self.codec.seals() && !self.marks[Self::stripe(key, MARKS)].load(Ordering::Relaxed);
         for (name, value) in &delta.changes {
             let current = match value {
                 Some(v) => {
                     let (field, v) = self.codec.encode_entry(key, name, v).map_err(seal_failed)?;
+                    in_clear &= field == *name;
+                    self.mark(key, &field);
                     changes.push((field.clone(), Some(v)));
                     Some(field)
                 }
@@ -161,16 +201,16 @@ impl SealedStore {
                 }
             }
         }
-        // The store's own check is the bound across processes; scaled, it never refuses a
-        // record within the cap in clear, whatever mix of sealed (even with encryption since
-        // turned off), compressed and plain values it holds.
-        Ok(Delta {
+        // The store's own check is the bound across processes. When this save seals or packs,
+        // it is scaled so that it never refuses a record within the cap in clear, whatever mix
+        // of sealed (even with encryption since turned off), packed and plain values it holds.
+        let factor = if in_clear { 1 } else { SEALED_CAP_FACTOR };
+        let delta = Delta {
             changes,
             touch: delta.touch,
-            max_size: delta
-                .max_size
-                .map(|cap| cap.saturating_mul(SEALED_CAP_FACTOR)),
-        })
+            max_size: delta.max_size.map(|cap| cap.saturating_mul(factor)),
+        };
+        Ok((delta, in_clear))
     }
 }
 
@@ -213,21 +253,32 @@ impl crate::store::StoreWrapper for SealedStore {
         delta: &Delta,
         now: Timestamp,
     ) -> Result<SaveOutcome, StoreError> {
-        let stored = self.encode_delta(key, delta)?;
+        let (stored, in_clear) = self.encode_delta(key, delta)?;
         // The cap counts data in clear, which the store cannot see (a compressed value counts
-        // less at rest, a sealed one more): a delta that may grow the record is checked against
-        // the record as it is, with the other writes of this key in this process held back
-        // until it is applied. Removals and touches cannot grow it and go straight through.
+        // less at rest, a sealed one more): a delta that seals or packs a value is checked
+        // against the record as it is, with the other writes of this key in this process held
+        // back until it is applied. Removals and touches cannot grow the record, and a delta
+        // all in clear is checked exactly enough by the store: they go straight through.
         let grows = delta.changes.iter().any(|(_, v)| v.is_some());
         if delta.max_size.is_none() || !grows {
             return self.inner.save_delta(key, &stored, now).await;
         }
-        let stripe = key
-            .as_str()
-            .bytes()
-            .take(2)
-            .fold(0, |h, b| h * 31 + usize::from(b));
-        let _turn = self.turns[stripe % TURNS].lock().await;
+        let stored = if in_clear {
+            match self.inner.save_delta(key, &stored, now).await? {
+                // Values still sealed from before encryption was turned off count more at rest
+                // than in clear: a refusal is checked in clear below before it stands.
+                SaveOutcome::TooLarge => Delta {
+                    max_size: delta
+                        .max_size
+                        .map(|cap| cap.saturating_mul(SEALED_CAP_FACTOR)),
+                    ..stored
+                },
+                out => return Ok(out),
+            }
+        } else {
+            stored
+        };
+        let _turn = self.turns[Self::stripe(key, TURNS)].lock().await;
         match crate::store::StoreWrapper::load(self, key, now).await {
             Ok(Some(current)) if delta.exceeds_cap(&current) => Ok(SaveOutcome::TooLarge),
             Ok(Some(_)) => self.inner.save_delta(key, &stored, now).await,

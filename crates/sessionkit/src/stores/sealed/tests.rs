@@ -368,3 +368,68 @@ async fn damaged_values_are_refused_not_panics() {
         Err(DecodeError::TooLarge(_))
     ));
 }
+
+/// With encryption off, a save of small values goes straight to the store with the cap as
+/// configured (no read first); a record still holding values sealed before encryption was
+/// turned off is not refused for their size at rest, and the cap in clear still holds.
+#[tokio::test]
+async fn saves_in_clear_keep_the_cap_exact_and_refuse_nothing_it_allows() {
+    let inner = Arc::new(MemoryStore::new());
+    let plain = sealed(&inner, &[KEY], false, Compression::Zstd);
+    let _ = plain
+        .create(&sk(1), &record(&[]), SessionLimit::UNLIMITED, NOW)
+        .await
+        .unwrap();
+    let capped = |d: Delta| Delta {
+        max_size: Some(1024),
+        ..d
+    };
+    assert!(matches!(
+        plain
+            .save_delta(&sk(1), &capped(set("a", &"x".repeat(900))), NOW)
+            .await
+            .unwrap(),
+        SaveOutcome::Saved { .. }
+    ));
+    // 900 + 200 bytes in clear pass the cap: the store refuses it on its own.
+    assert_eq!(
+        plain
+            .save_delta(&sk(1), &capped(set("b", &"y".repeat(200))), NOW)
+            .await
+            .unwrap(),
+        SaveOutcome::TooLarge
+    );
+    // Sealed with encryption on, then encryption turned off: ~14 times larger at rest than in
+    // clear, yet a small save within the cap in clear is taken.
+    let _ = plain
+        .create(&sk(2), &record(&[]), SessionLimit::UNLIMITED, NOW)
+        .await
+        .unwrap();
+    let on = sealed(&inner, &[KEY], true, Compression::Zstd);
+    let changes = (0..120)
+        .map(|i| (format!("{i:02x}"), Some(Value::to_json(&0).unwrap())))
+        .collect::<Vec<_>>();
+    let many = Delta {
+        changes,
+        touch: None,
+        max_size: Some(1024),
+    };
+    assert!(matches!(
+        on.save_delta(&sk(2), &many, NOW).await.unwrap(),
+        SaveOutcome::Saved { .. }
+    ));
+    assert!(matches!(
+        plain
+            .save_delta(&sk(2), &capped(set("zz", "1")), NOW)
+            .await
+            .unwrap(),
+        SaveOutcome::Saved { .. }
+    ));
+    assert_eq!(
+        plain
+            .save_delta(&sk(2), &capped(set("zy", &"z".repeat(200))), NOW)
+            .await
+            .unwrap(),
+        SaveOutcome::TooLarge
+    );
+}
