@@ -30,7 +30,7 @@ async fn main() -> Result<(), BoxError> {
         "redis" => {
             let url = std::env::var("REDIS_URL").map_err(|_| "SESSION_TYPE=redis needs REDIS_URL")?;
             let pool = Pool::new(RedisConfig::from_url(&url)?, None, None, None, REDIS_POOL)?;
-            let _ = pool.connect();
+            drop(pool.connect()); // the connection task runs on; its handle is not needed
             pool.wait_for_connect().await?;
             app(RedisStore::new(pool))
         }
