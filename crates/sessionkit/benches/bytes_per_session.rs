@@ -25,6 +25,8 @@
 //! `cargo test --all-targets` (no `--bench`) it runs with N = 2,000 as a smoke test.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod support;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -307,29 +309,8 @@ async fn file(setup: &Setup, parent: &Path) {
         std::fs::metadata(sample).map_or(0, |m| m.len())
     );
     let t = Instant::now();
-    remove_parallel(&dir);
+    support::remove_parallel(&dir);
     println!("  data removed in {:.1?}", t.elapsed());
-}
-
-/// Deletes the shard folders from 16 threads (`rm -rf` of millions of files one by one takes
-/// minutes), as `file_scale` does.
-fn remove_parallel(dir: &Path) {
-    let mut tops = Vec::new();
-    for sub in ["sessions", "users"] {
-        if let Ok(rd) = std::fs::read_dir(dir.join(sub)) {
-            tops.extend(rd.filter_map(|e| e.ok().map(|e| e.path())));
-        }
-    }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..16 {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(p) = tops.get(i) else { break };
-                let _ = std::fs::remove_dir_all(p);
-            });
-        }
-    });
 }
 
 async fn sqlite(setup: &Setup, parent: &Path) {

@@ -11,6 +11,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 #[cfg(unix)]
+mod support;
+
+#[cfg(unix)]
 fn main() {
     unix::main();
 }
@@ -57,7 +60,7 @@ mod unix {
             .unwrap();
         rt.block_on(run(n, tmp.path()));
         let t = Instant::now();
-        remove_parallel(tmp.path());
+        super::support::remove_parallel(tmp.path());
         drop(tmp);
         println!("data removed in {:.1?}", t.elapsed());
     }
@@ -222,27 +225,6 @@ mod unix {
             .take(3)
             .collect::<Vec<_>>()
             .join(" ")
-    }
-
-    /// Deletes the 65,536 shard folders from 16 threads (one by one, freeing their blocks
-    /// takes minutes on some file systems).
-    fn remove_parallel(dir: &Path) {
-        let mut tops = Vec::new();
-        for sub in ["sessions", "users"] {
-            if let Ok(rd) = std::fs::read_dir(dir.join(sub)) {
-                tops.extend(rd.filter_map(|e| e.ok().map(|e| e.path())));
-            }
-        }
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        std::thread::scope(|s| {
-            for _ in 0..16 {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(p) = tops.get(i) else { break };
-                    let _ = std::fs::remove_dir_all(p);
-                });
-            }
-        });
     }
 
     fn report(what: &str, lat: &mut [Duration]) {

@@ -36,7 +36,8 @@ pub(super) struct Writer {
 /// than the last commit, the checkpoint never catches up, the log is never rewound, and it grows
 /// without bound (130 MB in a 20-second load test), making every read search a longer
 /// log. A restarting checkpoint waits (busy timeout) for the readers of older snapshots, which
-/// are short, and then lets the next write start the log over.
+/// are short, and then lets the next write start the log over. It is the only checkpoint: the
+/// automatic one is off (see the builder).
 const CHECKPOINT_EVERY: u64 = 500;
 
 impl Writer {
