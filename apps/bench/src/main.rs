@@ -21,9 +21,7 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(8080);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .with_context(|| format!("binding 127.0.0.1:{port}"))?;
+    let listener = listen(port).with_context(|| format!("binding 127.0.0.1:{port}"))?;
     eprintln!("sessionkit-bench listening on http://127.0.0.1:{port}");
     axum::serve(
         listener,
@@ -34,6 +32,16 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     Ok(())
+}
+
+/// Listens on loopback with a backlog of 4,096 connections waiting to be accepted (the kernel
+/// caps it at `net.core.somaxconn`): `TcpListener::bind`'s 1,024 overflows when thousands of
+/// clients connect at once (`scripts/connections`: socket errors on the first route's burst).
+fn listen(port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], port)))?;
+    socket.listen(4096)
 }
 
 /// mimalloc, as many production Rust services run: the session layer allocates more per request
