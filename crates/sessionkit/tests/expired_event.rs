@@ -4,20 +4,20 @@
 //! records until cleanup (memory, file, SQLite).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/oneshot.rs"]
+mod oneshot;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::routing::{get, post};
 use axum::Router;
-use http::header::{COOKIE, SET_COOKIE};
-use http::Request;
+use oneshot::call;
 use sessionkit::clock::ManualClock;
 use sessionkit::events::{EventKind, MemorySink};
 use sessionkit::store::SessionStore;
 use sessionkit::stores::memory::MemoryStore;
 use sessionkit::{Config, Session, SessionError, SessionLayer};
-use tower::ServiceExt;
 
 fn app(store: Arc<dyn SessionStore>, clock: &ManualClock, sink: &Arc<MemorySink>) -> Router {
     let layer = SessionLayer::new(
@@ -49,29 +49,6 @@ fn app(store: Arc<dyn SessionStore>, clock: &ManualClock, sink: &Arc<MemorySink>
             }),
         )
         .layer(layer)
-}
-
-/// Sends one request; returns the body and the session cookie set, if any.
-async fn call(app: &Router, method: &str, uri: &str, cookie: Option<&str>) -> (String, String) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(c) = cookie {
-        req = req.header(COOKIE, c);
-    }
-    let res = app
-        .clone()
-        .oneshot(req.body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    assert!(res.status().is_success(), "{uri}: {}", res.status());
-    let set = res
-        .headers()
-        .get(SET_COOKIE)
-        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
-        .unwrap_or_default();
-    let body = axum::body::to_bytes(res.into_body(), 1 << 16)
-        .await
-        .unwrap();
-    (String::from_utf8(body.to_vec()).unwrap(), set)
 }
 
 fn events(sink: &MemorySink) -> Vec<(EventKind, &'static str, Option<String>)> {

@@ -3,13 +3,14 @@
 //! as absent with a `rejected`/`unopenable_record` event.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/oneshot.rs"]
+mod oneshot;
+
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::routing::{get, post};
 use axum::Router;
-use http::header::{COOKIE, SET_COOKIE};
-use http::Request;
+use oneshot::call;
 use sessionkit::config::{Compression, Secret};
 use sessionkit::events::{EventKind, MemorySink};
 use sessionkit::id::SessionId;
@@ -18,7 +19,6 @@ use sessionkit::stores::memory::MemoryStore;
 use sessionkit::stores::sealed::SealedStore;
 use sessionkit::{Config, Session, SessionError, SessionLayer};
 use sessionkit_testkit::store_conformance;
-use tower::ServiceExt;
 
 const SECRET: &str = "sealed-store-secret-0123456789abcdefghij";
 
@@ -79,28 +79,6 @@ fn app(store: Arc<dyn SessionStore>, sink: &Arc<MemorySink>) -> Router {
             }),
         )
         .layer(layer)
-}
-
-async fn call(app: &Router, method: &str, uri: &str, cookie: Option<&str>) -> (String, String) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(c) = cookie {
-        req = req.header(COOKIE, c);
-    }
-    let res = app
-        .clone()
-        .oneshot(req.body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    assert!(res.status().is_success(), "{uri}: {}", res.status());
-    let set = res
-        .headers()
-        .get(SET_COOKIE)
-        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
-        .unwrap_or_default();
-    let body = axum::body::to_bytes(res.into_body(), 1 << 16)
-        .await
-        .unwrap();
-    (String::from_utf8(body.to_vec()).unwrap(), set)
 }
 
 fn storage_key(cookie: &str) -> sessionkit::store::StorageKey {
