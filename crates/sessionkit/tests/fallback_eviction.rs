@@ -55,6 +55,28 @@ impl StoreWrapper for DiesAfterCreate {
     }
 }
 
+/// Logs user `u` in once more through `first` (its limit of one evicts the older session) and
+/// kills the login once `dying` has applied it, as a process dying at that point would; the
+/// process's store is dropped. Returns the new session's key.
+async fn login_then_die(
+    first: FallbackStore,
+    dying: &DiesAfterCreate,
+    applied: &Notify,
+    now: Timestamp,
+) -> StorageKey {
+    dying.armed.store(true, Ordering::SeqCst);
+    let new = SessionId::generate().unwrap().storage_key();
+    let login = {
+        let new = new.clone();
+        let r = record_at(Some("u"), now.add(Duration::from_secs(1)));
+        tokio::spawn(async move { first.create(&new, &r, limit_one(), now).await })
+    };
+    applied.notified().await;
+    login.abort();
+    assert!(login.await.unwrap_err().is_cancelled());
+    new
+}
+
 fn limit_one() -> SessionLimit {
     SessionLimit {
         max: Some(1),
@@ -92,17 +114,7 @@ async fn a_crash_after_the_primary_evicted_brings_nothing_back() {
     );
 
     // The next login evicts `old`; the process dies once the primary has applied it.
-    dying.armed.store(true, Ordering::SeqCst);
-    let new = SessionId::generate().unwrap().storage_key();
-    let login = {
-        let (first, new) = (first.clone(), new.clone());
-        let r = record_at(Some("u"), now.add(Duration::from_secs(1)));
-        tokio::spawn(async move { first.create(&new, &r, limit_one(), now).await })
-    };
-    applied.notified().await;
-    login.abort();
-    assert!(login.await.unwrap_err().is_cancelled());
-    drop(first);
+    let new = login_then_die(first, &dying, &applied, now).await;
     assert!(
         primary.load(&old, now).await.unwrap().is_none(),
         "the primary evicted"
@@ -149,17 +161,7 @@ async fn a_crash_after_the_secondary_evicted_during_an_outage_brings_nothing_bac
     down.set_mode(Mode::Down);
     assert!(first.load(&old, now).await.unwrap().is_some());
     assert!(!first.primary_active());
-    dying.armed.store(true, Ordering::SeqCst);
-    let new = SessionId::generate().unwrap().storage_key();
-    let login = {
-        let (first, new) = (first.clone(), new.clone());
-        let r = record_at(Some("u"), now.add(Duration::from_secs(1)));
-        tokio::spawn(async move { first.create(&new, &r, limit_one(), now).await })
-    };
-    applied.notified().await;
-    login.abort();
-    assert!(login.await.unwrap_err().is_cancelled());
-    drop(first);
+    login_then_die(first, &dying, &applied, now).await;
     assert!(
         secondary.load(&old, now).await.unwrap().is_none(),
         "the secondary evicted"
