@@ -204,14 +204,23 @@ impl SealedStore {
         // The store's own check is the bound across processes. When this save seals or packs,
         // it is scaled so that it never refuses a record within the cap in clear, whatever mix
         // of sealed (even with encryption since turned off), packed and plain values it holds.
-        let factor = if in_clear { 1 } else { SEALED_CAP_FACTOR };
         let delta = Delta {
             changes,
             touch: delta.touch,
-            max_size: delta.max_size.map(|cap| cap.saturating_mul(factor)),
+            max_size: if in_clear {
+                delta.max_size
+            } else {
+                scaled(delta.max_size)
+            },
         };
         Ok((delta, in_clear))
     }
+}
+
+/// The cap the store checks on bytes at rest when values in the record may be sealed or packed:
+/// one that refuses no record within `cap` in clear.
+fn scaled(cap: Option<usize>) -> Option<usize> {
+    cap.map(|cap| cap.saturating_mul(SEALED_CAP_FACTOR))
 }
 
 fn seal_failed(e: SealError) -> StoreError {
@@ -268,9 +277,7 @@ impl crate::store::StoreWrapper for SealedStore {
                 // Values still sealed from before encryption was turned off count more at rest
                 // than in clear: a refusal is checked in clear below before it stands.
                 SaveOutcome::TooLarge => Delta {
-                    max_size: delta
-                        .max_size
-                        .map(|cap| cap.saturating_mul(SEALED_CAP_FACTOR)),
+                    max_size: scaled(delta.max_size),
                     ..stored
                 },
                 out => return Ok(out),
