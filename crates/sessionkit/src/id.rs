@@ -159,6 +159,16 @@ impl StorageKey {
     pub fn short(&self) -> &str {
         ascii(&self.0[..12])
     }
+
+    /// Which of `n` stripes (shards of a cache, striped locks) this key falls in: its first 16
+    /// bits, uniformly spread (the key is a SHA-256), modulo `n`.
+    pub(crate) fn stripe(&self, n: usize) -> usize {
+        let bits = self.0[..4].iter().fold(0, |acc, &c| {
+            (acc << 4) | char::from(c).to_digit(16).unwrap_or(0)
+        });
+        let bits = usize::try_from(bits).unwrap_or(0);
+        bits % n
+    }
 }
 
 impl serde::Serialize for StorageKey {
@@ -196,6 +206,22 @@ fn ascii(b: &[u8]) -> &str {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    /// A key's stripe is its first four hex digits modulo `n`: every stripe of 16 is used by
+    /// random keys, and keys sharing those digits share the stripe.
+    #[test]
+    fn stripes_come_from_the_first_four_hex_digits() {
+        let key = StorageKey::parse(&format!("00ff{}", "a".repeat(60))).unwrap();
+        assert_eq!(key.stripe(65_536), 0x00ff);
+        assert_eq!(key.stripe(256), 0xff);
+        assert_eq!(key.stripe(16), 0xf);
+        let twin = StorageKey::parse(&format!("00ff{}", "b".repeat(60))).unwrap();
+        assert_eq!(twin.stripe(4096), key.stripe(4096));
+        let used: HashSet<usize> = (0..1_000)
+            .map(|_| SessionId::generate().unwrap().storage_key().stripe(16))
+            .collect();
+        assert_eq!(used.len(), 16);
+    }
 
     #[test]
     fn ids_are_unique_long_and_look_random() {

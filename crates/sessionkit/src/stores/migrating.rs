@@ -80,8 +80,7 @@ impl MigratingStore {
     }
 
     fn turn(&self, key: &StorageKey) -> &Mutex<()> {
-        let stripe = u8::from_str_radix(key.as_str().get(..2).unwrap_or("0"), 16).unwrap_or(0);
-        &self.turns[usize::from(stripe) % STRIPES]
+        &self.turns[key.stripe(STRIPES)]
     }
 
     /// The session under `key` from the primary, else moved from the old store; `None` when

@@ -115,11 +115,7 @@ impl Core {
     }
 
     pub(super) fn shard(&self, key: &StorageKey) -> &Mutex<Shard> {
-        // Storage keys are SHA-256 hex: their first characters are uniformly spread.
-        let h = key.as_str().bytes().take(4).fold(0usize, |acc, b| {
-            acc.wrapping_mul(31).wrapping_add(b as usize)
-        });
-        &self.shards[h % SHARDS]
+        &self.shards[key.stripe(SHARDS)]
     }
 
     pub(super) fn enabled(&self) -> bool {

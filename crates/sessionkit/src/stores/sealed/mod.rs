@@ -115,20 +115,11 @@ impl SealedStore {
         )
     }
 
-    /// `key`'s stripe of `n`.
-    fn stripe(key: &StorageKey, n: usize) -> usize {
-        key.as_str()
-            .bytes()
-            .take(3)
-            .fold(0, |h, b| h * 31 + usize::from(b))
-            % n
-    }
-
     /// Notes that `key`'s record holds a value whose bytes at rest are not its bytes in clear
     /// when `field` (a name as stored) is packed or sealed.
     fn mark(&self, key: &StorageKey, field: &str) {
         if field.starts_with(codec::PACKED) || field.starts_with(codec::SEALED) {
-            self.marks[Self::stripe(key, MARKS)].store(true, Ordering::Relaxed);
+            self.marks[key.stripe(MARKS)].store(true, Ordering::Relaxed);
         }
     }
 
@@ -183,7 +174,7 @@ impl SealedStore {
     fn encode_delta(&self, key: &StorageKey, delta: &Delta) -> Result<(Delta, bool), StoreError> {
         let mut changes = Vec::with_capacity(delta.changes.len() * 4);
         let mut in_clear =
-            !self.codec.seals() && !self.marks[Self::stripe(key, MARKS)].load(Ordering::Relaxed);
+            !self.codec.seals() && !self.marks[key.stripe(MARKS)].load(Ordering::Relaxed);
         for (name, value) in &delta.changes {
             let current = match value {
                 Some(v) => {
@@ -285,7 +276,7 @@ impl crate::store::StoreWrapper for SealedStore {
         } else {
             stored
         };
-        let _turn = self.turns[Self::stripe(key, TURNS)].lock().await;
+        let _turn = self.turns[key.stripe(TURNS)].lock().await;
         match crate::store::StoreWrapper::load(self, key, now).await {
             Ok(Some(current)) if delta.exceeds_cap(&current) => Ok(SaveOutcome::TooLarge),
             Ok(Some(_)) => self.inner.save_delta(key, &stored, now).await,
