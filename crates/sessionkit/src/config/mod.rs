@@ -22,6 +22,8 @@ mod at_rest;
 mod binding;
 mod env;
 mod flask;
+#[cfg(test)]
+mod properties;
 mod secret;
 mod seeds;
 

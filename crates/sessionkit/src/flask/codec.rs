@@ -199,4 +199,31 @@ mod tests {
             assert!(decode_msgpack(junk).is_err(), "{junk:?}");
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// A Flask-Session Redis record is read from a store anyone with Redis access can
+        /// write: whatever its bytes, decoding answers (data or an error), never panics, and
+        /// what it accepts is a map.
+        #[test]
+        fn arbitrary_record_bytes_never_panic(
+            raw in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+        ) {
+            let _ = decode_msgpack(&raw);
+        }
+
+        /// The same, spliced into a well-formed record: a map whose values are arbitrary bytes.
+        #[test]
+        fn arbitrary_values_in_a_record_never_panic(
+            values in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..40), 0..6),
+        ) {
+            let mut raw = vec![0x80 | u8::try_from(values.len()).unwrap()];
+            for (i, v) in values.iter().enumerate() {
+                raw.extend(encode(&Mp::from(format!("k{i}"))));
+                raw.extend(v);
+            }
+            let _ = decode_msgpack(&raw);
+        }
+    }
 }

@@ -112,4 +112,24 @@ mod tests {
         assert!(decode_cachelib_file(b"\x00\x00").is_err());
         assert!(decode_cachelib_file(b"\x00\x00\x00\x00garbage").is_err());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// A cachelib file is read from a folder: whatever its bytes (behind a 4-byte expiry or
+        /// not, with a pickle protocol header or not), reading answers, never panics, and runs
+        /// nothing.
+        #[test]
+        fn arbitrary_file_bytes_never_panic(
+            header in proptest::bool::ANY,
+            raw in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+        ) {
+            let mut file = 1_700_000_000_u32.to_ne_bytes().to_vec();
+            if header {
+                file.extend([0x80, 0x05]);
+            }
+            file.extend(raw);
+            let _ = decode_cachelib_file(&file);
+        }
+    }
 }

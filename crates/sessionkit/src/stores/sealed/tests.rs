@@ -433,3 +433,54 @@ async fn saves_in_clear_keep_the_cap_exact_and_refuse_nothing_it_allows() {
         SaveOutcome::TooLarge
     );
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// A stored record is input: whatever its field names and values (plain, "packed" or
+    /// "sealed" by their names, values of arbitrary bytes in base64url or arbitrary text, a
+    /// sealed user agent of arbitrary bytes), loading it through the sealed store answers a
+    /// record or `Corrupt`, never panics; what decodes is never over the decode ceiling.
+    #[test]
+    fn arbitrary_stored_records_load_without_panic(
+        entries in proptest::collection::vec(
+            (0..3u8, ".{0,12}", proptest::collection::vec(proptest::num::u8::ANY, 0..200), proptest::bool::ANY),
+            0..6,
+        ),
+        agent in proptest::collection::vec(proptest::num::u8::ANY, 0..80),
+        seal in proptest::bool::ANY,
+    ) {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let inner = Arc::new(MemoryStore::new());
+        let store = sealed(&inner, &[KEY], seal, Compression::Zstd);
+        let mut stored = record(&[]);
+        for (kind, name, bytes, as_b64) in entries {
+            let field = match kind {
+                0 => name,
+                1 => format!("{}{name}", codec::PACKED),
+                _ => format!("{}{name}", codec::SEALED),
+            };
+            let text = if as_b64 {
+                b64.encode(&bytes)
+            } else {
+                String::from_utf8_lossy(&bytes).into_owned()
+            };
+            stored.data.insert(field, Value::to_json(&text).unwrap());
+        }
+        stored.meta.user_agent = Some(format!("{}{}", codec::SEALED, b64.encode(&agent)));
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let _ = inner
+                .create(&sk(9), &stored, SessionLimit::UNLIMITED, NOW)
+                .await
+                .unwrap();
+            match store.load(&sk(9), NOW).await {
+                Ok(Some(r)) => proptest::prop_assert!(r.data_size() <= crate::record::DECODE_CEILING),
+                Ok(None) => proptest::prop_assert!(false, "the record is there"),
+                Err(e) => proptest::prop_assert!(matches!(e, StoreError::Corrupt(_)), "{e:?}"),
+            }
+            Ok(())
+        })?;
+    }
+}
