@@ -115,27 +115,21 @@ async fn build_plain(config: &Config, create: Create) -> Result<Arc<dyn SessionS
         }
         StoreKind::Redis => {
             let redis_url = url(&config.redis_url, "REDIS_URL")?;
-            match open(&redis_url, config, create).await {
-                #[cfg(feature = "redis")]
-                Err(e @ StoreError::Unavailable { .. }) if config.fallback_url.is_some() => {
-                    // Users stay signed in while Redis is down, and that includes starting up
-                    // while it is down: the fallback serves until Redis answers.
-                    tracing::warn!(error = %e, "Redis is unreachable at start-up: starting on SESSION_FALLBACK, Redis (taken as a standalone server) is connected when it answers");
-                    let opts = redis_options(config);
-                    let store = super::redis::RedisStore::connect_lazy(&redis_url, opts)?;
-                    check_redis_transport(&redis_url, config);
-                    Arc::new(store)
-                }
-                other => other?,
+            #[cfg(feature = "redis")]
+            {
+                open_redis(&redis_url, config).await?
             }
+            #[cfg(not(feature = "redis"))]
+            open(&redis_url, config, create).await?
         }
         StoreKind::Sqlite | StoreKind::Postgres => {
             open(&url(&config.database_url, "DATABASE_URL")?, config, create).await?
         }
         StoreKind::Auto => return unreachable_auto(),
     };
-    // SESSION_CACHE=on puts the coherent cache in front of a Redis primary (a no-op otherwise).
-    let primary = super::cached::wrap_cached(primary, config).await;
+    if kind != StoreKind::Redis {
+        super::cached::warn_uncached(&*primary, config);
+    }
     let Some(fallback) = &config.fallback_url else {
         return Ok(primary);
     };
@@ -274,6 +268,23 @@ fn check_redis_transport(url: &str, config: &Config) {
     if let Some((host, encrypted)) = super::plaintext::redis_transport(url) {
         super::plaintext::check(config, "redis", &host, encrypted);
     }
+}
+
+/// The Redis store of `REDIS_URL`, behind the coherent cache when `SESSION_CACHE=on`.
+#[cfg(feature = "redis")]
+async fn open_redis(url: &str, config: &Config) -> Result<Arc<dyn SessionStore>, StoreError> {
+    let store = match super::redis::RedisStore::connect(url, redis_options(config)).await {
+        Ok(store) => store,
+        Err(e @ StoreError::Unavailable { .. }) if config.fallback_url.is_some() => {
+            // Users stay signed in while Redis is down, and that includes starting up while it
+            // is down: the fallback serves until Redis answers.
+            tracing::warn!(error = %e, "Redis is unreachable at start-up: starting on SESSION_FALLBACK, Redis (taken as a standalone server) is connected when it answers");
+            super::redis::RedisStore::connect_lazy(url, redis_options(config))?
+        }
+        Err(e) => return Err(e),
+    };
+    check_redis_transport(url, config);
+    Ok(super::cached::wrap_redis(store, url, config).await)
 }
 
 /// The Redis store's options that `config` sets.

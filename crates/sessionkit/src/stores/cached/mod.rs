@@ -13,18 +13,16 @@
 //!   `save_delta`, `touch` and `destroy` their key; `create`, `list_user` and `destroy_user`
 //!   every cached session of that user (they may evict or prune some; this walks the cache,
 //!   which a login or an admin listing can afford); `cleanup_expired` everything.
-//! - **Write-through by read-back.** A successful `save_delta` or `touch` of a session the
-//!   cache held is read back in the background once the write's own invalidation has been
-//!   applied, so the next load is a hit while the write waits for nothing more than the remote
-//!   store; a load that misses meanwhile waits for that read-back instead of making its own.
-//!   Why a read-back and not the record written: see `write_through.rs`.
+//! - **Write-through.** After a successful `save_delta` or `touch` of a session the cache
+//!   held, the entry becomes the record written (the delta applied to it), provided it held
+//!   the version just before and no invalidation arrived meanwhile; so the next load is a hit
+//!   and a write costs the write alone. Why that is safe: see `write_through.rs`.
 //! - **Other processes' writes** arrive through an [`InvalidationSource`], which evicts keys,
 //!   flushes everything, or marks the cache incoherent. For Redis, [`RedisInvalidation`] uses
-//!   server-assisted client-side caching: a dedicated RESP3 connection in
-//!   `CLIENT TRACKING ON BCAST PREFIX <prefix>` mode, on which the server pushes the name of
-//!   every key written under the prefix by anyone. Every key of a session ends with its storage
-//!   key, which is how a Redis key maps back to a cache entry; a null invalidation (`FLUSHALL`)
-//!   flushes the cache.
+//!   server-assisted client-side caching: the server tracks the keys the store reads and
+//!   pushes, on a dedicated RESP3 connection, the name of every such key that another client
+//!   writes. Every key of a session ends with its storage key, which is how a Redis key maps
+//!   back to a cache entry; a null invalidation (`FLUSHALL`) flushes the cache.
 //! - **Incoherent means bypassed.** While the source has no working channel (not yet connected,
 //!   connection lost, server restarted), the cache is empty and every `load` goes to the remote
 //!   store; nothing is inserted. Going incoherent flushes; becoming coherent again flushes too,
@@ -86,8 +84,9 @@ pub struct CacheStats {
     pub invalidations: u64,
     /// Whole-cache flushes.
     pub flushes: u64,
-    /// Sessions read back after this process wrote them, so that the next load is a hit.
-    pub read_backs: u64,
+    /// Writes of this process kept in the cache (write-through), so that the next load is a
+    /// hit.
+    pub kept_writes: u64,
     /// Records held now.
     pub entries: u64,
 }
@@ -103,11 +102,8 @@ pub struct CacheStats {
 ///
 /// let url = "redis://127.0.0.1:6379";
 /// let redis = RedisStore::connect(url, RedisOptions::new().with_key_prefix("sk:")).await?;
-/// let store = CachedStore::new(
-///     Arc::new(redis),
-///     RedisInvalidation::new(url, "sk:"),
-///     CacheOptions::new(),
-/// );
+/// let invalidations = RedisInvalidation::new(url, &redis);
+/// let store = CachedStore::new(Arc::new(redis), invalidations, CacheOptions::new());
 /// store.wait_coherent(std::time::Duration::from_secs(2)).await;
 /// # Ok(())
 /// # }
@@ -177,7 +173,7 @@ impl CachedStore {
             misses: self.core.misses.load(Ordering::Relaxed),
             invalidations: self.core.invalidations.load(Ordering::Relaxed),
             flushes: self.core.flushes.load(Ordering::Relaxed),
-            read_backs: self.core.read_backs.load(Ordering::Relaxed),
+            kept_writes: self.core.kept_writes.load(Ordering::Relaxed),
             entries: self.core.len() as u64,
         }
     }
@@ -224,14 +220,6 @@ impl StoreWrapper for CachedStore {
             self.core.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(record));
         }
-        // A refresh after this process's own write may be bringing the record in.
-        if self.core.refreshes.wait(key).await {
-            self.core.sync();
-            if let Some(record) = self.core.get(key, now) {
-                self.core.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(Some(record));
-            }
-        }
         self.core.misses.fetch_add(1, Ordering::Relaxed);
         let ticket = self.core.ticket(key);
         let found = self.inner.load(key, now).await?;
@@ -247,10 +235,9 @@ impl StoreWrapper for CachedStore {
         delta: &Delta,
         now: Timestamp,
     ) -> Result<SaveOutcome, StoreError> {
-        let hot = self.core.contains(key);
+        let ticket = self.core.ticket(key);
         let out = self.inner.save_delta(key, delta, now).await;
-        self.core.invalidate(key);
-        self.read_back(key, hot, &out, now);
+        self.written(key, ticket, delta, &out);
         out
     }
 
@@ -260,10 +247,14 @@ impl StoreWrapper for CachedStore {
         touch: Touch,
         now: Timestamp,
     ) -> Result<SaveOutcome, StoreError> {
-        let hot = self.core.contains(key);
+        let ticket = self.core.ticket(key);
         let out = self.inner.touch(key, touch, now).await;
-        self.core.invalidate(key);
-        self.read_back(key, hot, &out, now);
+        let delta = Delta {
+            changes: Vec::new(),
+            touch: Some(touch),
+            max_size: None,
+        };
+        self.written(key, ticket, &delta, &out);
         out
     }
 
@@ -329,46 +320,46 @@ impl StoreWrapper for CachedStore {
     }
 }
 
-/// Wraps `store` in a [`CachedStore`] when `SESSION_CACHE=on` and the store has an
-/// invalidation channel (standalone Redis); otherwise returns it as is, with a warning if the
-/// cache was asked for. Logs the choice.
-pub(crate) async fn wrap_cached(
-    store: Arc<dyn SessionStore>,
+/// `SESSION_CACHE=on` in front of `store` when it is a standalone Redis store (the only one
+/// with an invalidation channel); otherwise `store` as is, with a warning if the cache was
+/// asked for. Logs the choice.
+#[cfg(feature = "redis")]
+pub(crate) async fn wrap_redis(
+    store: crate::stores::redis::RedisStore,
+    url: &str,
     config: &crate::config::Config,
 ) -> Arc<dyn SessionStore> {
     if !config.cache {
-        return store;
+        return Arc::new(store);
     }
-    #[cfg(feature = "redis")]
-    if store.name() == "redis" {
-        if let Some(url) = config.redis_url.as_ref().map(|u| u.expose().to_owned()) {
-            if url.contains(',') || url.starts_with("redis+cluster:") {
-                tracing::warn!("SESSION_CACHE=on ignored: the cache does not track a Redis Cluster; sessions are not cached");
-                return store;
-            }
-            if url.starts_with("rediss") {
-                tracing::warn!("SESSION_CACHE=on ignored: the cache's tracking connection does not speak TLS (rediss://); sessions are not cached");
-                return store;
-            }
-            let cached = CachedStore::new(
-                store,
-                RedisInvalidation::new(&url, config.key_prefix.clone()),
-                CacheOptions::default(),
-            );
-            let coherent = cached.wait_coherent(Duration::from_secs(2)).await;
-            tracing::info!(
-                coherent,
-                status = %cached.status(),
-                "session cache on: in-process cache in front of Redis, invalidated by Redis client tracking"
-            );
-            return Arc::new(cached);
-        }
+    if store.is_cluster() || url.contains(',') || url.starts_with("redis+cluster:") {
+        tracing::warn!("SESSION_CACHE=on ignored: the cache does not track a Redis Cluster; sessions are not cached");
+        return Arc::new(store);
     }
-    tracing::warn!(
-        store = store.name(),
-        "SESSION_CACHE=on ignored: only the Redis store has an invalidation channel; sessions are not cached"
+    if url.starts_with("rediss") {
+        tracing::warn!("SESSION_CACHE=on ignored: the cache's tracking connection does not speak TLS (rediss://); sessions are not cached");
+        return Arc::new(store);
+    }
+    let invalidations = RedisInvalidation::new(url, &store);
+    let cached = CachedStore::new(Arc::new(store), invalidations, CacheOptions::default());
+    let coherent = cached.wait_coherent(Duration::from_secs(2)).await;
+    tracing::info!(
+        coherent,
+        status = %cached.status(),
+        "session cache on: in-process cache in front of Redis, invalidated by Redis client tracking"
     );
-    store
+    Arc::new(cached)
+}
+
+/// `SESSION_CACHE=on` with a store that has no invalidation channel: warns that nothing is
+/// cached.
+pub(crate) fn warn_uncached(store: &dyn SessionStore, config: &crate::config::Config) {
+    if config.cache {
+        tracing::warn!(
+            store = store.name(),
+            "SESSION_CACHE=on ignored: only the Redis store has an invalidation channel; sessions are not cached"
+        );
+    }
 }
 
 #[cfg(test)]

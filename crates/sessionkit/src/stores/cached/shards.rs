@@ -12,10 +12,9 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::write_through::Refreshes;
 use super::CacheOptions;
 use crate::id::StorageKey;
-use crate::record::{Record, Timestamp};
+use crate::record::{Delta, Record, Timestamp};
 
 pub(super) const SHARDS: usize = 16;
 
@@ -87,8 +86,7 @@ pub(super) struct Core {
     pub(super) invalidations: AtomicU64,
     pub(super) flushes: AtomicU64,
     /// Read-backs after this process's own writes (see `write_through`).
-    pub(super) read_backs: AtomicU64,
-    pub(super) refreshes: Refreshes,
+    pub(super) kept_writes: AtomicU64,
     /// Called before each lookup, to apply invalidations that have already arrived.
     pub(super) sync_hook: Mutex<Option<SyncHook>>,
 }
@@ -108,8 +106,7 @@ impl Core {
             misses: AtomicU64::new(0),
             invalidations: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
-            read_backs: AtomicU64::new(0),
-            refreshes: Refreshes::default(),
+            kept_writes: AtomicU64::new(0),
             sync_hook: Mutex::new(None),
         }
     }
@@ -130,11 +127,6 @@ impl Core {
                 hook();
             }
         }
-    }
-
-    /// Whether `key` has an entry (live or not): a session this process reads.
-    pub(super) fn contains(&self, key: &StorageKey) -> bool {
-        self.enabled() && self.shard(key).lock().map.contains_key(key)
     }
 
     /// The cached record, if coherent, fresh and live at `now`.
@@ -180,6 +172,29 @@ impl Core {
             },
         );
         shard.order.push_back((key.clone(), stamp));
+    }
+
+    /// After this process's own write took `key` to `version`: applies `delta` to the entry
+    /// if it holds the version just before and the shard saw no invalidation since `ticket`.
+    /// Whether it did (if not, the caller evicts).
+    pub(super) fn keep_written(
+        &self,
+        key: &StorageKey,
+        ticket: u64,
+        version: u64,
+        delta: &Delta,
+    ) -> bool {
+        let mut shard = self.shard(key).lock();
+        if shard.seq != ticket || !self.coherent.load(Ordering::Acquire) {
+            return false;
+        }
+        match shard.map.get_mut(key) {
+            Some(e) if e.record.meta.version.checked_add(1) == Some(version) => {
+                e.record.apply(delta);
+                true
+            }
+            _ => false,
+        }
     }
 
     pub(super) fn invalidate(&self, key: &StorageKey) {

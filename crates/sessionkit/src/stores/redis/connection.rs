@@ -317,6 +317,13 @@ impl RedisStore {
         self.cluster
     }
 
+    /// How a cache's invalidation source has this store's reads tracked: standalone only.
+    pub(crate) fn tracking_handle(&self) -> Option<super::TrackingHandle> {
+        self.batch
+            .clone()
+            .map(|batcher| super::TrackingHandle { batcher })
+    }
+
     /// One Redis call under the operation deadline, its error mapped with `context`.
     pub(super) async fn timed<T>(
         &self,

@@ -68,6 +68,7 @@ mod scripts;
 mod server_stats;
 mod session;
 mod tls;
+mod tracking;
 
 use std::fmt;
 use std::time::Duration;
@@ -85,6 +86,7 @@ use self::batcher::Batcher;
 use self::connection::Conn;
 pub use self::options::RedisOptions;
 use self::scripts::Scripts;
+pub(crate) use self::tracking::TrackingHandle;
 
 /// Sessions in Redis or Redis Cluster, shared by every process that uses the same server.
 ///

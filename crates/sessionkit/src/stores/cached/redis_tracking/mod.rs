@@ -1,18 +1,35 @@
 //! [`RedisInvalidation`]: invalidations from a standalone Redis server by server-assisted
-//! client-side caching (`CLIENT TRACKING ON BCAST`).
+//! client-side caching (`CLIENT TRACKING ... REDIRECT ... NOLOOP`).
 //!
-//! The race this module closes is the invalidation's journey: the server pushes it to every
-//! tracking connection in the same event-loop turn as it answers the writer, and (Redis 7, I/O
-//! threads off, the default) it writes the pushes first, so on one host (loopback) an
-//! invalidation is already in this process's socket buffer when process A learns that its
-//! write is done. The push would still wait for a task to be scheduled to read it; to close
-//! that gap, every lookup first reads, without waiting, whatever has arrived on the tracking
-//! socket (a non-blocking `read` system call, not a round trip:
-//! [`CacheInvalidator::set_sync_hook`]) and applies it. So a `load` that begins after the
-//! invalidation reached this host never serves the old record; across hosts, what remains is
-//! the network's delivery time of the push. If the tracking connection dies silently (a
-//! partition, no reset), stale loads are possible until the missed `PING` is noticed (default
-//! within 2 s), after which the cache is bypassed.
+//! # How
+//! A dedicated RESP3 connection receives the invalidations; the store's own data connection
+//! asks for them: each batch it sends starts with `CLIENT TRACKING ON REDIRECT <this
+//! connection's id> NOLOOP` (see the Redis store's `tracking.rs`). So the server tracks the
+//! keys this process *reads* and reports a later write to any of them by anyone else, while
+//! this process's own writes, scripts included, are not reported back (`NOLOOP`; checked
+//! against Redis 7.0, where it holds for script writes in this mode but not in `BCAST` mode).
+//! A write ends the tracking of its key; the save scripts read the record once more at their
+//! end, so a session this process wrote stays tracked and the cache can keep what it wrote.
+//!
+//! # The race this module closes
+//! The invalidation's journey: the server pushes it in the same event-loop turn as it answers
+//! the writer, and (Redis 7, I/O threads off, the default) it writes the pushes first, so on
+//! one host (loopback) an invalidation is already in this process's socket buffer when
+//! process A learns that its write is done. The push would still wait for a task to be
+//! scheduled to read it; to close that gap, every lookup first reads, without waiting,
+//! whatever has arrived on the tracking socket (a non-blocking `read` system call, not a
+//! round trip: [`CacheInvalidator::set_sync_hook`]) and applies it. So a `load` that begins
+//! after the invalidation reached this host never serves the old record; across hosts, what
+//! remains is the network's delivery time of the push.
+//!
+//! # Lapses
+//! Tracking lives with a connection. If the tracking connection dies (noticed at once on a
+//! reset, or by an unanswered `PING`, default within 2 s, on a silent death) the cache is
+//! bypassed until it is back. If the *data* connection is replaced or fails, its reads are no
+//! longer tracked: the store reports it before handing out that batch's replies and the cache
+//! flushes; a `PING` through the store every ping interval finds a connection that died while
+//! idle. Until then (a silent death, at most about two ping intervals), stale loads are
+//! possible, as with the tracking connection.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -27,18 +44,20 @@ use tokio::sync::Notify;
 
 use super::{CacheInvalidator, InvalidationSource};
 use crate::id::StorageKey;
+use crate::stores::redis::{RedisStore, TrackingHandle};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// Invalidations from a standalone Redis server by server-assisted client-side caching:
-/// one dedicated RESP3 connection with `CLIENT TRACKING ON BCAST PREFIX <prefix>`, pinged
-/// every second. Before each cache hit, whatever the server has already pushed on it is
-/// read without waiting (a non-blocking `read`, no round trip), so an invalidation that
-/// reached this host before the load began is always applied first. A lost connection
-/// makes the cache incoherent (flushed, bypassed) and a background task reconnects with
-/// backoff (50 ms doubling to 2 s). Needs Redis 6 or later, a `redis://` TCP URL; against a
-/// Cluster it stays incoherent (the cache is bypassed).
+/// Invalidations from a standalone Redis server by server-assisted client-side caching, for
+/// a cache in front of one [`RedisStore`]: the store's reads are tracked and the invalidations
+/// redirected to one dedicated RESP3 connection, pinged every second. Before each cache hit,
+/// whatever the server has already pushed on it is read without waiting (a non-blocking
+/// `read`, no round trip), so an invalidation that reached this host before the load began is
+/// always applied first. A lost connection makes the cache incoherent (flushed, bypassed)
+/// and a background task reconnects with backoff (50 ms doubling to 2 s). Needs Redis 6 or
+/// later, a `redis://` TCP URL; against a Cluster it stays incoherent (the cache is
+/// bypassed).
 ///
 /// The RESP3 decoding is redis-rs's own ([`redis::Parser`], kept across reads so that a value
 /// cut between two reads is finished later); the socket is a plain one rather than a redis-rs
@@ -47,7 +66,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// arrived" synchronously before a hit.
 pub struct RedisInvalidation {
     url: String,
-    prefix: String,
+    /// The store's side (`None`: a Cluster store, never tracked).
+    store: Option<TrackingHandle>,
     timeout: Duration,
     ping_interval: Duration,
 }
@@ -56,7 +76,6 @@ impl fmt::Debug for RedisInvalidation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The URL may hold a password.
         f.debug_struct("RedisInvalidation")
-            .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .field("ping_interval", &self.ping_interval)
             .finish_non_exhaustive()
@@ -244,12 +263,12 @@ impl Tracker {
 }
 
 impl RedisInvalidation {
-    /// Tracks the keys under `prefix` (the store's key prefix) on the server at `url`
-    /// (the store's URL).
-    pub fn new(url: &str, prefix: impl Into<String>) -> Self {
+    /// Tracks the sessions that `store` reads, on the server at `url` (the store's URL). The
+    /// cache must be put in front of this same store.
+    pub fn new(url: &str, store: &RedisStore) -> Self {
         Self {
             url: url.to_owned(),
-            prefix: prefix.into(),
+            store: store.tracking_handle(),
             timeout: Duration::from_millis(500),
             ping_interval: Duration::from_secs(1),
         }
@@ -272,7 +291,11 @@ impl RedisInvalidation {
         self
     }
 
-    async fn connect(&self, invalidator: &CacheInvalidator) -> Result<Arc<Tracker>, Failure> {
+    /// Connects, and returns the tracker and its `CLIENT ID` (where invalidations go).
+    async fn connect(
+        &self,
+        invalidator: &CacheInvalidator,
+    ) -> Result<(Arc<Tracker>, i64), Failure> {
         let info = self.url.as_str().into_connection_info()?;
         let ConnectionAddr::Tcp(host, port) = info.addr() else {
             return Err(Failure::Url);
@@ -302,20 +325,13 @@ impl RedisInvalidation {
         tracker.request(&hello).await?;
         let info = reply_text(&tracker.request(redis::cmd("INFO").arg("cluster")).await?)
             .unwrap_or_default();
-        if info.contains("cluster_enabled:1") {
+        if info.contains("cluster_enabled:1") || self.store.is_none() {
             return Err(Failure::Cluster);
         }
-        tracker
-            .request(
-                redis::cmd("CLIENT")
-                    .arg("TRACKING")
-                    .arg("ON")
-                    .arg("BCAST")
-                    .arg("PREFIX")
-                    .arg(&self.prefix),
-            )
-            .await?;
-        Ok(tracker)
+        match tracker.request(redis::cmd("CLIENT").arg("ID")).await? {
+            redis::Value::Int(id) => Ok((tracker, id)),
+            other => Err(Failure::Refused(format!("CLIENT ID: {other:?}"))),
+        }
     }
 
     async fn run(self, invalidator: CacheInvalidator) {
@@ -325,7 +341,7 @@ impl RedisInvalidation {
             let attempt = tokio::time::timeout(self.timeout, self.connect(&invalidator))
                 .await
                 .unwrap_or(Err(Failure::TimedOut));
-            let tracker = match attempt {
+            let (tracker, id) = match attempt {
                 Ok(t) => t,
                 Err(Failure::Cluster) => {
                     tracing::warn!(
@@ -356,11 +372,26 @@ impl RedisInvalidation {
                     t.drain();
                 }
             })));
-            invalidator.set_coherent(true, "Redis client tracking (BCAST)");
+            // The store's reads are tracked from its next batch on, before any load may cache.
+            let store = self.store.as_ref();
+            let on_lapse = {
+                let invalidator = invalidator.clone();
+                Arc::new(move |why: &'static str| {
+                    tracing::debug!(why, "session cache: flushed, tracking may have lapsed");
+                    invalidator.flush();
+                })
+            };
+            if let Some(s) = store {
+                s.attach(Some(id), Some(on_lapse));
+            }
+            invalidator.set_coherent(true, "Redis client tracking");
             let why = self.watch(&tracker, &invalidator).await;
             // Bypass first, then drop the hook: no hit is served in between.
             invalidator.set_coherent(false, why);
             invalidator.set_sync_hook(None);
+            if let Some(s) = store {
+                s.attach(None, None);
+            }
             tracker
                 .live
                 .store(false, std::sync::atomic::Ordering::Release);
@@ -398,6 +429,12 @@ impl RedisInvalidation {
                         return "tracking connection lost";
                     }
                     unanswered = true;
+                    // The data connection too: a lapse there flushes (see `tracking.rs`).
+                    if let Some(store) = self.store.clone() {
+                        tokio::spawn(async move {
+                            let _ = store.probe().await;
+                        });
+                    }
                 }
             }
         }

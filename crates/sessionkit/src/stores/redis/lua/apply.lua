@@ -94,4 +94,8 @@ if moved then
     end
   end
 end
+-- Read the record once more: the write above ended the server's tracking of this key for
+-- this connection (any write does), and a read tracks it again, so that a cache that keeps
+-- what it wrote still hears of the next write by anyone else (see `tracking.rs`).
+redis.call('HEXISTS', rec, F_VERSION)
 return {'saved', v}
