@@ -2,7 +2,8 @@
 //! that talks to the same server.
 //!
 //! The modules, by what they hold: `options` (the settings), `connection` (the one shared
-//! connection, time bounds, error mapping), `batcher` (automatic pipelining), `keys` (the key
+//! connection, time bounds, error mapping), `batcher` (automatic pipelining), `tracking` (how
+//! the connection's reads are tracked for a cache in front, `SESSION_CACHE`), `keys` (the key
 //! layout), `codec` (records as hash fields), `scripts` (the Lua scripts of `lua/` and how
 //! they are called), `session` (load, save, destroy), `index` (create with the per-user limit,
 //! and the user's index), `scan` (count, scan, cleanup) and `server_stats` (the server's
