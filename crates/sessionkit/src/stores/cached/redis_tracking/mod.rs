@@ -23,13 +23,23 @@
 //! remains is the network's delivery time of the push.
 //!
 //! # Lapses
-//! Tracking lives with a connection. If the tracking connection dies (noticed at once on a
-//! reset, or by an unanswered `PING`, default within 2 s, on a silent death) the cache is
-//! bypassed until it is back. If the *data* connection is replaced or fails, its reads are no
-//! longer tracked: the store reports it before handing out that batch's replies and the cache
-//! flushes; a `PING` through the store every ping interval finds a connection that died while
-//! idle. Until then (a silent death, at most about two ping intervals), stale loads are
-//! possible, as with the tracking connection.
+//! Tracking lives with a connection, and a client ID means something on one server only.
+//! - On (re)connecting, the tracking connection reads its server's `run_id`, and the store's
+//!   data connection is identified (its `CLIENT ID` and its server's `run_id`): the cache
+//!   serves only if both are on the same server.
+//! - If the tracking connection dies (noticed at once on a reset, or by an unanswered check,
+//!   default within 2 s, on a silent death), the cache is bypassed until it is back.
+//! - If the *data* connection is not the identified one, its reads are no longer tracked: the
+//!   store reports it before handing out that batch's replies, and the cache is bypassed until
+//!   both connections are set up and identified again. A failed batch or a refused tracking
+//!   command flushes. A `PING` through the store every ping interval finds a data connection
+//!   that died while idle.
+//! - With `NOLOOP`, a key that Redis evicts for memory while running this process's own
+//!   command is not reported to it: the periodic check reads the server's `evicted_keys`
+//!   (`INFO stats`) and flushes when it rises. (A `maxmemory-policy` of `noeviction` avoids
+//!   this, and losing sessions to eviction, altogether: `sessionkit check` says so.)
+//! - Until a silent death or an eviction is noticed (at most about two ping intervals), stale
+//!   loads are possible.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -44,7 +54,10 @@ use tokio::sync::Notify;
 
 use super::{CacheInvalidator, InvalidationSource};
 use crate::id::StorageKey;
-use crate::stores::redis::{RedisStore, TrackingHandle};
+use crate::stores::redis::{Lapse, OnLapse, RedisStore, TrackingHandle};
+
+/// Why the cache starts over when the store's data connection was replaced.
+const REPLACED: &str = "the store's data connection was replaced";
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -99,6 +112,28 @@ enum Failure {
     TimedOut,
     #[error("connection closed or unreadable")]
     Broken,
+    #[error("the store's data connection is on another Redis server (run_id differs)")]
+    OtherServer,
+    #[error("the store's data connection changed while it was identified")]
+    DataChanged,
+}
+
+/// `evicted_keys` of an `INFO stats` reply.
+fn evicted_keys(v: &redis::Value) -> Option<u64> {
+    reply_text(v)?
+        .lines()
+        .find_map(|l| l.strip_prefix("evicted_keys:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// `run_id` of an `INFO server` reply.
+fn run_id(v: &redis::Value) -> Option<String> {
+    reply_text(v)?
+        .lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .map(|r| r.trim().to_owned())
 }
 
 /// A reader that tells "nothing more has arrived" (the socket would block) apart from a closed
@@ -177,6 +212,8 @@ struct Tracker {
     state: Mutex<ReadState>,
     invalidator: CacheInvalidator,
     lost: Notify,
+    /// Set when `lost` means that the store's data connection was replaced.
+    replaced: std::sync::atomic::AtomicBool,
     /// Set once tracking is on: from then on a broken read makes the cache incoherent.
     live: std::sync::atomic::AtomicBool,
 }
@@ -281,8 +318,9 @@ impl RedisInvalidation {
         self
     }
 
-    /// How often the tracking connection is checked with `PING`; an unanswered `PING`
-    /// at the next check means the connection is dead. A silently dead connection (no
+    /// How often the tracking connection is checked (`INFO stats`, which also tells of
+    /// evictions) and the store's data connection probed (`PING`); a check unanswered at the
+    /// next one means the connection is dead. A silently dead connection (no
     /// reset, e.g. a partition) can thus go unnoticed, serving possibly stale loads, for
     /// up to twice this. Default 1 s.
     #[must_use]
@@ -291,11 +329,12 @@ impl RedisInvalidation {
         self
     }
 
-    /// Connects, and returns the tracker and its `CLIENT ID` (where invalidations go).
+    /// Connects, checks that the store's data connection is on the same server, and returns
+    /// the tracker, its `CLIENT ID` (where invalidations go) and the server's `evicted_keys`.
     async fn connect(
         &self,
         invalidator: &CacheInvalidator,
-    ) -> Result<(Arc<Tracker>, i64), Failure> {
+    ) -> Result<(Arc<Tracker>, i64, u64), Failure> {
         let info = self.url.as_str().into_connection_info()?;
         let ConnectionAddr::Tcp(host, port) = info.addr() else {
             return Err(Failure::Url);
@@ -311,6 +350,7 @@ impl RedisInvalidation {
             }),
             invalidator: invalidator.clone(),
             lost: Notify::new(),
+            replaced: std::sync::atomic::AtomicBool::new(false),
             live: std::sync::atomic::AtomicBool::new(false),
         });
         let settings = info.redis_settings();
@@ -325,12 +365,28 @@ impl RedisInvalidation {
         tracker.request(&hello).await?;
         let info = reply_text(&tracker.request(redis::cmd("INFO").arg("cluster")).await?)
             .unwrap_or_default();
-        if info.contains("cluster_enabled:1") || self.store.is_none() {
+        let Some(store) = self
+            .store
+            .as_ref()
+            .filter(|_| !info.contains("cluster_enabled:1"))
+        else {
             return Err(Failure::Cluster);
-        }
-        match tracker.request(redis::cmd("CLIENT").arg("ID")).await? {
-            redis::Value::Int(id) => Ok((tracker, id)),
-            other => Err(Failure::Refused(format!("CLIENT ID: {other:?}"))),
+        };
+        let id = match tracker.request(redis::cmd("CLIENT").arg("ID")).await? {
+            redis::Value::Int(id) => id,
+            other => return Err(Failure::Refused(format!("CLIENT ID: {other:?}"))),
+        };
+        let server = run_id(&tracker.request(redis::cmd("INFO").arg("server")).await?)
+            .ok_or_else(|| Failure::Refused("INFO server without a run_id".into()))?;
+        let evicted =
+            evicted_keys(&tracker.request(redis::cmd("INFO").arg("stats")).await?).unwrap_or(0);
+        // A client ID means something on one server only: the redirect must name this
+        // connection on the server the store's data connection talks to (a proxy or a DNS
+        // failover could send the two to different servers).
+        match store.identify().await? {
+            Some(r) if r == server => Ok((tracker, id, evicted)),
+            Some(_) => Err(Failure::OtherServer),
+            None => Err(Failure::DataChanged),
         }
     }
 
@@ -341,7 +397,7 @@ impl RedisInvalidation {
             let attempt = tokio::time::timeout(self.timeout, self.connect(&invalidator))
                 .await
                 .unwrap_or(Err(Failure::TimedOut));
-            let (tracker, id) = match attempt {
+            let (tracker, id, mut evicted) = match attempt {
                 Ok(t) => t,
                 Err(Failure::Cluster) => {
                     tracing::warn!(
@@ -374,18 +430,30 @@ impl RedisInvalidation {
             })));
             // The store's reads are tracked from its next batch on, before any load may cache.
             let store = self.store.as_ref();
-            let on_lapse = {
+            let on_lapse: OnLapse = {
                 let invalidator = invalidator.clone();
-                Arc::new(move |why: &'static str| {
-                    tracing::debug!(why, "session cache: flushed, tracking may have lapsed");
-                    invalidator.flush();
+                let tracker = Arc::downgrade(&tracker);
+                Arc::new(move |lapse| match lapse {
+                    Lapse::Flush(why) => {
+                        tracing::debug!(why, "session cache: flushed, tracking may have lapsed");
+                        invalidator.flush();
+                    }
+                    Lapse::Replaced => {
+                        // Bypassed at once; the tracking task starts over and identifies the
+                        // new connection before the cache serves again.
+                        invalidator.set_coherent(false, REPLACED);
+                        if let Some(t) = tracker.upgrade() {
+                            t.replaced.store(true, std::sync::atomic::Ordering::Release);
+                            t.lost.notify_one();
+                        }
+                    }
                 })
             };
             if let Some(s) = store {
                 s.attach(Some(id), Some(on_lapse));
             }
             invalidator.set_coherent(true, "Redis client tracking");
-            let why = self.watch(&tracker, &invalidator).await;
+            let why = self.watch(&tracker, &invalidator, &mut evicted).await;
             // Bypass first, then drop the hook: no hit is served in between.
             invalidator.set_coherent(false, why);
             invalidator.set_sync_hook(None);
@@ -398,15 +466,28 @@ impl RedisInvalidation {
         }
     }
 
-    /// Reads pushes and pings until the connection fails or the store is dropped.
-    async fn watch(&self, tracker: &Tracker, invalidator: &CacheInvalidator) -> &'static str {
+    /// Reads pushes and checks the connection every ping interval (`INFO stats`) until it
+    /// fails, the store's data connection is replaced or the store is dropped. A rise of the
+    /// server's `evicted_keys` flushes: with `NOLOOP`, a key evicted for memory while this
+    /// process's own command runs is not reported to it.
+    async fn watch(
+        &self,
+        tracker: &Tracker,
+        invalidator: &CacheInvalidator,
+        evicted: &mut u64,
+    ) -> &'static str {
         let mut unanswered = false;
         let mut tick = tokio::time::interval(self.ping_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
             tokio::select! {
-                () = tracker.lost.notified() => return "tracking connection lost",
+                () = tracker.lost.notified() => {
+                    if tracker.replaced.load(std::sync::atomic::Ordering::Acquire) {
+                        return REPLACED;
+                    }
+                    return "tracking connection lost";
+                }
                 r = tracker.stream.readable() => {
                     if r.is_err() || !tracker.drain() {
                         return "tracking connection lost";
@@ -416,16 +497,18 @@ impl RedisInvalidation {
                     if invalidator.is_closed() {
                         return "store dropped";
                     }
-                    let answered = {
-                        let mut st = tracker.state.lock();
-                        let any = !st.replies.is_empty();
-                        st.replies.clear();
-                        any
-                    };
-                    if unanswered && !answered {
-                        return "tracking connection: no PING reply";
+                    let replies: Vec<redis::Value> = tracker.state.lock().replies.drain(..).collect();
+                    if unanswered && replies.is_empty() {
+                        return "tracking connection: no reply to its periodic check";
                     }
-                    if tracker.send(&redis::cmd("PING")).await.is_err() {
+                    for n in replies.iter().filter_map(evicted_keys) {
+                        if n > *evicted {
+                            tracing::debug!("session cache: flushed, Redis evicted keys");
+                            invalidator.flush();
+                        }
+                        *evicted = n;
+                    }
+                    if tracker.send(redis::cmd("INFO").arg("stats")).await.is_err() {
                         return "tracking connection lost";
                     }
                     unanswered = true;
