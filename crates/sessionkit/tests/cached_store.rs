@@ -473,43 +473,6 @@ async fn hit_cost() {
     assert!(p.store.stats().hits >= u64::from(n) - 1);
 }
 
-/// A tracking connection that stops answering (the server paused, as in a partition: no
-/// reset) is noticed by its `PING`s: the cache is bypassed, then comes back by itself.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn silent_tracking_connection_is_noticed() {
-    let server = RedisServer::start();
-    let prefix = unique_prefix();
-    let redis = RedisStore::connect(&server.url(), options(&prefix))
-        .await
-        .unwrap();
-    let invalidations = RedisInvalidation::new(&server.url(), &redis)
-        .with_ping_interval(Duration::from_millis(200));
-    let store = CachedStore::new(Arc::new(redis), invalidations, CacheOptions::new());
-    assert!(store.wait_coherent(Duration::from_secs(20)).await);
-    let key = new_key();
-    must_create(&store, &key, &record_at(None, now())).await;
-    assert!(store.load(&key, now()).await.unwrap().is_some());
-    assert_eq!(store.stats().entries, 1);
-
-    server.cli(&["CLIENT", "PAUSE", "2000", "ALL"]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while store.is_coherent() {
-        assert!(
-            Instant::now() < deadline,
-            "a silent connection went unnoticed"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(store.stats().entries, 0);
-    assert!(store.status().contains("no reply"), "{}", store.status());
-    assert!(
-        store.wait_coherent(Duration::from_secs(20)).await,
-        "{}",
-        store.status()
-    );
-    assert!(store.load(&key, now()).await.unwrap().is_some());
-}
-
 #[path = "cached_store/lapses.rs"]
 mod lapses;
 #[path = "cached_store/write_through.rs"]

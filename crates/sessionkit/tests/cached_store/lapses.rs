@@ -8,12 +8,22 @@ fn n_of(r: &sessionkit::store::Record, name: &str) -> Option<u64> {
     r.data.get(name).map(|v| v.parse().unwrap())
 }
 
-/// A cache in front of a new store on `url`, checked every 200 ms.
-async fn cached(url: &str, prefix: &str) -> CachedStore {
-    let redis = RedisStore::connect(url, options(prefix)).await.unwrap();
-    let invalidations =
-        RedisInvalidation::new(url, &redis).with_ping_interval(Duration::from_millis(200));
-    CachedStore::new(Arc::new(redis), invalidations, CacheOptions::new())
+/// A coherent cache in front of a new store on `server`, checked every 200 ms, and the
+/// store's key prefix.
+async fn coherent(server: &RedisServer) -> (CachedStore, String) {
+    let prefix = unique_prefix();
+    let redis = RedisStore::connect(&server.url(), options(&prefix))
+        .await
+        .unwrap();
+    let invalidations = RedisInvalidation::new(&server.url(), &redis)
+        .with_ping_interval(Duration::from_millis(200));
+    let cache = CachedStore::new(Arc::new(redis), invalidations, CacheOptions::new());
+    assert!(
+        cache.wait_coherent(Duration::from_secs(20)).await,
+        "{}",
+        cache.status()
+    );
+    (cache, prefix)
 }
 
 /// Waits until `done`, at most 10 s (far below the cache's 60 s TTL).
@@ -32,9 +42,7 @@ async fn within_10s(what: &str, mut done: impl AsyncFnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_data_connection_flushes_the_cache() {
     let server = RedisServer::start();
-    let prefix = unique_prefix();
-    let a = cached(&server.url(), &prefix).await;
-    assert!(a.wait_coherent(Duration::from_secs(20)).await);
+    let (a, prefix) = coherent(&server).await;
     let b = RedisStore::connect(&server.url(), options(&prefix))
         .await
         .unwrap();
@@ -78,9 +86,7 @@ async fn a_replaced_data_connection_flushes_the_cache() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_eviction_by_our_own_command_flushes_the_cache() {
     let server = RedisServer::start();
-    let prefix = unique_prefix();
-    let a = cached(&server.url(), &prefix).await;
-    assert!(a.wait_coherent(Duration::from_secs(20)).await);
+    let (a, prefix) = coherent(&server).await;
     // The first to go under `volatile-ttl`: the nearest expiry.
     let doomed = new_key();
     must_create(&a, &doomed, &record_at(Some("evicted"), now())).await;
@@ -139,4 +145,35 @@ async fn connections_on_two_servers_keep_the_cache_bypassed() {
         assert!(store.load(&key, now()).await.unwrap().is_some());
     }
     assert_eq!(store.stats().hits, 0);
+}
+
+/// A tracking connection that stops answering (the server paused, as in a partition: no
+/// reset) is noticed by its periodic checks: the cache is bypassed, then comes back by
+/// itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_tracking_connection_is_noticed() {
+    let server = RedisServer::start();
+    let (store, _) = coherent(&server).await;
+    let key = new_key();
+    must_create(&store, &key, &record_at(None, now())).await;
+    assert!(store.load(&key, now()).await.unwrap().is_some());
+    assert_eq!(store.stats().entries, 1);
+
+    server.cli(&["CLIENT", "PAUSE", "2000", "ALL"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store.is_coherent() {
+        assert!(
+            Instant::now() < deadline,
+            "a silent connection went unnoticed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(store.stats().entries, 0);
+    assert!(store.status().contains("no reply"), "{}", store.status());
+    assert!(
+        store.wait_coherent(Duration::from_secs(20)).await,
+        "{}",
+        store.status()
+    );
+    assert!(store.load(&key, now()).await.unwrap().is_some());
 }
