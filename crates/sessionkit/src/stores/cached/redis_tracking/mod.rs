@@ -17,10 +17,13 @@
 //! one host (loopback) an invalidation is already in this process's socket buffer when
 //! process A learns that its write is done. The push would still wait for a task to be
 //! scheduled to read it; to close that gap, every lookup first reads, without waiting,
-//! whatever has arrived on the tracking socket (a non-blocking `read` system call, not a
-//! round trip: [`CacheInvalidator::set_sync_hook`]) and applies it. So a `load` that begins
-//! after the invalidation reached this host never serves the old record; across hosts, what
-//! remains is the network's delivery time of the push.
+//! whatever has arrived on the tracking socket (a non-blocking read, not a round trip:
+//! [`CacheInvalidator::set_sync_hook`]) and applies it. The read is tokio's `try_read`, which
+//! makes no system call unless the runtime's reactor has seen the socket readable; that is
+//! enough, because whatever made the load begin (a request, a reply) was itself reported by
+//! the reactor, and the same `epoll_wait` (or an earlier one) reports a push that arrived
+//! before it. So a `load` that begins after the invalidation reached this host never serves
+//! the old record; across hosts, what remains is the network's delivery time of the push.
 //!
 //! # Lapses
 //! Tracking lives with a connection, and a client ID means something on one server only.
