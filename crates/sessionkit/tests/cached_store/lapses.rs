@@ -177,3 +177,37 @@ async fn silent_tracking_connection_is_noticed() {
     );
     assert!(store.load(&key, now()).await.unwrap().is_some());
 }
+
+/// A Redis user that may not turn tracking on (an ACL without `client|tracking`): the cache
+/// stays bypassed and says why, instead of going coherent and flushing at every batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_without_client_tracking_keeps_the_cache_bypassed() {
+    let server = RedisServer::start();
+    server.cli(&[
+        "ACL",
+        "SETUSER",
+        "notrack",
+        "on",
+        ">pw",
+        "~*",
+        "&*",
+        "+@all",
+        "-client|tracking",
+    ]);
+    let url = server.url().replace("redis://", "redis://notrack:pw@");
+    let prefix = unique_prefix();
+    let redis = RedisStore::connect(&url, options(&prefix)).await.unwrap();
+    let invalidations = RedisInvalidation::new(&url, &redis);
+    let store = CachedStore::new(Arc::new(redis), invalidations, CacheOptions::new());
+    within_10s("no reason given", async || {
+        store.status().to_lowercase().contains("noperm")
+    })
+    .await;
+    assert!(!store.is_coherent(), "{}", store.status());
+    let key = new_key();
+    must_create(&store, &key, &record_at(None, now())).await;
+    for _ in 0..3 {
+        assert!(store.load(&key, now()).await.unwrap().is_some());
+    }
+    assert_eq!(store.stats().hits, 0);
+}

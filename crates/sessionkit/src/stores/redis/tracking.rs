@@ -40,6 +40,17 @@ pub(crate) enum Lapse {
 /// What the cache is told a lapse with.
 pub(crate) type OnLapse = Arc<dyn Fn(Lapse) + Send + Sync>;
 
+/// `CLIENT TRACKING ON REDIRECT <to> NOLOOP`.
+fn tracking_on(to: i64) -> Cmd {
+    let mut on = redis::cmd("CLIENT");
+    on.arg("TRACKING")
+        .arg("ON")
+        .arg("REDIRECT")
+        .arg(to)
+        .arg("NOLOOP");
+    on
+}
+
 fn client_id() -> Cmd {
     let mut id = redis::cmd("CLIENT");
     id.arg("ID");
@@ -60,15 +71,7 @@ impl TrackingLink {
     /// The commands that start a batch, if a cache is attached.
     pub(super) fn prefix(&self) -> Option<[Cmd; 2]> {
         let to = self.redirect.load(Ordering::Acquire);
-        (to != 0).then(|| {
-            let mut on = redis::cmd("CLIENT");
-            on.arg("TRACKING")
-                .arg("ON")
-                .arg("REDIRECT")
-                .arg(to)
-                .arg("NOLOOP");
-            [on, client_id()]
-        })
+        (to != 0).then(|| [tracking_on(to), client_id()])
     }
 
     /// Checks the replies to [`prefix`](Self::prefix) (`None`: the batch failed as a whole);
@@ -132,6 +135,13 @@ impl TrackingHandle {
             }
             _ => Ok(None),
         }
+    }
+
+    /// Asks the server now to track the data connection's reads for client `redirect`, so that
+    /// a server that refuses (an ACL without `client|tracking`) keeps the cache bypassed with
+    /// the server's reason, rather than flushing it at every batch.
+    pub(crate) async fn check_tracking(&self, redirect: i64) -> RedisResult<()> {
+        self.batcher.query(tracking_on(redirect)).await.map(drop)
     }
 
     /// One `PING` through the batcher: checks the data connection (a lapse is reported if it

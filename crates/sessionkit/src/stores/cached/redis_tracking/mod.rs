@@ -32,7 +32,9 @@
 //! Tracking lives with a connection, and a client ID means something on one server only.
 //! - On (re)connecting, the tracking connection reads its server's `run_id`, and the store's
 //!   data connection is identified (its `CLIENT ID` and its server's `run_id`): the cache
-//!   serves only if both are on the same server.
+//!   serves only if both are on the same server, and once the server has accepted to track the
+//!   data connection (a user whose ACL denies `client|tracking` keeps the cache bypassed, with
+//!   the server's refusal as the status).
 //! - If the tracking connection dies (noticed at once on a reset, or by an unanswered check,
 //!   default within 2 s, on a silent death), the cache is bypassed until it is back.
 //! - If the *data* connection is not the identified one, its reads are no longer tracked: the
@@ -390,10 +392,12 @@ impl RedisInvalidation {
         // connection on the server the store's data connection talks to (a proxy or a DNS
         // failover could send the two to different servers).
         match store.identify().await? {
-            Some(r) if r == server => Ok((tracker, id, evicted)),
-            Some(_) => Err(Failure::OtherServer),
-            None => Err(Failure::DataChanged),
+            Some(r) if r == server => {}
+            Some(_) => return Err(Failure::OtherServer),
+            None => return Err(Failure::DataChanged),
         }
+        store.check_tracking(id).await?;
+        Ok((tracker, id, evicted))
     }
 
     async fn run(self, invalidator: CacheInvalidator) {
