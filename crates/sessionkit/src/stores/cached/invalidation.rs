@@ -63,6 +63,11 @@ impl CacheInvalidator {
 }
 
 /// Tells a [`CachedStore`] about writes made by others, see the module documentation.
+///
+/// A source must report every write by another process to a key this process read or wrote,
+/// made after that read or write: the cache keeps what this process writes (write-through)
+/// and relies on the source for everything else. Reporting this process's own writes as well
+/// is safe, and costs only hits.
 pub trait InvalidationSource: Send + Sync + fmt::Debug + 'static {
     /// Starts reporting to `invalidator`; called once by [`CachedStore::new`], inside a Tokio
     /// runtime. The cache stays bypassed until the source calls

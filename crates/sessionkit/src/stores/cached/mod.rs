@@ -332,7 +332,7 @@ pub(crate) async fn wrap_redis(
     if !config.cache {
         return Arc::new(store);
     }
-    if store.is_cluster() || url.contains(',') || url.starts_with("redis+cluster:") {
+    if store.is_cluster() {
         tracing::warn!("SESSION_CACHE=on ignored: the cache does not track a Redis Cluster; sessions are not cached");
         return Arc::new(store);
     }

@@ -85,7 +85,7 @@ pub(super) struct Core {
     pub(super) misses: AtomicU64,
     pub(super) invalidations: AtomicU64,
     pub(super) flushes: AtomicU64,
-    /// Read-backs after this process's own writes (see `write_through`).
+    /// This process's own writes kept in the cache (see `write_through`).
     pub(super) kept_writes: AtomicU64,
     /// Called before each lookup, to apply invalidations that have already arrived.
     pub(super) sync_hook: Mutex<Option<SyncHook>>,

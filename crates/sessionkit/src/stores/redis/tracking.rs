@@ -125,9 +125,8 @@ impl TrackingHandle {
             .query(redis::cmd("INFO").arg("server").clone())
             .await?;
         let after = id(self.batcher.query(client_id()).await?);
-        let run_id = super::codec::text(&info)
-            .and_then(|t| t.lines().find_map(|l| l.strip_prefix("run_id:")))
-            .map(|r| r.trim().to_owned());
+        let run_id =
+            super::codec::text(&info).and_then(|t| redis::InfoDict::new(t).get::<String>("run_id"));
         match (before, after, run_id) {
             (Some(a), Some(b), Some(run_id)) if a == b => {
                 self.batcher.link.data_client.store(a, Ordering::Release);

@@ -72,10 +72,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Invalidations from a standalone Redis server by server-assisted client-side caching, for
 /// a cache in front of one [`RedisStore`]: the store's reads are tracked and the invalidations
-/// redirected to one dedicated RESP3 connection, pinged every second. Before each cache hit,
-/// whatever the server has already pushed on it is read without waiting (a non-blocking
-/// `read`, no round trip), so an invalidation that reached this host before the load began is
-/// always applied first. A lost connection makes the cache incoherent (flushed, bypassed)
+/// redirected to one dedicated RESP3 connection, checked every second. Before each cache hit,
+/// whatever the server has already pushed on it is read without waiting (no round trip;
+/// the module documentation says exactly which pushes that applies). A lost connection makes the cache incoherent (flushed, bypassed)
 /// and a background task reconnects with backoff (50 ms doubling to 2 s). Needs Redis 6 or
 /// later, a `redis://` TCP URL; against a Cluster it stays incoherent (the cache is
 /// bypassed).
@@ -126,22 +125,9 @@ enum Failure {
     DataChanged,
 }
 
-/// `evicted_keys` of an `INFO stats` reply.
-fn evicted_keys(v: &redis::Value) -> Option<u64> {
-    reply_text(v)?
-        .lines()
-        .find_map(|l| l.strip_prefix("evicted_keys:"))?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// `run_id` of an `INFO server` reply.
-fn run_id(v: &redis::Value) -> Option<String> {
-    reply_text(v)?
-        .lines()
-        .find_map(|l| l.strip_prefix("run_id:"))
-        .map(|r| r.trim().to_owned())
+/// A field of an `INFO` reply, parsed by redis-rs's [`redis::InfoDict`].
+fn info_field<T: redis::FromRedisValue>(v: &redis::Value, field: &str) -> Option<T> {
+    redis::InfoDict::new(&reply_text(v)?).get(field)
 }
 
 /// A reader that tells "nothing more has arrived" (the socket would block) apart from a closed
@@ -384,10 +370,16 @@ impl RedisInvalidation {
             redis::Value::Int(id) => id,
             other => return Err(Failure::Refused(format!("CLIENT ID: {other:?}"))),
         };
-        let server = run_id(&tracker.request(redis::cmd("INFO").arg("server")).await?)
-            .ok_or_else(|| Failure::Refused("INFO server without a run_id".into()))?;
-        let evicted =
-            evicted_keys(&tracker.request(redis::cmd("INFO").arg("stats")).await?).unwrap_or(0);
+        let server: String = info_field(
+            &tracker.request(redis::cmd("INFO").arg("server")).await?,
+            "run_id",
+        )
+        .ok_or_else(|| Failure::Refused("INFO server without a run_id".into()))?;
+        let evicted = info_field(
+            &tracker.request(redis::cmd("INFO").arg("stats")).await?,
+            "evicted_keys",
+        )
+        .unwrap_or(0);
         // A client ID means something on one server only: the redirect must name this
         // connection on the server the store's data connection talks to (a proxy or a DNS
         // failover could send the two to different servers).
@@ -511,7 +503,7 @@ impl RedisInvalidation {
                     if unanswered && replies.is_empty() {
                         return "tracking connection: no reply to its periodic check";
                     }
-                    for n in replies.iter().filter_map(evicted_keys) {
+                    for n in replies.iter().filter_map(|r| info_field::<u64>(r, "evicted_keys")) {
                         if n > *evicted {
                             tracing::debug!("session cache: flushed, Redis evicted keys");
                             invalidator.flush();
