@@ -2,7 +2,8 @@
 //! only, with certificates made at test time (`sessionkit_testkit::tls::TestCerts`): the
 //! conformance suite over TLS, a wrong CA refused with an error that says so (naming the store
 //! and host, never the password), the system's roots used when no CA is named, and the
-//! production warning about a store reached in clear.
+//! production warning about a store reached in clear, and the session cache's tracking
+//! connection over TLS.
 //!
 //! Needs `redis-server`, `redis-cli` and PostgreSQL; fails (never skips) when they are missing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -13,11 +14,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use sessionkit::clock::{Clock, SystemClock};
 use sessionkit::config::AppEnv;
-use sessionkit::store::{SessionStore, StoreError};
+use sessionkit::id::SessionId;
+use sessionkit::store::{
+    CreateOutcome, Delta, Record, SaveOutcome, SessionLimit, SessionStore, StoreError, Value,
+};
+use sessionkit::stores::cached::{CacheOptions, CachedStore, RedisInvalidation};
 use sessionkit::stores::postgres::PostgresStore;
 use sessionkit::stores::redis::{RedisOptions, RedisStore};
 use sessionkit::Config;
+use sessionkit_testkit::conformance::record_at;
 use sessionkit_testkit::postgres::PostgresServer;
 use sessionkit_testkit::redis::{RedisCluster, RedisServer};
 use sessionkit_testkit::tls::TestCerts;
@@ -293,4 +300,79 @@ async fn production_warns_once_about_a_store_reached_in_clear() {
     // Once per process.
     sessionkit::build_store(&production(&remote)).await.unwrap();
     assert_eq!(logs.contents().matches(WARNING).count(), 1);
+}
+
+/// One "process" on the TLS server: its own store, tracking connection and cache.
+async fn cached_process(prefix: &str) -> CachedStore {
+    let url = redis_server().url();
+    let redis = RedisStore::connect(&url, redis_options().with_key_prefix(prefix))
+        .await
+        .expect("connect over TLS");
+    let invalidations = RedisInvalidation::new(&url, &redis).with_timeout(Duration::from_secs(5));
+    let cache = CachedStore::new(Arc::new(redis), invalidations, CacheOptions::new());
+    assert!(
+        cache.wait_coherent(Duration::from_secs(30)).await,
+        "no tracking over TLS: {}",
+        cache.status()
+    );
+    cache
+}
+
+fn set_n(n: u64) -> Delta {
+    Delta {
+        changes: vec![("n".into(), Some(Value::to_json(&n).unwrap()))],
+        touch: None,
+        max_size: None,
+    }
+}
+
+fn n_of(r: &Record) -> u64 {
+    r.data["n"].parse().unwrap()
+}
+
+/// `SESSION_CACHE` over `rediss://`: the tracking connection speaks TLS, serves hits, and
+/// the invalidations it decrypts keep two processes coherent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_cache_tracks_over_tls() {
+    let prefix = unique_prefix();
+    let a = cached_process(&prefix).await;
+    let b = cached_process(&prefix).await;
+    let now = SystemClock.now();
+    let key = SessionId::generate().unwrap().storage_key();
+    let out = a
+        .create(&key, &record_at(None, now), SessionLimit::UNLIMITED, now)
+        .await
+        .unwrap();
+    assert!(matches!(out, CreateOutcome::Created { .. }), "{out:?}");
+    let saved = a.save_delta(&key, &set_n(1), now).await.unwrap();
+    assert!(matches!(saved, SaveOutcome::Saved { .. }), "{saved:?}");
+
+    // B caches the session; its next load is a hit.
+    assert_eq!(n_of(&b.load(&key, now).await.unwrap().unwrap()), 1);
+    let before = b.stats();
+    assert_eq!(n_of(&b.load(&key, now).await.unwrap().unwrap()), 1);
+    assert_eq!(b.stats().hits, before.hits + 1);
+
+    // A writes: B hears of it over TLS and reads the new value at once.
+    for n in 2..=20 {
+        let saved = a.save_delta(&key, &set_n(n), now).await.unwrap();
+        assert!(matches!(saved, SaveOutcome::Saved { .. }), "{saved:?}");
+        assert_eq!(n_of(&b.load(&key, now).await.unwrap().unwrap()), n);
+    }
+    assert!(b.stats().invalidations >= 19, "{:?}", b.stats());
+    assert!(b.is_coherent(), "{}", b.status());
+
+    // And through the configuration: `build_store` puts the cache in front of `rediss://`.
+    let config = Config::new(support::SECRET)
+        .with_redis_url(redis_server().url())
+        .with_redis_tls_ca_file(certs().ca_file())
+        .with_key_prefix(unique_prefix())
+        .with_cache(true);
+    let store = sessionkit::build_store(&config).await.unwrap();
+    let health = store.health().await;
+    assert!(
+        health.ok && health.detail.contains("cache coherent"),
+        "{}",
+        health.detail
+    );
 }

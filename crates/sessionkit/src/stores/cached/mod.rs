@@ -336,10 +336,6 @@ pub(crate) async fn wrap_redis(
         tracing::warn!("SESSION_CACHE=on ignored: the cache does not track a Redis Cluster; sessions are not cached");
         return Arc::new(store);
     }
-    if url.starts_with("rediss") {
-        tracing::warn!("SESSION_CACHE=on ignored: the cache's tracking connection does not speak TLS (rediss://); sessions are not cached");
-        return Arc::new(store);
-    }
     let invalidations = RedisInvalidation::new(url, &store);
     let cached = CachedStore::new(Arc::new(store), invalidations, CacheOptions::default());
     let coherent = cached.wait_coherent(Duration::from_secs(2)).await;

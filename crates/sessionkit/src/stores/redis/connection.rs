@@ -196,6 +196,10 @@ impl RedisStore {
             Conn::Single(cm) => Some(Batcher::start(cm.clone())),
             Conn::Cluster(_) => None,
         };
+        let tracking_tls = match (&batch, tls::is_tls(&urls[0])) {
+            (Some(_), true) => Some(tls::client_config(&options)?),
+            _ => None,
+        };
         let store = Self {
             conn,
             batch,
@@ -203,6 +207,7 @@ impl RedisStore {
             prefix: options.key_prefix,
             cluster,
             op_timeout: options.operation_timeout,
+            tracking_tls,
         };
         let mut c = store.conn.clone();
         redis::cmd("PING")
@@ -237,6 +242,11 @@ impl RedisStore {
         let client = Self::client(url, &options)?;
         let cm = ConnectionManager::new_lazy_with_config(client, Self::manager_config(&options))
             .map_err(|e| map_err("connecting to Redis", e))?;
+        let tracking_tls = if tls::is_tls(url) {
+            Some(tls::client_config(&options)?)
+        } else {
+            None
+        };
         Ok(Self {
             batch: Some(Batcher::start(cm.clone())),
             conn: Conn::Single(cm),
@@ -244,6 +254,7 @@ impl RedisStore {
             prefix: options.key_prefix,
             cluster: false,
             op_timeout: options.operation_timeout,
+            tracking_tls,
         })
     }
 
@@ -319,9 +330,10 @@ impl RedisStore {
 
     /// How a cache's invalidation source has this store's reads tracked: standalone only.
     pub(crate) fn tracking_handle(&self) -> Option<super::TrackingHandle> {
-        self.batch
-            .clone()
-            .map(|batcher| super::TrackingHandle { batcher })
+        self.batch.clone().map(|batcher| super::TrackingHandle {
+            batcher,
+            tls: self.tracking_tls.clone(),
+        })
     }
 
     /// One Redis call under the operation deadline, its error mapped with `context`.

@@ -72,6 +72,7 @@ mod tls;
 mod tracking;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -123,6 +124,8 @@ pub struct RedisStore {
     prefix: String,
     cluster: bool,
     op_timeout: Duration,
+    /// `rediss://` on a standalone server: TLS for the session cache's tracking connection.
+    tracking_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl fmt::Debug for RedisStore {

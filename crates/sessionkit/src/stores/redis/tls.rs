@@ -7,8 +7,11 @@
 //! verification off.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use redis::TlsCertificates;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::CertificateDer;
 
 use super::connection::Invalid;
 use super::RedisOptions;
@@ -46,6 +49,42 @@ pub(super) fn certificates(o: &RedisOptions) -> Result<Option<TlsCertificates>, 
         client_tls: None,
         root_cert: Some(pem),
     }))
+}
+
+/// The rustls configuration of the one connection this crate opens to Redis by itself, the
+/// session cache's tracking connection (`RedisInvalidation`): the roots the redis crate's
+/// connections trust (the CA file's certificates, else the system's), no client certificate.
+///
+/// # Errors
+/// As [`certificates`], and a CA file whose certificates rustls cannot read.
+pub(super) fn client_config(o: &RedisOptions) -> Result<Arc<rustls::ClientConfig>, StoreError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match certificates(o)? {
+        Some(TlsCertificates {
+            root_cert: Some(pem),
+            ..
+        }) => {
+            let context = || {
+                let path = o.tls_ca_file.as_deref().unwrap_or(Path::new("?"));
+                format!("reading the Redis TLS CA file {}", path.display())
+            };
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| StoreError::backend(context(), e))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| StoreError::backend(context(), e))?;
+            }
+        }
+        _ => {
+            // What the redis crate trusts without a CA file (its `tls-rustls` feature).
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        }
+    }
+    Ok(Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
 }
 
 fn contains_certificate(pem: &[u8]) -> bool {

@@ -99,6 +99,9 @@ impl TrackingLink {
 #[derive(Clone)]
 pub(crate) struct TrackingHandle {
     pub(super) batcher: Batcher,
+    /// The store's URL is `rediss://`: how the cache's own connection speaks TLS (the
+    /// store's trusted roots).
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl TrackingHandle {

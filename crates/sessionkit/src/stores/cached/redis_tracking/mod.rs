@@ -51,7 +51,6 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::io::{ErrorKind, Read};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,6 +59,7 @@ use redis::{ConnectionAddr, IntoConnectionInfo};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use self::transport::{write_all, Wire};
 use super::{CacheInvalidator, InvalidationSource};
 use crate::id::StorageKey;
 use crate::stores::redis::{Lapse, OnLapse, RedisStore, TrackingHandle};
@@ -76,8 +76,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// whatever the server has already pushed on it is read without waiting (no round trip;
 /// the module documentation says exactly which pushes that applies). A lost connection makes the cache incoherent (flushed, bypassed)
 /// and a background task reconnects with backoff (50 ms doubling to 2 s). Needs Redis 6 or
-/// later, a `redis://` TCP URL; against a Cluster it stays incoherent (the cache is
-/// bypassed).
+/// later and the store's own URL: `redis://`, or `rediss://` (TLS with the roots the store
+/// trusts, see `transport.rs`); against a Cluster it stays incoherent (the cache is bypassed).
 ///
 /// The RESP3 decoding is redis-rs's own ([`redis::Parser`], kept across reads so that a value
 /// cut between two reads is finished later); the socket is a plain one rather than a redis-rs
@@ -113,7 +113,7 @@ enum Failure {
     Cluster,
     #[error("Redis refused {0}")]
     Refused(String),
-    #[error("unsupported Redis URL (only redis:// over TCP)")]
+    #[error("unsupported Redis URL (redis:// or rediss:// over TCP, and the store's own URL)")]
     Url,
     #[error("no answer in time")]
     TimedOut,
@@ -130,49 +130,6 @@ fn info_field<T: redis::FromRedisValue>(v: &redis::Value, field: &str) -> Option
     redis::InfoDict::new(&reply_text(v)?).get(field)
 }
 
-/// A reader that tells "nothing more has arrived" (the socket would block) apart from a closed
-/// or failed connection, which `redis::Parser` reports alike as an I/O error.
-struct Ready<R> {
-    inner: R,
-    idle: bool,
-}
-
-impl<R: Read> Read for Ready<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            match self.inner.read(buf) {
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    self.idle = true;
-                    return Err(e);
-                }
-                r => return r,
-            }
-        }
-    }
-}
-
-/// Decodes every complete RESP3 value that `src` has ready into `out`, with redis-rs's own
-/// parser (incremental: a value cut between two reads is finished by a later call with the
-/// same `parser`). `Err` once the connection is closed or sends something that is not RESP.
-fn decode_ready(
-    parser: &mut redis::Parser,
-    src: impl Read,
-    out: &mut Vec<redis::Value>,
-) -> Result<(), ()> {
-    let mut src = Ready {
-        inner: src,
-        idle: false,
-    };
-    loop {
-        match parser.parse_value(&mut src) {
-            Ok(v) => out.push(v),
-            Err(_) if src.idle => return Ok(()),
-            Err(_) => return Err(()),
-        }
-    }
-}
-
 /// The text of a bulk, simple or verbatim string reply.
 fn reply_text(v: &redis::Value) -> Option<String> {
     match v {
@@ -186,18 +143,9 @@ fn reply_text(v: &redis::Value) -> Option<String> {
 }
 
 struct ReadState {
-    parser: redis::Parser,
+    wire: Wire,
     replies: VecDeque<redis::Value>,
     broken: bool,
-}
-
-/// `&TcpStream` as a non-blocking `Read`.
-struct Socket<'a>(&'a TcpStream);
-
-impl Read for Socket<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.0.try_read(buf)
-    }
 }
 
 /// The live tracking connection, shared by its task and the cache's pre-hit hook.
@@ -220,7 +168,7 @@ impl Tracker {
             return false;
         }
         let mut values = Vec::new();
-        if decode_ready(&mut st.parser, Socket(&self.stream), &mut values).is_err() {
+        if st.wire.read_ready(&self.stream, &mut values).is_err() {
             st.broken = true;
         }
         for v in values {
@@ -261,17 +209,10 @@ impl Tracker {
         }
     }
 
+    /// Sends `cmd` (from the connection's one task: see [`Wire`]).
     async fn send(&self, cmd: &redis::Cmd) -> Result<(), Failure> {
-        let bytes = cmd.get_packed_command();
-        let mut at = 0;
-        while at < bytes.len() {
-            self.stream.writable().await?;
-            match self.stream.try_write(&bytes[at..]) {
-                Ok(n) => at += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let bytes = self.state.lock().wire.outgoing(cmd.get_packed_command())?;
+        write_all(&self.stream, &bytes).await?;
         Ok(())
     }
 
@@ -330,15 +271,32 @@ impl RedisInvalidation {
         invalidator: &CacheInvalidator,
     ) -> Result<(Arc<Tracker>, i64, u64), Failure> {
         let info = self.url.as_str().into_connection_info()?;
-        let ConnectionAddr::Tcp(host, port) = info.addr() else {
-            return Err(Failure::Url);
+        let (host, port, tls) = match info.addr() {
+            ConnectionAddr::Tcp(host, port) => (host, port, None),
+            // `rediss://`: TLS with the store's trusted roots; never without verification.
+            ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: false,
+                ..
+            } => {
+                let Some(store) = &self.store else {
+                    return Err(Failure::Cluster);
+                };
+                (host, port, Some(store.tls.clone().ok_or(Failure::Url)?))
+            }
+            _ => return Err(Failure::Url),
         };
         let stream = TcpStream::connect((host.as_str(), *port)).await?;
         stream.set_nodelay(true)?;
+        let wire = match tls {
+            Some(config) => Wire::tls(&stream, config, host).await?,
+            None => Wire::plain(),
+        };
         let tracker = Arc::new(Tracker {
             stream,
             state: Mutex::new(ReadState {
-                parser: redis::Parser::new(),
+                wire,
                 replies: VecDeque::new(),
                 broken: false,
             }),
@@ -538,6 +496,8 @@ fn storage_key_of(redis_key: &[u8]) -> Option<StorageKey> {
     let tail = redis_key.get(redis_key.len().checked_sub(64)?..)?;
     StorageKey::parse(std::str::from_utf8(tail).ok()?)
 }
+
+mod transport;
 
 #[cfg(test)]
 mod tests;

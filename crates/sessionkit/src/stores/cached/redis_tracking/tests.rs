@@ -1,5 +1,8 @@
 //! Decoding what the server sends (pushes and replies, cut anywhere) and mapping keys back.
 
+use std::io::{ErrorKind, Read};
+
+use super::transport::decode_ready;
 use super::*;
 
 #[test]
