@@ -153,25 +153,20 @@ async fn c11_read_only_requests_touch_rarely() {
     let key = SessionId::parse(c.split('.').next().unwrap())
         .unwrap()
         .storage_key();
-    let v0 = app
-        .store
-        .load(&key, app.now())
-        .await
-        .unwrap()
-        .unwrap()
-        .meta
-        .version;
+    let version = || async {
+        app.store
+            .load(&key, app.now())
+            .await
+            .unwrap()
+            .unwrap()
+            .meta
+            .version
+    };
+    let v0 = version().await;
     for _ in 0..5 {
         app.get("/whoami", Some(&c)).await;
     }
-    let v1 = app
-        .store
-        .load(&key, app.now())
-        .await
-        .unwrap()
-        .unwrap()
-        .meta
-        .version;
+    let v1 = version().await;
     assert_eq!(
         v0, v1,
         "read-only requests inside the touch interval write nothing"
