@@ -13,18 +13,20 @@
 //! `check` fails (1) on a Redis whose `maxmemory-policy` is not `noeviction`, or cannot be read,
 //! unless `--allow-eviction` makes it a warning.
 
+mod migrate;
+mod server;
+
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use sessionkit::admin::{self, Revocation, ServerStats, Sessions, NO_EVICTION};
+use sessionkit::admin::{self, Revocation, Sessions};
 use sessionkit::audit::AuditSink;
-use sessionkit::clock::{Clock as _, SystemClock};
 use sessionkit::events::{EventSink, FanoutSink, TracingSink};
-use sessionkit::flask::{BulkItem, FlaskBulkSource};
+use sessionkit::flask::FlaskBulkSource;
 use sessionkit::id::SessionId;
-use sessionkit::store::{Meta, SessionLimit, SessionStore, StorageKey, StoreError, Timestamp};
+use sessionkit::store::{Meta, SessionStore, StorageKey, StoreError, Timestamp};
 use sessionkit::stores::open_url;
 use sessionkit::Config;
 
@@ -285,7 +287,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             anyhow::ensure!(h.ok, "store is not healthy: {}", h.detail);
             println!("health: ok");
             if let Some(stats) = store.server_stats().await? {
-                check_eviction(&stats, *allow_eviction)?;
+                server::check_eviction(&stats, *allow_eviction)?;
             }
         }
         Command::Stats => {
@@ -299,7 +301,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             println!("sessions: {}", store.count().await?);
             if let Some(stats) = store.server_stats().await? {
-                print_server_stats(&stats);
+                server::print_server_stats(&stats);
             }
         }
         Command::List { user, limit } => {
@@ -389,156 +391,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(src) = FlaskBulkSource::open(from, flask_key_prefix, flask_user_key) {
                 let src = src.context("opening --from")?;
                 let dst = open_url(to, &config).await.context("opening --to")?;
-                return migrate_flask(&src, &*dst, &config).await;
+                return migrate::migrate_flask(&src, &*dst, &config).await;
             }
             // Only the destination may be created: a mistyped source must not read as empty.
             let src = admin::open_existing_url(from, &config)
                 .await
                 .context("opening --from")?;
             let dst = open_url(to, &config).await.context("opening --to")?;
-            migrate(&Sessions::new(src), &*dst, *batch).await?;
+            migrate::migrate(&Sessions::new(src), &*dst, *batch).await?;
         }
     }
-    Ok(())
-}
-
-/// The server's figures, one per line, named as Redis names them.
-fn print_server_stats(s: &ServerStats) {
-    let name = s.server;
-    println!("{name} nodes: {}", s.nodes);
-    println!("{name} used_memory: {} bytes", s.used_memory);
-    if s.maxmemory == 0 {
-        println!("{name} maxmemory: 0 (no limit)");
-    } else {
-        println!("{name} maxmemory: {} bytes", s.maxmemory);
-    }
-    println!("{name} connected_clients: {}", s.connected_clients);
-    println!("{name} keyspace_hits: {}", s.keyspace_hits);
-    println!("{name} keyspace_misses: {}", s.keyspace_misses);
-    println!("{name} evicted_keys: {}", s.evicted_keys);
-    println!(
-        "{name} maxmemory-policy: {}",
-        s.eviction_policy.as_deref().unwrap_or("unknown")
-    );
-}
-
-/// `check` on a server that may evict sessions: an error, or a warning with `--allow-eviction`.
-/// An unknown policy is treated the same way: `check` passes only what it could verify.
-fn check_eviction(s: &ServerStats, allow: bool) -> anyhow::Result<()> {
-    let problem = match (s.may_evict_sessions(), s.eviction_policy.as_deref()) {
-        (Some(false), _) => {
-            println!("eviction: {NO_EVICTION} (sessions are never evicted)");
-            return Ok(());
-        }
-        (Some(true), Some(policy)) => format!(
-            "{} maxmemory-policy is {policy}: under memory pressure it evicts keys, and every \
-             session key carries a TTL, so live sessions can vanish and their users be signed \
-             out without a trace; set `maxmemory-policy {NO_EVICTION}` (a full server then \
-             refuses writes, which the app reports as errors)",
-            s.server
-        ),
-        _ => format!(
-            "could not read the {} maxmemory-policy (the server refused CONFIG GET and INFO did \
-             not say): cannot verify that it never evicts live sessions; check the setting with \
-             your provider (it must be {NO_EVICTION})",
-            s.server
-        ),
-    };
-    if allow {
-        eprintln!("warning: {problem} (accepted with --allow-eviction)");
-        Ok(())
-    } else {
-        anyhow::bail!("{problem}, or pass --allow-eviction to accept the risk")
-    }
-}
-
-async fn migrate(src: &Sessions, dst: &dyn SessionStore, batch: usize) -> anyhow::Result<()> {
-    let now = src.now();
-    let total = src.count().await.unwrap_or(0);
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} sessions {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    let (mut copied, mut existing, mut expired, mut ended) = (0u64, 0u64, 0u64, 0u64);
-    let mut cursor = None;
-    loop {
-        let page = src.scan(cursor.take(), batch.max(1)).await?;
-        for (k, r) in &page.records {
-            bar.inc(1);
-            if r.meta.is_expired(now) {
-                expired += 1;
-                continue;
-            }
-            match dst.create(k, r, SessionLimit::UNLIMITED, now).await? {
-                sessionkit::store::CreateOutcome::Created { .. } => {
-                    // Ended while it was copied (an app migrating with SESSION_MIGRATE_FROM ends
-                    // sessions in the source first, then the destination): the copy goes too.
-                    if src.get(k).await?.is_none() {
-                        dst.destroy(k).await?;
-                        ended += 1;
-                    } else {
-                        copied += 1;
-                    }
-                }
-                _ => existing += 1,
-            }
-        }
-        match page.next {
-            Some(c) => cursor = Some(c),
-            None => break,
-        }
-    }
-    bar.finish_and_clear();
-    println!("copied {copied}, already present {existing}, expired skipped {expired}");
-    if ended > 0 {
-        println!("{ended} session(s) ended while being copied: their copies were removed");
-    }
-    Ok(())
-}
-
-/// Stages every live Flask session of `src` in `dst` for import on first sight.
-async fn migrate_flask(
-    src: &FlaskBulkSource,
-    dst: &dyn SessionStore,
-    config: &Config,
-) -> anyhow::Result<()> {
-    let now = SystemClock.now();
-    let bar = indicatif::ProgressBar::no_length();
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {pos} Flask sessions {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-    );
-    let (mut copied, mut existing, mut expired, mut unparseable) = (0u64, 0u64, 0u64, 0u64);
-    let mut cursor = None;
-    loop {
-        let (items, next) = src.page(cursor.take(), config, now).await?;
-        for item in items {
-            bar.inc(1);
-            match item {
-                BulkItem::Live(key, record) => {
-                    match dst
-                        .create(&key, &record, SessionLimit::UNLIMITED, now)
-                        .await?
-                    {
-                        sessionkit::store::CreateOutcome::Created { .. } => copied += 1,
-                        _ => existing += 1,
-                    }
-                }
-                BulkItem::Expired => expired += 1,
-                _ => unparseable += 1,
-            }
-        }
-        match next {
-            Some(c) => cursor = Some(c),
-            None => break,
-        }
-    }
-    bar.finish_and_clear();
-    println!(
-        "staged {copied} Flask session(s) for import on first sight, already staged {existing}, \
-         expired skipped {expired}, unparseable {unparseable}"
-    );
     Ok(())
 }
 
@@ -556,24 +418,6 @@ mod tests {
             when(Timestamp(u64::MAX)),
             "18446744073709551615 ms since 1970"
         );
-    }
-
-    #[test]
-    fn an_unreadable_eviction_policy_is_not_passed_as_safe() {
-        let mut s = ServerStats::default();
-        s.server = "redis";
-        s.nodes = 1;
-        let e = check_eviction(&s, false).unwrap_err().to_string();
-        assert!(
-            e.contains("could not read the redis maxmemory-policy")
-                && e.contains("--allow-eviction"),
-            "{e}"
-        );
-        assert!(check_eviction(&s, true).is_ok());
-        s.eviction_policy = Some(NO_EVICTION.into());
-        assert!(check_eviction(&s, false).is_ok());
-        s.eviction_policy = Some("volatile-lfu".into());
-        assert!(check_eviction(&s, false).is_err());
     }
 
     #[test]
