@@ -376,3 +376,33 @@ async fn the_session_cache_tracks_over_tls() {
         health.detail
     );
 }
+
+/// Certificate checks cannot be turned off (`#insecure`), and the cache's tracking connection
+/// never goes in clear beside a `rediss://` store (its `HELLO` carries the password).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_redis_connection_skips_tls_or_its_verification() {
+    let url = redis_server().url();
+    let insecure = format!("{url}#insecure");
+    let e = RedisStore::connect(&insecure, redis_options())
+        .await
+        .unwrap_err();
+    assert!(full(&e).contains("`#insecure` is refused"), "{}", full(&e));
+    assert!(!full(&e).contains(PASSWORD));
+    let e = RedisStore::connect_lazy(&insecure, redis_options()).unwrap_err();
+    assert!(full(&e).contains("`#insecure` is refused"), "{}", full(&e));
+
+    for (tracking_url, why) in [
+        (insecure.as_str(), "`#insecure` is refused"),
+        (
+            &*url.replacen("rediss://", "redis://", 1),
+            "not the store's own",
+        ),
+    ] {
+        let store = RedisStore::connect(&url, redis_options()).await.unwrap();
+        let invalidations =
+            RedisInvalidation::new(tracking_url, &store).with_timeout(Duration::from_secs(5));
+        let cache = CachedStore::new(Arc::new(store), invalidations, CacheOptions::new());
+        assert!(!cache.wait_coherent(Duration::from_secs(2)).await);
+        assert!(cache.status().contains(why), "{}", cache.status());
+    }
+}

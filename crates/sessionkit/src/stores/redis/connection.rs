@@ -95,6 +95,10 @@ pub(super) fn map_err(context: &str, e: RedisError) -> StoreError {
     }
 }
 
+/// Why a `rediss://` URL with `#insecure` is refused.
+const INSECURE: &str =
+    "`#insecure` is refused: sessionkit always verifies the Redis server's TLS certificate";
+
 #[derive(Debug, thiserror::Error)]
 #[error("no reply from Redis within {0:?}")]
 pub(super) struct TimedOut(pub(super) Duration);
@@ -137,6 +141,12 @@ impl RedisStore {
             } else {
                 urls.push(u.to_owned());
             }
+        }
+        if urls.iter().any(|u| tls::is_insecure(u)) {
+            return Err(StoreError::backend(
+                "invalid Redis URL",
+                Invalid(INSECURE.into()),
+            ));
         }
         if urls.iter().any(|u| tls::is_tls(u)) != urls.iter().all(|u| tls::is_tls(u)) {
             return Err(StoreError::backend(
@@ -197,7 +207,7 @@ impl RedisStore {
             Conn::Cluster(_) => None,
         };
         let tracking_tls = match (&batch, tls::is_tls(&urls[0])) {
-            (Some(_), true) => Some(tls::client_config(&options)?),
+            (Some(_), true) => Some(tls::TlsRoots::of(&options)),
             _ => None,
         };
         let store = Self {
@@ -239,14 +249,16 @@ impl RedisStore {
                 Invalid("a lazy connection takes one redis:// or rediss:// URL".into()),
             ));
         }
+        if tls::is_insecure(url) {
+            return Err(StoreError::backend(
+                "invalid Redis URL",
+                Invalid(INSECURE.into()),
+            ));
+        }
         let client = Self::client(url, &options)?;
         let cm = ConnectionManager::new_lazy_with_config(client, Self::manager_config(&options))
             .map_err(|e| map_err("connecting to Redis", e))?;
-        let tracking_tls = if tls::is_tls(url) {
-            Some(tls::client_config(&options)?)
-        } else {
-            None
-        };
+        let tracking_tls = tls::is_tls(url).then(|| tls::TlsRoots::of(&options));
         Ok(Self {
             batch: Some(Batcher::start(cm.clone())),
             conn: Conn::Single(cm),

@@ -72,7 +72,6 @@ mod tls;
 mod tracking;
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -124,8 +123,8 @@ pub struct RedisStore {
     prefix: String,
     cluster: bool,
     op_timeout: Duration,
-    /// `rediss://` on a standalone server: TLS for the session cache's tracking connection.
-    tracking_tls: Option<Arc<rustls::ClientConfig>>,
+    /// `rediss://` on a standalone server: what the session cache's tracking connection trusts.
+    tracking_tls: Option<tls::TlsRoots>,
 }
 
 impl fmt::Debug for RedisStore {

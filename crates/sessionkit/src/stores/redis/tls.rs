@@ -4,9 +4,9 @@
 //! The redis crate speaks TLS through rustls. It trusts the system's roots unless a CA file is
 //! named ([`RedisOptions::with_tls_ca_file`], `REDIS_TLS_CA_FILE`), and then only that file;
 //! the server's certificate must be valid for the host in the URL. No setting turns
-//! verification off.
+//! verification off: a `rediss://` URL with `#insecure` is refused.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use redis::TlsCertificates;
@@ -51,40 +51,76 @@ pub(super) fn certificates(o: &RedisOptions) -> Result<Option<TlsCertificates>, 
     }))
 }
 
-/// The rustls configuration of the one connection this crate opens to Redis by itself, the
-/// session cache's tracking connection (`RedisInvalidation`): the roots the redis crate's
-/// connections trust (the CA file's certificates, else the system's), no client certificate.
-///
-/// # Errors
-/// As [`certificates`], and a CA file whose certificates rustls cannot read.
-pub(super) fn client_config(o: &RedisOptions) -> Result<Arc<rustls::ClientConfig>, StoreError> {
-    let mut roots = rustls::RootCertStore::empty();
-    match certificates(o)? {
-        Some(TlsCertificates {
-            root_cert: Some(pem),
-            ..
-        }) => {
-            let context = || {
-                let path = o.tls_ca_file.as_deref().unwrap_or(Path::new("?"));
-                format!("reading the Redis TLS CA file {}", path.display())
-            };
-            for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| StoreError::backend(context(), e))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| StoreError::backend(context(), e))?;
-            }
-        }
-        _ => {
-            // What the redis crate trusts without a CA file (its `tls-rustls` feature).
-            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+/// What the session cache's own TLS connection to Redis (`RedisInvalidation`) trusts: the
+/// store's roots, read again at each connection as the redis crate does for its own.
+#[derive(Clone, Debug)]
+pub(crate) struct TlsRoots {
+    ca_file: Option<PathBuf>,
+}
+
+impl TlsRoots {
+    pub(super) fn of(o: &RedisOptions) -> Self {
+        Self {
+            ca_file: o.tls_ca_file.clone(),
         }
     }
-    Ok(Arc::new(
-        rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    ))
+
+    /// The rustls configuration: the CA file's certificates, else the system's roots (as the
+    /// redis crate's `tls-rustls` feature reads them: any error is an error), no client
+    /// certificate, and rustls' verification of the chain and the host name, which nothing
+    /// turns off.
+    ///
+    /// # Errors
+    /// As [`certificates`]; a CA file rustls cannot read; system roots that cannot be loaded.
+    pub(crate) fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, StoreError> {
+        let o = match &self.ca_file {
+            Some(path) => RedisOptions::new().with_tls_ca_file(path),
+            None => RedisOptions::new(),
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        match certificates(&o)? {
+            Some(TlsCertificates {
+                root_cert: Some(pem),
+                ..
+            }) => {
+                let context = || {
+                    let path = self.ca_file.as_deref().unwrap_or(Path::new("?"));
+                    format!("reading the Redis TLS CA file {}", path.display())
+                };
+                for cert in CertificateDer::pem_slice_iter(&pem) {
+                    let cert = cert.map_err(|e| StoreError::backend(context(), e))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| StoreError::backend(context(), e))?;
+                }
+            }
+            _ => {
+                let mut native = rustls_native_certs::load_native_certs();
+                if let Some(e) = native.errors.pop() {
+                    return Err(StoreError::backend("loading the system's TLS roots", e));
+                }
+                for cert in native.certs {
+                    roots
+                        .add(cert)
+                        .map_err(|e| StoreError::backend("loading the system's TLS roots", e))?;
+                }
+            }
+        }
+        Ok(Arc::new(
+            rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        ))
+    }
+}
+
+/// Whether a `rediss://` URL asks to skip certificate verification (`#insecure`, honoured by
+/// the redis crate when a dependency enables its `tls-rustls-insecure` feature).
+pub(super) fn is_insecure(url: &str) -> bool {
+    matches!(
+        redis::IntoConnectionInfo::into_connection_info(url).map(|i| i.addr().clone()),
+        Ok(redis::ConnectionAddr::TcpTls { insecure: true, .. })
+    )
 }
 
 fn contains_certificate(pem: &[u8]) -> bool {

@@ -99,9 +99,8 @@ impl TrackingLink {
 #[derive(Clone)]
 pub(crate) struct TrackingHandle {
     pub(super) batcher: Batcher,
-    /// The store's URL is `rediss://`: how the cache's own connection speaks TLS (the
-    /// store's trusted roots).
-    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+    /// The store's URL is `rediss://`: what the cache's own connection must speak TLS with.
+    pub(crate) tls: Option<super::tls::TlsRoots>,
 }
 
 impl TrackingHandle {

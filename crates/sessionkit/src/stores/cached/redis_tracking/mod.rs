@@ -27,6 +27,8 @@
 //! arrived; a `recv` before every lookup would close that too, but cost 9 % of the cached
 //! `/read` rate (82,000 against 90,000 requests/s, 1.1 µs more per hit, measured
 //! 2026-12-05). Across hosts, what remains is the network's delivery time of the push.
+//! Over `rediss://` the same read feeds rustls, which decrypts what has arrived (see
+//! `transport.rs`); the figures above are over plain TCP.
 //!
 //! # Lapses
 //! Tracking lives with a connection, and a client ID means something on one server only.
@@ -113,8 +115,16 @@ enum Failure {
     Cluster,
     #[error("Redis refused {0}")]
     Refused(String),
-    #[error("unsupported Redis URL (redis:// or rediss:// over TCP, and the store's own URL)")]
+    #[error("unsupported Redis URL (redis:// or rediss:// over TCP)")]
     Url,
+    #[error("the URL is not the store's own: one of them is rediss:// and the other is not")]
+    NotTheStores,
+    #[error(
+        "`#insecure` is refused: the tracking connection always verifies the server's certificate"
+    )]
+    Insecure,
+    #[error("TLS roots: {0}")]
+    Roots(crate::store::StoreError),
     #[error("no answer in time")]
     TimedOut,
     #[error("connection closed or unreadable")]
@@ -246,7 +256,9 @@ impl RedisInvalidation {
         }
     }
 
-    /// Bound on connecting and setting up tracking. Default 500 ms.
+    /// Bound on connecting and setting up tracking: the TCP connection, the TLS handshake for
+    /// `rediss://`, and six round trips. Default 500 ms; a server further than about 50 ms
+    /// away needs more (until then the cache stays bypassed).
     #[must_use]
     pub fn with_timeout(mut self, d: Duration) -> Self {
         self.timeout = d;
@@ -271,19 +283,28 @@ impl RedisInvalidation {
         invalidator: &CacheInvalidator,
     ) -> Result<(Arc<Tracker>, i64, u64), Failure> {
         let info = self.url.as_str().into_connection_info()?;
-        let (host, port, tls) = match info.addr() {
-            ConnectionAddr::Tcp(host, port) => (host, port, None),
-            // `rediss://`: TLS with the store's trusted roots; never without verification.
-            ConnectionAddr::TcpTls {
+        let Some(store) = &self.store else {
+            return Err(Failure::Cluster);
+        };
+        // The store's own scheme: never in clear beside a `rediss://` store, never unverified.
+        let (host, port, tls) = match (info.addr(), &store.tls) {
+            (ConnectionAddr::Tcp(host, port), None) => (host, port, None),
+            (
+                ConnectionAddr::TcpTls {
+                    host,
+                    port,
+                    insecure: false,
+                    ..
+                },
+                Some(roots),
+            ) => (
                 host,
                 port,
-                insecure: false,
-                ..
-            } => {
-                let Some(store) = &self.store else {
-                    return Err(Failure::Cluster);
-                };
-                (host, port, Some(store.tls.clone().ok_or(Failure::Url)?))
+                Some(roots.client_config().map_err(Failure::Roots)?),
+            ),
+            (ConnectionAddr::TcpTls { insecure: true, .. }, _) => return Err(Failure::Insecure),
+            (ConnectionAddr::Tcp(..) | ConnectionAddr::TcpTls { .. }, _) => {
+                return Err(Failure::NotTheStores)
             }
             _ => return Err(Failure::Url),
         };
@@ -317,13 +338,9 @@ impl RedisInvalidation {
         tracker.request(&hello).await?;
         let info = reply_text(&tracker.request(redis::cmd("INFO").arg("cluster")).await?)
             .unwrap_or_default();
-        let Some(store) = self
-            .store
-            .as_ref()
-            .filter(|_| !info.contains("cluster_enabled:1"))
-        else {
+        if info.contains("cluster_enabled:1") {
             return Err(Failure::Cluster);
-        };
+        }
         let id = match tracker.request(redis::cmd("CLIENT").arg("ID")).await? {
             redis::Value::Int(id) => id,
             other => return Err(Failure::Refused(format!("CLIENT ID: {other:?}"))),

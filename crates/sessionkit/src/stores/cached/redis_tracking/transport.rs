@@ -198,3 +198,6 @@ pub(super) fn decode_ready(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
