@@ -51,6 +51,8 @@
 //! - Until a silent death or an eviction is noticed (at most about two ping intervals), stale
 //!   loads are possible.
 
+mod transport;
+
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
@@ -513,8 +515,6 @@ fn storage_key_of(redis_key: &[u8]) -> Option<StorageKey> {
     let tail = redis_key.get(redis_key.len().checked_sub(64)?..)?;
     StorageKey::parse(std::str::from_utf8(tail).ok()?)
 }
-
-mod transport;
 
 #[cfg(test)]
 mod tests;
