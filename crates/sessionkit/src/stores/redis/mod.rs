@@ -87,6 +87,7 @@ use self::batcher::Batcher;
 use self::connection::Conn;
 pub use self::options::RedisOptions;
 use self::scripts::Scripts;
+pub(crate) use self::server_stats::info_field;
 pub(crate) use self::tracking::{Lapse, OnLapse, TrackingHandle};
 
 /// Sessions in Redis or Redis Cluster, shared by every process that uses the same server.

@@ -13,6 +13,14 @@ use super::scan::Node;
 use super::RedisStore;
 use crate::store::{ServerStats, StoreError};
 
+/// A field of an `INFO` reply (whichever string type carries it, RESP2 or RESP3), read with
+/// redis-rs's [`InfoDict`].
+pub(crate) fn info_field<T: redis::FromRedisValue>(reply: &redis::Value, field: &str) -> Option<T> {
+    redis::from_redis_value_ref::<InfoDict>(reply)
+        .ok()?
+        .get(field)
+}
+
 impl RedisStore {
     pub(super) async fn stats_of_servers(&self) -> Result<ServerStats, StoreError> {
         let mut total = ServerStats::default();

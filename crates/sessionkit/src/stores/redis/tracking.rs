@@ -127,8 +127,7 @@ impl TrackingHandle {
             .query(redis::cmd("INFO").arg("server").clone())
             .await?;
         let after = id(self.batcher.query(client_id()).await?);
-        let run_id =
-            super::codec::text(&info).and_then(|t| redis::InfoDict::new(t).get::<String>("run_id"));
+        let run_id = super::info_field::<String>(&info, "run_id");
         match (before, after, run_id) {
             (Some(a), Some(b), Some(run_id)) if a == b => {
                 self.batcher.link.data_client.store(a, Ordering::Release);

@@ -66,7 +66,7 @@ use tokio::sync::Notify;
 use self::transport::{write_all, Wire};
 use super::{CacheInvalidator, InvalidationSource};
 use crate::id::StorageKey;
-use crate::stores::redis::{Lapse, OnLapse, RedisStore, TrackingHandle};
+use crate::stores::redis::{info_field, Lapse, OnLapse, RedisStore, TrackingHandle};
 
 /// Why the cache starts over when the store's data connection was replaced.
 const REPLACED: &str = "the store's data connection was replaced";
@@ -135,23 +135,6 @@ enum Failure {
     OtherServer,
     #[error("the store's data connection changed while it was identified")]
     DataChanged,
-}
-
-/// A field of an `INFO` reply, parsed by redis-rs's [`redis::InfoDict`].
-fn info_field<T: redis::FromRedisValue>(v: &redis::Value, field: &str) -> Option<T> {
-    redis::InfoDict::new(&reply_text(v)?).get(field)
-}
-
-/// The text of a bulk, simple or verbatim string reply.
-fn reply_text(v: &redis::Value) -> Option<String> {
-    match v {
-        redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        redis::Value::SimpleString(s) | redis::Value::VerbatimString { text: s, .. } => {
-            Some(s.clone())
-        }
-        redis::Value::Attribute { data, .. } => reply_text(data),
-        _ => None,
-    }
 }
 
 struct ReadState {
@@ -338,9 +321,8 @@ impl RedisInvalidation {
                 .arg(pw);
         }
         tracker.request(&hello).await?;
-        let info = reply_text(&tracker.request(redis::cmd("INFO").arg("cluster")).await?)
-            .unwrap_or_default();
-        if info.contains("cluster_enabled:1") {
+        let cluster = tracker.request(redis::cmd("INFO").arg("cluster")).await?;
+        if info_field::<u8>(&cluster, "cluster_enabled") == Some(1) {
             return Err(Failure::Cluster);
         }
         let id = match tracker.request(redis::cmd("CLIENT").arg("ID")).await? {
