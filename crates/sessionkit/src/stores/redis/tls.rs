@@ -33,22 +33,26 @@ pub(super) fn certificates(o: &RedisOptions) -> Result<Option<TlsCertificates>, 
     let Some(path) = &o.tls_ca_file else {
         return Ok(None);
     };
-    let pem = std::fs::read(path).map_err(|e| {
-        StoreError::backend(
-            format!("reading the Redis TLS CA file {}", path.display()),
-            e,
-        )
-    })?;
+    Ok(Some(TlsCertificates {
+        client_tls: None,
+        root_cert: Some(read_ca_file(path)?),
+    }))
+}
+
+/// The PEM text of the CA file at `path`.
+///
+/// # Errors
+/// A file that cannot be read or holds no PEM certificate.
+fn read_ca_file(path: &Path) -> Result<Vec<u8>, StoreError> {
+    let context = || format!("reading the Redis TLS CA file {}", path.display());
+    let pem = std::fs::read(path).map_err(|e| StoreError::backend(context(), e))?;
     if !contains_certificate(&pem) {
         return Err(StoreError::backend(
-            format!("reading the Redis TLS CA file {}", path.display()),
+            context(),
             Invalid("no PEM certificate (-----BEGIN CERTIFICATE-----) in the file".into()),
         ));
     }
-    Ok(Some(TlsCertificates {
-        client_tls: None,
-        root_cert: Some(pem),
-    }))
+    Ok(pem)
 }
 
 /// What the session cache's own TLS connection to Redis (`RedisInvalidation`) trusts: the
@@ -71,22 +75,15 @@ impl TlsRoots {
     /// turns off.
     ///
     /// # Errors
-    /// As [`certificates`]; a CA file rustls cannot read; system roots that cannot be loaded.
+    /// A CA file that cannot be read, holds no PEM certificate or one rustls cannot read;
+    /// system roots that cannot be loaded.
     pub(crate) fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, StoreError> {
-        let o = match &self.ca_file {
-            Some(path) => RedisOptions::new().with_tls_ca_file(path),
-            None => RedisOptions::new(),
-        };
+        install_crypto_provider();
         let mut roots = rustls::RootCertStore::empty();
-        match certificates(&o)? {
-            Some(TlsCertificates {
-                root_cert: Some(pem),
-                ..
-            }) => {
-                let context = || {
-                    let path = self.ca_file.as_deref().unwrap_or(Path::new("?"));
-                    format!("reading the Redis TLS CA file {}", path.display())
-                };
+        match &self.ca_file {
+            Some(path) => {
+                let pem = read_ca_file(path)?;
+                let context = || format!("reading the Redis TLS CA file {}", path.display());
                 for cert in CertificateDer::pem_slice_iter(&pem) {
                     let cert = cert.map_err(|e| StoreError::backend(context(), e))?;
                     roots
@@ -94,7 +91,7 @@ impl TlsRoots {
                         .map_err(|e| StoreError::backend(context(), e))?;
                 }
             }
-            _ => {
+            None => {
                 let mut native = rustls_native_certs::load_native_certs();
                 if let Some(e) = native.errors.pop() {
                     return Err(StoreError::backend("loading the system's TLS roots", e));

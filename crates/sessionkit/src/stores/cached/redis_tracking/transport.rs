@@ -42,12 +42,8 @@ impl Wire {
         let name = ServerName::try_from(host.to_owned())
             .map_err(|e| io::Error::new(ErrorKind::InvalidInput, e))?;
         let mut tls = ClientConnection::new(config, name).map_err(io::Error::other)?;
-        while tls.is_handshaking() {
-            let mut out = Vec::new();
-            while tls.wants_write() {
-                tls.write_tls(&mut out)?;
-            }
-            write_all(stream, &out).await?;
+        loop {
+            write_all(stream, &pending(&mut tls)?).await?;
             if !tls.is_handshaking() {
                 break;
             }
@@ -62,8 +58,7 @@ impl Wire {
                 Ok(_) => {
                     if let Err(e) = tls.process_new_packets() {
                         // Tell the server why (rustls queued an alert), then fail.
-                        let mut alert = Vec::new();
-                        let _ = tls.write_tls(&mut alert);
+                        let alert = pending(&mut tls).unwrap_or_default();
                         let _ = write_all(stream, &alert).await;
                         return Err(io::Error::other(e));
                     }
@@ -72,11 +67,6 @@ impl Wire {
                 Err(e) => return Err(e),
             }
         }
-        let mut out = Vec::new();
-        while tls.wants_write() {
-            tls.write_tls(&mut out)?;
-        }
-        write_all(stream, &out).await?;
         Ok(Self {
             parser: redis::Parser::new(),
             tls: Some(Box::new(tls)),
@@ -89,11 +79,7 @@ impl Wire {
             return Ok(plain);
         };
         io::Write::write_all(&mut tls.writer(), &plain)?;
-        let mut out = Vec::new();
-        while tls.wants_write() {
-            tls.write_tls(&mut out)?;
-        }
-        Ok(out)
+        pending(tls)
     }
 
     /// Decodes every complete RESP3 value that has arrived on `stream` into `out`, without
@@ -109,6 +95,15 @@ impl Wire {
             Some(tls) => decode_ready(&mut self.parser, Unsealed { tls, stream }, out),
         }
     }
+}
+
+/// The TLS records rustls has ready to send (handshake messages, alerts, sealed data).
+fn pending(tls: &mut ClientConnection) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    while tls.wants_write() {
+        tls.write_tls(&mut out)?;
+    }
+    Ok(out)
 }
 
 /// Writes `bytes` whole, waiting for the socket when it is full.
