@@ -12,15 +12,17 @@
 //! when they are missing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/oneshot.rs"]
+mod oneshot;
+
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::routing::{get, post};
 use axum::Router;
-use http::header::{COOKIE, SET_COOKIE};
-use http::{Request, StatusCode};
+use http::StatusCode;
+use oneshot::status_and_cookie;
 use sessionkit::clock::{Clock, SystemClock};
 use sessionkit::store::{DecodeError, SessionStore, StorageKey, StoreError, DECODE_CEILING};
 use sessionkit::stores::memory::MemoryStore;
@@ -31,7 +33,6 @@ use sessionkit::{Config, Session, SessionError, SessionLayer};
 use sessionkit_testkit::postgres::PostgresServer;
 use sessionkit_testkit::redis::RedisServer;
 use tokio::sync::Barrier;
-use tower::ServiceExt;
 
 const CAP: usize = 64 * 1024;
 const WRITERS: usize = 20;
@@ -118,31 +119,9 @@ fn app(store: Arc<dyn SessionStore>) -> Router {
         .layer(layer)
 }
 
-async fn call(app: &Router, method: &str, uri: &str, cookie: &str) -> (StatusCode, String) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if !cookie.is_empty() {
-        req = req.header(COOKIE, cookie);
-    }
-    let res = app
-        .clone()
-        .oneshot(req.body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = res.status();
-    let set = res
-        .headers()
-        .get(SET_COOKIE)
-        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned());
-    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    let body = String::from_utf8(body.to_vec()).unwrap();
-    (status, set.unwrap_or(body))
-}
-
 /// Signs in through `app`; the cookie and the storage key of the one session in `store`.
 async fn signed_in(app: &Router, store: &dyn SessionStore) -> (String, StorageKey) {
-    let (status, cookie) = call(app, "POST", "/login", "").await;
+    let (status, cookie) = status_and_cookie(app, "POST", "/login", "").await;
     assert_eq!(status, StatusCode::OK);
     let page = store.scan(None, 10).await.unwrap();
     assert_eq!(page.records.len(), 1, "a fresh store holds the one session");
@@ -156,7 +135,7 @@ async fn concurrent_writes_stay_under_the_cap(store: Arc<dyn SessionStore>) {
     for i in 0..WRITERS {
         let (app, cookie) = (app.clone(), cookie.clone());
         tasks.push(tokio::spawn(async move {
-            call(&app, "GET", &format!("/put?k=k{i}"), &cookie).await
+            status_and_cookie(&app, "GET", &format!("/put?k=k{i}"), &cookie).await
         }));
     }
     let (mut ok, mut too_large) = (0, 0);
@@ -182,7 +161,7 @@ async fn concurrent_writes_stay_under_the_cap(store: Arc<dyn SessionStore>) {
         stored.data_size()
     );
     assert_eq!(stored.data.len(), 1);
-    let (status, body) = call(&app, "GET", "/who", &cookie).await;
+    let (status, body) = status_and_cookie(&app, "GET", "/who", &cookie).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, format!("alice {}", stored.data_size()));
 }
@@ -219,7 +198,10 @@ where
 {
     let app = app(store.clone());
     let (cookie, key) = signed_in(&app, &*store).await;
-    assert_eq!(call(&app, "GET", "/who", &cookie).await.1, "alice 0");
+    assert_eq!(
+        status_and_cookie(&app, "GET", "/who", &cookie).await.1,
+        "alice 0"
+    );
     plant(key.clone()).await;
     match store.load(&key, SystemClock.now()).await {
         Err(StoreError::Corrupt(DecodeError::TooLarge(n))) => assert!(n > DECODE_CEILING),
@@ -228,7 +210,7 @@ where
             other.map(|r| r.map(|r| r.data_size()))
         ),
     }
-    let (status, body) = call(&app, "GET", "/who", &cookie).await;
+    let (status, body) = status_and_cookie(&app, "GET", "/who", &cookie).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "anonymous 0"));
 }
 

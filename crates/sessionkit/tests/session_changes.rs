@@ -2,20 +2,21 @@
 //! values, and nothing it only read, through the layer with the memory store.
 #![allow(missing_docs, clippy::unwrap_used)]
 
+#[path = "support/oneshot.rs"]
+mod oneshot;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::routing::{get, post};
 use axum::Router;
-use http::header::{COOKIE, SET_COOKIE};
-use http::{Request, StatusCode};
+use http::StatusCode;
+use oneshot::status_and_cookie;
 use sessionkit::store::Value;
 use sessionkit::stores::memory::MemoryStore;
 use sessionkit::{Config, Session, SessionError, SessionLayer};
 use tokio::sync::Notify;
-use tower::ServiceExt;
 
 #[derive(Clone, Default)]
 struct Gates {
@@ -86,30 +87,8 @@ fn app() -> (Router, Gates) {
     (router, gates)
 }
 
-async fn call(app: &Router, method: &str, uri: &str, cookie: &str) -> (StatusCode, String) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if !cookie.is_empty() {
-        req = req.header(COOKIE, cookie);
-    }
-    let res = app
-        .clone()
-        .oneshot(req.body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = res.status();
-    let set = res
-        .headers()
-        .get(SET_COOKIE)
-        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned());
-    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    let body = String::from_utf8(body.to_vec()).unwrap();
-    (status, set.unwrap_or(body))
-}
-
 async fn signed_in(app: &Router) -> String {
-    let (status, cookie) = call(app, "POST", "/login", "").await;
+    let (status, cookie) = status_and_cookie(app, "POST", "/login", "").await;
     assert_eq!(status, StatusCode::OK);
     cookie
 }
@@ -128,9 +107,13 @@ async fn each_changed_key_is_written_with_its_final_value() {
         ("clear,set:z:1", "z=1"),
         ("del:z", ""),
     ] {
-        let (status, _) = call(&app, "GET", &format!("/ops?ops={ops}"), &c).await;
+        let (status, _) = status_and_cookie(&app, "GET", &format!("/ops?ops={ops}"), &c).await;
         assert_eq!(status, StatusCode::OK, "{ops}");
-        assert_eq!(call(&app, "GET", "/values", &c).await.1, want, "{ops}");
+        assert_eq!(
+            status_and_cookie(&app, "GET", "/values", &c).await.1,
+            want,
+            "{ops}"
+        );
     }
 }
 
@@ -138,17 +121,20 @@ async fn each_changed_key_is_written_with_its_final_value() {
 async fn a_request_writes_back_only_the_keys_it_changed() {
     let (app, gates) = app();
     let c = signed_in(&app).await;
-    call(&app, "GET", "/ops?ops=set:a:1,set:d:4", &c).await;
+    status_and_cookie(&app, "GET", "/ops?ops=set:a:1,set:d:4", &c).await;
     // `slow` loads {a, d}; meanwhile another request sets b and removes d; then `slow` removes
     // a and sets c. Both requests' changes survive, and `slow` does not bring d back.
     let slow = tokio::spawn({
         let (app, c) = (app.clone(), c.clone());
-        async move { call(&app, "GET", "/slow", &c).await }
+        async move { status_and_cookie(&app, "GET", "/slow", &c).await }
     });
     gates.loaded.notified().await;
-    let other = call(&app, "GET", "/ops?ops=set:b:2,del:d", &c).await;
+    let other = status_and_cookie(&app, "GET", "/ops?ops=set:b:2,del:d", &c).await;
     assert_eq!(other.0, StatusCode::OK);
     gates.go.notify_one();
     assert_eq!(slow.await.unwrap().0, StatusCode::OK);
-    assert_eq!(call(&app, "GET", "/values", &c).await.1, "b=2,c=3");
+    assert_eq!(
+        status_and_cookie(&app, "GET", "/values", &c).await.1,
+        "b=2,c=3"
+    );
 }

@@ -1,19 +1,20 @@
 //! One request through a router, for tests that drive the session layer in process.
+#![allow(dead_code)]
 
 use axum::body::Body;
 use axum::Router;
 use http::header::{COOKIE, SET_COOKIE};
-use http::Request;
+use http::{Request, StatusCode};
 use tower::ServiceExt;
 
-/// Sends one request; returns the body and the session cookie set, if any. Panics unless the
-/// answer is a success.
-pub(crate) async fn call(
+/// Sends one request; returns its status, the session cookie set (`name=value`) if any, and
+/// the body.
+pub(crate) async fn send(
     app: &Router,
     method: &str,
     uri: &str,
     cookie: Option<&str>,
-) -> (String, String) {
+) -> (StatusCode, Option<String>, String) {
     let mut req = Request::builder().method(method).uri(uri);
     if let Some(c) = cookie {
         req = req.header(COOKIE, c);
@@ -23,14 +24,38 @@ pub(crate) async fn call(
         .oneshot(req.body(Body::empty()).unwrap())
         .await
         .unwrap();
-    assert!(res.status().is_success(), "{uri}: {}", res.status());
+    let status = res.status();
     let set = res
         .headers()
         .get(SET_COOKIE)
-        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
-        .unwrap_or_default();
-    let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned());
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
         .await
         .unwrap();
-    (String::from_utf8(body.to_vec()).unwrap(), set)
+    (status, set, String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// Sends one request; returns the body and the session cookie set, if any. Panics unless the
+/// answer is a success.
+pub(crate) async fn call(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    cookie: Option<&str>,
+) -> (String, String) {
+    let (status, set, body) = send(app, method, uri, cookie).await;
+    assert!(status.is_success(), "{uri}: {status}");
+    (body, set.unwrap_or_default())
+}
+
+/// Sends one request with `cookie` (none if empty); returns its status and the session cookie
+/// set, else the body.
+pub(crate) async fn status_and_cookie(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    cookie: &str,
+) -> (StatusCode, String) {
+    let (status, set, body) = send(app, method, uri, (!cookie.is_empty()).then_some(cookie)).await;
+    (status, set.unwrap_or(body))
 }
