@@ -15,13 +15,13 @@ use async_trait::async_trait;
 use sessionkit::clock::{Clock, SystemClock};
 use sessionkit::id::SessionId;
 use sessionkit::store::{
-    CreateOutcome, Delta, SaveOutcome, SessionLimit, SessionStore, StorageKey, StoreError,
-    Timestamp, Touch, Value,
+    CreateOutcome, SaveOutcome, SessionLimit, SessionStore, StorageKey, StoreError, Timestamp,
+    Touch, Value,
 };
 use sessionkit::stores::cached::{CacheOptions, CachedStore, RedisInvalidation, SingleWriter};
 use sessionkit::stores::memory::MemoryStore;
 use sessionkit::stores::redis::{RedisOptions, RedisStore};
-use sessionkit_testkit::conformance::record_at;
+use sessionkit_testkit::conformance::{record_at, set_delta};
 use sessionkit_testkit::redis::RedisServer;
 
 /// A key prefix no other test uses, so tests can share one server.
@@ -108,14 +108,6 @@ impl Process {
     }
 }
 
-fn set(name: &str, v: u64) -> Delta {
-    Delta {
-        changes: vec![(name.into(), Some(Value::to_json(&v).unwrap()))],
-        touch: None,
-        max_size: None,
-    }
-}
-
 fn value(r: &sessionkit::store::Record, name: &str) -> u64 {
     r.data[name].parse().unwrap()
 }
@@ -162,7 +154,11 @@ async fn cached_loads_cost_no_round_trip() {
     assert_eq!(p.remote_loads(), 1, "{:?}", p.store.stats());
     assert!(p.store.stats().hits >= 99, "{:?}", p.store.stats());
 
-    let saved = p.store.save_delta(&key, &set("n", 7), now()).await.unwrap();
+    let saved = p
+        .store
+        .save_delta(&key, &set_delta("n", 7), now())
+        .await
+        .unwrap();
     assert!(matches!(saved, SaveOutcome::Saved { .. }));
     for _ in 0..10 {
         assert_eq!(
@@ -205,7 +201,11 @@ async fn two_processes_stay_coherent() {
             &record_at(signed_in.then_some(user.as_str()), now()),
         )
         .await;
-        let _ = a.store.save_delta(&key, &set("n", i), now()).await.unwrap();
+        let _ = a
+            .store
+            .save_delta(&key, &set_delta("n", i), now())
+            .await
+            .unwrap();
         // B caches it (a later load is a hit). The invalidations of A's writes reach B on its
         // tracking connection, which may lag behind the data connection on a loaded machine: one
         // of them can still evict the first copy B cached, so a hit within three loads counts.
@@ -226,7 +226,7 @@ async fn two_processes_stay_coherent() {
         // A writes; B's next load sees it.
         let saved = a
             .store
-            .save_delta(&key, &set("n", i + 1000), now())
+            .save_delta(&key, &set_delta("n", i + 1000), now())
             .await
             .unwrap();
         assert!(matches!(saved, SaveOutcome::Saved { .. }));
@@ -363,7 +363,11 @@ async fn channel_break_flushes_bypasses_and_recovers() {
         }
         assert!(b.store.load(&key, now()).await.unwrap().is_some());
         assert!(b.store.load(&key, now()).await.unwrap().is_some());
-        let _ = a.store.save_delta(&key, &set("n", i), now()).await.unwrap();
+        let _ = a
+            .store
+            .save_delta(&key, &set_delta("n", i), now())
+            .await
+            .unwrap();
         let got = b.store.load(&key, now()).await.unwrap().unwrap();
         assert_eq!(value(&got, "n"), i, "round {i} after restart: stale");
         a.store.destroy(&key).await.unwrap();

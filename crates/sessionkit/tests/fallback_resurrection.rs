@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 use sessionkit::clock::{Clock, SystemClock};
 use sessionkit::id::SessionId;
 use sessionkit::store::{
-    CreateOutcome, Delta, SaveOutcome, SessionLimit, SessionStore, StorageKey, Timestamp, Value,
+    CreateOutcome, SaveOutcome, SessionLimit, SessionStore, StorageKey, Timestamp,
 };
 use sessionkit::stores::fallback::{FallbackOptions, FallbackStore};
 use sessionkit::stores::redis::{RedisOptions, RedisStore};
 use sessionkit::stores::sqlite::SqliteStore;
-use sessionkit_testkit::conformance::record_at;
+use sessionkit_testkit::conformance::{record_at, set_delta};
 use sessionkit_testkit::faulty::{FaultyStore, Mode};
 use sessionkit_testkit::redis::RedisServer;
 
@@ -51,14 +51,6 @@ async fn process(server: &RedisServer, db: &Path, sweep: Duration) -> FallbackSt
 
 fn key() -> StorageKey {
     SessionId::generate().unwrap().storage_key()
-}
-
-fn set(k: &str, v: &str) -> Delta {
-    Delta {
-        changes: vec![(k.into(), Some(Value::to_json(v).unwrap()))],
-        touch: None,
-        max_size: None,
-    }
 }
 
 async fn sign_in(store: &FallbackStore, user: &str, now: Timestamp) -> StorageKey {
@@ -127,7 +119,7 @@ async fn assert_ended(
     );
     assert_eq!(
         store
-            .save_delta(k, &set("after", "end"), now)
+            .save_delta(k, &set_delta("after", "end"), now)
             .await
             .unwrap(),
         SaveOutcome::Missing,
@@ -159,7 +151,10 @@ async fn logout_during_a_redis_kill_stays_ended_in_every_process() {
     server.kill();
     trip(&a, &live, now).await;
     assert!(a.destroy(&gone).await.unwrap(), "logout on the secondary");
-    let _ = a.save_delta(&live, &set("n", "1"), now).await.unwrap();
+    let _ = a
+        .save_delta(&live, &set_delta("n", "1"), now)
+        .await
+        .unwrap();
     server.restart();
     wait_until("A's recovery", || a.primary_active()).await;
 
@@ -204,7 +199,7 @@ async fn logout_during_a_redis_stall_stays_ended_after_the_process_dies() {
     // B writes to the ended sessions: the primary still holds them, the secondary does not.
     for k in [&gone, &other] {
         assert_eq!(
-            b.save_delta(k, &set("n", "2"), now).await.unwrap(),
+            b.save_delta(k, &set_delta("n", "2"), now).await.unwrap(),
             SaveOutcome::Missing,
             "B healed an ended session back"
         );
@@ -249,7 +244,7 @@ async fn a_full_outage_log_never_loses_a_destroy() {
     }
     let big = "x".repeat(1024);
     for i in 0..100 {
-        let d = set(&format!("k{i}"), &big);
+        let d = set_delta(&format!("k{i}"), &big);
         let out = a.save_delta(&live, &d, now).await.unwrap();
         assert!(matches!(out, SaveOutcome::Saved { .. }));
     }
@@ -300,7 +295,10 @@ async fn a_destroy_whose_mirror_failed_does_not_come_back() {
             "{who}: read-through resurrected the session"
         );
         assert_eq!(
-            store.save_delta(&gone, &set("n", "3"), now).await.unwrap(),
+            store
+                .save_delta(&gone, &set_delta("n", "3"), now)
+                .await
+                .unwrap(),
             SaveOutcome::Missing,
             "{who}: a write reached the ended session"
         );

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use sessionkit::clock::{Clock, SystemClock};
 use sessionkit::id::SessionId;
-use sessionkit::store::{CreateOutcome, Delta, SaveOutcome, SessionLimit, SessionStore, Value};
+use sessionkit::store::{CreateOutcome, SaveOutcome, SessionLimit, SessionStore};
 use sessionkit::stores::fallback::{FallbackOptions, FallbackStore};
 use sessionkit::stores::memory::MemoryStore;
-use sessionkit_testkit::conformance::record_at;
+use sessionkit_testkit::conformance::{record_at, set_delta};
 use sessionkit_testkit::faulty::{FaultyStore, Mode};
 use sessionkit_testkit::store_conformance;
 
@@ -29,14 +29,6 @@ fn opts() -> FallbackOptions {
         max_log: 10_000,
         sweep_interval: Duration::from_millis(100),
         ..FallbackOptions::default()
-    }
-}
-
-fn set(k: &str, v: i64) -> Delta {
-    Delta {
-        changes: vec![(k.into(), Some(Value::to_json(&v).unwrap()))],
-        touch: None,
-        max_size: None,
     }
 }
 
@@ -70,7 +62,7 @@ async fn outage_keeps_users_signed_in_and_recovery_loses_nothing() {
             .await
             .unwrap();
         assert!(matches!(out, CreateOutcome::Created { .. }));
-        let _ = store.save_delta(k, &set("n", 1), now).await.unwrap();
+        let _ = store.save_delta(k, &set_delta("n", 1), now).await.unwrap();
     }
     assert!(
         secondary.load(&keys[0], now).await.unwrap().is_some(),
@@ -86,8 +78,14 @@ async fn outage_keeps_users_signed_in_and_recovery_loses_nothing() {
         .expect("still signed in");
     assert_eq!(r.meta.user_id.as_deref(), Some("alice"));
     assert!(!store.primary_active());
-    let _ = store.save_delta(&keys[0], &set("n", 2), now).await.unwrap();
-    let _ = store.save_delta(&keys[1], &set("m", 5), now).await.unwrap();
+    let _ = store
+        .save_delta(&keys[0], &set_delta("n", 2), now)
+        .await
+        .unwrap();
+    let _ = store
+        .save_delta(&keys[1], &set_delta("m", 5), now)
+        .await
+        .unwrap();
     assert!(store.destroy(&keys[2]).await.unwrap());
     let new_key = SessionId::generate().unwrap().storage_key();
     let out = store
@@ -166,7 +164,7 @@ async fn a_primary_that_lost_its_data_is_refilled_from_the_secondary() {
         )
         .await
         .unwrap();
-    let _ = store.save_delta(&k, &set("n", 7), now).await.unwrap();
+    let _ = store.save_delta(&k, &set_delta("n", 7), now).await.unwrap();
     // the primary restarts empty (Redis without persistence)
     assert!(primary_data.destroy(&k).await.unwrap());
     let fresh = primary_data;
@@ -177,7 +175,7 @@ async fn a_primary_that_lost_its_data_is_refilled_from_the_secondary() {
         "re-homed on the primary"
     );
     assert!(matches!(
-        store.save_delta(&k, &set("n", 8), now).await.unwrap(),
+        store.save_delta(&k, &set_delta("n", 8), now).await.unwrap(),
         SaveOutcome::Saved { .. }
     ));
     assert_eq!(

@@ -18,7 +18,7 @@ use sessionkit::store::{
     StoreError, Timestamp, Value,
 };
 use sessionkit::stores::file::{FileOptions, FileStore};
-use sessionkit_testkit::conformance::record_at;
+use sessionkit_testkit::conformance::{record_at, set_delta};
 use sessionkit_testkit::store_conformance;
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -53,14 +53,6 @@ fn now() -> Timestamp {
 
 fn new_key() -> StorageKey {
     SessionId::generate().unwrap().storage_key()
-}
-
-fn set(k: &str, v: &str) -> Delta {
-    Delta {
-        changes: vec![(k.to_owned(), Some(Value::to_json(v).unwrap()))],
-        touch: None,
-        max_size: None,
-    }
 }
 
 fn record_path(dir: &Path, key: &StorageKey) -> PathBuf {

@@ -15,7 +15,7 @@ use sessionkit::store::{
     StoreError, Timestamp, Value,
 };
 use sessionkit::stores::postgres::PostgresStore;
-use sessionkit_testkit::conformance::{record_at, Store};
+use sessionkit_testkit::conformance::{record_at, set_delta, Store};
 use sessionkit_testkit::postgres::PostgresServer;
 use sessionkit_testkit::store_conformance;
 
@@ -43,14 +43,6 @@ store_conformance!(fresh);
 
 fn key() -> StorageKey {
     SessionId::generate().unwrap().storage_key()
-}
-
-fn set(k: &str, v: i64) -> Delta {
-    Delta {
-        changes: vec![(k.to_owned(), Some(Value::to_json(&v).unwrap()))],
-        touch: None,
-        max_size: None,
-    }
 }
 
 /// `n` new anonymous sessions in `store`, created at `now`.
@@ -95,7 +87,7 @@ async fn two_instances_share_one_database() {
         tasks.push(tokio::spawn(async move {
             for i in 0..rounds {
                 let out = store
-                    .save_delta(&k, &set(&format!("w{w}"), i), SystemClock.now())
+                    .save_delta(&k, &set_delta(&format!("w{w}"), i), SystemClock.now())
                     .await
                     .unwrap();
                 assert!(matches!(out, SaveOutcome::Saved { .. }));
@@ -270,7 +262,7 @@ async fn outage_is_unavailable_within_a_bounded_time() {
         }};
     }
     unavailable!("load", store.load(&k, now));
-    unavailable!("save_delta", store.save_delta(&k, &set("a", 1), now));
+    unavailable!("save_delta", store.save_delta(&k, &set_delta("a", 1), now));
     unavailable!(
         "create",
         store.create(&key(), &record_at(Some("dave"), now), limit, now)
@@ -305,7 +297,7 @@ async fn concurrent_loads_and_saves_are_batched_without_mixing_callers() {
     let now = SystemClock.now();
     let keys = anonymous_sessions(&store, 100, now).await;
     for (i, k) in (0i64..).zip(&keys) {
-        let saved = store.save_delta(k, &set("n", i), now).await.unwrap();
+        let saved = store.save_delta(k, &set_delta("n", i), now).await.unwrap();
         assert!(matches!(saved, SaveOutcome::Saved { .. }));
     }
     let absent = key();
@@ -356,7 +348,7 @@ async fn concurrent_loads_and_saves_are_batched_without_mixing_callers() {
             let (store, k) = (store.clone(), k.clone());
             tasks.push(tokio::spawn(async move {
                 store
-                    .save_delta(&k, &set(&format!("d{d}"), d), now)
+                    .save_delta(&k, &set_delta(&format!("d{d}"), d), now)
                     .await
                     .unwrap()
             }));
@@ -384,7 +376,7 @@ async fn concurrent_loads_and_saves_are_batched_without_mixing_callers() {
             let saver = i % 2 == round as usize % 2;
             tasks.push(tokio::spawn(async move {
                 if saver {
-                    let saved = store.save_delta(&k, &set("m", 1), now).await.unwrap();
+                    let saved = store.save_delta(&k, &set_delta("m", 1), now).await.unwrap();
                     (i, saver, format!("{saved:?}"))
                 } else {
                     let r = store.load(&k, now).await.unwrap().unwrap();
@@ -447,7 +439,7 @@ async fn a_batch_chosen_as_deadlock_victim_is_saved_one_by_one() {
 
         let save = |k: &StorageKey, v: i64| {
             let (store, k) = (store.clone(), k.clone());
-            tokio::spawn(async move { store.save_delta(&k, &set("n", v), now).await })
+            tokio::spawn(async move { store.save_delta(&k, &set_delta("n", v), now).await })
         };
         let held = save(&c, 0);
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -524,11 +516,11 @@ async fn saves_commit_asynchronously_unless_durable_and_destroys_always_flush() 
     }
     // The first asynchronous commit wakes an idle WAL writer, which flushes at once; the next
     // flush is then due 10 s later.
-    let _ = store.save_delta(&a, &set("n", 0), now).await.unwrap();
+    let _ = store.save_delta(&a, &set_delta("n", 0), now).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     for i in 1..=2 {
         let (before, _) = wal().await;
-        let saved = store.save_delta(&a, &set("n", i), now).await.unwrap();
+        let saved = store.save_delta(&a, &set_delta("n", i), now).await.unwrap();
         assert!(matches!(saved, SaveOutcome::Saved { .. }), "{saved:?}");
         let (insert, flush) = wal().await;
         assert!(insert > before, "save {i} wrote no WAL");
@@ -555,7 +547,10 @@ async fn saves_commit_asynchronously_unless_durable_and_destroys_always_flush() 
         .await
         .unwrap();
     let (before, _) = wal().await;
-    let saved = durable.save_delta(&a, &set("n", 3), now).await.unwrap();
+    let saved = durable
+        .save_delta(&a, &set_delta("n", 3), now)
+        .await
+        .unwrap();
     assert!(matches!(saved, SaveOutcome::Saved { .. }), "{saved:?}");
     let (_, flush) = wal().await;
     assert!(

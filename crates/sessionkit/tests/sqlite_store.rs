@@ -9,11 +9,10 @@ use std::time::Duration;
 use sessionkit::clock::{Clock, SystemClock};
 use sessionkit::id::SessionId;
 use sessionkit::store::{
-    CreateOutcome, Delta, Record, SaveOutcome, SessionLimit, SessionStore, StorageKey, StoreError,
-    Value,
+    CreateOutcome, Record, SaveOutcome, SessionLimit, SessionStore, StorageKey, StoreError, Value,
 };
 use sessionkit::stores::sqlite::SqliteStore;
-use sessionkit_testkit::conformance::{record_at, Store};
+use sessionkit_testkit::conformance::{record_at, set_delta, Store};
 use sessionkit_testkit::{store_conformance, Holding};
 
 async fn fresh() -> Store {
@@ -41,14 +40,6 @@ fn key() -> StorageKey {
     SessionId::generate().unwrap().storage_key()
 }
 
-fn set(k: &str, v: i64) -> Delta {
-    Delta {
-        changes: vec![(k.to_owned(), Some(Value::to_json(&v).unwrap()))],
-        touch: None,
-        max_size: None,
-    }
-}
-
 async fn open(path: &Path) -> SqliteStore {
     SqliteStore::open(path).await.expect("open")
 }
@@ -74,7 +65,10 @@ async fn sessions_survive_a_restart() {
             .create(&k2, &anon, SessionLimit::UNLIMITED, now)
             .await
             .unwrap();
-        let out = store.save_delta(&k1, &set("cart", 3), now).await.unwrap();
+        let out = store
+            .save_delta(&k1, &set_delta("cart", 3), now)
+            .await
+            .unwrap();
         assert!(matches!(out, SaveOutcome::Saved { version: 1 }));
         store.close().await;
     }
@@ -126,7 +120,7 @@ async fn two_instances_on_one_file_lose_nothing() {
         tasks.push(tokio::spawn(async move {
             for i in 0..rounds {
                 let out = store
-                    .save_delta(&k, &set(&format!("w{w}"), i), SystemClock.now())
+                    .save_delta(&k, &set_delta(&format!("w{w}"), i), SystemClock.now())
                     .await
                     .unwrap();
                 assert!(matches!(out, SaveOutcome::Saved { .. }));
@@ -228,7 +222,7 @@ async fn in_memory_database_works() {
         .create(&k, &r, SessionLimit::UNLIMITED, now)
         .await
         .unwrap();
-    let _ = store.save_delta(&k, &set("n", 1), now).await.unwrap();
+    let _ = store.save_delta(&k, &set_delta("n", 1), now).await.unwrap();
     // Idle connections are kept forever: the database must still be there later.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let got = store.load(&k, now).await.unwrap().unwrap();
@@ -295,7 +289,10 @@ async fn a_write_through_one_instance_is_seen_by_the_next_load_of_the_other() {
         }
         // Alternate the writer: b's own writes must keep its cache right, a's must reach it.
         let writer = if i % 3 == 0 { &b } else { &a };
-        let out = writer.save_delta(&k, &set("n", i), now).await.unwrap();
+        let out = writer
+            .save_delta(&k, &set_delta("n", i), now)
+            .await
+            .unwrap();
         assert!(matches!(out, SaveOutcome::Saved { .. }));
     }
     let now = SystemClock.now();
@@ -333,7 +330,7 @@ async fn batches_mixing_touched_and_untouched_saves_apply_each() {
             let store = Arc::clone(&store);
             let k = k.clone();
             saves.spawn(async move {
-                let mut delta = set("n", round);
+                let mut delta = set_delta("n", round);
                 delta.touch = (i % 2 == 0).then_some(later);
                 delta.max_size = Some(64 * 1024);
                 store.save_delta(&k, &delta, now).await.unwrap()

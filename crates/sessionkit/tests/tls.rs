@@ -18,13 +18,13 @@ use sessionkit::clock::{Clock, SystemClock};
 use sessionkit::config::AppEnv;
 use sessionkit::id::SessionId;
 use sessionkit::store::{
-    CreateOutcome, Delta, Record, SaveOutcome, SessionLimit, SessionStore, StoreError, Value,
+    CreateOutcome, Record, SaveOutcome, SessionLimit, SessionStore, StoreError,
 };
 use sessionkit::stores::cached::{CacheOptions, CachedStore, RedisInvalidation};
 use sessionkit::stores::postgres::PostgresStore;
 use sessionkit::stores::redis::{RedisOptions, RedisStore};
 use sessionkit::Config;
-use sessionkit_testkit::conformance::record_at;
+use sessionkit_testkit::conformance::{record_at, set_delta};
 use sessionkit_testkit::postgres::PostgresServer;
 use sessionkit_testkit::redis::{RedisCluster, RedisServer};
 use sessionkit_testkit::tls::TestCerts;
@@ -318,14 +318,6 @@ async fn cached_process(prefix: &str) -> CachedStore {
     cache
 }
 
-fn set_n(n: u64) -> Delta {
-    Delta {
-        changes: vec![("n".into(), Some(Value::to_json(&n).unwrap()))],
-        touch: None,
-        max_size: None,
-    }
-}
-
 fn n_of(r: &Record) -> u64 {
     r.data["n"].parse().unwrap()
 }
@@ -344,7 +336,7 @@ async fn the_session_cache_tracks_over_tls() {
         .await
         .unwrap();
     assert!(matches!(out, CreateOutcome::Created { .. }), "{out:?}");
-    let saved = a.save_delta(&key, &set_n(1), now).await.unwrap();
+    let saved = a.save_delta(&key, &set_delta("n", 1), now).await.unwrap();
     assert!(matches!(saved, SaveOutcome::Saved { .. }), "{saved:?}");
 
     // B caches the session; its next load is a hit.
@@ -355,7 +347,7 @@ async fn the_session_cache_tracks_over_tls() {
 
     // A writes: B hears of it over TLS and reads the new value at once.
     for n in 2..=20 {
-        let saved = a.save_delta(&key, &set_n(n), now).await.unwrap();
+        let saved = a.save_delta(&key, &set_delta("n", n), now).await.unwrap();
         assert!(matches!(saved, SaveOutcome::Saved { .. }), "{saved:?}");
         assert_eq!(n_of(&b.load(&key, now).await.unwrap().unwrap()), n);
     }

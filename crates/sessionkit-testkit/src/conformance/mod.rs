@@ -48,6 +48,14 @@ pub fn record_at(user: Option<&str>, at: Timestamp) -> Record {
     r
 }
 
+/// A delta that sets one value, `name` to `value` (as JSON), and touches nothing.
+pub fn set_delta(name: &str, value: impl serde::Serialize) -> Delta {
+    delta(vec![(
+        name.to_owned(),
+        Some(Value::to_json(&value).expect("json")),
+    )])
+}
+
 fn set(k: &str, v: impl serde_json_like::ToJson) -> (String, Option<Value>) {
     (k.to_owned(), Some(v.to_value()))
 }

@@ -65,7 +65,7 @@ async fn a_replaced_data_connection_flushes_the_cache() {
         .collect();
     assert_eq!(tracked.len(), 1, "{list}");
     server.cli(&["CLIENT", "KILL", "ID", tracked[0]]);
-    let _ = b.save_delta(&key, &set("n", 7), now()).await.unwrap();
+    let _ = b.save_delta(&key, &set_delta("n", 7), now()).await.unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(10);
     while a.stats().flushes == flushes {

@@ -18,7 +18,11 @@ async fn own_writes_keep_the_session_cached() {
     assert!(a.store.load(&key, now()).await.unwrap().is_some());
     let before = a.store.stats();
     for i in 0..100u64 {
-        let saved = a.store.save_delta(&key, &set("n", i), now()).await.unwrap();
+        let saved = a
+            .store
+            .save_delta(&key, &set_delta("n", i), now())
+            .await
+            .unwrap();
         assert!(matches!(saved, SaveOutcome::Saved { .. }), "{saved:?}");
         let got = a.store.load(&key, now()).await.unwrap().unwrap();
         assert_eq!(value(&got, "n"), i);
@@ -62,7 +66,7 @@ async fn a_write_between_two_of_another_process_is_seen() {
 
         let _ = a
             .store
-            .save_delta(&key, &set("n", 3 * i), now())
+            .save_delta(&key, &set_delta("n", 3 * i), now())
             .await
             .unwrap();
         let got = b.store.load(&key, now()).await.unwrap().unwrap();
@@ -74,7 +78,7 @@ async fn a_write_between_two_of_another_process_is_seen() {
 
         let _ = b
             .store
-            .save_delta(&key, &set("n", 3 * i + 1), now())
+            .save_delta(&key, &set_delta("n", 3 * i + 1), now())
             .await
             .unwrap();
         let got = a.store.load(&key, now()).await.unwrap().unwrap();
@@ -82,7 +86,7 @@ async fn a_write_between_two_of_another_process_is_seen() {
 
         let _ = a
             .store
-            .save_delta(&key, &set("n", 3 * i + 2), now())
+            .save_delta(&key, &set_delta("n", 3 * i + 2), now())
             .await
             .unwrap();
         let misses = a.store.stats().misses;
@@ -141,7 +145,7 @@ async fn concurrent_writers_never_read_stale() {
             for i in 1..=300u64 {
                 let _ = p
                     .store
-                    .save_delta(&key, &set(names[me], i), now())
+                    .save_delta(&key, &set_delta(names[me], i), now())
                     .await
                     .unwrap();
                 done[me].store(i, Ordering::SeqCst);

@@ -18,7 +18,7 @@ async fn cached_records_follow_changes_made_by_other_stores_on_the_directory() {
             value(a.load(&key, t).await.unwrap()),
             (i > 0).then(|| format!("\"b{}\"", i - 1))
         );
-        saved(&b, &key, &set("n", &format!("a{i}")), t).await;
+        saved(&b, &key, &set_delta("n", format!("a{i}")), t).await;
         assert_eq!(
             value(a.load(&key, t).await.unwrap()),
             Some(format!("\"a{i}\""))
@@ -27,15 +27,15 @@ async fn cached_records_follow_changes_made_by_other_stores_on_the_directory() {
             value(b.load(&key, t).await.unwrap()),
             Some(format!("\"a{i}\""))
         );
-        saved(&a, &key, &set("n", &format!("b{i}")), t).await;
+        saved(&a, &key, &set_delta("n", format!("b{i}")), t).await;
         assert_eq!(
             value(b.load(&key, t).await.unwrap()),
             Some(format!("\"b{i}\""))
         );
     }
     // A save through `a` that read a stale cache would lose `b`'s key here.
-    saved(&b, &key, &set("other", "kept"), t).await;
-    saved(&a, &key, &set("n", "last"), t).await;
+    saved(&b, &key, &set_delta("other", "kept"), t).await;
+    saved(&a, &key, &set_delta("n", "last"), t).await;
     let r = b.load(&key, t).await.unwrap().unwrap();
     assert!(r.data.contains_key("other"), "a lost update: {:?}", r.data);
     // Destroyed through one, gone for the other at once; likewise revocation and cleanup.
@@ -69,7 +69,7 @@ async fn loads_are_answered_from_the_cache_while_nothing_changed() {
     let t = now();
     let key = new_key();
     create(&cached, &key, &record_at(None, t)).await;
-    saved(&cached, &key, &set("n", "1"), t).await;
+    saved(&cached, &key, &set_delta("n", "1"), t).await;
     let mut by_hand = cached.load(&key, t).await.unwrap().unwrap();
     by_hand
         .data

@@ -52,7 +52,10 @@ async fn at_the_cap_expired_records_go_first_then_new_sessions_are_refused() {
     // A full store still serves and updates the sessions it has; nothing live was evicted.
     for k in &live {
         assert!(store.load(k, again).await.unwrap().is_some());
-        let saved = store.save_delta(k, &set("a", "b"), again).await.unwrap();
+        let saved = store
+            .save_delta(k, &set_delta("a", "b"), again)
+            .await
+            .unwrap();
         assert!(matches!(saved, SaveOutcome::Saved { .. }));
     }
     assert_eq!(store.count().await.unwrap(), 5);

@@ -30,7 +30,10 @@ async fn corrupt_records_load_as_corrupt_and_cleanup_removes_them() {
         Err(StoreError::Corrupt(_))
     ));
     assert_eq!(
-        store.save_delta(&bad, &set("a", "b"), t).await.unwrap(),
+        store
+            .save_delta(&bad, &set_delta("a", "b"), t)
+            .await
+            .unwrap(),
         SaveOutcome::Missing
     );
     let listed = store.list_user("dave", t).await.unwrap();
@@ -77,7 +80,7 @@ async fn cleanup_trusts_the_stamped_expiry_and_reads_records_whose_time_is_not_a
     for k in [&stamped, &copied] {
         create(&store, k, &record_at(None, t)).await;
     }
-    saved(&store, &stamped, &set("a", "b"), t).await;
+    saved(&store, &stamped, &set_delta("a", "b"), t).await;
     // Every write stamps the record's expiry, to the millisecond, with one fixed signature
     // below the millisecond.
     let expiry = store

@@ -50,7 +50,7 @@ fn child_writer() {
                     let value = format!("{i}{}", &big[..(i as usize * 4099) % big.len()]);
                     // Read-modify-write of the shared session, big values to widen the window.
                     let out = store
-                        .save_delta(&shared_key(), &set(&format!("c{t}"), &value), now())
+                        .save_delta(&shared_key(), &set_delta(&format!("c{t}"), &value), now())
                         .await
                         .unwrap();
                     assert!(matches!(out, SaveOutcome::Saved { .. }));
@@ -69,7 +69,7 @@ fn child_writer() {
                         }
                         _ => {
                             let out = store
-                                .save_delta(&k, &set("v", &value), now())
+                                .save_delta(&k, &set_delta("v", &value), now())
                                 .await
                                 .unwrap();
                             if out == SaveOutcome::Missing {
@@ -136,7 +136,7 @@ async fn killed_writers_leave_no_corrupt_record() {
             .unwrap();
         assert!(started, "child exited before writing: {:?}", child.wait());
         // The parent writes its own key of the shared session while the child writes.
-        let d = set(&format!("p{round}"), &round.to_string());
+        let d = set_delta(&format!("p{round}"), round.to_string());
         let out = store.save_delta(&shared_key(), &d, now()).await.unwrap();
         assert!(matches!(out, SaveOutcome::Saved { .. }));
         tokio::time::sleep(Duration::from_millis(3 + (round * 37) % 150)).await;
@@ -199,7 +199,7 @@ async fn killed_writers_leave_no_corrupt_record() {
     // No lock is left held, and the store still works.
     for i in 0..64 {
         let _ = store
-            .save_delta(&fixed_key(i), &set("after", "1"), now())
+            .save_delta(&fixed_key(i), &set_delta("after", "1"), now())
             .await
             .unwrap();
     }

@@ -14,7 +14,10 @@ async fn files_are_0600_and_folders_0700_whatever_the_umask() {
     let store = open(&dir);
     let key = new_key();
     create(&store, &key, &record_at(Some("alice"), now())).await;
-    let saved = store.save_delta(&key, &set("a", "b"), now()).await.unwrap();
+    let saved = store
+        .save_delta(&key, &set_delta("a", "b"), now())
+        .await
+        .unwrap();
     assert!(matches!(saved, SaveOutcome::Saved { .. }));
     create(&store, &new_key(), &record_at(None, now())).await;
     store.cleanup_expired(now()).await.unwrap();
@@ -112,7 +115,7 @@ async fn symlinks_planted_inside_the_directory_are_never_followed() {
             !matches!(got, Ok(Some(_)) | Err(StoreError::Corrupt(_))),
             "load read through a link: {got:?}"
         );
-        let saved = store.save_delta(key, &set("x", "y"), t).await;
+        let saved = store.save_delta(key, &set_delta("x", "y"), t).await;
         assert!(!matches!(saved, Ok(SaveOutcome::Saved { .. })), "{saved:?}");
         let created = store
             .create(key, &record_at(None, t), SessionLimit::UNLIMITED, t)
@@ -124,7 +127,10 @@ async fn symlinks_planted_inside_the_directory_are_never_followed() {
         let _ = store.destroy(key).await;
     }
     // A save that would write through the planted spare fails; the record is unchanged.
-    assert!(store.save_delta(&key_e, &set("x", "y"), t).await.is_err());
+    assert!(store
+        .save_delta(&key_e, &set_delta("x", "y"), t)
+        .await
+        .is_err());
     let e = store.load(&key_e, t).await.unwrap().unwrap();
     assert!(!e.data.contains_key("x"));
     // A user shard is a link: logins fail rather than write outside.

@@ -11,7 +11,10 @@ async fn sessions_survive_a_restart() {
     {
         let store = open(&dir);
         create(&store, &key, &record_at(Some("carol"), now())).await;
-        let saved = store.save_delta(&key, &set("k", "v"), now()).await.unwrap();
+        let saved = store
+            .save_delta(&key, &set_delta("k", "v"), now())
+            .await
+            .unwrap();
         assert!(matches!(saved, SaveOutcome::Saved { .. }));
     }
     let store = open(&dir);
@@ -40,7 +43,7 @@ async fn directories_of_older_layouts_are_upgraded_and_unknown_ones_refused() {
             std::fs::read_to_string(dir.join("VERSION")).unwrap(),
             current
         );
-        saved(&store, &key, &set("layout", old.trim()), now()).await;
+        saved(&store, &key, &set_delta("layout", old.trim()), now()).await;
         assert_eq!(store.list_user("erin", now()).await.unwrap().len(), 1);
     }
     std::fs::write(dir.join("VERSION"), "sessionkit-file 99\n").unwrap();

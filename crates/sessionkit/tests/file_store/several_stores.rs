@@ -17,7 +17,7 @@ async fn two_stores_on_one_directory_keep_every_write() {
         let key = key.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..20 {
-                let d = set(&format!("w{w}"), &i.to_string());
+                let d = set_delta(&format!("w{w}"), i.to_string());
                 let out = store.save_delta(&key, &d, now()).await.unwrap();
                 assert!(matches!(out, SaveOutcome::Saved { .. }));
             }

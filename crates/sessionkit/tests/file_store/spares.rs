@@ -21,7 +21,7 @@ async fn saves_swap_two_files_and_create_no_new_inode() {
     let key = new_key();
     create(&store, &key, &record_at(Some("erin"), now())).await;
     let big = "x".repeat(40_000);
-    saved(&store, &key, &set("big", &big), now()).await;
+    saved(&store, &key, &set_delta("big", &big), now()).await;
     let (first, first_spare) = (
         inode(&record_path(&dir, &key)),
         inode(&spare_path(&dir, &key)),
@@ -34,7 +34,7 @@ async fn saves_swap_two_files_and_create_no_new_inode() {
     };
     saved(&store, &key, &shrink, now()).await;
     for i in 0..11 {
-        saved(&store, &key, &set("n", &i.to_string()), now()).await;
+        saved(&store, &key, &set_delta("n", i.to_string()), now()).await;
         let got = store.load(&key, now()).await.unwrap().unwrap();
         assert_eq!(
             got.data.get("n").map(Value::as_json),
@@ -60,7 +60,7 @@ async fn a_record_failing_its_checksum_loads_as_corrupt_and_cleanup_removes_it()
     let store = open(&dir);
     let key = new_key();
     create(&store, &key, &record_at(Some("fay"), now())).await;
-    saved(&store, &key, &set("a", "b"), now()).await;
+    saved(&store, &key, &set_delta("a", "b"), now()).await;
     let path = record_path(&dir, &key);
     let mut bytes = std::fs::read(&path).unwrap();
     assert!(FileStore::decode_file(&bytes).is_ok());
@@ -90,7 +90,10 @@ async fn a_record_failing_its_checksum_loads_as_corrupt_and_cleanup_removes_it()
         ))
     ));
     assert_eq!(
-        store.save_delta(&key, &set("c", "d"), now()).await.unwrap(),
+        store
+            .save_delta(&key, &set_delta("c", "d"), now())
+            .await
+            .unwrap(),
         SaveOutcome::Missing
     );
     assert_eq!(store.cleanup_expired(now()).await.unwrap(), 1);
@@ -107,7 +110,7 @@ async fn cleanup_removes_the_spares_of_removed_records() {
     let (old, orphan, live) = (new_key(), new_key(), new_key());
     for k in [&old, &orphan, &live] {
         create(&store, k, &record_at(None, t)).await;
-        saved(&store, k, &set("a", "b"), t).await;
+        saved(&store, k, &set_delta("a", "b"), t).await;
         assert!(spare_path(&dir, k).exists());
     }
     // A record removed behind the store's back leaves its spare alone.
