@@ -20,6 +20,8 @@ enum Step {
     Together(Vec<Vec<u8>>),
     CloseNotify,
     Eof,
+    /// Writes these bytes as they are, unsealed, then closes the connection.
+    RawThenClose(Vec<u8>),
 }
 
 fn roots(ca: &std::path::Path) -> Arc<ClientConfig> {
@@ -88,6 +90,10 @@ fn server(certs: &TestCerts) -> (u16, mpsc::Sender<Step>) {
                 }
                 Step::Eof => {
                     let _ = sock.shutdown(std::net::Shutdown::Write);
+                }
+                Step::RawThenClose(bytes) => {
+                    let _ = sock.write_all(&bytes);
+                    return;
                 }
             }
         }
@@ -188,4 +194,98 @@ async fn a_tls_connection_that_ends_or_is_not_trusted_fails() {
         .err()
         .unwrap();
     assert!(e.to_string().contains("invalid peer certificate"), "{e}");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 48,
+        // A failure here is a hang caught by the time bound: keep shrinking short.
+        max_shrink_iters: 8,
+        ..proptest::prelude::ProptestConfig::default()
+    })]
+
+    /// Whatever bytes a peer sends, in place of the server's handshake or after it, the
+    /// connection fails cleanly: no panic, no value decoded from bytes that are not a sealed
+    /// record, and an error once the peer has closed, within the time bound.
+    #[test]
+    fn arbitrary_bytes_from_the_peer_never_panic_or_decode(raw in peer_bytes()) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (done, outcome) = mpsc::channel();
+        // Its own thread and runtime, so that a loop that never yields fails the time bound
+        // below instead of hanging the test.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let _ = done.send(rt.block_on(peer_sends(raw)));
+        });
+        let outcome = outcome
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the connection did not end once the peer had closed");
+        proptest::prop_assert!(outcome.is_ok(), "{:?}", outcome);
+    }
+}
+
+/// `raw` from a peer in place of the handshake, then after one: the handshake must fail, and
+/// the established connection must end without decoding anything.
+async fn peer_sends(raw: Vec<u8>) -> Result<(), String> {
+    let certs = certs();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let bytes = raw.clone();
+    std::thread::spawn(move || {
+        if let Ok((mut sock, _)) = listener.accept() {
+            let _ = sock.write_all(&bytes);
+        }
+    });
+    if connect(port, roots(&certs.ca_file()), "localhost")
+        .await
+        .is_ok()
+    {
+        return Err("a handshake succeeded against unsealed bytes".into());
+    }
+
+    let (port, steps) = server(certs);
+    let (stream, mut wire) = connect(port, roots(&certs.ca_file()), "localhost")
+        .await
+        .unwrap();
+    steps.send(Step::RawThenClose(raw)).unwrap();
+    let mut out = Vec::new();
+    loop {
+        stream.readable().await.unwrap();
+        if wire.read_ready(&stream, &mut out).is_err() {
+            break;
+        }
+    }
+    if out.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("decoded {out:?} from unsealed bytes"))
+    }
+}
+
+/// Any bytes, or the start of a TLS record (a valid header, any length, the body cut short or
+/// not): rustls then waits for the rest, which only the peer's close ends.
+fn peer_bytes() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    use proptest::prelude::*;
+    let anything = proptest::collection::vec(any::<u8>(), 0..2048);
+    let record_start = (
+        20u8..=23,
+        any::<u16>(),
+        proptest::collection::vec(any::<u8>(), 0..64),
+    )
+        .prop_map(|(kind, len, body)| {
+            let mut r = vec![kind, 3, 3];
+            r.extend(len.to_be_bytes());
+            r.extend(body);
+            r
+        });
+    prop_oneof![anything, record_start, Just(Vec::new())]
+}
+
+/// One set of certificates for every case.
+fn certs() -> &'static TestCerts {
+    static CERTS: std::sync::OnceLock<TestCerts> = std::sync::OnceLock::new();
+    CERTS.get_or_init(TestCerts::generate)
 }
